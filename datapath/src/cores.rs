@@ -1,0 +1,58 @@
+//! Thread-per-core: one pinned thread per core, each driving its own ring.
+
+use std::io;
+use std::thread::JoinHandle;
+
+/// Number of CPUs this process may run on.
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Spawns one named thread per core index in `0..count`, pinned to that CPU
+/// where the affinity mask allows, running `body(core)`.
+pub fn spawn_cores<F>(name: &str, count: usize, body: F) -> io::Result<Vec<JoinHandle<()>>>
+where
+    F: Fn(usize) + Send + Sync + Clone + 'static,
+{
+    let cpus = allowed_cpus();
+    (0..count)
+        .map(|core| {
+            let body = body.clone();
+            let cpu = cpus.get(core % cpus.len().max(1)).copied();
+            std::thread::Builder::new()
+                .name(format!("{name}-{core}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        pin_to(cpu);
+                    }
+                    body(core);
+                })
+        })
+        .collect()
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid out-pointer of the size we pass.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|cpu| unsafe { libc::CPU_ISSET(*cpu, &set) })
+        .collect()
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: as in `allowed_cpus`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` comes from the allowed set, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is valid for the call; failure only leaves us unpinned.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        tracing::debug!(cpu, "could not pin core thread");
+    }
+}
