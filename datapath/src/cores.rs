@@ -56,3 +56,41 @@ fn pin_to(cpu: usize) {
         tracing::debug!(cpu, "could not pin core thread");
     }
 }
+
+/// An eventfd another thread signals to wake a core's ring.
+#[derive(Debug)]
+pub struct Waker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    /// Creates the eventfd (blocking: the ring polls it).
+    pub fn new() -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: eventfd has no memory preconditions; the result is checked.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd })
+    }
+
+    /// Signals the eventfd (the ring's pending read completes).
+    pub fn wake(&self) {
+        use std::os::fd::AsRawFd;
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64; EAGAIN (counter full) means
+        // a wake-up is already pending, which is all we want.
+        unsafe {
+            libc::write(self.fd.as_raw_fd(), std::ptr::addr_of!(one).cast(), 8);
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Waker {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -18,7 +18,8 @@ pub mod ring;
 pub mod store;
 
 pub use buf::{Buf, BufPool, PoolConfig, ALIGN};
+pub use cores::{available_cores, spawn_cores, Waker};
 pub use device::{DeviceSpec, VirtualDevice};
 pub use error::{DeviceError, RingError, StoreError};
-pub use ring::{Completion, Ring, RingConfig, SendSeg, StoreSlot};
+pub use ring::{Completion, Payload, RecvBuf, Ring, RingConfig, SendMsg, SendSeg, StoreSlot};
 pub use store::{BackingStore, FileStore, MemoryStore};

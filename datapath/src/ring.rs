@@ -68,8 +68,10 @@ pub enum SendSeg {
         /// Length.
         len: u32,
     },
-    /// `len` bytes of [`SendMsg::body`] from `start`.
+    /// `len` bytes of body buffer `buf` of [`SendMsg::bodies`] from `start`.
     Body {
+        /// Index into [`SendMsg::bodies`].
+        buf: u16,
         /// First byte.
         start: u32,
         /// Length.
@@ -78,13 +80,13 @@ pub enum SendSeg {
 }
 
 /// A message to send on a socket, gathered from a heap head (PDU headers,
-/// digests, small data) and an optional pool buffer (bulk data).
+/// digests, small data) and pool buffers (bulk data, e.g. reads' buffers).
 #[derive(Debug, Default)]
 pub struct SendMsg {
     /// Header bytes and small payloads.
     pub head: Vec<u8>,
-    /// Bulk data, e.g. a read's buffer.
-    pub body: Option<Buf>,
+    /// Bulk data buffers.
+    pub bodies: Vec<Buf>,
     /// Order in which ranges go on the wire.
     pub segs: Vec<SendSeg>,
 }
@@ -252,6 +254,11 @@ impl Ring {
     /// The ring's buffer pool.
     pub fn pool(&self) -> &BufPool {
         &self.pool
+    }
+
+    /// Operation slots free for new submissions.
+    pub fn free_slots(&self) -> usize {
+        self.free.len()
     }
 
     /// Operations submitted and not yet reaped.
@@ -444,11 +451,14 @@ impl Ring {
         msg: SendMsg,
         tag: u64,
     ) -> Result<(), (RingError, SendMsg)> {
-        let body_len = msg.body.as_ref().map_or(0, |b| b.len());
         for seg in &msg.segs {
             let (start, len, cap) = match *seg {
                 SendSeg::Head { start, len } => (start as usize, len as usize, msg.head.len()),
-                SendSeg::Body { start, len } => (start as usize, len as usize, body_len),
+                SendSeg::Body { buf, start, len } => (
+                    start as usize,
+                    len as usize,
+                    msg.bodies.get(usize::from(buf)).map_or(0, |b| b.len()),
+                ),
             };
             if start + len > cap {
                 return Err((
@@ -473,15 +483,13 @@ impl Ring {
             unreachable!("payload was set just above")
         };
         let head = msg.head.as_mut_ptr();
-        let body = msg
-            .body
-            .as_mut()
-            .map_or(std::ptr::null_mut(), |b| b.as_mut_ptr());
         let mut total = 0;
         for seg in &msg.segs {
             let (base, start, len) = match *seg {
                 SendSeg::Head { start, len } => (head, start, len),
-                SendSeg::Body { start, len } => (body, start, len),
+                SendSeg::Body { buf, start, len } => {
+                    (msg.bodies[usize::from(buf)].as_mut_ptr(), start, len)
+                }
             };
             if len == 0 {
                 continue;

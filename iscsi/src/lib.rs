@@ -13,4 +13,6 @@
 pub mod login;
 pub mod pdu;
 pub mod scsi;
+pub mod session;
+pub mod target;
 pub mod text;

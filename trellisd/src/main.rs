@@ -1,1 +1,101 @@
-fn main() {}
+//! `trellisd`: one Trellis gateway member.
+//!
+//! Reads its configuration (or the embedded default), opens the backing
+//! stores, starts the per-core iSCSI target and runs until SIGINT/SIGTERM,
+//! then drains in-flight commands, flushes and exits 0.
+#![forbid(unsafe_code)]
+
+mod config;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use trellis_iscsi::target::Target;
+
+/// Trellis gateway member: serves virtual block devices over iSCSI.
+///
+/// Without --config it runs the embedded default: data directory
+/// ./trellis-data, one 1 GiB sparse file-backed device `disk0`, target
+/// iqn.2026-11.io.trellis:default with disk0 at LUN 0, portal 127.0.0.1:3260,
+/// any initiator allowed.
+#[derive(Debug, Parser)]
+#[command(name = "trellisd", version, about, long_about)]
+struct Args {
+    /// TOML configuration file (devices, targets, LUN maps, portals, ACLs, CHAP).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory for file-backed devices with relative paths.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Portal to listen on, HOST:PORT (repeatable; replaces the configured portals).
+    #[arg(long = "portal", value_name = "HOST:PORT")]
+    portals: Vec<String>,
+    /// Core threads (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("trellisd: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.print_default_config {
+        print!("{}", config::DEFAULT_CONFIG);
+        return Ok(());
+    }
+    let (name, text) = match &args.config {
+        Some(path) => (
+            path.display().to_string(),
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?,
+        ),
+        None => (
+            "<embedded default>".to_owned(),
+            config::DEFAULT_CONFIG.to_owned(),
+        ),
+    };
+    let over = config::Overrides {
+        data_dir: args.data_dir,
+        portals: args.portals,
+        cores: args.cores,
+    };
+    let (cfg, data_dir) = config::load(&name, &text, &over)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
+    let mut target = Target::start(cfg)?;
+    tracing::info!(
+        portals = ?target.portals(),
+        targets = ?targets,
+        data_dir = %data_dir.display(),
+        "trellisd serving"
+    );
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("signal received: stopping");
+    target.shutdown();
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -61,10 +61,11 @@ fn accept_recv_send_over_tcp() {
     body.fill(b'b');
     let msg = SendMsg {
         head: b"HEAD-tail".to_vec(),
-        body: Some(body),
+        bodies: vec![body],
         segs: vec![
             SendSeg::Head { start: 0, len: 5 },
             SendSeg::Body {
+                buf: 0,
                 start: 0,
                 len: 4096,
             },
@@ -99,8 +100,12 @@ fn bad_ranges_hand_buffers_back() {
     assert_eq!(v.len(), 8);
     let msg = SendMsg {
         head: vec![1, 2],
-        body: None,
-        segs: vec![SendSeg::Body { start: 0, len: 1 }],
+        bodies: vec![],
+        segs: vec![SendSeg::Body {
+            buf: 0,
+            start: 0,
+            len: 1,
+        }],
     };
     assert!(ring.send(&sock, msg, 1).is_err());
     assert_eq!(ring.in_flight(), 0);

@@ -1,1 +1,252 @@
-//! placeholder, being written
+//! Sans-IO SCSI block-device command layer (SPC-4 / SBC-3): CDB in, action out.
+//!
+//! ```text
+//! session ── Command{cdb, lun} ──> dispatch(cmd, dev, port, luns, nexus)
+//!                                    │ unit attention? ── CHECK CONDITION 06/..
+//!                                    │ opcode table (opcodes.rs) ── 05/20/00 if absent
+//!                                    │ reserved CDB bits, ALUA access state
+//!                                    ├─> Action::Complete(Completion)   status, sense, data-in
+//!                                    ├─> Action::Io(IoRequest)         session moves blocks,
+//!                                    │                                   datapath does the I/O
+//!                                    └─> Action::DataOut { len }       session collects `len`
+//!                                          bytes, then dispatch_data_out(cmd, data, ..)
+//! ```
+//!
+//! The layer never touches a socket, the disk or a clock. The session owns
+//! data transfer, residuals (EDTL vs. what the CDB implies) and Data-In; the
+//! SCSI layer owns everything the CDB says: field validation, LBA range,
+//! allocation-length truncation, sense data, and unit attentions (held in the
+//! per I_T nexus, per LUN [`NexusState`]).
+//!
+//! The READ/WRITE path does not allocate: it decodes into a stack copy of the
+//! CDB and returns an [`IoRequest`] or a [`Completion`] whose `data` is an
+//! empty `Vec`.
+//!
+//! A single table (`opcodes.rs`) lists every supported operation code with its
+//! CDB usage map; [`dispatch`] only runs commands found in it, rejects CDB bits
+//! outside the usage map with INVALID FIELD IN CDB, and REPORT SUPPORTED
+//! OPERATION CODES reports exactly that table.
+
+mod alua;
+mod block;
+mod capacity;
+mod cdb;
+mod dispatch;
+mod inquiry;
+mod luns;
+mod mode;
+mod opcodes;
+mod sense;
+mod ua;
+
+pub use cdb::{data_direction, expected_transfer_len, Direction};
+pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
+pub use luns::{lun_from_wire, lun_to_wire, MAX_LUN};
+pub use mode::mode_select;
+pub use opcodes::command_name;
+pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
+pub use ua::{NexusState, UnitAttention, UA_QUEUE_CAPACITY};
+
+/// What the SCSI layer knows of a device (filled by the target from datapath's
+/// `VirtualDevice`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunDevice {
+    /// Human-readable device name (not reported on the wire).
+    pub name: String,
+    /// Logical block size in bytes: 512 or 4096.
+    pub block_size: u32,
+    /// Capacity in logical blocks.
+    pub num_blocks: u64,
+    /// Writes fail with DATA PROTECT, WRITE PROTECTED; MODE SENSE reports WP.
+    pub read_only: bool,
+    /// NAA type 6 designator (16 bytes) derived from the device UUID.
+    pub naa: [u8; 16],
+    /// Unit serial number (ASCII), VPD page 80h.
+    pub serial: String,
+    /// Write cache enabled (WCE in the caching mode page).
+    pub write_cache: bool,
+    /// Largest transfer in blocks per command (VPD B0h); 0 = no limit.
+    pub max_transfer_blocks: u32,
+    /// Optimal transfer length in blocks (VPD B0h); 0 = not reported.
+    pub optimal_transfer_blocks: u32,
+    /// Rotational medium (VPD B1h reports "not reported" instead of non-rotating).
+    pub rotational: bool,
+    /// Thin provisioned: LBPME/LBPU/LBPWS/LBPRZ and unmap limits are reported.
+    pub thin: bool,
+}
+
+/// Asymmetric access state of a target port group (SPC-4 5.15.2.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AluaState {
+    /// Active/optimized (0h).
+    ActiveOptimized,
+    /// Active/non-optimized (1h).
+    ActiveNonOptimized,
+    /// Standby (2h).
+    Standby,
+    /// Unavailable (3h).
+    Unavailable,
+    /// Transitioning between states (Fh).
+    Transitioning,
+    /// Offline (Eh).
+    Offline,
+}
+
+impl AluaState {
+    /// The ASYMMETRIC ACCESS STATE code.
+    pub fn code(self) -> u8 {
+        match self {
+            AluaState::ActiveOptimized => 0x0,
+            AluaState::ActiveNonOptimized => 0x1,
+            AluaState::Standby => 0x2,
+            AluaState::Unavailable => 0x3,
+            AluaState::Offline => 0xE,
+            AluaState::Transitioning => 0xF,
+        }
+    }
+}
+
+/// One target port group as reported by REPORT TARGET PORT GROUPS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortGroup {
+    /// Target port group identifier.
+    pub id: u16,
+    /// Current asymmetric access state.
+    pub state: AluaState,
+    /// PREF bit: this group is preferred.
+    pub preferred: bool,
+    /// Relative target port identifiers in this group.
+    pub relative_ports: Vec<u16>,
+}
+
+/// The port a command arrived on (target port identity for VPD 83h and
+/// REPORT TARGET PORT GROUPS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortContext {
+    /// Target name (iqn) of this port.
+    pub target_name: String,
+    /// Target portal group tag of this port.
+    pub tpgt: u16,
+    /// Relative target port identifier of this port.
+    pub relative_port_id: u16,
+    /// Target port group this port belongs to.
+    pub tpg_id: u16,
+    /// All target port groups of the logical unit (empty: no ALUA gating).
+    pub groups: Vec<PortGroup>,
+}
+
+/// One SCSI command as received by the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command<'a> {
+    /// The CDB: 16 bytes or more (AHS extended CDB); shorter slices are
+    /// treated as zero-padded.
+    pub cdb: &'a [u8],
+    /// LUN field of the SCSI Command PDU (wire format).
+    pub lun: u64,
+    /// Expected data transfer length (EDTL).
+    pub expected_len: u32,
+    /// R bit of the PDU.
+    pub read: bool,
+    /// W bit of the PDU.
+    pub write: bool,
+}
+
+/// What the session should do with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send status (and data-in) now.
+    Complete(Completion),
+    /// Perform block I/O, then send GOOD (or the sense the I/O produced).
+    Io(IoRequest),
+    /// Collect `len` bytes of data-out (parameter list, e.g. MODE SELECT),
+    /// then call [`dispatch_data_out`] with them for the completion.
+    DataOut {
+        /// Parameter list length from the CDB.
+        len: u32,
+    },
+}
+
+/// Final status of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    /// SCSI status.
+    pub status: Status,
+    /// Sense data (CHECK CONDITION only).
+    pub sense: Option<Sense>,
+    /// Data-in, already truncated to the ALLOCATION LENGTH.
+    pub data: Vec<u8>,
+}
+
+impl Completion {
+    /// GOOD with no data.
+    pub fn good() -> Self {
+        Completion {
+            status: Status::Good,
+            sense: None,
+            data: Vec::new(),
+        }
+    }
+
+    /// GOOD with data-in.
+    pub fn with_data(data: Vec<u8>) -> Self {
+        Completion {
+            status: Status::Good,
+            sense: None,
+            data,
+        }
+    }
+
+    /// CHECK CONDITION with `sense`.
+    pub fn check(sense: Sense) -> Self {
+        Completion {
+            status: Status::CheckCondition,
+            sense: Some(sense),
+            data: Vec::new(),
+        }
+    }
+}
+
+/// Block I/O the session performs for READ/WRITE/VERIFY/SYNCHRONIZE CACHE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoRequest {
+    /// Kind of I/O.
+    pub op: IoOp,
+    /// First logical block.
+    pub lba: u64,
+    /// Number of logical blocks; for `Flush`, 0 means "to the last LBA".
+    pub blocks: u32,
+    /// Force unit access: write through to stable media (RWF_DSYNC).
+    pub fua: bool,
+}
+
+impl IoRequest {
+    /// Bytes of data-in or data-out this request moves (0 for `Flush`).
+    pub fn data_len(&self, block_size: u32) -> u64 {
+        match self.op {
+            IoOp::Flush { .. } => 0,
+            _ => u64::from(self.blocks) * u64::from(block_size),
+        }
+    }
+}
+
+/// The kind of block I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Read `blocks` and send them as data-in.
+    Read,
+    /// Collect data-out, write it.
+    Write,
+    /// Collect data-out and compare it with the medium; on mismatch complete
+    /// with `Sense::miscompare(offset)`. (BYTCHK = 0 never reaches the session.)
+    Verify {
+        /// Byte-by-byte comparison requested (always true today).
+        bytchk: bool,
+    },
+    /// Collect data-out, write it through to media (`fua` is set).
+    WriteVerify,
+    /// Flush the write cache for the range (fdatasync).
+    Flush {
+        /// IMMED: status may be returned before the flush completes.
+        immediate: bool,
+    },
+}

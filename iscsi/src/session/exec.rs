@@ -1,0 +1,826 @@
+//! Executing SCSI commands: dispatch, data-out collection with R2T, disk
+//! requests, Data-In and status, and task management.
+
+use trellis_datapath::{Buf, BufPool};
+
+use super::task::{residual, Purpose, R2tState, Stage, Task, TaskStatus};
+use super::{CloseReason, Connection, DiskOp, DiskRequest, LunTable, Phase, Session};
+use crate::pdu::{
+    DataIn, DataOut, R2t, RawPdu, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
+    BHS_LEN, RESERVED_TAG,
+};
+use crate::scsi::{self, Action, Completion, IoOp, IoRequest, Sense, Status};
+
+/// A task management response waiting for aborted I/O to drain.
+#[derive(Debug)]
+pub(super) struct PendingTmf {
+    itt: u32,
+    response: u8,
+    waiting: Vec<u32>,
+    close_after: bool,
+}
+
+/// Sense for a failed disk read / write.
+fn medium_error(read: bool) -> Sense {
+    if read {
+        Sense::medium_error_read()
+    } else {
+        Sense::medium_error_write()
+    }
+}
+
+impl Session {
+    fn lun_table(&self) -> Option<std::rc::Rc<LunTable>> {
+        self.luns.clone()
+    }
+
+    fn new_task(
+        &mut self,
+        cmd: &ScsiCommand,
+        lun_index: usize,
+        luns: &LunTable,
+        purpose: Purpose,
+        xfer: u32,
+    ) -> u32 {
+        let id = self.next_task;
+        self.next_task = self.next_task.wrapping_add(1).max(1);
+        let entry = &luns.luns[lun_index];
+        let mut task = Task {
+            itt: cmd.itt,
+            id,
+            lun: cmd.lun,
+            lun_index,
+            slot: entry.slot,
+            block_size: entry.dev.block_size,
+            cmdsn: cmd.cmdsn,
+            edtl: cmd.expected_data_transfer_length,
+            purpose,
+            xfer,
+            want: 0,
+            stage: Stage::NeedBuffer,
+            buf: None,
+            params: Vec::new(),
+            received: 0,
+            unsolicited_datasn: 0,
+            unsolicited_left: 0,
+            r2t_offset: 0,
+            r2tsn: 0,
+            r2ts: Vec::new(),
+            aborted: false,
+            held: Vec::new(),
+            cdb: cmd.cdb,
+            verify: None,
+        };
+        if task.is_write() {
+            task.want = xfer.min(cmd.expected_data_transfer_length);
+        }
+        self.itts.insert(cmd.itt, id);
+        self.tasks.insert(id, task);
+        id
+    }
+
+    fn remove_task(&mut self, id: u32) -> Option<Task> {
+        let t = self.tasks.remove(&id)?;
+        if self.itts.get(&t.itt) == Some(&id) {
+            self.itts.remove(&t.itt);
+        }
+        Some(t)
+    }
+}
+
+impl Connection {
+    fn session(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Full(s) => Some(s),
+            Phase::Login(_) => None,
+        }
+    }
+
+    /// A SCSI Command PDU. False when it must wait for buffers.
+    pub(super) fn scsi_command(
+        &mut self,
+        cmd: &ScsiCommand,
+        raw: RawPdu<'_>,
+        pool: &BufPool,
+    ) -> bool {
+        let Some(s) = self.session() else { return true };
+        let Some(luns) = s.lun_table() else {
+            // SCSI commands have no place in a discovery session.
+            self.reject(0x04, raw.bhs);
+            return true;
+        };
+        if s.itts.contains_key(&cmd.itt) {
+            self.reject(0x09, raw.bhs);
+            return true;
+        }
+        let command = scsi::Command {
+            cdb: &cmd.cdb,
+            lun: cmd.lun,
+            expected_len: cmd.expected_data_transfer_length,
+            read: cmd.read,
+            write: cmd.write,
+        };
+        let (lun_index, action) = match luns.find(cmd.lun) {
+            None => (
+                None,
+                Action::Complete(scsi::dispatch_unmapped(&command, &luns.ids, &luns.port)),
+            ),
+            Some(i) => {
+                let dev = &luns.luns[i].dev;
+                (
+                    Some(i),
+                    scsi::dispatch(&command, dev, &luns.port, &luns.ids, &mut s.nexus[i]),
+                )
+            }
+        };
+        match (action, lun_index) {
+            (Action::Complete(c), _) => {
+                self.complete_now(cmd, c);
+                true
+            }
+            (Action::Io(req), Some(i)) => self.start_io(cmd, raw.data, i, &luns, req, pool),
+            (Action::DataOut { len }, Some(i)) => {
+                let Some(s) = self.session() else { return true };
+                let id = s.new_task(cmd, i, &luns, Purpose::Params, len);
+                if let Some(t) = s.tasks.get_mut(&id) {
+                    t.stage = Stage::Collecting;
+                    t.params = vec![0; t.want as usize];
+                }
+                self.accept_immediate(id, cmd, raw.data);
+                self.advance_task(id);
+                true
+            }
+            (_, None) => {
+                self.complete_now(cmd, Completion::check(Sense::lun_not_supported()));
+                true
+            }
+        }
+    }
+
+    fn start_io(
+        &mut self,
+        cmd: &ScsiCommand,
+        data: &[u8],
+        lun_index: usize,
+        luns: &LunTable,
+        req: IoRequest,
+        pool: &BufPool,
+    ) -> bool {
+        let bs = luns.luns[lun_index].dev.block_size;
+        let xfer = u32::try_from(req.data_len(bs)).unwrap_or(u32::MAX);
+        let edtl = cmd.expected_data_transfer_length;
+        let is_write = matches!(
+            req.op,
+            IoOp::Write | IoOp::WriteVerify | IoOp::Verify { .. }
+        );
+        if xfer as usize > pool.max_buf() {
+            self.complete_now(cmd, Completion::check(Sense::invalid_field_in_cdb(7, None)));
+            return true;
+        }
+        // Nothing can move: answer with the residual and do no I/O.
+        let moves = if is_write {
+            edtl.min(xfer) / bs * bs
+        } else {
+            edtl.min(xfer)
+        };
+        if !matches!(req.op, IoOp::Flush { .. }) && moves == 0 {
+            self.respond_status(cmd.itt, edtl, xfer, TaskStatus::good(), 0);
+            return true;
+        }
+        let Some(s) = self.session() else { return true };
+        let id = s.new_task(cmd, lun_index, luns, Purpose::Io(req), xfer);
+        if matches!(req.op, IoOp::Flush { .. }) {
+            if let Some(t) = s.tasks.get_mut(&id) {
+                t.stage = Stage::InFlight;
+            }
+            self.disk.push_back(DiskRequest {
+                task: id,
+                slot: luns.luns[lun_index].slot,
+                offset: 0,
+                op: DiskOp::Flush,
+            });
+            return true;
+        }
+        if is_write {
+            self.accept_immediate(id, cmd, data);
+        }
+        self.try_start(id, pool);
+        true
+    }
+
+    /// Takes immediate data and sets up the unsolicited window.
+    fn accept_immediate(&mut self, id: u32, cmd: &ScsiCommand, data: &[u8]) {
+        let first_burst = self.session().map_or(0, |s| s.params.first_burst_length);
+        let initial_r2t = self.session().is_none_or(|s| s.params.initial_r2t);
+        let Some(s) = self.session() else { return };
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return;
+        };
+        let take = data.len().min(t.want as usize);
+        match (&mut t.buf, t.purpose) {
+            (_, Purpose::Params) => t.params[..take].copy_from_slice(&data[..take]),
+            (Some(b), _) => b[..take].copy_from_slice(&data[..take]),
+            (None, _) => t.held.extend_from_slice(&data[..take]),
+        }
+        t.received = take as u32;
+        let unsolicited_end = if initial_r2t || cmd.final_bit {
+            data.len() as u32
+        } else {
+            first_burst.min(t.edtl)
+        };
+        t.unsolicited_left = unsolicited_end.saturating_sub(data.len() as u32);
+        t.r2t_offset = unsolicited_end.min(t.want).max(t.received);
+    }
+
+    /// Gives a waiting task its buffer(s) and moves it on; false if the pool
+    /// is empty.
+    fn try_start(&mut self, id: u32, pool: &BufPool) -> bool {
+        let Some(s) = self.session() else { return true };
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return true;
+        };
+        if t.stage != Stage::NeedBuffer {
+            return true;
+        }
+        let verify = matches!(t.io().map(|r| r.op), Some(IoOp::Verify { .. }));
+        let Some(mut buf) = pool.get(t.xfer as usize) else {
+            if !s.waiting.contains(&id) {
+                s.waiting.push_back(id);
+            }
+            return false;
+        };
+        let second = if verify {
+            match pool.get(t.xfer as usize) {
+                Some(b) => Some(b),
+                None => {
+                    if !s.waiting.contains(&id) {
+                        s.waiting.push_back(id);
+                    }
+                    return false;
+                }
+            }
+        } else {
+            None
+        };
+        if !t.held.is_empty() {
+            let n = t.held.len().min(buf.len());
+            buf[..n].copy_from_slice(&t.held[..n]);
+            t.held = Vec::new();
+        }
+        t.buf = Some(buf);
+        if let Some(b) = second {
+            t.params_buf_verify(b);
+        }
+        t.stage = Stage::Collecting;
+        self.advance_task(id);
+        true
+    }
+
+    /// Starts tasks that wait for buffers, in arrival order.
+    pub(super) fn pump(&mut self, pool: &BufPool) {
+        while let Some(id) = self.session().and_then(|s| s.waiting.front().copied()) {
+            if let Some(s) = self.session() {
+                s.waiting.pop_front();
+            }
+            if !self.try_start(id, pool) {
+                break;
+            }
+        }
+    }
+
+    /// Sends R2Ts or submits the I/O, as the task's data allows.
+    fn advance_task(&mut self, id: u32) {
+        let statsn = self.statsn;
+        let Some(s) = self.session() else { return };
+        let max_r2t = s.params.max_outstanding_r2t.max(1) as usize;
+        let max_burst = s.params.max_burst_length.max(512);
+        let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
+        let mut r2ts = Vec::new();
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return;
+        };
+        if t.stage != Stage::Collecting {
+            return;
+        }
+        if t.data_complete() && t.r2ts.is_empty() && t.unsolicited_left == 0 {
+            t.stage = Stage::InFlight;
+            self.data_complete(id);
+            return;
+        }
+        if t.unsolicited_left > 0 {
+            return;
+        }
+        while t.r2ts.len() < max_r2t && t.r2t_offset < t.want {
+            let len = max_burst.min(t.want - t.r2t_offset);
+            let ttt = s.next_ttt;
+            s.next_ttt = s.next_ttt.wrapping_add(1).max(1);
+            if s.next_ttt == RESERVED_TAG {
+                s.next_ttt = 1;
+            }
+            let r = R2tState {
+                ttt,
+                offset: t.r2t_offset,
+                len,
+                received: 0,
+                next_datasn: 0,
+            };
+            r2ts.push(R2t {
+                total_ahs_len: 0,
+                data_segment_len: 0,
+                lun: t.lun,
+                itt: t.itt,
+                ttt,
+                statsn,
+                exp_cmdsn: exp,
+                max_cmdsn: max,
+                r2tsn: t.r2tsn,
+                buffer_offset: r.offset,
+                desired_data_transfer_length: len,
+            });
+            t.r2tsn += 1;
+            t.r2t_offset += len;
+            t.r2ts.push(r);
+        }
+        for r in r2ts {
+            let mut bhs = [0u8; BHS_LEN];
+            r.encode(&mut bhs);
+            self.out.push(&bhs, &[]);
+        }
+    }
+
+    /// A Data-Out PDU.
+    pub(super) fn data_out(&mut self, d: &DataOut, data: &[u8], _pool: &BufPool) {
+        let Some(s) = self.session() else { return };
+        let Some(&id) = s.itts.get(&d.itt) else {
+            // Data for a task that is gone (aborted or failed early): drop it.
+            return;
+        };
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return;
+        };
+        let len = data.len() as u32;
+        let offset = d.buffer_offset;
+        let fault = if d.ttt == RESERVED_TAG {
+            if d.data_sn != t.unsolicited_datasn {
+                Some(format!(
+                    "unsolicited DataSN {} (expected {})",
+                    d.data_sn, t.unsolicited_datasn
+                ))
+            } else if len > t.unsolicited_left {
+                Some("unsolicited data beyond FirstBurstLength".to_owned())
+            } else {
+                t.unsolicited_datasn += 1;
+                t.unsolicited_left -= len;
+                if d.final_bit {
+                    t.unsolicited_left = 0;
+                }
+                None
+            }
+        } else if let Some(r) = t.r2ts.iter_mut().find(|r| r.ttt == d.ttt) {
+            if d.data_sn != r.next_datasn {
+                Some(format!("DataSN {} (expected {})", d.data_sn, r.next_datasn))
+            } else if offset < r.offset || offset + len > r.offset + r.len {
+                Some(format!("buffer offset {offset}+{len} outside the R2T"))
+            } else {
+                r.next_datasn += 1;
+                r.received += len;
+                None
+            }
+        } else {
+            Some(format!("Data-Out with unknown TTT {:#x}", d.ttt))
+        };
+        if let Some(f) = fault {
+            tracing::warn!(itt = d.itt, "{f}");
+            self.close(CloseReason::Protocol(f));
+            return;
+        }
+        // Copy what falls inside the transfer; ignore an underflow's excess.
+        let end = (offset + len).min(t.want);
+        if offset < end {
+            let src = &data[..(end - offset) as usize];
+            match (&mut t.buf, t.purpose) {
+                (_, Purpose::Params) => {
+                    t.params[offset as usize..end as usize].copy_from_slice(src)
+                }
+                (Some(b), _) => b[offset as usize..end as usize].copy_from_slice(src),
+                (None, _) => {
+                    if t.held.len() == offset as usize {
+                        t.held.extend_from_slice(src);
+                    }
+                }
+            }
+            t.received += end - offset;
+        }
+        t.r2ts.retain(|r| r.received < r.len);
+        self.advance_task(id);
+    }
+
+    /// A task has its buffer and all its data-out: submit its I/O (or, for a
+    /// parameter list, finish it).
+    fn data_complete(&mut self, id: u32) {
+        let Some(s) = self.session() else { return };
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return;
+        };
+        let req = match t.purpose {
+            Purpose::Params => {
+                let luns = s.luns.clone();
+                let Some(t) = s.remove_task(id) else { return };
+                let Some(luns) = luns else { return };
+                let dev = &luns.luns[t.lun_index].dev;
+                let c = scsi::dispatch_data_out(&t.cdb, &t.params, dev, &mut s.nexus[t.lun_index]);
+                self.respond_completion(t.itt, t.lun, t.edtl, c, 0);
+                return;
+            }
+            Purpose::Io(req) => req,
+        };
+        let bytes = if req.op == IoOp::Read {
+            t.xfer
+        } else {
+            t.want / t.block_size * t.block_size
+        };
+        let Some(mut buf) = t.buf.take() else { return };
+        buf.set_len(bytes as usize);
+        let op = match req.op {
+            IoOp::Read => DiskOp::Read(buf),
+            IoOp::Verify { .. } => {
+                // Read the medium into the second buffer, compare on completion.
+                t.buf = Some(buf);
+                match t.take_verify_buf() {
+                    Some(mut b) => {
+                        b.set_len(bytes as usize);
+                        t.stage = Stage::Verifying;
+                        DiskOp::Read(b)
+                    }
+                    None => return,
+                }
+            }
+            IoOp::WriteVerify => DiskOp::Write { buf, fua: true },
+            _ => DiskOp::Write { buf, fua: req.fua },
+        };
+        let (slot, offset) = (t.slot, t.offset());
+        self.disk.push_back(DiskRequest {
+            task: id,
+            slot,
+            offset,
+            op,
+        });
+    }
+
+    /// A disk request finished: `result` is bytes or -errno; `buf` is the
+    /// request's buffer, if it had one.
+    pub fn disk_done(&mut self, id: u32, result: i32, buf: Option<Buf>, pool: &BufPool) {
+        self.finish_disk(id, result, buf);
+        self.drain_tmfs(id);
+        if self.closing.is_none() {
+            self.pump(pool);
+        }
+    }
+
+    fn finish_disk(&mut self, id: u32, result: i32, buf: Option<Buf>) {
+        let Some(s) = self.session() else { return };
+        let Some(t) = s.remove_task(id) else { return };
+        if t.aborted {
+            return;
+        }
+        let Some(req) = t.io() else { return };
+        let expect = buf.as_ref().map_or(0, |b| b.len() as i32);
+        let ok = result >= 0 && result == expect;
+        if result < 0 {
+            tracing::warn!(errno = -result, op = ?req.op, lba = req.lba, "disk I/O failed");
+        }
+        match req.op {
+            IoOp::Read => {
+                let Some(buf) = buf.filter(|_| ok) else {
+                    self.respond_status(
+                        t.itt,
+                        t.edtl,
+                        t.xfer,
+                        TaskStatus::check(medium_error(true)),
+                        0,
+                    );
+                    return;
+                };
+                self.send_read(&t, buf);
+            }
+            IoOp::Verify { .. } => {
+                let (Some(medium), Some(data)) = (buf, t.buf.as_ref()) else {
+                    return;
+                };
+                let status = if !ok {
+                    TaskStatus::check(medium_error(true))
+                } else if let Some(pos) = medium.iter().zip(data.iter()).position(|(a, b)| a != b) {
+                    TaskStatus::check(Sense::miscompare(pos as u64))
+                } else {
+                    TaskStatus::good()
+                };
+                self.respond_status(t.itt, t.edtl, t.xfer, status, t.r2tsn);
+            }
+            IoOp::Write | IoOp::WriteVerify => {
+                let status = if ok {
+                    TaskStatus::good()
+                } else {
+                    TaskStatus::check(medium_error(false))
+                };
+                self.respond_status(t.itt, t.edtl, t.xfer, status, t.r2tsn);
+            }
+            IoOp::Flush { .. } => {
+                let status = if result >= 0 {
+                    TaskStatus::good()
+                } else {
+                    TaskStatus::check(medium_error(false))
+                };
+                self.respond_status(t.itt, t.edtl, 0, status, 0);
+            }
+        }
+    }
+
+    /// Data-In from a read buffer, status collapsed into the last PDU.
+    fn send_read(&mut self, t: &Task, buf: Buf) {
+        let send = t.edtl.min(t.xfer) as usize;
+        let (under, over, count) = residual(t.edtl, t.xfer);
+        let mrdsl = self.session().map_or(8192, |s| {
+            s.params.max_recv_data_segment_length_initiator.max(512)
+        }) as usize;
+        let body = self.out.add_body(buf);
+        let mut offset = 0;
+        let mut datasn = 0;
+        while offset < send {
+            let chunk = mrdsl.min(send - offset);
+            let last = offset + chunk == send;
+            let statsn = if last {
+                self.next_statsn()
+            } else {
+                self.statsn
+            };
+            let Some(s) = self.session() else { return };
+            let din = DataIn {
+                final_bit: last,
+                acknowledge: false,
+                residual_overflow: last && over,
+                residual_underflow: last && under,
+                status_present: last,
+                status: Status::Good.code(),
+                total_ahs_len: 0,
+                data_segment_len: chunk as u32,
+                lun: t.lun,
+                itt: t.itt,
+                ttt: RESERVED_TAG,
+                statsn,
+                exp_cmdsn: s.window.exp_cmdsn(),
+                max_cmdsn: s.window.max_cmdsn(),
+                data_sn: datasn,
+                buffer_offset: offset as u32,
+                residual_count: if last { count } else { 0 },
+            };
+            let mut bhs = [0u8; BHS_LEN];
+            din.encode(&mut bhs);
+            self.out.push_body(&bhs, body, offset, chunk);
+            offset += chunk;
+            datasn += 1;
+        }
+    }
+
+    /// Answers a command the SCSI layer completed without I/O.
+    fn complete_now(&mut self, cmd: &ScsiCommand, c: Completion) {
+        self.respond_completion(cmd.itt, cmd.lun, cmd.expected_data_transfer_length, c, 0);
+    }
+
+    fn respond_completion(
+        &mut self,
+        itt: u32,
+        lun: u64,
+        edtl: u32,
+        c: Completion,
+        exp_datasn: u32,
+    ) {
+        let len = c.data.len() as u32;
+        let send = edtl.min(len) as usize;
+        let mut datasn = exp_datasn;
+        if send > 0 {
+            let mrdsl = self.session().map_or(8192, |s| {
+                s.params.max_recv_data_segment_length_initiator.max(512)
+            }) as usize;
+            let good = c.status == Status::Good;
+            let (under, over, count) = residual(edtl, len);
+            let mut offset = 0;
+            while offset < send {
+                let chunk = mrdsl.min(send - offset);
+                let last = offset + chunk == send;
+                let collapse = last && good;
+                let statsn = if collapse {
+                    self.next_statsn()
+                } else {
+                    self.statsn
+                };
+                let Some(s) = self.session() else { return };
+                let din = DataIn {
+                    final_bit: last,
+                    acknowledge: false,
+                    residual_overflow: collapse && over,
+                    residual_underflow: collapse && under,
+                    status_present: collapse,
+                    status: if collapse { Status::Good.code() } else { 0 },
+                    total_ahs_len: 0,
+                    data_segment_len: chunk as u32,
+                    lun,
+                    itt,
+                    ttt: RESERVED_TAG,
+                    statsn,
+                    exp_cmdsn: s.window.exp_cmdsn(),
+                    max_cmdsn: s.window.max_cmdsn(),
+                    data_sn: datasn,
+                    buffer_offset: offset as u32,
+                    residual_count: if collapse { count } else { 0 },
+                };
+                let mut bhs = [0u8; BHS_LEN];
+                din.encode(&mut bhs);
+                self.out.push(&bhs, &c.data[offset..offset + chunk]);
+                offset += chunk;
+                datasn += 1;
+            }
+            if good {
+                return;
+            }
+        }
+        let status = TaskStatus {
+            status: c.status,
+            sense: c.sense,
+        };
+        self.respond_status(itt, edtl, len, status, datasn);
+    }
+
+    /// A SCSI Response PDU; `moved` is what the command would transfer, for
+    /// the residual.
+    fn respond_status(
+        &mut self,
+        itt: u32,
+        edtl: u32,
+        moved: u32,
+        status: TaskStatus,
+        exp_datasn: u32,
+    ) {
+        let (under, over, count) = residual(edtl, moved);
+        let mut data = [0u8; 2 + 252];
+        let n = match &status.sense {
+            Some(sense) => {
+                let n = sense.encode_fixed(&mut data[2..]);
+                data[..2].copy_from_slice(&(n as u16).to_be_bytes());
+                n + 2
+            }
+            None => 0,
+        };
+        let statsn = self.next_statsn();
+        let Some(s) = self.session() else { return };
+        let resp = ScsiResponse {
+            bidi_overflow: false,
+            bidi_underflow: false,
+            residual_overflow: over,
+            residual_underflow: under,
+            response: 0,
+            status: status.status.code(),
+            total_ahs_len: 0,
+            data_segment_len: n as u32,
+            itt,
+            snack_tag: 0,
+            statsn,
+            exp_cmdsn: s.window.exp_cmdsn(),
+            max_cmdsn: s.window.max_cmdsn(),
+            exp_data_sn: exp_datasn,
+            bidi_read_residual_count: 0,
+            residual_count: count,
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        resp.encode(&mut bhs);
+        self.out.push(&bhs, &data[..n]);
+    }
+
+    /// A Task Management Function Request.
+    pub(super) fn task_mgmt(&mut self, req: &TaskMgmtRequest) {
+        let Some(s) = self.session() else { return };
+        let function = req.function & 0x7f;
+        let lun_known = s.luns.as_ref().is_some_and(|l| l.find(req.lun).is_some());
+        let mut affected: Vec<u32> = Vec::new();
+        let mut close_after = false;
+        let response = match function {
+            // ABORT TASK
+            1 => match s.itts.get(&req.referenced_task_tag) {
+                Some(&id) => {
+                    affected.push(id);
+                    0
+                }
+                None => {
+                    // Rule (b) of RFC 7143 §11.6.1: a RefCmdSN inside the window
+                    // and before this request counts as received and done.
+                    let w = s.window;
+                    if super::sn_le(w.exp_cmdsn(), req.ref_cmdsn)
+                        && super::sn_lt(req.ref_cmdsn, req.cmdsn)
+                    {
+                        0
+                    } else {
+                        1
+                    }
+                }
+            },
+            // ABORT TASK SET, CLEAR TASK SET, LUN RESET
+            2 | 3 | 5 => {
+                if lun_known {
+                    affected.extend(s.tasks.values().filter(|t| t.lun == req.lun).map(|t| t.id));
+                    if function == 5 {
+                        if let Some(i) = s.luns.as_ref().and_then(|l| l.find(req.lun)) {
+                            // Other sessions learn of the reset through their own
+                            // nexus; this one asked for it.
+                            let _ = i;
+                        }
+                    }
+                    0
+                } else {
+                    2
+                }
+            }
+            // TARGET WARM RESET, TARGET COLD RESET
+            6 | 7 => {
+                affected.extend(s.tasks.keys().copied());
+                for n in s.nexus.iter_mut() {
+                    n.push(scsi::UnitAttention::PowerOnReset);
+                }
+                close_after = function == 7;
+                0
+            }
+            // CLEAR ACA (no ACA support), TASK REASSIGN (needs ERL 2), others.
+            8 => 4,
+            _ => 5,
+        };
+        let mut waiting = Vec::new();
+        for id in affected {
+            let Some(t) = s.tasks.get_mut(&id) else {
+                continue;
+            };
+            t.aborted = true;
+            if matches!(t.stage, Stage::InFlight | Stage::Verifying) {
+                waiting.push(id);
+            } else {
+                s.waiting.retain(|w| *w != id);
+                s.remove_task(id);
+            }
+        }
+        let tmf = PendingTmf {
+            itt: req.itt,
+            response,
+            waiting,
+            close_after,
+        };
+        if tmf.waiting.is_empty() {
+            self.send_tmf(&tmf);
+        } else if let Some(s) = self.session() {
+            s.tmfs.push(tmf);
+        }
+    }
+
+    fn drain_tmfs(&mut self, id: u32) {
+        let Some(s) = self.session() else { return };
+        if s.tmfs.is_empty() {
+            return;
+        }
+        for t in s.tmfs.iter_mut() {
+            t.waiting.retain(|w| *w != id);
+        }
+        let (done, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut s.tmfs)
+            .into_iter()
+            .partition(|t| t.waiting.is_empty());
+        s.tmfs = rest;
+        for t in done {
+            self.send_tmf(&t);
+        }
+    }
+
+    fn send_tmf(&mut self, t: &PendingTmf) {
+        let statsn = self.next_statsn();
+        let Some(s) = self.session() else { return };
+        let resp = TaskMgmtResponse {
+            response: t.response,
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            itt: t.itt,
+            statsn,
+            exp_cmdsn: s.window.exp_cmdsn(),
+            max_cmdsn: s.window.max_cmdsn(),
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        resp.encode(&mut bhs);
+        self.out.push(&bhs, &[]);
+        if t.close_after {
+            self.close(CloseReason::Shutdown);
+        }
+    }
+}
+
+impl Task {
+    fn params_buf_verify(&mut self, b: Buf) {
+        self.verify = Some(b);
+    }
+
+    fn take_verify_buf(&mut self) -> Option<Buf> {
+        self.verify.take()
+    }
+}

@@ -1,0 +1,650 @@
+//! One iSCSI connection and its session, sans-IO (MaxConnections=1, so the
+//! connection is the session).
+//!
+//! ```text
+//! bytes ─> receive ─> split_pdu ─> login phase: LoginMachine
+//!                                  full feature: CmdSN window ─> opcode dispatch
+//!                                     SCSI Command / Data-Out ─> task.rs ─> DiskRequest
+//! disk_done ─> Data-In / SCSI Response ─> Outbox ─> take_send ─> socket
+//! tick(now) ─> NOP-In keepalive, dead-peer detection
+//! ```
+//!
+//! The driver (`target::core`) moves bytes and completions in and out; this
+//! module never touches a socket, the ring or a clock.
+
+mod cmdsn;
+mod exec;
+mod outbox;
+mod task;
+mod text;
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use trellis_datapath::{Buf, BufPool, StoreSlot};
+
+pub use cmdsn::{sn_le, sn_lt, Admit, Window};
+pub use outbox::Outbox;
+pub use task::{residual, Task};
+
+use crate::login::{LoginContext, LoginMachine, LoginOutcome, SessionParams, TargetLimits};
+use crate::pdu::{
+    self, Digests, Header, LogoutResponse, NopIn, NopOut, PduError, RawPdu, Reject, BHS_LEN,
+    RESERVED_TAG,
+};
+use crate::scsi::{LunDevice, NexusState, PortContext};
+
+/// One logical unit as a session sees it.
+#[derive(Debug, Clone)]
+pub struct LunEntry {
+    /// LUN in wire format (as in PDUs and REPORT LUNS).
+    pub lun: u64,
+    /// What SCSI needs to know of the device.
+    pub dev: Rc<LunDevice>,
+    /// Where its store is registered on this core's ring.
+    pub slot: StoreSlot,
+}
+
+/// The LUNs of one target visible to one initiator, on one core.
+#[derive(Debug, Clone)]
+pub struct LunTable {
+    /// The target port identity.
+    pub port: PortContext,
+    /// Mapped LUNs.
+    pub luns: Vec<LunEntry>,
+    /// Their LUN numbers (not wire-encoded), for REPORT LUNS.
+    pub ids: Vec<u64>,
+}
+
+impl LunTable {
+    fn find(&self, lun: u64) -> Option<usize> {
+        self.luns.iter().position(|l| l.lun == lun)
+    }
+}
+
+/// What the connection needs from the rest of the target.
+pub trait Host {
+    /// Login-time lookups (targets, ACLs, CHAP, session table).
+    fn login(&mut self) -> &mut dyn LoginContext;
+    /// The LUN table of `target` as `initiator` may see it.
+    fn luns(&mut self, target: &str, initiator: &str) -> Option<Rc<LunTable>>;
+    /// SendTargets: `(target name, ["addr:port,tpgt", ...])` for each target
+    /// `initiator` may see (only `only` if given).
+    fn send_targets(&self, initiator: &str, only: Option<&str>) -> Vec<(String, Vec<String>)>;
+    /// The session with this TSIH has ended.
+    fn session_ended(&mut self, tsih: u16);
+}
+
+/// Connection-level settings.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    /// What we offer at login.
+    pub limits: TargetLimits,
+    /// Idle time after which we ping the initiator with a NOP-In.
+    pub nop_interval: Duration,
+    /// How long the initiator has to answer a ping before we drop it.
+    pub nop_timeout: Duration,
+    /// How long a login may take in all.
+    pub login_timeout: Duration,
+}
+
+impl Default for ConnConfig {
+    fn default() -> Self {
+        Self {
+            limits: TargetLimits::default(),
+            nop_interval: Duration::from_secs(5),
+            nop_timeout: Duration::from_secs(30),
+            login_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// A disk operation the driver submits to the ring.
+#[derive(Debug)]
+pub enum DiskOp {
+    /// Read `buf.len()` bytes.
+    Read(Buf),
+    /// Write `buf`; `fua` makes it durable first.
+    Write {
+        /// Data.
+        buf: Buf,
+        /// Force unit access.
+        fua: bool,
+    },
+    /// fdatasync.
+    Flush,
+}
+
+/// A disk request with the task it belongs to.
+#[derive(Debug)]
+pub struct DiskRequest {
+    /// Task id (hand it back in [`Connection::disk_done`]).
+    pub task: u32,
+    /// Store slot on the ring.
+    pub slot: StoreSlot,
+    /// Byte offset.
+    pub offset: u64,
+    /// The operation.
+    pub op: DiskOp,
+}
+
+/// Why the connection is going away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Logout completed.
+    Logout,
+    /// Login failed or timed out.
+    LoginFailed,
+    /// A protocol violation; the message says which.
+    Protocol(String),
+    /// The initiator stopped answering.
+    Timeout,
+    /// The target is shutting down or the session was reinstated.
+    Shutdown,
+}
+
+enum Phase {
+    Login(Box<LoginMachine>),
+    Full(Box<Session>),
+}
+
+/// State of a session in full feature phase.
+struct Session {
+    params: SessionParams,
+    window: Window,
+    luns: Option<Rc<LunTable>>,
+    nexus: Vec<NexusState>,
+    tasks: HashMap<u32, Task>,
+    itts: HashMap<u32, u32>,
+    next_task: u32,
+    waiting: VecDeque<u32>,
+    next_ttt: u32,
+    text: Option<text::Pending>,
+    tmfs: Vec<exec::PendingTmf>,
+}
+
+/// One connection.
+pub struct Connection {
+    cfg: Rc<ConnConfig>,
+    phase: Phase,
+    out: Outbox,
+    disk: VecDeque<DiskRequest>,
+    statsn: u32,
+    digests: Digests,
+    max_recv: usize,
+    closing: Option<CloseReason>,
+    close_now: bool,
+    started: Instant,
+    last_rx: Instant,
+    ping: Option<(u32, Instant)>,
+    blocked: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("statsn", &self.statsn)
+            .field("closing", &self.closing)
+            .finish()
+    }
+}
+
+/// Login-phase data segments are bounded by 8 KiB until negotiated (RFC 7143 §12.12).
+const LOGIN_MAX_DATA: usize = 8192;
+
+impl Connection {
+    /// A new connection in the login phase. `seed` feeds CHAP challenges.
+    pub fn new(cfg: Rc<ConnConfig>, seed: u64, now: Instant) -> Self {
+        let login = LoginMachine::new(cfg.limits.clone(), seed);
+        Self {
+            cfg,
+            phase: Phase::Login(Box::new(login)),
+            out: Outbox::default(),
+            disk: VecDeque::new(),
+            statsn: 0,
+            digests: Digests::default(),
+            max_recv: LOGIN_MAX_DATA,
+            closing: None,
+            close_now: false,
+            started: now,
+            last_rx: now,
+            ping: None,
+            blocked: false,
+        }
+    }
+
+    /// Largest PDU the connection can receive, for sizing the receive buffer.
+    pub fn max_pdu_len(&self) -> usize {
+        let data = self.max_recv.max(LOGIN_MAX_DATA);
+        BHS_LEN + 1024 + 4 + pdu::padded(data) + 4
+    }
+
+    /// Why the connection closes, once it does.
+    pub fn closing(&self) -> Option<&CloseReason> {
+        self.closing.as_ref()
+    }
+
+    /// Whether the driver should close the socket now (after flushing what
+    /// [`Connection::take_send`] returns).
+    pub fn should_close(&self) -> bool {
+        self.close_now
+    }
+
+    /// Whether `receive` stopped early for lack of buffers.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// Whether the session is in full feature phase.
+    pub fn is_full_feature(&self) -> bool {
+        matches!(self.phase, Phase::Full(_))
+    }
+
+    /// Consumes whole PDUs from `bytes`; returns how many bytes were used.
+    /// Stops early when buffers run out ([`Connection::blocked`]); call again
+    /// with the rest after a disk completion.
+    pub fn receive(
+        &mut self,
+        bytes: &[u8],
+        host: &mut dyn Host,
+        pool: &BufPool,
+        now: Instant,
+    ) -> usize {
+        self.blocked = false;
+        self.last_rx = now;
+        let mut used = 0;
+        while self.closing.is_none() {
+            let rest = &bytes[used..];
+            match pdu::split_pdu(rest, self.digests, self.max_recv) {
+                Ok(None) => break,
+                Ok(Some((raw, n))) => {
+                    if !self.handle(raw, host, pool, now) {
+                        self.blocked = true;
+                        break;
+                    }
+                    used += n;
+                }
+                Err(e) => {
+                    self.wire_error(rest, e);
+                    break;
+                }
+            }
+        }
+        if self.closing.is_none() {
+            self.pump(pool);
+        }
+        used
+    }
+
+    fn wire_error(&mut self, rest: &[u8], e: PduError) {
+        tracing::warn!(error = %e, "closing connection on a malformed PDU");
+        if let (PduError::DataSegmentTooLong { .. }, Some(bhs)) =
+            (&e, rest.first_chunk::<BHS_LEN>())
+        {
+            // The header is sound: tell the initiator why before we go.
+            self.reject(0x04, bhs);
+        }
+        self.close(CloseReason::Protocol(e.to_string()));
+    }
+
+    /// Starts closing: nothing more is read; the driver closes once the
+    /// outbox has drained.
+    pub fn close(&mut self, reason: CloseReason) {
+        if self.closing.is_none() {
+            self.closing = Some(reason);
+            self.close_now = true;
+            for (_, t) in self
+                .session_mut()
+                .map(|s| &mut s.tasks)
+                .into_iter()
+                .flatten()
+            {
+                t.aborted = true;
+            }
+        }
+    }
+
+    fn session_mut(&mut self) -> Option<&mut Session> {
+        match &mut self.phase {
+            Phase::Full(s) => Some(s),
+            Phase::Login(_) => None,
+        }
+    }
+
+    /// Periodic housekeeping: login timeout, NOP-In pings, dead initiators.
+    pub fn tick(&mut self, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        match &self.phase {
+            Phase::Login(_) => {
+                if now.duration_since(self.started) > self.cfg.login_timeout {
+                    self.close(CloseReason::LoginFailed);
+                }
+            }
+            Phase::Full(s) => {
+                if let Some((_, sent)) = self.ping {
+                    if now.duration_since(sent) > self.cfg.nop_timeout {
+                        tracing::warn!("initiator did not answer NOP-In; dropping the connection");
+                        self.close(CloseReason::Timeout);
+                    }
+                } else if now.duration_since(self.last_rx) > self.cfg.nop_interval
+                    && !s.params.is_discovery()
+                {
+                    self.send_ping(now);
+                }
+            }
+        }
+    }
+
+    fn send_ping(&mut self, now: Instant) {
+        let Some(s) = self.session_mut() else { return };
+        let ttt = s.alloc_ttt();
+        let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
+        let nop = NopIn {
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            lun: 0,
+            itt: RESERVED_TAG,
+            ttt,
+            statsn: self.statsn,
+            exp_cmdsn: exp,
+            max_cmdsn: max,
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        nop.encode(&mut bhs);
+        self.out.push(&bhs, &[]);
+        self.ping = Some((ttt, now));
+    }
+
+    /// Next disk request to submit.
+    pub fn next_disk(&mut self) -> Option<DiskRequest> {
+        self.disk.pop_front()
+    }
+
+    /// Puts back a request the ring could not take.
+    pub fn unget_disk(&mut self, req: DiskRequest) {
+        self.disk.push_front(req);
+    }
+
+    /// Everything queued for the wire, as one message.
+    pub fn take_send(&mut self) -> Option<trellis_datapath::SendMsg> {
+        self.out.take()
+    }
+
+    /// A send finished; its vectors are reused.
+    pub fn send_done(&mut self, msg: trellis_datapath::SendMsg) {
+        self.out.recycle(msg);
+    }
+
+    /// Number of tasks in the session.
+    pub fn task_count(&self) -> usize {
+        match &self.phase {
+            Phase::Full(s) => s.tasks.len(),
+            Phase::Login(_) => 0,
+        }
+    }
+
+    /// TSIH of the session once in full feature phase.
+    pub fn tsih(&self) -> Option<u16> {
+        match &self.phase {
+            Phase::Full(s) => Some(s.params.tsih),
+            Phase::Login(_) => None,
+        }
+    }
+
+    /// Handles one PDU; false when it must be retried later (no buffer).
+    fn handle(
+        &mut self,
+        raw: RawPdu<'_>,
+        host: &mut dyn Host,
+        pool: &BufPool,
+        now: Instant,
+    ) -> bool {
+        let header = match Header::parse(raw.bhs) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "rejecting PDU");
+                let reason = match e {
+                    PduError::UnknownOpcode(_) | PduError::NotFromInitiator(_) => 0x05,
+                    _ => 0x04,
+                };
+                self.reject(reason, raw.bhs);
+                if matches!(self.phase, Phase::Login(_)) {
+                    self.close(CloseReason::Protocol(e.to_string()));
+                }
+                return true;
+            }
+        };
+        if let Phase::Login(login) = &mut self.phase {
+            let Header::LoginRequest(req) = header else {
+                self.close(CloseReason::Protocol(format!(
+                    "{:?} before login completed",
+                    header.opcode()
+                )));
+                return true;
+            };
+            let step = login.handle(&req, raw.data, host.login());
+            let mut bhs = [0u8; BHS_LEN];
+            step.response.encode(&mut bhs);
+            self.out.push(&bhs, &step.data);
+            match step.outcome {
+                LoginOutcome::Continue => {}
+                LoginOutcome::Failed => self.close(CloseReason::LoginFailed),
+                LoginOutcome::FullFeature(params) => {
+                    self.statsn = step.response.statsn.wrapping_add(1);
+                    self.enter_full_feature(*params, host);
+                }
+            }
+            return true;
+        }
+        self.full_feature(header, raw, host, pool, now)
+    }
+
+    fn enter_full_feature(&mut self, params: SessionParams, host: &mut dyn Host) {
+        self.digests = Digests {
+            header: params.header_digest,
+            data: params.data_digest,
+        };
+        self.out.set_digests(self.digests);
+        self.max_recv = params.max_recv_data_segment_length_target as usize;
+        let luns = params
+            .target_name
+            .as_deref()
+            .and_then(|t| host.luns(t, &params.initiator_name));
+        let nexus = luns.as_ref().map_or(Vec::new(), |l| {
+            l.luns.iter().map(|_| NexusState::new()).collect()
+        });
+        let window = Window::new(params.exp_cmdsn_start, self.cfg.limits.cmdsn_window);
+        tracing::info!(
+            initiator = %params.initiator_name,
+            target = ?params.target_name,
+            tsih = params.tsih,
+            "session in full feature phase"
+        );
+        self.phase = Phase::Full(Box::new(Session {
+            params,
+            window,
+            luns,
+            nexus,
+            tasks: HashMap::new(),
+            itts: HashMap::new(),
+            next_task: 1,
+            waiting: VecDeque::new(),
+            next_ttt: 1,
+            text: None,
+            tmfs: Vec::new(),
+        }));
+    }
+
+    fn full_feature(
+        &mut self,
+        header: Header,
+        raw: RawPdu<'_>,
+        host: &mut dyn Host,
+        pool: &BufPool,
+        now: Instant,
+    ) -> bool {
+        // Ordering: non-immediate commands consume a CmdSN.
+        if let Some(cmdsn) = header.cmdsn() {
+            let immediate = header.immediate();
+            let Some(s) = self.session_mut() else {
+                return true;
+            };
+            if !immediate {
+                match s.window.admit(cmdsn) {
+                    Admit::InOrder => s.window.advance(),
+                    Admit::Ahead | Admit::Outside => {
+                        // One connection per session keeps commands in order;
+                        // anything else is a stale or bogus CmdSN.
+                        tracing::debug!(
+                            cmdsn,
+                            exp = s.window.exp_cmdsn(),
+                            "ignoring command outside the CmdSN window"
+                        );
+                        return true;
+                    }
+                }
+            }
+        }
+        match header {
+            Header::ScsiCommand(cmd) => {
+                if !self.scsi_command(&cmd, raw, pool) {
+                    return false;
+                }
+            }
+            Header::DataOut(d) => self.data_out(&d, raw.data, pool),
+            Header::NopOut(n) => self.nop_out(&n, raw.data, now),
+            Header::TaskMgmtRequest(t) => self.task_mgmt(&t),
+            Header::TextRequest(t) => self.text_request(&t, raw.data, host),
+            Header::LogoutRequest(l) => self.logout(&l, host),
+            Header::LoginRequest(_) => {
+                self.reject(0x04, raw.bhs);
+            }
+            Header::SnackRequest(_) => {
+                // ErrorRecoveryLevel=0: SNACK is not supported.
+                self.reject(0x04, raw.bhs);
+            }
+        }
+        true
+    }
+
+    fn nop_out(&mut self, n: &NopOut, data: &[u8], _now: Instant) {
+        if n.itt == RESERVED_TAG {
+            // The initiator's answer to our ping.
+            if self.ping.is_some_and(|(ttt, _)| ttt == n.ttt) {
+                self.ping = None;
+            }
+            return;
+        }
+        let Some(s) = self.session_mut() else { return };
+        let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
+        let nop = NopIn {
+            total_ahs_len: 0,
+            data_segment_len: data.len() as u32,
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            statsn: self.next_statsn(),
+            exp_cmdsn: exp,
+            max_cmdsn: max,
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        nop.encode(&mut bhs);
+        self.out.push(&bhs, data);
+    }
+
+    fn logout(&mut self, l: &pdu::LogoutRequest, host: &mut dyn Host) {
+        let Some(s) = self.session_mut() else { return };
+        // Reason 0 (close session) and 1 (close connection) both end our
+        // single-connection session; 2 (recovery) needs ERL 2.
+        let response = if l.reason_code & 0x7f <= 1 { 0 } else { 2 };
+        let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
+        let tsih = s.params.tsih;
+        let resp = LogoutResponse {
+            response,
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            itt: l.itt,
+            statsn: self.next_statsn(),
+            exp_cmdsn: exp,
+            max_cmdsn: max,
+            time2wait: 0,
+            time2retain: 0,
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        resp.encode(&mut bhs);
+        self.out.push(&bhs, &[]);
+        if response == 0 {
+            host.session_ended(tsih);
+            self.close(CloseReason::Logout);
+        }
+    }
+
+    /// Queues a Reject carrying the offending header.
+    fn reject(&mut self, reason: u8, bhs: &[u8; BHS_LEN]) {
+        let (exp, max) = match &self.phase {
+            Phase::Full(s) => (s.window.exp_cmdsn(), s.window.max_cmdsn()),
+            Phase::Login(_) => (0, 0),
+        };
+        let r = Reject {
+            reason,
+            total_ahs_len: 0,
+            data_segment_len: BHS_LEN as u32,
+            statsn: self.next_statsn(),
+            exp_cmdsn: exp,
+            max_cmdsn: max,
+            data_sn: 0,
+        };
+        let mut out = [0u8; BHS_LEN];
+        r.encode(&mut out);
+        self.out.push(&out, bhs);
+    }
+
+    fn next_statsn(&mut self) -> u32 {
+        let s = self.statsn;
+        self.statsn = self.statsn.wrapping_add(1);
+        s
+    }
+
+    /// The session ended by the target (shutdown, reinstatement): ask the
+    /// initiator to log out (Async Message, event 1) and close after a grace.
+    pub fn request_logout(&mut self, wait_secs: u16) {
+        let Some(s) = self.session_mut() else {
+            self.close(CloseReason::Shutdown);
+            return;
+        };
+        let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
+        let msg = pdu::AsyncMessage {
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            lun: 0,
+            statsn: self.statsn,
+            exp_cmdsn: exp,
+            max_cmdsn: max,
+            event: 1,
+            vcode: 0,
+            param1: 0,
+            param2: 0,
+            param3: wait_secs,
+        };
+        let mut bhs = [0u8; BHS_LEN];
+        msg.encode(&mut bhs);
+        self.out.push(&bhs, &[]);
+    }
+}
+
+impl Session {
+    fn alloc_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests;

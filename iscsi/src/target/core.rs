@@ -1,0 +1,513 @@
+//! One core's event loop: its ring carries accepts, socket receives and
+//! sends, and the disk I/O of the connections that live on this core.
+//!
+//! ```text
+//! loop: submit_and_wait ─> completions ─┬ accept ─> new Connection
+//!                                       ├ recv   ─> Connection::receive ─> PDUs
+//!                                       ├ send   ─> recycle, send more
+//!                                       ├ disk   ─> Connection::disk_done
+//!                                       └ wake   ─> stop / killed sessions
+//!       drive(conn): disk requests ─> ring, outbox ─> ring send, recv again
+//! ```
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use trellis_datapath::ring::{Payload, RecvBuf};
+use trellis_datapath::{Ring, RingError, StoreSlot, Waker};
+
+use super::Registry;
+use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
+use crate::scsi::LunDevice;
+use crate::session::{CloseReason, ConnConfig, Connection, DiskOp, Host, LunTable};
+
+const KIND_ACCEPT: u64 = 1;
+const KIND_RECV: u64 = 2;
+const KIND_SEND: u64 = 3;
+const KIND_DISK: u64 = 4;
+const KIND_WAKE: u64 = 5;
+
+fn tag(kind: u64, conn: usize, low: u32) -> u64 {
+    (kind << 56) | ((conn as u64 & 0xff_ffff) << 32) | u64::from(low)
+}
+
+fn untag(t: u64) -> (u64, usize, u32) {
+    (t >> 56, ((t >> 32) & 0xff_ffff) as usize, t as u32)
+}
+
+/// How often connections get `tick`.
+const TICK: Duration = Duration::from_millis(500);
+/// How long shutdown waits for in-flight commands.
+const DRAIN: Duration = Duration::from_secs(10);
+
+struct Conn {
+    conn: Connection,
+    sock: Rc<TcpStream>,
+    fd: Rc<dyn AsRawFd>,
+    local: Option<SocketAddr>,
+    rbuf: Option<Vec<u8>>,
+    filled: usize,
+    recv_busy: bool,
+    send_busy: bool,
+    disk_busy: usize,
+    kill: Arc<AtomicBool>,
+    shut: bool,
+    ended: bool,
+}
+
+/// The per-core view the session layer calls back into.
+struct CoreHost<'a> {
+    reg: &'a Registry,
+    core: usize,
+    slots: &'a [StoreSlot],
+    devs: &'a [Rc<LunDevice>],
+    kill: &'a Arc<AtomicBool>,
+    local: Option<SocketAddr>,
+}
+
+impl LoginContext for CoreHost<'_> {
+    fn target_exists(&self, target: &str) -> bool {
+        self.reg.target(target).is_some()
+    }
+    fn initiator_allowed(&self, target: Option<&str>, initiator: &str) -> bool {
+        self.reg.allowed(target, initiator)
+    }
+    fn chap(&self, target: Option<&str>, initiator: &str) -> Option<ChapPolicy> {
+        self.reg.chap(target, initiator)
+    }
+    fn target_alias(&self, target: &str) -> Option<String> {
+        self.reg.target(target).and_then(|t| t.alias.clone())
+    }
+    fn allocate_session(&mut self, req: &SessionRequest) -> Result<u16, LoginStatus> {
+        self.reg.allocate_session(req, self.core, self.kill)
+    }
+}
+
+impl Host for CoreHost<'_> {
+    fn login(&mut self) -> &mut dyn LoginContext {
+        self
+    }
+    fn luns(&mut self, target: &str, initiator: &str) -> Option<Rc<LunTable>> {
+        self.reg
+            .lun_table(target, initiator, self.slots, self.devs)
+            .map(Rc::new)
+    }
+    fn send_targets(&self, initiator: &str, only: Option<&str>) -> Vec<(String, Vec<String>)> {
+        self.reg.send_targets(initiator, only, self.local)
+    }
+    fn session_ended(&mut self, tsih: u16) {
+        self.reg.session_ended(tsih, self.kill);
+    }
+}
+
+struct Core<'a> {
+    id: usize,
+    reg: &'a Registry,
+    ring: Ring,
+    cfg: Rc<ConnConfig>,
+    slots: Vec<StoreSlot>,
+    devs: Vec<Rc<LunDevice>>,
+    conns: Vec<Option<Conn>>,
+    listeners: Vec<Rc<dyn AsRawFd>>,
+    accepting: Vec<bool>,
+    stopping: Option<Instant>,
+    seed: u64,
+}
+
+/// Runs core `id` until the stop flag is set and its connections are gone.
+pub(super) fn run(
+    id: usize,
+    reg: &Registry,
+    listeners: &[Arc<TcpListener>],
+    stop: &AtomicBool,
+    waker: &Arc<Waker>,
+    ready: Sender<Result<(), (usize, RingError)>>,
+) {
+    let mut core = match Core::new(id, reg, listeners) {
+        Ok(c) => {
+            let _ = ready.send(Ok(()));
+            c
+        }
+        Err(e) => {
+            let _ = ready.send(Err((id, e)));
+            return;
+        }
+    };
+    let wake_fd: Rc<dyn AsRawFd> = Rc::new(Arc::clone(waker));
+    if let Err(e) = core.ring.wait_event(&wake_fd, tag(KIND_WAKE, 0, 0)) {
+        tracing::error!(core = id, error = %e, "cannot arm the wake-up eventfd");
+    }
+    let mut last_tick = Instant::now();
+    loop {
+        for i in 0..core.listeners.len() {
+            core.arm_accept(i);
+        }
+        if let Err(e) = core.ring.submit_and_wait(1, Some(TICK)) {
+            tracing::error!(core = id, error = %e, "ring wait failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        while let Some(c) = core.ring.next_completion() {
+            let (kind, idx, low) = untag(c.tag);
+            match kind {
+                KIND_ACCEPT => core.accepted(idx, c.result, c.payload),
+                KIND_RECV => core.received(idx, c.result, c.payload),
+                KIND_SEND => core.sent(idx, c.result, c.payload),
+                KIND_DISK => core.disk_done(idx, low, c.result, c.payload),
+                KIND_WAKE => {
+                    if let Err(e) = core.ring.wait_event(&wake_fd, tag(KIND_WAKE, 0, 0)) {
+                        tracing::error!(core = id, error = %e, "cannot re-arm the wake-up eventfd");
+                    }
+                }
+                _ => {}
+            }
+        }
+        let now = Instant::now();
+        if stop.load(Ordering::SeqCst) && core.stopping.is_none() {
+            core.begin_stop(now);
+        }
+        core.check_kills();
+        if now.duration_since(last_tick) >= TICK {
+            last_tick = now;
+            core.tick(now);
+        }
+        for i in 0..core.conns.len() {
+            core.drive(i);
+        }
+        if core.stopping.is_some() && core.conns.iter().all(Option::is_none) {
+            break;
+        }
+    }
+    tracing::debug!(core = id, "core stopped");
+}
+
+impl<'a> Core<'a> {
+    fn new(
+        id: usize,
+        reg: &'a Registry,
+        listeners: &[Arc<TcpListener>],
+    ) -> Result<Self, RingError> {
+        let cfg = reg.config();
+        let mut ring = Ring::new(&cfg.ring)?;
+        let slots = cfg
+            .devices
+            .iter()
+            .map(|d| ring.register_store(Arc::clone(d.store())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let devs = reg.lun_devices().iter().cloned().map(Rc::new).collect();
+        let listeners: Vec<Rc<dyn AsRawFd>> = listeners
+            .iter()
+            .map(|l| Rc::new(Arc::clone(l)) as Rc<dyn AsRawFd>)
+            .collect();
+        let accepting = vec![false; listeners.len()];
+        Ok(Self {
+            id,
+            reg,
+            ring,
+            cfg: Rc::new(cfg.conn.clone()),
+            slots,
+            devs,
+            conns: Vec::new(),
+            listeners,
+            accepting,
+            stopping: None,
+            seed: (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now_nanos(),
+        })
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        if self.accepting[i] || self.stopping.is_some() {
+            return;
+        }
+        let l = Rc::clone(&self.listeners[i]);
+        match self.ring.accept(&l, tag(KIND_ACCEPT, i, 0)) {
+            Ok(()) => self.accepting[i] = true,
+            Err(e) => tracing::warn!(core = self.id, error = %e, "cannot post accept"),
+        }
+    }
+
+    fn accepted(&mut self, portal: usize, result: i32, payload: Payload) {
+        if let Some(a) = self.accepting.get_mut(portal) {
+            *a = false;
+        }
+        let Payload::Accepted(fd) = payload else {
+            if result != -libc::ECANCELED {
+                tracing::warn!(core = self.id, errno = -result, "accept failed");
+            }
+            return;
+        };
+        if self.stopping.is_some() {
+            return;
+        }
+        let sock = TcpStream::from(fd);
+        let _ = sock.set_nodelay(true);
+        let local = sock.local_addr().ok();
+        let peer = sock.peer_addr().ok();
+        self.seed = self
+            .seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let conn = Connection::new(
+            Rc::clone(&self.cfg),
+            self.seed ^ now_nanos(),
+            Instant::now(),
+        );
+        let cap = conn.max_pdu_len();
+        let sock = Rc::new(sock);
+        let entry = Conn {
+            conn,
+            fd: Rc::clone(&sock) as Rc<dyn AsRawFd>,
+            sock,
+            local,
+            rbuf: Some(vec![0; cap]),
+            filled: 0,
+            recv_busy: false,
+            send_busy: false,
+            disk_busy: 0,
+            kill: Arc::new(AtomicBool::new(false)),
+            shut: false,
+            ended: false,
+        };
+        let idx = match self.conns.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        tracing::debug!(core = self.id, conn = idx, ?peer, "connection accepted");
+        self.conns[idx] = Some(entry);
+    }
+
+    fn host<'b>(&'b self, kill: &'b Arc<AtomicBool>, local: Option<SocketAddr>) -> CoreHost<'b> {
+        CoreHost {
+            reg: self.reg,
+            core: self.id,
+            slots: &self.slots,
+            devs: &self.devs,
+            kill,
+            local,
+        }
+    }
+
+    fn received(&mut self, idx: usize, result: i32, payload: Payload) {
+        let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        c.recv_busy = false;
+        if let Payload::Recv(RecvBuf::Heap(v)) = payload {
+            c.rbuf = Some(v);
+        }
+        if result <= 0 {
+            if result < 0 && result != -libc::ECANCELED && result != -libc::ECONNRESET {
+                tracing::debug!(
+                    core = self.id,
+                    conn = idx,
+                    errno = -result,
+                    "receive failed"
+                );
+            }
+            c.conn.close(CloseReason::Shutdown);
+        } else {
+            c.filled += result as usize;
+            self.consume(&mut c);
+        }
+        self.conns[idx] = Some(c);
+    }
+
+    /// Feeds buffered bytes to the connection.
+    fn consume(&mut self, c: &mut Conn) {
+        let Some(mut buf) = c.rbuf.take() else { return };
+        let kill = Arc::clone(&c.kill);
+        let mut host = self.host(&kill, c.local);
+        let used = c.conn.receive(
+            &buf[..c.filled],
+            &mut host,
+            self.ring.pool(),
+            Instant::now(),
+        );
+        buf.copy_within(used..c.filled, 0);
+        c.filled -= used;
+        let want = c.conn.max_pdu_len();
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        c.rbuf = Some(buf);
+    }
+
+    fn sent(&mut self, idx: usize, result: i32, payload: Payload) {
+        let Some(c) = self.conns.get_mut(idx).and_then(Option::as_mut) else {
+            return;
+        };
+        c.send_busy = false;
+        if let Payload::Send(msg) = payload {
+            c.conn.send_done(msg);
+        }
+        if result < 0 {
+            tracing::debug!(core = self.id, conn = idx, errno = -result, "send failed");
+            c.conn.close(CloseReason::Shutdown);
+        }
+    }
+
+    fn disk_done(&mut self, idx: usize, task: u32, result: i32, payload: Payload) {
+        let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        c.disk_busy -= 1;
+        let buf = match payload {
+            Payload::Buf(b) => Some(b),
+            _ => None,
+        };
+        c.conn.disk_done(task, result, buf, self.ring.pool());
+        if c.conn.blocked() {
+            self.consume(&mut c);
+        }
+        self.conns[idx] = Some(c);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for c in self.conns.iter_mut().flatten() {
+            c.conn.tick(now);
+        }
+        if let Some(since) = self.stopping {
+            for c in self.conns.iter_mut().flatten() {
+                if c.conn.task_count() == 0 || now.duration_since(since) > DRAIN {
+                    c.conn.close(CloseReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    fn begin_stop(&mut self, now: Instant) {
+        tracing::info!(
+            core = self.id,
+            "stopping: no new connections, draining commands"
+        );
+        self.stopping = Some(now);
+        for l in self.listeners.clone() {
+            let _ = self.ring.cancel_fd(&l);
+        }
+        for c in self.conns.iter_mut().flatten() {
+            if c.conn.task_count() == 0 || !c.conn.is_full_feature() {
+                c.conn.close(CloseReason::Shutdown);
+            }
+        }
+    }
+
+    fn check_kills(&mut self) {
+        for c in self.conns.iter_mut().flatten() {
+            if c.kill.load(Ordering::Relaxed) && c.conn.closing().is_none() {
+                tracing::info!(
+                    core = self.id,
+                    "session reinstated elsewhere; closing this connection"
+                );
+                c.ended = true;
+                c.conn.close(CloseReason::Shutdown);
+            }
+        }
+    }
+
+    /// Moves a connection's queued work into the ring.
+    fn drive(&mut self, idx: usize) {
+        let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) else {
+            return;
+        };
+        // Disk requests, while the ring has room (completions make more).
+        while self.ring.free_slots() > 1 {
+            let Some(req) = c.conn.next_disk() else { break };
+            let t = tag(KIND_DISK, idx, req.task);
+            let r = match req.op {
+                DiskOp::Read(buf) => self
+                    .ring
+                    .read(req.slot, buf, req.offset, t)
+                    .map_err(|(e, b)| (e, Some(b))),
+                DiskOp::Write { buf, fua } => self
+                    .ring
+                    .write(req.slot, buf, req.offset, fua, t)
+                    .map_err(|(e, b)| (e, Some(b))),
+                DiskOp::Flush => self.ring.flush(req.slot, t).map_err(|e| (e, None)),
+            };
+            match r {
+                Ok(()) => c.disk_busy += 1,
+                Err((e, buf)) => {
+                    tracing::error!(core = self.id, error = %e, "disk submission failed");
+                    c.conn
+                        .disk_done(req.task, -libc::EIO, buf, self.ring.pool());
+                }
+            }
+        }
+        // Output.
+        if !c.send_busy {
+            if let Some(msg) = c.conn.take_send() {
+                match self.ring.send(&c.fd, msg, tag(KIND_SEND, idx, 0)) {
+                    Ok(()) => c.send_busy = true,
+                    Err((e, msg)) => {
+                        tracing::warn!(core = self.id, error = %e, "send submission failed");
+                        c.conn.send_done(msg);
+                        c.conn.close(CloseReason::Shutdown);
+                    }
+                }
+            }
+        }
+        // Input.
+        let closing = c.conn.should_close();
+        if !closing && !c.recv_busy && self.stopping.is_none_or(|_| c.conn.task_count() > 0) {
+            if let Some(buf) = c.rbuf.take() {
+                let (start, end) = (c.filled, buf.len());
+                if start < end {
+                    match self.ring.recv(
+                        &c.fd,
+                        RecvBuf::Heap(buf),
+                        start,
+                        end,
+                        tag(KIND_RECV, idx, 0),
+                    ) {
+                        Ok(()) => c.recv_busy = true,
+                        Err((e, RecvBuf::Heap(b))) => {
+                            c.rbuf = Some(b);
+                            if !matches!(e, RingError::Busy) {
+                                c.conn.close(CloseReason::Protocol(e.to_string()));
+                            }
+                        }
+                        Err((_, RecvBuf::Pool(_))) => {}
+                    }
+                } else {
+                    c.rbuf = Some(buf);
+                    if !c.conn.blocked() {
+                        c.conn.close(CloseReason::Protocol(
+                            "PDU larger than the receive buffer".into(),
+                        ));
+                    }
+                }
+            }
+        }
+        // Close: once the outbox is flushed, shut the socket; free the slot
+        // when nothing of ours is in flight any more.
+        if closing && !c.send_busy {
+            if !c.shut {
+                c.shut = true;
+                let _ = c.sock.shutdown(std::net::Shutdown::Both);
+            }
+            if !c.recv_busy && c.disk_busy == 0 {
+                if let Some(tsih) = c.conn.tsih() {
+                    if !c.ended {
+                        self.reg.session_ended(tsih, &c.kill);
+                    }
+                }
+                tracing::debug!(core = self.id, conn = idx, reason = ?c.conn.closing(), "connection closed");
+                return;
+            }
+        }
+        self.conns[idx] = Some(c);
+    }
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

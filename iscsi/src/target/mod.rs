@@ -1,0 +1,206 @@
+//! The target driver: binds portals, runs one core thread per CPU, and
+//! connects sockets, sessions and the data path.
+//!
+//! ```text
+//! trellisd ─> Target::start(GatewayConfig)
+//!               ├─ Registry (targets, LUN maps, ACLs, CHAP, session table) shared
+//!               └─ core threads: Ring + accept/recv/send/disk per connection
+//! ```
+//!
+//! Every core accepts on every portal; a connection lives on the core that
+//! accepted it, and its disk I/O goes into that core's ring.
+
+mod core;
+mod registry;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use trellis_datapath::{RingConfig, VirtualDevice, Waker};
+
+pub use registry::Registry;
+
+use crate::login::ChapPolicy;
+use crate::session::ConnConfig;
+
+/// One initiator allowed on a target.
+#[derive(Debug, Clone)]
+pub struct AclEntry {
+    /// Initiator IQN.
+    pub initiator: String,
+    /// CHAP the initiator must pass (None: no authentication).
+    pub chap: Option<ChapPolicy>,
+    /// LUNs it may see (None: all of the target's LUNs).
+    pub luns: Option<Vec<u16>>,
+}
+
+/// A target: a name and its LUN map.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    /// IQN.
+    pub name: String,
+    /// TargetAlias sent at login.
+    pub alias: Option<String>,
+    /// `(LUN, index into GatewayConfig::devices)`.
+    pub luns: Vec<(u16, usize)>,
+    /// Allowed initiators; `None` lets any initiator in.
+    pub acl: Option<Vec<AclEntry>>,
+}
+
+/// Everything the target needs to run.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Devices, referenced by index from the targets.
+    pub devices: Vec<VirtualDevice>,
+    /// Targets.
+    pub targets: Vec<TargetSpec>,
+    /// Listening addresses.
+    pub portals: Vec<SocketAddr>,
+    /// CHAP for discovery sessions (None: open discovery).
+    pub discovery_chap: Option<ChapPolicy>,
+    /// This member's target port group id.
+    pub tpg_id: u16,
+    /// This member's relative target port id.
+    pub relative_port_id: u16,
+    /// Connection settings.
+    pub conn: ConnConfig,
+    /// Core threads (0: one per CPU).
+    pub cores: usize,
+    /// Ring and buffer pool of each core.
+    pub ring: RingConfig,
+}
+
+/// Starting the target failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// A portal could not be bound.
+    #[error("cannot listen on portal {addr}")]
+    Bind {
+        /// The portal.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A core's ring could not start.
+    #[error("core {core} could not start")]
+    Core {
+        /// Which core.
+        core: usize,
+        /// Cause.
+        #[source]
+        source: trellis_datapath::RingError,
+    },
+    /// Threads or eventfds could not be created.
+    #[error("cannot start core threads")]
+    Threads(#[source] std::io::Error),
+}
+
+/// A running target.
+#[derive(Debug)]
+pub struct Target {
+    registry: Arc<Registry>,
+    stop: Arc<AtomicBool>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<()>>,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Target {
+    /// Binds the portals and starts the core threads. Returns once every
+    /// core's ring is up (or the first one failed).
+    pub fn start(cfg: GatewayConfig) -> Result<Self, TargetError> {
+        let listeners: Vec<Arc<TcpListener>> = cfg
+            .portals
+            .iter()
+            .map(|a| {
+                TcpListener::bind(a)
+                    .map(Arc::new)
+                    .map_err(|source| TargetError::Bind { addr: *a, source })
+            })
+            .collect::<Result<_, _>>()?;
+        let addrs: Vec<SocketAddr> = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+        let cores = if cfg.cores == 0 {
+            trellis_datapath::available_cores()
+        } else {
+            cfg.cores
+        };
+        let wakers: Vec<Arc<Waker>> = (0..cores)
+            .map(|_| Waker::new().map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(TargetError::Threads)?;
+        let registry = Arc::new(Registry::new(cfg, addrs.clone(), wakers.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let body = {
+            let registry = Arc::clone(&registry);
+            let stop = Arc::clone(&stop);
+            let wakers = wakers.clone();
+            let listeners = listeners.clone();
+            move |core: usize| {
+                let ready = ready_tx.clone();
+                core::run(core, &registry, &listeners, &stop, &wakers[core], ready);
+            }
+        };
+        let threads = trellis_datapath::spawn_cores("trellis-core", cores, body)
+            .map_err(TargetError::Threads)?;
+        let mut target = Self {
+            registry,
+            stop,
+            wakers,
+            threads,
+            addrs,
+        };
+        for _ in 0..cores {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err((core, source))) => {
+                    target.shutdown();
+                    return Err(TargetError::Core { core, source });
+                }
+                Err(_) => break,
+            }
+        }
+        Ok(target)
+    }
+
+    /// The addresses the portals listen on (with real ports if 0 was asked).
+    pub fn portals(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The shared registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Stops accepting, lets in-flight commands finish (bounded), flushes
+    /// every store and joins the core threads.
+    pub fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            w.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        for d in self.registry.devices() {
+            if let Err(e) = d.store().flush() {
+                tracing::error!(device = %d.spec().name, error = %e, "flush at shutdown failed");
+            }
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shutdown();
+        }
+    }
+}

@@ -1,0 +1,569 @@
+//! trellisd's TOML configuration, its embedded default, and validation into
+//! the target's [`GatewayConfig`].
+//!
+//! Errors name the file, the line and what is wrong.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+use toml::Spanned;
+use trellis_datapath::{
+    BackingStore, DeviceSpec, FileStore, MemoryStore, RingConfig, VirtualDevice,
+};
+use trellis_iscsi::login::ChapPolicy;
+use trellis_iscsi::session::ConnConfig;
+use trellis_iscsi::target::{AclEntry, GatewayConfig, TargetSpec};
+use uuid::Uuid;
+
+/// The configuration used when trellisd runs without `--config`.
+pub const DEFAULT_CONFIG: &str = r#"# Embedded default: one 1 GiB sparse file-backed device on loopback.
+data_dir = "./trellis-data"
+portals = ["127.0.0.1:3260"]
+
+[[device]]
+name = "disk0"
+size = "1GiB"
+path = "disk0.img"
+
+[[target]]
+name = "iqn.2026-11.io.trellis:default"
+luns = [{ lun = 0, device = "disk0" }]
+"#;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    portals: Vec<Spanned<String>>,
+    #[serde(default)]
+    cores: usize,
+    #[serde(default)]
+    iscsi: IscsiSection,
+    #[serde(default, rename = "device")]
+    devices: Vec<DeviceSection>,
+    #[serde(default, rename = "target")]
+    targets: Vec<TargetSection>,
+    discovery: Option<ChapSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IscsiSection {
+    max_recv_data_segment_length: Option<u32>,
+    max_burst_length: Option<u32>,
+    first_burst_length: Option<u32>,
+    max_outstanding_r2t: Option<u32>,
+    immediate_data: Option<bool>,
+    initial_r2t: Option<bool>,
+    cmdsn_window: Option<u32>,
+    nop_interval_secs: Option<u64>,
+    nop_timeout_secs: Option<u64>,
+    target_portal_group_tag: Option<u16>,
+    target_port_group: Option<u16>,
+    relative_target_port: Option<u16>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceSection {
+    name: Spanned<String>,
+    size: Spanned<Size>,
+    path: Option<PathBuf>,
+    #[serde(default)]
+    memory: bool,
+    uuid: Option<Spanned<String>>,
+    #[serde(default = "default_block_size")]
+    block_size: Spanned<u32>,
+    #[serde(default)]
+    read_only: bool,
+    #[serde(default)]
+    thin: bool,
+    #[serde(default = "yes")]
+    direct: bool,
+}
+
+fn default_block_size() -> Spanned<u32> {
+    Spanned::new(0..0, 512)
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetSection {
+    name: Spanned<String>,
+    alias: Option<String>,
+    #[serde(default)]
+    luns: Vec<Spanned<LunSection>>,
+    acl: Option<Vec<AclSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LunSection {
+    lun: u16,
+    device: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AclSection {
+    initiator: Spanned<String>,
+    chap_user: Option<String>,
+    chap_secret: Option<String>,
+    mutual_user: Option<String>,
+    mutual_secret: Option<String>,
+    luns: Option<Vec<u16>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChapSection {
+    chap_user: Option<String>,
+    chap_secret: Option<String>,
+    mutual_user: Option<String>,
+    mutual_secret: Option<String>,
+}
+
+/// Command-line overrides applied on top of the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--portal` (replaces the file's portals when given).
+    pub portals: Vec<String>,
+    /// `--cores`.
+    pub cores: Option<usize>,
+}
+
+/// Where the config came from, for messages.
+struct Source<'a> {
+    name: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn line(&self, span: std::ops::Range<usize>) -> usize {
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn at<T>(&self, s: &Spanned<T>) -> String {
+        if s.span().end == 0 {
+            self.name.to_owned()
+        } else {
+            format!("{}:{}", self.name, self.line(s.span()))
+        }
+    }
+}
+
+/// Parses, validates and opens everything the configuration names.
+pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, PathBuf)> {
+    let src = Source { name, text };
+    let file: File = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(":{}", src.line(s)))
+            .unwrap_or_default();
+        anyhow!("{name}{line}: {}", e.message())
+    })?;
+    let data_dir = over
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./trellis-data"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+
+    let portal_texts: Vec<(String, String)> = if over.portals.is_empty() {
+        file.portals
+            .iter()
+            .map(|p| (p.get_ref().clone(), src.at(p)))
+            .collect()
+    } else {
+        over.portals
+            .iter()
+            .map(|p| (p.clone(), "--portal".to_owned()))
+            .collect()
+    };
+    if portal_texts.is_empty() {
+        bail!(
+            "{name}: no portals: add `portals = [\"127.0.0.1:3260\"]` or pass --portal HOST:PORT"
+        );
+    }
+    let mut portals = Vec::new();
+    for (p, at) in &portal_texts {
+        portals.push(parse_portal(p).with_context(|| format!("{at}: bad portal {p:?}"))?);
+    }
+
+    let mut devices = Vec::new();
+    let mut names = Vec::new();
+    for d in &file.devices {
+        let at = src.at(&d.name);
+        let name = d.name.get_ref();
+        if names.contains(name) {
+            bail!("{at}: device {name:?} is defined twice");
+        }
+        devices.push(open_device(d, &data_dir).with_context(|| format!("{at}: device {name:?}"))?);
+        names.push(name.clone());
+    }
+
+    let mut targets = Vec::new();
+    let mut seen = HashSet::new();
+    for t in &file.targets {
+        let at = src.at(&t.name);
+        let tname = t.name.get_ref();
+        if !tname.starts_with("iqn.") && !tname.starts_with("eui.") && !tname.starts_with("naa.") {
+            bail!("{at}: target name {tname:?} is not an iSCSI name (iqn., eui. or naa.)");
+        }
+        if !seen.insert(tname.clone()) {
+            bail!("{at}: target {tname:?} is defined twice");
+        }
+        let mut luns = Vec::new();
+        for l in &t.luns {
+            let lat = src.at(l);
+            let l = l.get_ref();
+            let Some(dev) = names.iter().position(|n| *n == l.device) else {
+                bail!(
+                    "{lat}: target {tname:?} LUN {} names unknown device {:?}",
+                    l.lun,
+                    l.device
+                );
+            };
+            if luns.iter().any(|(n, _)| *n == l.lun) {
+                bail!("{lat}: target {tname:?} maps LUN {} twice", l.lun);
+            }
+            if l.lun > 16383 {
+                bail!("{lat}: LUN {} is out of range (0..=16383)", l.lun);
+            }
+            luns.push((l.lun, dev));
+        }
+        let acl = match &t.acl {
+            None => None,
+            Some(list) => Some(
+                list.iter()
+                    .map(|a| {
+                        let chap = chap_policy(
+                            a.initiator.get_ref(),
+                            &a.chap_user,
+                            &a.chap_secret,
+                            &a.mutual_user,
+                            &a.mutual_secret,
+                        )
+                        .with_context(|| {
+                            format!(
+                                "{}: ACL for {:?}",
+                                src.at(&a.initiator),
+                                a.initiator.get_ref()
+                            )
+                        })?;
+                        Ok(AclEntry {
+                            initiator: a.initiator.get_ref().clone(),
+                            chap,
+                            luns: a.luns.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+        };
+        targets.push(TargetSpec {
+            name: tname.clone(),
+            alias: t.alias.clone(),
+            luns,
+            acl,
+        });
+    }
+    let discovery_chap = match &file.discovery {
+        None => None,
+        Some(d) => chap_policy(
+            "discovery",
+            &d.chap_user,
+            &d.chap_secret,
+            &d.mutual_user,
+            &d.mutual_secret,
+        )
+        .with_context(|| format!("{name}: [discovery]"))?,
+    };
+
+    let mut conn = ConnConfig::default();
+    let i = &file.iscsi;
+    let l = &mut conn.limits;
+    // Data segments land in a per-connection receive buffer: 64 KiB keeps
+    // memory flat as sessions grow while large transfers still stream.
+    l.max_recv_data_segment_length = i.max_recv_data_segment_length.unwrap_or(64 * 1024);
+    if let Some(v) = i.max_burst_length {
+        l.max_burst_length = v;
+    }
+    l.first_burst_length = i.first_burst_length.unwrap_or(64 * 1024);
+    if let Some(v) = i.max_outstanding_r2t {
+        l.max_outstanding_r2t = v;
+    }
+    if let Some(v) = i.immediate_data {
+        l.immediate_data = v;
+    }
+    l.initial_r2t = i.initial_r2t.unwrap_or(true);
+    if let Some(v) = i.cmdsn_window {
+        l.cmdsn_window = v;
+    }
+    if let Some(v) = i.target_portal_group_tag {
+        l.target_portal_group_tag = v;
+    }
+    if !(512..=16_777_215).contains(&l.max_recv_data_segment_length) {
+        bail!("{name}: [iscsi] max_recv_data_segment_length must be 512..=16777215");
+    }
+    if let Some(s) = i.nop_interval_secs {
+        conn.nop_interval = std::time::Duration::from_secs(s.max(1));
+    }
+    if let Some(s) = i.nop_timeout_secs {
+        conn.nop_timeout = std::time::Duration::from_secs(s.max(1));
+    }
+    let cfg = GatewayConfig {
+        devices,
+        targets,
+        portals,
+        discovery_chap,
+        tpg_id: i.target_port_group.unwrap_or(1),
+        relative_port_id: i.relative_target_port.unwrap_or(1),
+        conn,
+        cores: over.cores.unwrap_or(file.cores),
+        ring: RingConfig::default(),
+    };
+    Ok((cfg, data_dir))
+}
+
+fn parse_portal(p: &str) -> Result<SocketAddr> {
+    if let Ok(a) = p.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let with_port = if p.contains(':') {
+        p.to_owned()
+    } else {
+        format!("{p}:3260")
+    };
+    with_port
+        .to_socket_addrs()
+        .context("expected HOST:PORT, e.g. 127.0.0.1:3260 or [::1]:3260")?
+        .next()
+        .ok_or_else(|| anyhow!("{p} resolves to no address"))
+}
+
+/// Parses "1GiB", "512MiB", "4096", "10G".
+pub fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow!("size {s:?} does not start with a number"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" | "k" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        u => bail!("unknown size unit {u:?} (use B, KiB, MiB, GiB or TiB)"),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow!("size {s:?} is too large"))
+}
+
+fn open_device(d: &DeviceSection, data_dir: &Path) -> Result<VirtualDevice> {
+    let size = match d.size.get_ref() {
+        Size::Bytes(b) => *b,
+        Size::Text(t) => parse_size(t)?,
+    };
+    let block_size = *d.block_size.get_ref();
+    let name = d.name.get_ref();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        bail!("name must be non-empty and use only letters, digits, '-', '_' and '.'");
+    }
+    let uuid = match &d.uuid {
+        Some(u) => {
+            Uuid::parse_str(u.get_ref()).with_context(|| format!("bad uuid {:?}", u.get_ref()))?
+        }
+        None => persistent_uuid(data_dir, name)?,
+    };
+    let store: Arc<dyn BackingStore> = match (&d.path, d.memory) {
+        (Some(_), true) => bail!("give either `path` or `memory = true`, not both"),
+        (None, true) => Arc::new(MemoryStore::new(name, size)?),
+        (None, false) => bail!("needs a backing store: `path = \"FILE\"` or `memory = true`"),
+        (Some(p), false) => {
+            let path = if p.is_absolute() {
+                p.clone()
+            } else {
+                data_dir.join(p)
+            };
+            let create = !path.exists() || is_regular(&path);
+            let s = FileStore::open_with(&path, d.read_only, create.then_some(size), d.direct)?;
+            tracing::info!(device = %name, store = %s.describe(), "backing store opened");
+            Arc::new(s)
+        }
+    };
+    let spec = DeviceSpec {
+        name: name.clone(),
+        uuid,
+        size,
+        block_size,
+        read_only: d.read_only,
+        thin: d.thin,
+    };
+    Ok(VirtualDevice::new(spec, store)?)
+}
+
+fn is_regular(p: &Path) -> bool {
+    std::fs::metadata(p).map(|m| m.is_file()).unwrap_or(false)
+}
+
+/// A device without a configured UUID keeps the one stored beside its data,
+/// so its SCSI identity survives restarts.
+fn persistent_uuid(data_dir: &Path, name: &str) -> Result<Uuid> {
+    let path = data_dir.join(format!("{name}.uuid"));
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            Uuid::parse_str(s.trim()).with_context(|| format!("{} holds no UUID", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let u = Uuid::new_v4();
+            std::fs::write(&path, format!("{u}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(u)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+fn chap_policy(
+    who: &str,
+    user: &Option<String>,
+    secret: &Option<String>,
+    mutual_user: &Option<String>,
+    mutual_secret: &Option<String>,
+) -> Result<Option<ChapPolicy>> {
+    let check = |s: &str| -> Result<()> {
+        if s.len() < 12 || s.len() > 255 {
+            bail!(
+                "CHAP secrets must be 12 to 255 characters (RFC 7143 recommends at least 96 bits)"
+            );
+        }
+        Ok(())
+    };
+    match (user, secret) {
+        (None, None) => {
+            if mutual_user.is_some() || mutual_secret.is_some() {
+                bail!("mutual CHAP needs chap_user and chap_secret too");
+            }
+            Ok(None)
+        }
+        (Some(u), Some(s)) => {
+            check(s)?;
+            let mutual = match (mutual_user, mutual_secret) {
+                (None, None) => None,
+                (Some(mu), Some(ms)) => {
+                    check(ms)?;
+                    if ms == s {
+                        bail!("the mutual secret must differ from the initiator's secret");
+                    }
+                    Some((mu.clone(), ms.as_bytes().to_vec()))
+                }
+                _ => bail!("mutual CHAP needs both mutual_user and mutual_secret"),
+            };
+            Ok(Some(ChapPolicy {
+                user: u.clone(),
+                secret: s.as_bytes().to_vec(),
+                mutual,
+            }))
+        }
+        _ => bail!("{who}: CHAP needs both chap_user and chap_secret"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let over = Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        };
+        format!("{:#}", load("t.toml", text, &over).unwrap_err())
+    }
+
+    #[test]
+    fn default_config_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let over = Overrides {
+            data_dir: Some(dir.path().to_owned()),
+            portals: vec!["127.0.0.1:0".into()],
+            cores: Some(1),
+        };
+        let (cfg, _) = load("default", DEFAULT_CONFIG, &over).unwrap();
+        assert_eq!(cfg.devices.len(), 1);
+        assert_eq!(cfg.devices[0].spec().size, 1 << 30);
+        assert_eq!(cfg.targets[0].name, "iqn.2026-11.io.trellis:default");
+        assert_eq!(cfg.targets[0].luns, vec![(0, 0)]);
+        assert!(cfg.targets[0].acl.is_none());
+        // The UUID persists beside the data.
+        let u1 = cfg.devices[0].spec().uuid;
+        let (cfg2, _) = load("default", DEFAULT_CONFIG, &over).unwrap();
+        assert_eq!(cfg2.devices[0].spec().uuid, u1);
+        let meta = std::fs::metadata(dir.path().join("disk0.img")).unwrap();
+        assert_eq!(meta.len(), 1 << 30);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_problem() {
+        let e = err("portals = [\"127.0.0.1:3260\"]\n[[device]]\nname = \"a\"\nsize = \"1XB\"\nmemory = true\n");
+        assert!(e.starts_with("t.toml:3: device \"a\""), "{e}");
+        assert!(e.contains("unknown size unit"), "{e}");
+        let e = err("portals = [\"127.0.0.1:3260\"]\nbogus = 1\n");
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+        let e = err(
+            "portals = [\"127.0.0.1:3260\"]\n[[target]]\nname = \"iqn.2026-11.x:y\"\nluns = [{ lun = 0, device = \"nope\" }]\n",
+        );
+        assert!(e.starts_with("t.toml:4:"), "{e}");
+        assert!(e.contains("unknown device \"nope\""), "{e}");
+        let e = err("portals = [\"not a portal\"]\n");
+        assert!(e.starts_with("t.toml:1: bad portal"), "{e}");
+        let e = err("portals = [\"127.0.0.1:3260\"]\n[[target]]\nname = \"target1\"\n");
+        assert!(e.contains("not an iSCSI name"), "{e}");
+        let e = err("portals = [\"127.0.0.1:3260\"]\n[[device]]\nname = \"a\"\nsize = 1000\nmemory = true\n");
+        assert!(e.contains("not a positive multiple"), "{e}");
+        let e = err(
+            "portals = [\"127.0.0.1:3260\"]\n[[target]]\nname = \"iqn.2026-11.x:y\"\n[[target.acl]]\ninitiator = \"iqn.i\"\nchap_user = \"u\"\nchap_secret = \"short\"\n",
+        );
+        assert!(e.contains("t.toml:5: ACL for \"iqn.i\""), "{e}");
+        assert!(e.contains("12 to 255"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}
