@@ -1,1 +1,271 @@
-//! Integration-test fixtures.
+//! Integration-test fixtures: a real `trellisd` process on loopback, and
+//! helpers to run libiscsi's command-line clients against it.
+//!
+//! The tests need `trellisd` built in the same profile (the test script
+//! builds it first) and libiscsi's tools on PATH (`apt-get install
+//! libiscsi-bin`); `TRELLISD` overrides the binary's path.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The default target's name.
+pub const DEFAULT_TARGET: &str = "iqn.2026-11.io.trellis:default";
+/// libiscsi's test initiator names.
+pub const INITIATOR: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test";
+/// A second initiator name (for iscsi-test-cu's second session).
+pub const INITIATOR2: &str = "iqn.2007-10.com.github:sahlberg:libiscsi:iscsi-test-2";
+
+/// Path of the trellisd binary under test.
+pub fn trellisd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRELLISD") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test exe> -> target/<profile>/trellisd
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    dir.join("trellisd")
+}
+
+/// Whether a libiscsi tool is installed.
+pub fn have_tool(name: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Panics with a clear message when a required client tool is missing:
+/// tests must not pass silently without their real client.
+pub fn require_tool(name: &str) {
+    assert!(
+        have_tool(name),
+        "{name} is not installed; run the test script (it installs libiscsi-bin) or `apt-get install libiscsi-bin`"
+    );
+}
+
+/// A free TCP port on loopback (bound and released; the daemon takes it next).
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A running trellisd.
+#[derive(Debug)]
+pub struct Trellisd {
+    child: Option<Child>,
+    /// Where it listens.
+    pub portal: SocketAddr,
+    /// Its data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Trellisd {
+    /// Starts the embedded default configuration on a free loopback port.
+    pub fn start_default() -> Result<Self> {
+        Self::start_with(None, &[])
+    }
+
+    /// Starts with an optional config text and extra arguments.
+    pub fn start_with(config: Option<&str>, extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-test-")
+            .tempdir_in(std::env::temp_dir())?;
+        Self::start_in(dir, config, extra)
+    }
+
+    /// Starts in a given data directory (to restart over the same data).
+    pub fn start_in(
+        mut dir: tempfile::TempDir,
+        config: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut last = None;
+        for _ in 0..5 {
+            let port = free_port();
+            let portal: SocketAddr = ([127, 0, 0, 1], port).into();
+            let log = dir.path().join(format!("trellisd-{port}.log"));
+            let mut cmd = Command::new(trellisd_bin());
+            cmd.arg("--data-dir")
+                .arg(dir.path())
+                .arg("--portal")
+                .arg(portal.to_string())
+                .args(extra)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?);
+            if let Some(text) = config {
+                let path = dir.path().join("trellisd.toml");
+                std::fs::write(&path, text)?;
+                cmd.arg("--config").arg(&path);
+            }
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("cannot start {}", trellisd_bin().display()))?;
+            let mut d = Self {
+                child: Some(child),
+                portal,
+                dir,
+                log,
+            };
+            match d.wait_ready(Duration::from_secs(15)) {
+                Ok(()) => return Ok(d),
+                Err(e) => {
+                    last = Some(format!("{e:#}\n{}", d.log_text()));
+                    d.kill();
+                    dir = d.take_dir();
+                }
+            }
+        }
+        bail!("trellisd did not start: {}", last.unwrap_or_default())
+    }
+
+    fn take_dir(mut self) -> tempfile::TempDir {
+        self.child = None;
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("trellisd exited early with {status}");
+                }
+            }
+            if TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("portal {} did not open within {limit:?}", self.portal);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// iSCSI URL of `target` LUN `lun` on this daemon.
+    pub fn url(&self, target: &str, lun: u16) -> String {
+        format!("iscsi://{}/{target}/{lun}", self.portal)
+    }
+
+    /// iSCSI URL of the portal (for discovery).
+    pub fn portal_url(&self) -> String {
+        format!("iscsi://{}", self.portal)
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("trellisd is not running");
+        };
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()?;
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                bail!("trellisd did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Trellisd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs a command to completion with a time limit, capturing its output.
+pub fn run(cmd: &mut Command, limit: Duration) -> Result<Output> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut err = child.stderr.take().context("stderr")?;
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    })
+}
+
+/// Runs a libiscsi tool and returns its stdout, failing on a non-zero exit.
+pub fn iscsi_tool(tool: &str, args: &[&str]) -> Result<String> {
+    require_tool(tool);
+    let out = run(Command::new(tool).args(args), Duration::from_secs(60))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{tool} {args:?} failed ({}): {stdout}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}

@@ -49,6 +49,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Args::parse()) {
         eprintln!("trellisd: error: {e:#}");
