@@ -1,0 +1,78 @@
+//! CDB dispatch: the SCSI layer's decision for READ(10) and WRITE(16) (the
+//! per-command hot path) and for INQUIRY (a slow-path command, for scale).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use trellis_iscsi::scsi::{
+    dispatch, AluaState, Command, LunDevice, NexusState, PortContext, PortGroup,
+};
+
+fn device() -> LunDevice {
+    LunDevice {
+        name: "bench".into(),
+        block_size: 512,
+        num_blocks: 2 << 20,
+        read_only: false,
+        naa: [0x60; 16],
+        serial: "0123456789abcdef0123456789abcdef".into(),
+        write_cache: false,
+        max_transfer_blocks: 2048,
+        optimal_transfer_blocks: 2048,
+        rotational: false,
+        thin: true,
+    }
+}
+
+fn port() -> PortContext {
+    PortContext {
+        target_name: "iqn.2026-11.io.trellis:bench".into(),
+        tpgt: 1,
+        relative_port_id: 1,
+        tpg_id: 1,
+        groups: vec![PortGroup {
+            id: 1,
+            state: AluaState::ActiveOptimized,
+            preferred: false,
+            relative_ports: vec![1],
+        }],
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dev = device();
+    let port = port();
+    let luns = [0u64];
+    let mut nexus = NexusState::empty();
+    let mut read10 = [0u8; 16];
+    read10[..10].copy_from_slice(&[0x28, 0, 0, 0x10, 0, 0, 0, 0, 8, 0]);
+    let mut write16 = [0u8; 16];
+    write16[0] = 0x8a;
+    write16[9] = 0x40;
+    write16[13] = 8;
+    let mut inquiry = [0u8; 16];
+    inquiry[..6].copy_from_slice(&[0x12, 0, 0, 0, 96, 0]);
+    let mut g = c.benchmark_group("scsi_dispatch");
+    for (name, cdb, edtl, read, write) in [
+        ("read10", read10, 4096, true, false),
+        ("write16", write16, 4096, false, true),
+        ("inquiry", inquiry, 96, true, false),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let cmd = Command {
+                    cdb: black_box(&cdb),
+                    lun: 0,
+                    expected_len: edtl,
+                    read,
+                    write,
+                };
+                black_box(dispatch(&cmd, &dev, &port, &luns, &mut nexus))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
