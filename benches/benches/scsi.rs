@@ -21,6 +21,7 @@ fn device() -> LunDevice {
         optimal_transfer_blocks: 2048,
         rotational: false,
         thin: true,
+        holes_read_zero: true,
     }
 }
 

@@ -22,4 +22,4 @@ pub use cores::{available_cores, spawn_cores, Waker};
 pub use device::{DeviceSpec, VirtualDevice};
 pub use error::{DeviceError, RingError, StoreError};
 pub use ring::{Completion, Payload, RecvBuf, Ring, RingConfig, SendMsg, SendSeg, StoreSlot};
-pub use store::{BackingStore, FileStore, MemoryStore};
+pub use store::{BackingStore, Extent, FileStore, MemoryStore};

@@ -298,7 +298,8 @@ impl Ring {
         Ok(())
     }
 
-    fn store(&self, slot: StoreSlot) -> Result<&Arc<dyn BackingStore>, RingError> {
+    /// The store registered at `slot`.
+    pub fn store(&self, slot: StoreSlot) -> Result<&Arc<dyn BackingStore>, RingError> {
         self.stores
             .get(slot as usize)
             .and_then(Option::as_ref)
@@ -407,6 +408,25 @@ impl Ring {
             .build();
         let kind = Kind::ZeroRange { store, offset, len };
         self.push(entry, kind, tag, Payload::None, None)
+            .map_err(|(e, _)| e)
+    }
+
+    /// Hints that `len` bytes at `offset` (0: to the end) will be read soon
+    /// (POSIX_FADV_WILLNEED: readahead into the page cache; a no-op for
+    /// O_DIRECT stores).
+    pub fn prefetch(
+        &mut self,
+        store: StoreSlot,
+        offset: u64,
+        len: u64,
+        tag: u64,
+    ) -> Result<(), RingError> {
+        self.store(store)?;
+        let len = libc::off_t::try_from(len).unwrap_or(libc::off_t::MAX);
+        let entry = opcode::Fadvise::new(types::Fixed(store), len, libc::POSIX_FADV_WILLNEED)
+            .offset(offset)
+            .build();
+        self.push(entry, Kind::Disk, tag, Payload::None, None)
             .map_err(|(e, _)| e)
     }
 

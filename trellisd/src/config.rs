@@ -20,7 +20,7 @@ use trellis_iscsi::target::{AclEntry, GatewayConfig, TargetSpec};
 use uuid::Uuid;
 
 /// The configuration used when trellisd runs without `--config`.
-pub const DEFAULT_CONFIG: &str = r#"# Embedded default: one 1 GiB sparse file-backed device on loopback.
+pub const DEFAULT_CONFIG: &str = r#"# Embedded default: one 1 GiB sparse (thin) file-backed device on loopback.
 data_dir = "./trellis-data"
 portals = ["127.0.0.1:3260"]
 
@@ -28,6 +28,7 @@ portals = ["127.0.0.1:3260"]
 name = "disk0"
 size = "1GiB"
 path = "disk0.img"
+thin = true
 
 [[target]]
 name = "iqn.2026-11.io.trellis:default"

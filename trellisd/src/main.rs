@@ -19,7 +19,7 @@ use trellis_iscsi::target::Target;
 /// Trellis gateway member: serves virtual block devices over iSCSI.
 ///
 /// Without --config it runs the embedded default: data directory
-/// ./trellis-data, one 1 GiB sparse file-backed device `disk0`, target
+/// ./trellis-data, one 1 GiB sparse thin file-backed device `disk0`, target
 /// iqn.2026-11.io.trellis:default with disk0 at LUN 0, portal 127.0.0.1:3260,
 /// any initiator allowed.
 #[derive(Debug, Parser)]

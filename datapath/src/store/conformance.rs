@@ -17,6 +17,8 @@ pub(crate) fn run_all(make: &dyn Fn() -> Arc<dyn BackingStore>) {
     sync_read_past_end_fails(make());
     ring_round_trip(make());
     ring_unmap_zeroes_flush(make());
+    sync_extents(make());
+    ring_prefetch(make());
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -201,6 +203,49 @@ fn ring_unmap_zeroes_flush(s: Arc<dyn BackingStore>) {
     assert!(b[BLOCK..2 * BLOCK].iter().all(|x| *x == 0x5a));
     assert!(b[2 * BLOCK..3 * BLOCK].iter().all(|x| *x == 0));
     assert!(b[3 * BLOCK..].iter().all(|x| *x == 0x5a));
+}
+
+fn sync_extents(s: Arc<dyn BackingStore>) {
+    let size = s.size();
+    // Past the end: nothing.
+    assert_eq!(s.extent_at(size).unwrap().len, 0);
+    let pool = crate::BufPool::new(&PoolConfig {
+        classes: vec![(BLOCK, 1)],
+    })
+    .unwrap();
+    let mut w = pool.get(BLOCK).unwrap();
+    w.fill(0x11);
+    s.write_at(&w, 64 * BLOCK as u64, false).unwrap();
+    let at = |off: u64| s.extent_at(off).unwrap();
+    // Written data is always reported mapped, up to at most the end.
+    let e = at(64 * BLOCK as u64);
+    assert!(e.mapped, "{}", s.describe());
+    assert!(e.len >= 1 && 64 * BLOCK as u64 + e.len <= size);
+    let e = at(64 * BLOCK as u64 + 100);
+    assert!(e.mapped);
+    // Every extent stays inside the store and is never empty.
+    for off in [0, BLOCK as u64, 63 * BLOCK as u64, size - 1] {
+        let e = at(off);
+        assert!(e.len >= 1 && off + e.len <= size, "{off}: {e:?}");
+    }
+    // A punched range is a hole where the store tracks holes; a hole never
+    // reaches into the written block.
+    s.unmap(0, 64 * BLOCK as u64).unwrap();
+    let e = at(0);
+    if !e.mapped {
+        assert!(e.len <= 64 * BLOCK as u64, "{e:?}");
+    }
+}
+
+fn ring_prefetch(s: Arc<dyn BackingStore>) {
+    let mut ring = small_ring();
+    let slot = ring.register_store(s.clone()).unwrap();
+    ring.prefetch(slot, 0, 8 * BLOCK as u64, 9).unwrap();
+    let c = wait(&mut ring);
+    assert_eq!((c.tag, c.result), (9, 0));
+    ring.prefetch(slot, BLOCK as u64, 0, 10).unwrap();
+    assert_eq!(wait(&mut ring).result, 0);
+    assert!(ring.store(slot).is_ok());
 }
 
 mod suites {

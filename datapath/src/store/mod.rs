@@ -101,6 +101,79 @@ pub trait BackingStore: Send + Sync + Debug {
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         zero_range(self.fd(), offset, len)
     }
+    /// The allocation extent `offset` lies in (SEEK_DATA / SEEK_HOLE): whether
+    /// it is mapped and how many bytes from `offset` share that state (up to
+    /// the end of the store). Stores without hole tracking report mapped.
+    fn extent_at(&self, offset: u64) -> io::Result<Extent> {
+        seek_extent(self.fd(), offset, self.size())
+    }
+}
+
+/// A run of bytes with one allocation state, from [`BackingStore::extent_at`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Backed by allocated storage (false: a hole, which reads as zeros where
+    /// [`BackingStore::holes_read_zero`]).
+    pub mapped: bool,
+    /// Bytes from the queried offset with this state (at least 1 unless the
+    /// offset is at or past the end).
+    pub len: u64,
+}
+
+/// [`Extent`] at `offset` of a descriptor of `size` bytes via lseek(2).
+/// Where SEEK_DATA is unsupported (EINVAL: some block devices, old
+/// filesystems) the whole rest is reported mapped.
+pub fn seek_extent(fd: BorrowedFd<'_>, offset: u64, size: u64) -> io::Result<Extent> {
+    if offset >= size {
+        return Ok(Extent {
+            mapped: true,
+            len: 0,
+        });
+    }
+    let seek = |whence: i32| -> io::Result<Option<u64>> {
+        // SAFETY: lseek on a borrowed, open descriptor; it moves only the file
+        // position, which no store user relies on (all I/O is positioned).
+        let r = unsafe { libc::lseek(fd.as_raw_fd(), offset as i64, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(r as u64))
+    };
+    let rest = size - offset;
+    let data = match seek(libc::SEEK_DATA) {
+        Ok(d) => d,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            return Ok(Extent {
+                mapped: true,
+                len: rest,
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    match data {
+        // No data at or after `offset`: a hole to the end.
+        None => Ok(Extent {
+            mapped: false,
+            len: rest,
+        }),
+        // Data starts later: a hole up to it.
+        Some(d) if d > offset => Ok(Extent {
+            mapped: false,
+            len: d.min(size) - offset,
+        }),
+        // In data: mapped up to the next hole (the end counts as one).
+        Some(_) => {
+            let hole = seek(libc::SEEK_HOLE)?.unwrap_or(size);
+            Ok(Extent {
+                mapped: true,
+                len: hole.clamp(offset + 1, size) - offset,
+            })
+        }
+    }
 }
 
 /// Zeroes a range with FALLOC_FL_ZERO_RANGE, or punch-hole-then-allocate where

@@ -1,5 +1,6 @@
 //! The media-access hot path (SBC-3): READ, WRITE, WRITE AND VERIFY, VERIFY
-//! (6/10/12/16 as defined) and SYNCHRONIZE CACHE (10/16).
+//! (6/10/12/16 as defined), SYNCHRONIZE CACHE (10/16), ORWRITE(16), and the
+//! range commands PRE-FETCH (10/16) and COMPARE AND WRITE.
 //!
 //! ```text
 //! decode -> BYTCHK check -> write protect -> LBA range -> MAXIMUM TRANSFER LENGTH
@@ -21,6 +22,7 @@ pub(crate) enum BlockOp {
     WriteVerify,
     Verify,
     SyncCache,
+    OrWrite,
 }
 
 /// True if `lba .. lba + blocks` does not fit in the medium (also when
@@ -44,7 +46,7 @@ pub(crate) fn block_command(
     if op == BlockOp::Verify && rw.bytchk > 1 {
         return Err(Sense::invalid_field_in_cdb(1, 2));
     }
-    if matches!(op, BlockOp::Write | BlockOp::WriteVerify) && dev.read_only {
+    if matches!(op, BlockOp::Write | BlockOp::WriteVerify | BlockOp::OrWrite) && dev.read_only {
         return Err(Sense::write_protected());
     }
     if out_of_range(rw.lba, rw.blocks, dev.num_blocks) {
@@ -69,6 +71,7 @@ pub(crate) fn block_command(
     let (io, fua) = match op {
         BlockOp::Read => (IoOp::Read, rw.fua),
         BlockOp::Write => (IoOp::Write, rw.fua),
+        BlockOp::OrWrite => (IoOp::OrWrite, rw.fua),
         BlockOp::WriteVerify => (IoOp::WriteVerify, true),
         BlockOp::Verify | BlockOp::SyncCache => (IoOp::Verify { bytchk: true }, false),
     };
@@ -77,6 +80,71 @@ pub(crate) fn block_command(
         lba: rw.lba,
         blocks: rw.blocks,
         fua,
+    }))
+}
+
+/// PRE-FETCH (10)/(16): range check only; PREFETCH LENGTH 0 means "to the
+/// last LBA" (the request then carries 0 blocks).
+pub(crate) fn prefetch(layout: RwLayout, c: &Cdb, dev: &LunDevice) -> Result<Action, Sense> {
+    let rw = decode_rw(layout, c);
+    if out_of_range(rw.lba, rw.blocks, dev.num_blocks) {
+        return Err(Sense::lba_out_of_range());
+    }
+    if rw.blocks == 0 && rw.lba == dev.num_blocks {
+        return Ok(Action::Complete(Completion::good()));
+    }
+    Ok(Action::Io(IoRequest {
+        op: IoOp::Prefetch {
+            immediate: rw.immed,
+        },
+        lba: rw.lba,
+        blocks: rw.blocks,
+        fua: false,
+    }))
+}
+
+/// Upper bound of MAXIMUM COMPARE AND WRITE LENGTH. Atomic test-and-set
+/// users (VMFS ATS, cluster locks) compare one block; a power of two below
+/// 255 also keeps "limit + 1" expressible in the 8-bit CDB field.
+const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
+
+/// MAXIMUM COMPARE AND WRITE LENGTH in blocks (VPD B0h): both halves of the
+/// data-out must fit one transfer.
+pub(crate) fn max_compare_and_write_blocks(dev: &LunDevice) -> u8 {
+    match dev.max_transfer_blocks {
+        0 => MAX_COMPARE_AND_WRITE_BLOCKS,
+        max => u8::try_from(max / 2)
+            .unwrap_or(u8::MAX)
+            .min(MAX_COMPARE_AND_WRITE_BLOCKS),
+    }
+}
+
+/// COMPARE AND WRITE: NUMBER OF LOGICAL BLOCKS is byte 13 (0: nothing to
+/// do). Both halves are needed whole, so the expected data transfer length
+/// `edtl` must be exactly twice the blocks (0 for 0 blocks).
+pub(crate) fn compare_and_write(c: &Cdb, dev: &LunDevice, edtl: u32) -> Result<Action, Sense> {
+    let rw = decode_rw(RwLayout::Sixteen, c);
+    let blocks = u32::from(c[13]);
+    if u64::from(edtl) != 2 * u64::from(blocks) * u64::from(dev.block_size) {
+        return Err(Sense::invalid_field_in_cdb(13, 7));
+    }
+    if dev.read_only {
+        return Err(Sense::write_protected());
+    }
+    if out_of_range(rw.lba, blocks, dev.num_blocks) {
+        return Err(Sense::lba_out_of_range());
+    }
+    if blocks > u32::from(max_compare_and_write_blocks(dev)) {
+        return Err(Sense::invalid_field_in_cdb(13, 7));
+    }
+    if blocks == 0 {
+        return Ok(Action::Complete(Completion::good()));
+    }
+    Ok(Action::Io(IoRequest {
+        op: IoOp::CompareAndWrite,
+        lba: rw.lba,
+        blocks,
+        fua: rw.fua,
     }))
 }
 
@@ -226,6 +294,116 @@ mod tests {
         for (i, (op, c, d, want)) in table.into_iter().enumerate() {
             assert_eq!(block_command(op, t, &c, d), want, "row {i}");
         }
+    }
+
+    fn cdb16(opcode: u8, b1: u8, lba: u64, len: u32) -> Cdb {
+        let mut c = [0u8; 16];
+        c[0] = opcode;
+        c[1] = b1;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[10..14].copy_from_slice(&len.to_be_bytes());
+        c
+    }
+
+    #[test]
+    fn orwrite_table() {
+        let dev = disk(512, 1000);
+        let ro = LunDevice {
+            read_only: true,
+            ..disk(512, 1000)
+        };
+        let ow = |c: Cdb, d: &LunDevice| block_command(BlockOp::OrWrite, Sixteen, &c, d);
+        assert_eq!(
+            ow(cdb16(0x8B, 0x08, 10, 4), &dev),
+            io(IoOp::OrWrite, 10, 4, true)
+        );
+        assert_eq!(
+            ow(cdb16(0x8B, 0, 997, 4), &dev),
+            Err(Sense::lba_out_of_range())
+        );
+        assert_eq!(
+            ow(cdb16(0x8B, 0, 5, 0), &dev),
+            Ok(Action::Complete(Completion::good()))
+        );
+        assert_eq!(ow(cdb16(0x8B, 0, 5, 1), &ro), Err(Sense::write_protected()));
+        assert_eq!(
+            ow(cdb16(0x8B, 0, 0, 129), &dev),
+            Err(Sense::invalid_field_in_cdb(10, 7))
+        );
+    }
+
+    #[test]
+    fn prefetch_table() {
+        let dev = disk(512, 1000);
+        let pf = |immed: u8, lba: u32, len: u16| prefetch(Ten, &cdb10(0x34, immed, lba, len), &dev);
+        let req = |immediate, lba, blocks| {
+            Ok(Action::Io(IoRequest {
+                op: IoOp::Prefetch { immediate },
+                lba,
+                blocks,
+                fua: false,
+            }))
+        };
+        assert_eq!(pf(0, 0, 8), req(false, 0, 8));
+        assert_eq!(pf(0x02, 992, 8), req(true, 992, 8));
+        // 0 blocks: to the end of the medium; none left at the very end.
+        assert_eq!(pf(0, 10, 0), req(false, 10, 0));
+        assert_eq!(pf(0, 1000, 0), Ok(Action::Complete(Completion::good())));
+        assert_eq!(pf(0, 1001, 0), Err(Sense::lba_out_of_range()));
+        assert_eq!(pf(0, 993, 8), Err(Sense::lba_out_of_range()));
+        assert_eq!(pf(0, u32::MAX, 1), Err(Sense::lba_out_of_range()));
+        // No transfer, so no MAXIMUM TRANSFER LENGTH limit.
+        assert_eq!(pf(0, 0, 500), req(false, 0, 500));
+        let c = cdb16(0x90, 0x02, 999, 1);
+        assert_eq!(prefetch(Sixteen, &c, &dev), req(true, 999, 1));
+        let c = cdb16(0x90, 0, u64::MAX, 0);
+        assert_eq!(prefetch(Sixteen, &c, &dev), Err(Sense::lba_out_of_range()));
+    }
+
+    #[test]
+    fn compare_and_write_table() {
+        let dev = disk(512, 1000);
+        let ro = LunDevice {
+            read_only: true,
+            ..disk(512, 1000)
+        };
+        let caw = |b1: u8, lba: u64, n: u8| {
+            let mut c = cdb16(0x89, b1, lba, 0);
+            c[13] = n;
+            c
+        };
+        let edtl = |c: &Cdb| 2 * 512 * u32::from(c[13]);
+        assert_eq!(max_compare_and_write_blocks(&dev), 64);
+        let table: Vec<(Cdb, &LunDevice, Result<Action, Sense>)> = vec![
+            (caw(0, 0, 1), &dev, io(IoOp::CompareAndWrite, 0, 1, false)),
+            (
+                caw(0x08, 999, 1),
+                &dev,
+                io(IoOp::CompareAndWrite, 999, 1, true),
+            ),
+            (caw(0, 999, 2), &dev, Err(Sense::lba_out_of_range())),
+            (
+                caw(0, 1000, 0),
+                &dev,
+                Ok(Action::Complete(Completion::good())),
+            ),
+            (caw(0, 1001, 0), &dev, Err(Sense::lba_out_of_range())),
+            (caw(0, 0, 65), &dev, Err(Sense::invalid_field_in_cdb(13, 7))),
+            (caw(0, 0, 1), &ro, Err(Sense::write_protected())),
+        ];
+        for (i, (c, d, want)) in table.into_iter().enumerate() {
+            assert_eq!(compare_and_write(&c, d, edtl(&c)), want, "row {i}");
+        }
+        // The data-out must be both halves exactly, also for 0 blocks.
+        let short = Err(Sense::invalid_field_in_cdb(13, 7));
+        assert_eq!(compare_and_write(&caw(0, 0, 1), &dev, 512), short.clone());
+        assert_eq!(compare_and_write(&caw(0, 0, 1), &dev, 2048), short.clone());
+        assert_eq!(compare_and_write(&caw(0, 0, 0), &dev, 512 * 512), short);
+        let unlimited = LunDevice {
+            max_transfer_blocks: 0,
+            ..disk(512, 1000)
+        };
+        assert_eq!(max_compare_and_write_blocks(&unlimited), 128);
     }
 
     #[test]

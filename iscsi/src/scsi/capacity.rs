@@ -39,7 +39,10 @@ pub(crate) fn read_capacity16(c: &Cdb, dev: &LunDevice) -> Result<Completion, Se
     out[8..12].copy_from_slice(&dev.block_size.to_be_bytes());
     // Byte 12: P_TYPE/PROT_EN = 0; byte 13: P_I_EXPONENT/LBPPBE = 0.
     if dev.thin {
-        out[14] = 0x80 | 0x40; // LBPME, LBPRZ
+        out[14] = 0x80; // LBPME
+        if dev.holes_read_zero {
+            out[14] |= 0x40; // LBPRZ
+        }
     }
     out.truncate(alloc);
     Ok(Completion::with_data(out))
@@ -98,6 +101,7 @@ mod tests {
 
         let thin = LunDevice {
             thin: true,
+            holes_read_zero: true,
             ..disk(512, 1000)
         };
         let d = read_capacity16(&rc16(64), &thin).unwrap().data;
@@ -105,6 +109,14 @@ mod tests {
         assert_eq!(&d[0..8], &999u64.to_be_bytes());
         assert_eq!(&d[8..12], &[0, 0, 0x02, 0]);
         assert_eq!(d[14], 0xC0);
+        let no_lbprz = LunDevice {
+            holes_read_zero: false,
+            ..thin
+        };
+        assert_eq!(
+            read_capacity16(&rc16(64), &no_lbprz).unwrap().data[14],
+            0x80
+        );
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub fn data_direction(cdb: &[u8]) -> Direction {
         Some(Xfer::AllocLen { .. }) | Some(Xfer::ReadBlocks(_)) => Direction::In,
         Some(Xfer::ParamLen { .. }) | Some(Xfer::WriteBlocks(_)) => Direction::Out,
         Some(Xfer::VerifyBlocks(l)) if decode_rw(l, &c).bytchk != 0 => Direction::Out,
+        Some(Xfer::SameBlock) if !ndob(&c) => Direction::Out,
+        Some(Xfer::CompareAndWrite) if c[13] != 0 => Direction::Out,
         _ => Direction::None,
     }
 }
@@ -132,8 +134,15 @@ pub fn expected_transfer_len(cdb: &[u8], block_size: u32) -> u64 {
         }
         Some(Xfer::ReadBlocks(l)) | Some(Xfer::WriteBlocks(l)) => blocks(l),
         Some(Xfer::VerifyBlocks(l)) if decode_rw(l, &c).bytchk != 0 => blocks(l),
+        Some(Xfer::SameBlock) if !ndob(&c) => u64::from(block_size),
+        Some(Xfer::CompareAndWrite) => 2 * u64::from(c[13]) * u64::from(block_size),
         _ => 0,
     }
+}
+
+/// NDOB (no data-out buffer) of WRITE SAME(16); WRITE SAME(10) has none.
+pub(crate) fn ndob(c: &Cdb) -> bool {
+    c[0] == 0x93 && c[1] & 0x01 != 0
 }
 
 #[cfg(test)]
@@ -186,6 +195,45 @@ mod tests {
             (&[0x2F, 0x02, 0, 0, 0, 0, 0, 0, 1, 0], Direction::Out, 512),
             (&[0x15, 0x10, 0, 0, 24, 0], Direction::Out, 24),
             (&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], Direction::None, 0),
+            (&[0x41, 0, 0, 0, 0, 0, 0, 0, 9, 0], Direction::Out, 512),
+            (
+                &[0x93, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0],
+                Direction::None,
+                0,
+            ),
+            (
+                &[0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0],
+                Direction::Out,
+                512,
+            ),
+            (&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], Direction::Out, 24),
+            (
+                &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0],
+                Direction::Out,
+                3072,
+            ),
+            (
+                &[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                Direction::None,
+                0,
+            ),
+            (
+                &[0x8B, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0],
+                Direction::Out,
+                1024,
+            ),
+            (
+                &[0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 24, 0, 0],
+                Direction::In,
+                24,
+            ),
+            (&[0x34, 0, 0, 0, 0, 0, 0, 0, 8, 0], Direction::None, 0),
+            (&[0x37, 0, 0x18, 0, 0, 0, 0, 0, 4, 0], Direction::In, 4),
+            (
+                &[0xB7, 0x18, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0],
+                Direction::In,
+                8,
+            ),
             (&[0xFF, 0, 0, 0, 0, 0], Direction::None, 0),
         ];
         for (cdb, dir, len) in table {

@@ -4,13 +4,15 @@
 //! UNIT, PREVENT ALLOW MEDIUM REMOVAL).
 
 use super::alua::{check_access, report_target_port_groups};
-use super::block::{block_command, BlockOp};
+use super::block::{block_command, compare_and_write, prefetch, BlockOp};
 use super::capacity::{read_capacity10, read_capacity16};
 use super::cdb::{pad, Cdb};
+use super::defects::{read_defect_data10, read_defect_data12};
 use super::inquiry::{inquiry, inquiry_unmapped};
 use super::luns::report_luns;
 use super::mode::{mode_select, mode_select_cdb, mode_sense};
 use super::opcodes::{check_reserved, lookup, report_supported_opcodes, Handler, Lookup};
+use super::provisioning::{get_lba_status, unmap, unmap_parameters, write_same};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 use super::ua::{NexusState, UnitAttention};
 use super::{Action, Command, Completion, LunDevice, PortContext};
@@ -41,7 +43,7 @@ pub fn dispatch(
             return Action::Complete(Completion::check(ua.sense()));
         }
     }
-    match run(&c, dev, port, luns, nexus) {
+    match run(&c, cmd.expected_len, dev, port, luns, nexus) {
         Ok(action) => action,
         Err(sense) => Action::Complete(Completion::check(sense)),
     }
@@ -49,6 +51,7 @@ pub fn dispatch(
 
 fn run(
     c: &Cdb,
+    edtl: u32,
     dev: &LunDevice,
     port: &PortContext,
     luns: &[u64],
@@ -59,6 +62,9 @@ fn run(
         Lookup::UnsupportedServiceAction => return Err(Sense::invalid_field_in_cdb(1, 4)),
         Lookup::Unknown => return Err(Sense::invalid_opcode()),
     };
+    if !entry.supported_by(dev) {
+        return Err(Sense::invalid_opcode());
+    }
     check_reserved(entry, c)?;
     check_access(entry.access, port)?;
     let done = |r: Result<Completion, Sense>| r.map(Action::Complete);
@@ -68,6 +74,14 @@ fn run(
         Handler::WriteVerify(l) => block_command(BlockOp::WriteVerify, l, c, dev),
         Handler::Verify(l) => block_command(BlockOp::Verify, l, c, dev),
         Handler::SyncCache(l) => block_command(BlockOp::SyncCache, l, c, dev),
+        Handler::OrWrite => block_command(BlockOp::OrWrite, super::cdb::RwLayout::Sixteen, c, dev),
+        Handler::Prefetch(l) => prefetch(l, c, dev),
+        Handler::CompareAndWrite => compare_and_write(c, dev, edtl),
+        Handler::WriteSame(l) => write_same(l, c, dev, edtl),
+        Handler::Unmap => unmap(c, dev),
+        Handler::GetLbaStatus => get_lba_status(c, dev),
+        Handler::ReadDefectData10 => done(read_defect_data10(c)),
+        Handler::ReadDefectData12 => done(read_defect_data12(c)),
         Handler::TestUnitReady | Handler::PreventAllow => Ok(Action::Complete(Completion::good())),
         Handler::StartStopUnit => done(start_stop_unit(c)),
         Handler::RequestSense => done(Ok(request_sense(c, nexus.next_ua().map(|u| u.sense())))),
@@ -84,21 +98,25 @@ fn run(
             done(r)
         }
         Handler::ReportTargetPortGroups => done(report_target_port_groups(c, port)),
-        Handler::ReportSupportedOpcodes => done(report_supported_opcodes(c)),
+        Handler::ReportSupportedOpcodes => done(report_supported_opcodes(c, dev)),
     }
 }
 
-/// Completes the command with CDB `cdb` whose data-out `data` the session
-/// collected after [`Action::DataOut`] (today: MODE SELECT (6)/(10)).
+/// What to do with the command with CDB `cdb` whose data-out `data` the
+/// session collected after [`Action::DataOut`]: MODE SELECT (6)/(10)
+/// completes; UNMAP turns its parameter list into [`Action::Unmap`].
 pub fn dispatch_data_out(
     cdb: &[u8],
     data: &[u8],
     dev: &LunDevice,
     nexus: &mut NexusState,
-) -> Completion {
+) -> Action {
     match cdb.first() {
-        Some(0x15) | Some(0x55) => mode_select(cdb, data, dev, nexus),
-        _ => Completion::check(Sense::internal_target_failure()),
+        Some(0x15) | Some(0x55) => Action::Complete(mode_select(cdb, data, dev, nexus)),
+        Some(0x42) if dev.thin => {
+            unmap_parameters(data, dev).unwrap_or_else(|s| Action::Complete(Completion::check(s)))
+        }
+        _ => Action::Complete(Completion::check(Sense::internal_target_failure())),
     }
 }
 
@@ -169,6 +187,7 @@ pub(crate) mod tests {
             optimal_transfer_blocks: 32,
             rotational: false,
             thin: false,
+            holes_read_zero: true,
         }
     }
 
@@ -300,7 +319,7 @@ pub(crate) mod tests {
             (vec![0x12, 0x02, 0, 0, 96, 0], 1, 1),
             (vec![0x00, 0, 0, 0, 0, 0x01], 5, 0),
             (
-                vec![0x9E, 0x12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+                vec![0x9E, 0x13, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
                 1,
                 4,
             ),
@@ -357,11 +376,11 @@ pub(crate) mod tests {
         data.extend_from_slice(&[0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0]);
         assert_eq!(
             dispatch_data_out(&c, &data, &dev, &mut n),
-            Completion::good()
+            Action::Complete(Completion::good())
         );
         assert_eq!(
-            dispatch_data_out(&TUR, &[], &dev, &mut n).sense,
-            Some(Sense::internal_target_failure())
+            dispatch_data_out(&TUR, &[], &dev, &mut n),
+            Action::Complete(Completion::check(Sense::internal_target_failure()))
         );
     }
 
@@ -392,15 +411,24 @@ pub(crate) mod tests {
     /// every RSOC entry is accepted by dispatch.
     #[test]
     fn rsoc_matches_dispatch() {
-        let (dev, p) = (disk(512, 1000), port());
+        for thin in [false, true] {
+            rsoc_matches_dispatch_on(&LunDevice {
+                thin,
+                ..disk(512, 1000)
+            });
+        }
+    }
+
+    fn rsoc_matches_dispatch_on(dev: &LunDevice) {
+        let p = port();
         let mut rsoc = [0u8; 16];
         rsoc[..10].copy_from_slice(&[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 0x10, 0]);
-        let data = complete(run_on(&rsoc, &dev, &p, &mut NexusState::empty())).data;
+        let data = complete(run_on(&rsoc, dev, &p, &mut NexusState::empty())).data;
         let listed: Vec<(u8, u16)> = data[4..]
             .chunks(8)
             .map(|d| (d[0], u16::from_be_bytes([d[2], d[3]])))
             .collect();
-        assert_eq!(listed.len(), OPS.len());
+        assert_eq!(listed.len(), OPS.len() - usize::from(!dev.thin));
 
         for opcode in 0..=255u8 {
             for sa in 0..32u8 {
@@ -408,7 +436,7 @@ pub(crate) mod tests {
                 c[0] = opcode;
                 c[1] = sa;
                 // Allocation/parameter lengths of zero keep every command trivial.
-                let got = complete_or_io(run_on(&c, &dev, &p, &mut NexusState::empty()));
+                let got = complete_or_io(run_on(&c, dev, &p, &mut NexusState::empty()));
                 let unsupported = got == Some(Sense::invalid_opcode())
                     || got == Some(Sense::invalid_field_in_cdb(1, 4));
                 let in_table = listed.contains(&(opcode, u16::from(sa)))
@@ -465,6 +493,7 @@ pub(crate) mod tests {
                 read_only: ro,
                 max_transfer_blocks: max,
                 thin,
+                holes_read_zero: wce,
                 write_cache: wce,
                 ..disk(bs, n)
             })

@@ -28,10 +28,8 @@ pub(crate) const PQ_NO_LUN: u8 = 0x7F;
 /// VPD pages in the order page 00h lists them.
 const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
 
-/// Unmap limits reported for thin devices (VPD B0h).
-const THIN_MAX_UNMAP_LBA_COUNT: u32 = 0x0004_0000;
-/// Maximum UNMAP block descriptors per command reported for thin devices.
-const THIN_MAX_UNMAP_DESCRIPTORS: u32 = 256;
+use super::block::max_compare_and_write_blocks;
+use super::provisioning::{MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS};
 
 /// INQUIRY for a mapped logical unit.
 pub(crate) fn inquiry(c: &Cdb, dev: &LunDevice, port: &PortContext) -> Result<Completion, Sense> {
@@ -146,16 +144,19 @@ fn device_identification(dev: &LunDevice, port: &PortContext) -> Vec<u8> {
 fn block_limits(dev: &LunDevice) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // Offsets below are page offsets minus the 4-byte header.
-    // Byte 4: WSNZ = 0; byte 5: MAXIMUM COMPARE AND WRITE LENGTH = 0.
+    // Byte 4: WSNZ = 0 (WRITE SAME of 0 blocks runs to the last LBA).
+    b[1] = max_compare_and_write_blocks(dev);
     let granularity = (4096 / dev.block_size.max(1)).max(1) as u16;
     b[2..4].copy_from_slice(&granularity.to_be_bytes());
     b[4..8].copy_from_slice(&dev.max_transfer_blocks.to_be_bytes());
     b[8..12].copy_from_slice(&dev.optimal_transfer_blocks.to_be_bytes());
     if dev.thin {
-        b[16..20].copy_from_slice(&THIN_MAX_UNMAP_LBA_COUNT.to_be_bytes());
-        b[20..24].copy_from_slice(&THIN_MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        b[16..20].copy_from_slice(&MAX_UNMAP_LBA_COUNT.to_be_bytes());
+        b[20..24].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
         b[24..28].copy_from_slice(&u32::from(granularity).to_be_bytes());
     }
+    // MAXIMUM WRITE SAME LENGTH (page bytes 36..44).
+    b[32..40].copy_from_slice(&u64::from(MAX_WRITE_SAME_BLOCKS).to_be_bytes());
     b
 }
 
@@ -170,8 +171,10 @@ fn block_characteristics(dev: &LunDevice) -> Vec<u8> {
 /// Logical Block Provisioning body (page length 4).
 fn provisioning(dev: &LunDevice) -> Vec<u8> {
     if dev.thin {
-        // LBPU, LBPWS, LBPWS10, LBPRZ; PROVISIONING TYPE 010b (thin).
-        vec![0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0]
+        // LBPU, LBPWS, LBPWS10, LBPRZ where holes read as zeros; PROVISIONING
+        // TYPE 010b (thin).
+        let lbprz = if dev.holes_read_zero { 0x04 } else { 0 };
+        vec![0, 0x80 | 0x40 | 0x20 | lbprz, 0x02, 0]
     } else {
         vec![0; 4]
     }
@@ -268,15 +271,18 @@ mod tests {
         assert_eq!(&d[6..8], &[0, 8]);
         assert_eq!(&d[8..12], &128u32.to_be_bytes());
         assert_eq!(&d[12..16], &32u32.to_be_bytes());
+        assert_eq!(d[5], 64, "MAXIMUM COMPARE AND WRITE LENGTH");
         assert_eq!(&d[20..28], &[0; 8], "no unmap unless thin");
+        assert_eq!(&d[36..44], &u64::from(MAX_WRITE_SAME_BLOCKS).to_be_bytes());
         let thin = LunDevice {
             thin: true,
             ..disk(4096, 100)
         };
         let d = get(true, 0xB0, 255, &thin).unwrap();
         assert_eq!(&d[6..8], &[0, 1]);
-        assert_eq!(&d[20..24], &THIN_MAX_UNMAP_LBA_COUNT.to_be_bytes());
-        assert_eq!(&d[24..28], &THIN_MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        assert_eq!(&d[20..24], &MAX_UNMAP_LBA_COUNT.to_be_bytes());
+        assert_eq!(&d[24..28], &MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        assert_eq!(&d[28..32], &1u32.to_be_bytes());
     }
 
     #[test]
@@ -294,10 +300,17 @@ mod tests {
         assert_eq!(d, [0, 0xB2, 0, 4, 0, 0, 0, 0]);
         let thin = LunDevice {
             thin: true,
+            holes_read_zero: true,
             ..disk(512, 100)
         };
         let d = get(true, 0xB2, 255, &thin).unwrap();
         assert_eq!(d, [0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
+        let no_lbprz = LunDevice {
+            holes_read_zero: false,
+            ..thin
+        };
+        let d = get(true, 0xB2, 255, &no_lbprz).unwrap();
+        assert_eq!(d, [0, 0xB2, 0, 4, 0, 0xE0, 0x02, 0]);
     }
 
     #[test]

@@ -31,11 +31,13 @@ mod alua;
 mod block;
 mod capacity;
 mod cdb;
+mod defects;
 mod dispatch;
 mod inquiry;
 mod luns;
 mod mode;
 mod opcodes;
+mod provisioning;
 mod sense;
 mod ua;
 
@@ -44,8 +46,9 @@ pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
 pub use luns::{lun_from_wire, lun_to_wire, MAX_LUN};
 pub use mode::mode_select;
 pub use opcodes::command_name;
+pub use provisioning::lba_status;
 pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
-pub use ua::{NexusState, UnitAttention, UA_QUEUE_CAPACITY};
+pub use ua::{LunShared, NexusState, UnitAttention, UA_QUEUE_CAPACITY};
 
 /// What the SCSI layer knows of a device (filled by the target from datapath's
 /// `VirtualDevice`).
@@ -71,8 +74,11 @@ pub struct LunDevice {
     pub optimal_transfer_blocks: u32,
     /// Rotational medium (VPD B1h reports "not reported" instead of non-rotating).
     pub rotational: bool,
-    /// Thin provisioned: LBPME/LBPU/LBPWS/LBPRZ and unmap limits are reported.
+    /// Thin provisioned: LBPME/LBPU/LBPWS and unmap limits are reported,
+    /// UNMAP is supported and WRITE SAME may deallocate.
     pub thin: bool,
+    /// Unmapped blocks read back as zeros (LBPRZ, with `thin`).
+    pub holes_read_zero: bool,
 }
 
 /// Asymmetric access state of a target port group (SPC-4 5.15.2.4).
@@ -159,11 +165,14 @@ pub enum Action {
     /// Perform block I/O, then send GOOD (or the sense the I/O produced).
     Io(IoRequest),
     /// Collect `len` bytes of data-out (parameter list, e.g. MODE SELECT),
-    /// then call [`dispatch_data_out`] with them for the completion.
+    /// then call [`dispatch_data_out`] with them for what to do next.
     DataOut {
         /// Parameter list length from the CDB.
         len: u32,
     },
+    /// Deallocate every `(lba, blocks)` range (UNMAP's block descriptors,
+    /// already range-checked), then send GOOD.
+    Unmap(Vec<(u64, u32)>),
 }
 
 /// Final status of a command.
@@ -206,7 +215,8 @@ impl Completion {
     }
 }
 
-/// Block I/O the session performs for READ/WRITE/VERIFY/SYNCHRONIZE CACHE.
+/// Block I/O the session performs (READ, WRITE, VERIFY, SYNCHRONIZE CACHE,
+/// PRE-FETCH, WRITE SAME, GET LBA STATUS, ORWRITE, COMPARE AND WRITE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoRequest {
     /// Kind of I/O.
@@ -220,12 +230,46 @@ pub struct IoRequest {
 }
 
 impl IoRequest {
-    /// Bytes of data-in or data-out this request moves (0 for `Flush`).
+    /// Bytes of data-in or data-out this request moves: blocks for reads and
+    /// writes, one block for WRITE SAME (none with NDOB), twice the blocks for
+    /// COMPARE AND WRITE, the allocation length for GET LBA STATUS, and 0 for
+    /// `Flush` and `Prefetch`.
     pub fn data_len(&self, block_size: u32) -> u64 {
+        let blocks = u64::from(self.blocks) * u64::from(block_size);
         match self.op {
-            IoOp::Flush { .. } => 0,
-            _ => u64::from(self.blocks) * u64::from(block_size),
+            IoOp::Flush { .. } | IoOp::Prefetch { .. } => 0,
+            IoOp::WriteSame { ndob: true, .. } => 0,
+            IoOp::WriteSame { ndob: false, .. } => u64::from(block_size),
+            IoOp::CompareAndWrite => 2 * blocks,
+            IoOp::LbaStatus { alloc } => u64::from(alloc.min(provisioning::LBA_STATUS_LEN)),
+            _ => blocks,
         }
+    }
+
+    /// Whether the request receives data-out.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.op,
+            IoOp::Write
+                | IoOp::WriteVerify
+                | IoOp::Verify { .. }
+                | IoOp::WriteSame { ndob: false, .. }
+                | IoOp::OrWrite
+                | IoOp::CompareAndWrite
+        )
+    }
+
+    /// Whether the request changes the medium (and so must not interleave
+    /// with a COMPARE AND WRITE of the same blocks).
+    pub fn modifies(&self) -> bool {
+        matches!(
+            self.op,
+            IoOp::Write
+                | IoOp::WriteVerify
+                | IoOp::WriteSame { .. }
+                | IoOp::OrWrite
+                | IoOp::CompareAndWrite
+        )
     }
 }
 
@@ -249,4 +293,48 @@ pub enum IoOp {
         /// IMMED: status may be returned before the flush completes.
         immediate: bool,
     },
+    /// PRE-FETCH: read the range into the cache (`blocks` 0: to the last
+    /// LBA); see [`prefetch_status`] for the status.
+    Prefetch {
+        /// IMMED: status may be returned before the blocks are cached.
+        immediate: bool,
+    },
+    /// WRITE SAME: collect one block of data-out (none with `ndob`: zeros)
+    /// and write it to every block of the range. An all-zero block is written
+    /// as a zero range, or deallocated when `unmap` is set (thin devices only;
+    /// the SCSI layer refuses `unmap` otherwise).
+    WriteSame {
+        /// UNMAP: deallocate the range if the block is all zeros.
+        unmap: bool,
+        /// NDOB: no data-out buffer; the block is zeros.
+        ndob: bool,
+    },
+    /// GET LBA STATUS from `lba`: find the allocation extent there and answer
+    /// with [`lba_status`].
+    LbaStatus {
+        /// ALLOCATION LENGTH.
+        alloc: u32,
+    },
+    /// ORWRITE: collect data-out, read the blocks, OR the data in, write.
+    OrWrite,
+    /// COMPARE AND WRITE: collect 2 × `blocks` of data-out, read the blocks,
+    /// compare them with the first half (MISCOMPARE with the offset on a
+    /// difference), else write the second half. Atomic with respect to other
+    /// writes of the same blocks.
+    CompareAndWrite,
+}
+
+/// Status of a PRE-FETCH whose blocks were (`cached`) or were not placed in a
+/// cache (SBC-3 5.9): CONDITION MET, or GOOD when there is no cache to hold
+/// them (O_DIRECT stores).
+pub fn prefetch_status(cached: bool) -> Completion {
+    Completion {
+        status: if cached {
+            Status::ConditionMet
+        } else {
+            Status::Good
+        },
+        sense: None,
+        data: Vec::new(),
+    }
 }

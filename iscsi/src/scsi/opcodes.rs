@@ -9,7 +9,7 @@
 
 use super::cdb::{be, be16, Cdb, RwLayout};
 use super::sense::Sense;
-use super::Completion;
+use super::{Completion, LunDevice};
 
 /// Which command handler runs an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,14 @@ pub(crate) enum Handler {
     WriteVerify(RwLayout),
     Verify(RwLayout),
     SyncCache(RwLayout),
+    Prefetch(RwLayout),
+    ReadDefectData10,
+    ReadDefectData12,
+    WriteSame(RwLayout),
+    Unmap,
+    GetLbaStatus,
+    OrWrite,
+    CompareAndWrite,
 }
 
 /// The data transfer a CDB implies.
@@ -48,6 +56,10 @@ pub(crate) enum Xfer {
     WriteBlocks(RwLayout),
     /// Data-out of VERIFICATION LENGTH blocks when BYTCHK != 0.
     VerifyBlocks(RwLayout),
+    /// WRITE SAME: data-out of one logical block (none with NDOB).
+    SameBlock,
+    /// COMPARE AND WRITE: data-out of twice NUMBER OF LOGICAL BLOCKS (byte 13).
+    CompareAndWrite,
 }
 
 /// In which ALUA access states a command is processed (SPC-4 5.15.2.4).
@@ -61,6 +73,17 @@ pub(crate) enum Access {
     Capacity,
     /// Active states only (media access, TEST UNIT READY, ...).
     Media,
+}
+
+impl OpEntry {
+    /// Whether `dev` supports this command (UNMAP needs a thin device);
+    /// dispatch and REPORT SUPPORTED OPERATION CODES both ask.
+    pub(crate) fn supported_by(&self, dev: &LunDevice) -> bool {
+        match self.handler {
+            Handler::Unmap => dev.thin,
+            _ => true,
+        }
+    }
 }
 
 /// One supported operation code (and service action).
@@ -137,8 +160,16 @@ const TABLE: &[OpEntry] = &[
         Media, &[0x2E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
     op(0x2F, None, "VERIFY(10)", Handler::Verify(Ten), Xfer::VerifyBlocks(Ten), Media,
         &[0x2F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
+    op(0x34, None, "PRE-FETCH(10)", Handler::Prefetch(Ten), Xfer::None, Media,
+        &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
     op(0x35, None, "SYNCHRONIZE CACHE(10)", Handler::SyncCache(Ten), Xfer::None, Media,
         &[0x35, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
+    op(0x37, None, "READ DEFECT DATA(10)", Handler::ReadDefectData10, alloc(7, 2), Media,
+        &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(0x41, None, "WRITE SAME(10)", Handler::WriteSame(Ten), Xfer::SameBlock, Media,
+        &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
+    op(0x42, None, "UNMAP", Handler::Unmap, Xfer::ParamLen { at: 7, len: 2 }, Media,
+        &[0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0]),
     op(0x55, None, "MODE SELECT(10)", Handler::ModeSelect, Xfer::ParamLen { at: 7, len: 2 },
         Management, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     op(0x5A, None, "MODE SENSE(10)", Handler::ModeSense, alloc(7, 2), Management,
@@ -146,8 +177,13 @@ const TABLE: &[OpEntry] = &[
     op(0x88, None, "READ(16)", Handler::Read(Sixteen), Xfer::ReadBlocks(Sixteen), Media,
         &[0x88, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x1F, 0]),
+    op(0x89, None, "COMPARE AND WRITE", Handler::CompareAndWrite, Xfer::CompareAndWrite, Media,
+        &[0x89, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0x1F, 0]),
     op(0x8A, None, "WRITE(16)", Handler::Write(Sixteen), Xfer::WriteBlocks(Sixteen), Media,
         &[0x8A, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+          0x1F, 0]),
+    op(0x8B, None, "ORWRITE(16)", Handler::OrWrite, Xfer::WriteBlocks(Sixteen), Media,
+        &[0x8B, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x1F, 0]),
     op(0x8E, None, "WRITE AND VERIFY(16)", Handler::WriteVerify(Sixteen),
         Xfer::WriteBlocks(Sixteen), Media,
@@ -156,12 +192,21 @@ const TABLE: &[OpEntry] = &[
     op(0x8F, None, "VERIFY(16)", Handler::Verify(Sixteen), Xfer::VerifyBlocks(Sixteen), Media,
         &[0x8F, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x1F, 0]),
+    op(0x90, None, "PRE-FETCH(16)", Handler::Prefetch(Sixteen), Xfer::None, Media,
+        &[0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+          0x1F, 0]),
     op(0x91, None, "SYNCHRONIZE CACHE(16)", Handler::SyncCache(Sixteen), Xfer::None, Media,
         &[0x91, 0x06, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+          0x1F, 0]),
+    op(0x93, None, "WRITE SAME(16)", Handler::WriteSame(Sixteen), Xfer::SameBlock, Media,
+        &[0x93, 0x09, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x1F, 0]),
     op(0x9E, Some(0x10), "READ CAPACITY(16)", Handler::ReadCapacity16, alloc(10, 4), Capacity,
         &[0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x01, 0]),
+    op(0x9E, Some(0x12), "GET LBA STATUS", Handler::GetLbaStatus, alloc(10, 4), Media,
+        &[0x9E, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+          0, 0]),
     op(0xA0, None, "REPORT LUNS", Handler::ReportLuns, alloc(6, 4), Always,
         &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
     op(0xA3, Some(0x0A), "REPORT TARGET PORT GROUPS", Handler::ReportTargetPortGroups,
@@ -177,6 +222,8 @@ const TABLE: &[OpEntry] = &[
         &[0xAE, 0x12, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0]),
     op(0xAF, None, "VERIFY(12)", Handler::Verify(Twelve), Xfer::VerifyBlocks(Twelve), Media,
         &[0xAF, 0x16, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0]),
+    op(0xB7, None, "READ DEFECT DATA(12)", Handler::ReadDefectData12, alloc(6, 4), Media,
+        &[0xB7, 0x1F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
 ];
 
 /// Result of looking a CDB up in [`OPS`].
@@ -278,7 +325,7 @@ fn push_timeouts(out: &mut Vec<u8>) {
 }
 
 /// REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN, service action 0Ch).
-pub(crate) fn report_supported_opcodes(c: &Cdb) -> Result<Completion, Sense> {
+pub(crate) fn report_supported_opcodes(c: &Cdb, dev: &LunDevice) -> Result<Completion, Sense> {
     let rctd = c[2] & 0x80 != 0;
     let options = c[2] & 0x07;
     let req_op = c[3];
@@ -305,14 +352,18 @@ pub(crate) fn report_supported_opcodes(c: &Cdb) -> Result<Completion, Sense> {
         entries(req_op)
             .iter()
             .find(|e| e.sa.map(u16::from) == Some(req_sa))
+            .filter(|e| e.supported_by(dev))
     };
+    let plain = || entries(req_op).first().filter(|e| e.supported_by(dev));
+    let listed = || OPS.iter().filter(|e| e.supported_by(dev));
 
     let mut out = match options {
         0 => {
             let desc_len = 8 + if rctd { TIMEOUTS_LEN } else { 0 };
-            let mut out = Vec::with_capacity(4 + OPS.len() * desc_len);
-            out.extend_from_slice(&((OPS.len() * desc_len) as u32).to_be_bytes());
-            for e in OPS {
+            let n = listed().count();
+            let mut out = Vec::with_capacity(4 + n * desc_len);
+            out.extend_from_slice(&((n * desc_len) as u32).to_be_bytes());
+            for e in listed() {
                 out.push(e.opcode);
                 out.push(0);
                 out.extend_from_slice(&u16::from(e.sa.unwrap_or(0)).to_be_bytes());
@@ -329,7 +380,7 @@ pub(crate) fn report_supported_opcodes(c: &Cdb) -> Result<Completion, Sense> {
             if has_service_actions(req_op) {
                 return Err(Sense::invalid_field_in_cdb(3, 7));
             }
-            one(entries(req_op).first())
+            one(plain())
         }
         2 => {
             if !has_service_actions(req_op) {
@@ -341,7 +392,7 @@ pub(crate) fn report_supported_opcodes(c: &Cdb) -> Result<Completion, Sense> {
             if has_service_actions(req_op) {
                 one(by_sa())
             } else {
-                one(entries(req_op).first())
+                one(plain())
             }
         }
         _ => return Err(Sense::invalid_field_in_cdb(2, 2)),
@@ -399,10 +450,10 @@ mod tests {
     fn service_action_lookup() {
         assert!(matches!(lookup(&pad(&[0x9E, 0x10])), Lookup::Found(_)));
         assert!(matches!(
-            lookup(&pad(&[0x9E, 0x12])),
+            lookup(&pad(&[0x9E, 0x13])),
             Lookup::UnsupportedServiceAction
         ));
-        assert!(matches!(lookup(&pad(&[0x42])), Lookup::Unknown));
+        assert!(matches!(lookup(&pad(&[0x43])), Lookup::Unknown));
         assert_eq!(command_name(&[0x9E, 0x10]), Some("READ CAPACITY(16)"));
         assert_eq!(command_name(&[0x28]), Some("READ(10)"));
         assert_eq!(command_name(&[0]), Some("TEST UNIT READY"));
@@ -418,7 +469,14 @@ mod tests {
         c[3] = op;
         c[4..6].copy_from_slice(&sa.to_be_bytes());
         c[6..10].copy_from_slice(&0xFFFFu32.to_be_bytes());
-        report_supported_opcodes(&c).map(|c| c.data)
+        report_supported_opcodes(&c, &thin()).map(|c| c.data)
+    }
+
+    fn thin() -> LunDevice {
+        LunDevice {
+            thin: true,
+            ..crate::scsi::dispatch::tests::disk(512, 1000)
+        }
     }
 
     #[test]
@@ -439,6 +497,23 @@ mod tests {
     }
 
     #[test]
+    fn rsoc_hides_unmap_on_thick_devices() {
+        let mut c = [0u8; 16];
+        c[..10].copy_from_slice(&[0xA3, 0x0C, 0x01, 0x42, 0, 0, 0, 0, 0x10, 0]);
+        let thick = crate::scsi::dispatch::tests::disk(512, 1000);
+        assert_eq!(
+            report_supported_opcodes(&c, &thick).unwrap().data,
+            vec![0, 0x01, 0, 0]
+        );
+        let d = report_supported_opcodes(&c, &thin()).unwrap().data;
+        assert_eq!(&d[..4], &[0, 0x03, 0, 10]);
+        c[2] = 0;
+        let all = report_supported_opcodes(&c, &thick).unwrap().data;
+        assert_eq!(be(&all, 0, 4) as usize, (OPS.len() - 1) * 8);
+        assert!(!all[4..].chunks(8).any(|d| d[0] == 0x42));
+    }
+
+    #[test]
     fn rsoc_one_command() {
         let d = rsoc(false, 1, 0x28, 0).unwrap();
         assert_eq!(&d[..4], &[0, 0x03, 0, 10]);
@@ -446,7 +521,7 @@ mod tests {
         assert_eq!(d[5] & 0x18, 0x18, "DPO/FUA usage");
         assert_eq!(d[5] & 0xE0, 0, "no RDPROTECT");
         // Unsupported opcode: SUPPORT = 001b.
-        assert_eq!(rsoc(false, 1, 0x42, 0).unwrap(), vec![0, 0x01, 0, 0]);
+        assert_eq!(rsoc(false, 1, 0x43, 0).unwrap(), vec![0, 0x01, 0, 0]);
         // Opcode with service actions via option 1 -> invalid field.
         assert!(rsoc(false, 1, 0x9E, 0x10).is_err());
         // Option 2.
@@ -455,7 +530,7 @@ mod tests {
         assert_eq!(&d[4..6], &[0x9E, 0x10]);
         assert_eq!(d.len(), 4 + 16 + 12);
         assert!(rsoc(false, 2, 0x28, 0).is_err());
-        assert_eq!(rsoc(false, 2, 0x9E, 0x12).unwrap(), vec![0, 0x01, 0, 0]);
+        assert_eq!(rsoc(false, 2, 0x9E, 0x13).unwrap(), vec![0, 0x01, 0, 0]);
         // Option 3 accepts both.
         assert_eq!(rsoc(false, 3, 0x28, 0).unwrap()[1], 0x03);
         assert_eq!(rsoc(false, 3, 0xA3, 0x0A).unwrap()[1], 0x03);

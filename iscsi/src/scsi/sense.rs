@@ -226,6 +226,27 @@ impl Sense {
         Self::new(SenseKey::AbortedCommand, 0x00, 0x00)
     }
 
+    /// ABORTED COMMAND, DATA PHASE ERROR (0B/4B/00): a Data-Out out of
+    /// sequence (DataSN).
+    pub const fn data_phase_error() -> Self {
+        Self::new(SenseKey::AbortedCommand, 0x4B, 0x00)
+    }
+
+    /// ABORTED COMMAND, INVALID TARGET PORT TRANSFER TAG RECEIVED (0B/4B/01).
+    pub const fn invalid_transfer_tag() -> Self {
+        Self::new(SenseKey::AbortedCommand, 0x4B, 0x01)
+    }
+
+    /// ABORTED COMMAND, DATA OFFSET ERROR (0B/4B/05): a Data-Out outside its R2T.
+    pub const fn data_offset_error() -> Self {
+        Self::new(SenseKey::AbortedCommand, 0x4B, 0x05)
+    }
+
+    /// ABORTED COMMAND, UNEXPECTED UNSOLICITED DATA (0B/0C/0C; RFC 7143 11.4.7.2).
+    pub const fn unexpected_unsolicited_data() -> Self {
+        Self::new(SenseKey::AbortedCommand, 0x0C, 0x0C)
+    }
+
     /// HARDWARE ERROR, INTERNAL TARGET FAILURE (04/44/00).
     pub const fn internal_target_failure() -> Self {
         Self::new(SenseKey::HardwareError, 0x44, 0x00)

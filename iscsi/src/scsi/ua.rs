@@ -6,6 +6,8 @@
 //! (UA_INTLCK_CTRL = 00b). REQUEST SENSE returns it as sense data and clears
 //! it; REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::sense::Sense;
 
 /// Maximum number of distinct unit attentions queued per nexus; further
@@ -57,11 +59,42 @@ impl UnitAttention {
     }
 }
 
+/// State of a logical unit shared by every I_T nexus on every core: the
+/// number of LOGICAL UNIT RESETs so far. A reset bumps it; each nexus
+/// compares it with the count it last saw before running a command
+/// ([`NexusState::observe`]) and establishes BUS DEVICE RESET FUNCTION
+/// OCCURRED when it moved. One relaxed-enough atomic load per command; no
+/// lock and no cross-core message.
+#[derive(Debug, Default)]
+pub struct LunShared {
+    resets: AtomicU64,
+}
+
+impl LunShared {
+    /// A logical unit never reset.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a LOGICAL UNIT RESET: every nexus (this one included) gets a
+    /// unit attention before its next command.
+    pub fn reset(&self) {
+        self.resets.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// LOGICAL UNIT RESETs so far.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
+    }
+}
+
 /// State the SCSI layer keeps per I_T nexus and LUN: pending unit attentions,
-/// oldest first (later: reservation keys).
+/// oldest first, and the reset count of the logical unit it has seen (later:
+/// reservation keys).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NexusState {
     pending: Vec<UnitAttention>,
+    resets_seen: u64,
 }
 
 impl Default for NexusState {
@@ -75,13 +108,37 @@ impl NexusState {
     pub fn new() -> Self {
         let mut pending = Vec::with_capacity(4);
         pending.push(UnitAttention::PowerOnReset);
-        NexusState { pending }
+        NexusState {
+            pending,
+            resets_seen: 0,
+        }
+    }
+
+    /// A fresh nexus of the logical unit `lu`: POWER ON, RESET OCCURRED is
+    /// pending, and resets before now are not reported again.
+    pub fn attached(lu: &LunShared) -> Self {
+        NexusState {
+            resets_seen: lu.resets(),
+            ..Self::new()
+        }
     }
 
     /// A nexus with no pending unit attention.
     pub fn empty() -> Self {
         NexusState {
             pending: Vec::new(),
+            resets_seen: 0,
+        }
+    }
+
+    /// Catches up with resets of the logical unit made through any nexus:
+    /// establishes one LOGICAL UNIT RESET unit attention if there were any
+    /// since the last call.
+    pub fn observe(&mut self, lu: &LunShared) {
+        let now = lu.resets();
+        if now != self.resets_seen {
+            self.resets_seen = now;
+            self.push(UnitAttention::LunReset);
         }
     }
 
@@ -156,6 +213,29 @@ mod tests {
         n.push(UnitAttention::CapacityChanged);
         n.push(UnitAttention::LunReset);
         assert_eq!(n.pending(), &[UnitAttention::LunReset]);
+    }
+
+    #[test]
+    fn lun_reset_reaches_every_nexus_once() {
+        let lu = LunShared::new();
+        lu.reset();
+        let mut a = NexusState::attached(&lu);
+        a.next_ua();
+        let mut b = NexusState::empty();
+        b.observe(&lu);
+        assert_eq!(b.pending(), &[UnitAttention::LunReset]);
+        b.next_ua();
+        // Earlier resets are not reported to a nexus made after them.
+        a.observe(&lu);
+        assert_eq!(a.pending(), &[]);
+        // Two resets before the next command: one unit attention each nexus.
+        lu.reset();
+        lu.reset();
+        for n in [&mut a, &mut b] {
+            n.observe(&lu);
+            n.observe(&lu);
+            assert_eq!(n.pending(), &[UnitAttention::LunReset]);
+        }
     }
 
     #[test]

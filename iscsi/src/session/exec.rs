@@ -4,7 +4,7 @@
 use trellis_datapath::{Buf, BufPool};
 
 use super::task::{residual, Purpose, R2tState, Stage, Task, TaskStatus};
-use super::{CloseReason, Connection, DiskOp, DiskRequest, LunTable, Phase, Session};
+use super::{CloseReason, Connection, LunTable, Phase, Session};
 use crate::pdu::{
     DataIn, DataOut, R2t, RawPdu, ScsiCommand, ScsiResponse, TaskMgmtRequest, TaskMgmtResponse,
     BHS_LEN, RESERVED_TAG,
@@ -21,7 +21,7 @@ pub(super) struct PendingTmf {
 }
 
 /// Sense for a failed disk read / write.
-fn medium_error(read: bool) -> Sense {
+pub(super) fn medium_error(read: bool) -> Sense {
     if read {
         Sense::medium_error_read()
     } else {
@@ -70,6 +70,8 @@ impl Session {
             held: Vec::new(),
             cdb: cmd.cdb,
             verify: None,
+            ranges: Vec::new(),
+            done: 0,
         };
         if task.is_write() {
             task.want = xfer.min(cmd.expected_data_transfer_length);
@@ -79,7 +81,8 @@ impl Session {
         id
     }
 
-    fn remove_task(&mut self, id: u32) -> Option<Task> {
+    pub(super) fn remove_task(&mut self, id: u32) -> Option<Task> {
+        self.holds.release(id);
         let t = self.tasks.remove(&id)?;
         if self.itts.get(&t.itt) == Some(&id) {
             self.itts.remove(&t.itt);
@@ -89,7 +92,7 @@ impl Session {
 }
 
 impl Connection {
-    fn session(&mut self) -> Option<&mut Session> {
+    pub(super) fn session(&mut self) -> Option<&mut Session> {
         match &mut self.phase {
             Phase::Full(s) => Some(s),
             Phase::Login(_) => None,
@@ -126,10 +129,11 @@ impl Connection {
                 Action::Complete(scsi::dispatch_unmapped(&command, &luns.ids, &luns.port)),
             ),
             Some(i) => {
-                let dev = &luns.luns[i].dev;
+                let entry = &luns.luns[i];
+                s.nexus[i].observe(&entry.shared);
                 (
                     Some(i),
-                    scsi::dispatch(&command, dev, &luns.port, &luns.ids, &mut s.nexus[i]),
+                    scsi::dispatch(&command, &entry.dev, &luns.port, &luns.ids, &mut s.nexus[i]),
                 )
             }
         };
@@ -148,6 +152,15 @@ impl Connection {
                 }
                 self.accept_immediate(id, cmd, raw.data);
                 self.advance_task(id);
+                true
+            }
+            (Action::Unmap(ranges), Some(i)) => {
+                let Some(s) = self.session() else { return true };
+                let id = s.new_task(cmd, i, &luns, Purpose::Unmap, 0);
+                if let Some(t) = s.tasks.get_mut(&id) {
+                    t.ranges = ranges;
+                }
+                self.submit(id);
                 true
             }
             (_, None) => {
@@ -169,36 +182,33 @@ impl Connection {
         let bs = luns.luns[lun_index].dev.block_size;
         let xfer = u32::try_from(req.data_len(bs)).unwrap_or(u32::MAX);
         let edtl = cmd.expected_data_transfer_length;
-        let is_write = matches!(
-            req.op,
-            IoOp::Write | IoOp::WriteVerify | IoOp::Verify { .. }
-        );
+        let is_write = req.is_write();
         if xfer as usize > pool.max_buf() {
             self.complete_now(cmd, Completion::check(Sense::invalid_field_in_cdb(7, None)));
             return true;
         }
+        // No data phase: the I/O starts now.
+        let no_data = matches!(
+            req.op,
+            IoOp::Flush { .. }
+                | IoOp::Prefetch { .. }
+                | IoOp::LbaStatus { .. }
+                | IoOp::WriteSame { ndob: true, .. }
+        );
         // Nothing can move: answer with the residual and do no I/O.
         let moves = if is_write {
             edtl.min(xfer) / bs * bs
         } else {
             edtl.min(xfer)
         };
-        if !matches!(req.op, IoOp::Flush { .. }) && moves == 0 {
+        if !no_data && moves == 0 {
             self.respond_status(cmd.itt, edtl, xfer, TaskStatus::good(), 0);
             return true;
         }
         let Some(s) = self.session() else { return true };
         let id = s.new_task(cmd, lun_index, luns, Purpose::Io(req), xfer);
-        if matches!(req.op, IoOp::Flush { .. }) {
-            if let Some(t) = s.tasks.get_mut(&id) {
-                t.stage = Stage::InFlight;
-            }
-            self.disk.push_back(DiskRequest {
-                task: id,
-                slot: luns.luns[lun_index].slot,
-                offset: 0,
-                op: DiskOp::Flush,
-            });
+        if no_data {
+            self.submit(id);
             return true;
         }
         if is_write {
@@ -242,15 +252,37 @@ impl Connection {
         if t.stage != Stage::NeedBuffer {
             return true;
         }
-        let verify = matches!(t.io().map(|r| r.op), Some(IoOp::Verify { .. }));
-        let Some(mut buf) = pool.get(t.xfer as usize) else {
+        // The data buffer, and the one the medium is read into (VERIFY,
+        // ORWRITE: all blocks; COMPARE AND WRITE: half the data-out).
+        let (first, second) = match t.io() {
+            Some(
+                req @ IoRequest {
+                    op: IoOp::WriteSame { .. },
+                    ..
+                },
+            ) => (
+                super::media::same_fill_len(&req, t.block_size, pool.max_buf()),
+                None,
+            ),
+            Some(IoRequest {
+                op: IoOp::Verify { .. } | IoOp::OrWrite,
+                ..
+            }) => (t.xfer as usize, Some(t.xfer as usize)),
+            Some(IoRequest {
+                op: IoOp::CompareAndWrite,
+                ..
+            }) => (t.xfer as usize, Some(t.xfer as usize / 2)),
+            _ => (t.xfer as usize, None),
+        };
+        let Some(mut buf) = pool.get(first) else {
             if !s.waiting.contains(&id) {
                 s.waiting.push_back(id);
             }
             return false;
         };
-        let second = if verify {
-            match pool.get(t.xfer as usize) {
+        buf.set_len(t.xfer as usize);
+        let second = if let Some(len) = second {
+            match pool.get(len) {
                 Some(b) => Some(b),
                 None => {
                     if !s.waiting.contains(&id) {
@@ -269,7 +301,7 @@ impl Connection {
         }
         t.buf = Some(buf);
         if let Some(b) = second {
-            t.params_buf_verify(b);
+            t.verify = Some(b);
         }
         t.stage = Stage::Collecting;
         self.advance_task(id);
@@ -362,12 +394,23 @@ impl Connection {
         let offset = d.buffer_offset;
         let fault = if d.ttt == RESERVED_TAG {
             if d.data_sn != t.unsolicited_datasn {
-                Some(format!(
-                    "unsolicited DataSN {} (expected {})",
-                    d.data_sn, t.unsolicited_datasn
+                Some((
+                    format!(
+                        "unsolicited DataSN {} (expected {})",
+                        d.data_sn, t.unsolicited_datasn
+                    ),
+                    Sense::data_phase_error(),
+                ))
+            } else if offset.checked_add(len).is_none_or(|end| end > t.edtl) {
+                Some((
+                    format!("unsolicited buffer offset {offset}+{len} outside the transfer"),
+                    Sense::data_offset_error(),
                 ))
             } else if len > t.unsolicited_left {
-                Some("unsolicited data beyond FirstBurstLength".to_owned())
+                Some((
+                    "unsolicited data beyond FirstBurstLength".to_owned(),
+                    Sense::unexpected_unsolicited_data(),
+                ))
             } else {
                 t.unsolicited_datasn += 1;
                 t.unsolicited_left -= len;
@@ -378,24 +421,41 @@ impl Connection {
             }
         } else if let Some(r) = t.r2ts.iter_mut().find(|r| r.ttt == d.ttt) {
             if d.data_sn != r.next_datasn {
-                Some(format!("DataSN {} (expected {})", d.data_sn, r.next_datasn))
-            } else if offset < r.offset || offset + len > r.offset + r.len {
-                Some(format!("buffer offset {offset}+{len} outside the R2T"))
+                Some((
+                    format!("DataSN {} (expected {})", d.data_sn, r.next_datasn),
+                    Sense::data_phase_error(),
+                ))
+            } else if offset < r.offset || offset.saturating_add(len) > r.offset + r.len {
+                Some((
+                    format!("buffer offset {offset}+{len} outside the R2T"),
+                    Sense::data_offset_error(),
+                ))
             } else {
                 r.next_datasn += 1;
                 r.received += len;
                 None
             }
         } else {
-            Some(format!("Data-Out with unknown TTT {:#x}", d.ttt))
+            Some((
+                format!("Data-Out with unknown TTT {:#x}", d.ttt),
+                Sense::invalid_transfer_tag(),
+            ))
         };
-        if let Some(f) = fault {
-            tracing::warn!(itt = d.itt, "{f}");
-            self.close(CloseReason::Protocol(f));
+        if let Some((f, sense)) = fault {
+            // A sequence error ends the task, not the connection (ERL 0 has no
+            // recovery R2T): CHECK CONDITION now; later Data-Out of the task
+            // finds no task and is dropped.
+            tracing::warn!(itt = d.itt, "{f}; terminating the command");
+            if !t.in_flight() {
+                s.waiting.retain(|w| *w != id);
+                if let Some(t) = s.remove_task(id) {
+                    self.respond_status(t.itt, t.edtl, t.xfer, TaskStatus::check(sense), t.r2tsn);
+                }
+            }
             return;
         }
         // Copy what falls inside the transfer; ignore an underflow's excess.
-        let end = (offset + len).min(t.want);
+        let end = offset.saturating_add(len).min(t.want);
         if offset < end {
             let src = &data[..(end - offset) as usize];
             match (&mut t.buf, t.purpose) {
@@ -416,62 +476,49 @@ impl Connection {
     }
 
     /// A task has its buffer and all its data-out: submit its I/O (or, for a
-    /// parameter list, finish it).
+    /// parameter list, finish it or start what it asks for).
     fn data_complete(&mut self, id: u32) {
         let Some(s) = self.session() else { return };
         let Some(t) = s.tasks.get_mut(&id) else {
             return;
         };
-        let req = match t.purpose {
-            Purpose::Params => {
-                let luns = s.luns.clone();
+        if t.purpose != Purpose::Params {
+            self.submit(id);
+            return;
+        }
+        let Some(luns) = s.luns.clone() else { return };
+        let dev = &luns.luns[t.lun_index].dev;
+        let action = scsi::dispatch_data_out(&t.cdb, &t.params, dev, &mut s.nexus[t.lun_index]);
+        match action {
+            Action::Unmap(ranges) => {
+                t.purpose = Purpose::Unmap;
+                t.params = Vec::new();
+                t.ranges = ranges;
+                self.submit(id);
+            }
+            other => {
+                let c = match other {
+                    Action::Complete(c) => c,
+                    _ => Completion::check(Sense::internal_target_failure()),
+                };
                 let Some(t) = s.remove_task(id) else { return };
-                let Some(luns) = luns else { return };
-                let dev = &luns.luns[t.lun_index].dev;
-                let c = scsi::dispatch_data_out(&t.cdb, &t.params, dev, &mut s.nexus[t.lun_index]);
                 self.respond_completion(t.itt, t.lun, t.edtl, c, 0);
-                return;
             }
-            Purpose::Io(req) => req,
-        };
-        let bytes = if req.op == IoOp::Read {
-            t.xfer
-        } else {
-            t.want / t.block_size * t.block_size
-        };
-        let Some(mut buf) = t.buf.take() else { return };
-        buf.set_len(bytes as usize);
-        let op = match req.op {
-            IoOp::Read => DiskOp::Read(buf),
-            IoOp::Verify { .. } => {
-                // Read the medium into the second buffer, compare on completion.
-                t.buf = Some(buf);
-                match t.take_verify_buf() {
-                    Some(mut b) => {
-                        b.set_len(bytes as usize);
-                        t.stage = Stage::Verifying;
-                        DiskOp::Read(b)
-                    }
-                    None => return,
-                }
-            }
-            IoOp::WriteVerify => DiskOp::Write { buf, fua: true },
-            _ => DiskOp::Write { buf, fua: req.fua },
-        };
-        let (slot, offset) = (t.slot, t.offset());
-        self.disk.push_back(DiskRequest {
-            task: id,
-            slot,
-            offset,
-            op,
-        });
+        }
     }
 
     /// A disk request finished: `result` is bytes or -errno; `buf` is the
     /// request's buffer, if it had one.
     pub fn disk_done(&mut self, id: u32, result: i32, buf: Option<Buf>, pool: &BufPool) {
         self.finish_disk(id, result, buf);
+        self.after_disk(id, pool);
+    }
+
+    /// Bookkeeping after a task's disk step: task management waiting on it,
+    /// tasks waiting for buffers or for blocks it held.
+    pub(super) fn after_disk(&mut self, id: u32, pool: &BufPool) {
         self.drain_tmfs(id);
+        self.run_ready();
         if self.closing.is_none() {
             self.pump(pool);
         }
@@ -479,10 +526,26 @@ impl Connection {
 
     fn finish_disk(&mut self, id: u32, result: i32, buf: Option<Buf>) {
         let Some(s) = self.session() else { return };
-        let Some(t) = s.remove_task(id) else { return };
+        let Some(t) = s.tasks.get(&id) else { return };
         if t.aborted {
+            s.remove_task(id);
             return;
         }
+        match (t.purpose, t.io().map(|r| r.op)) {
+            (Purpose::Unmap, _) => return self.unmap_done(id, result),
+            (
+                _,
+                Some(
+                    IoOp::Prefetch { .. }
+                    | IoOp::WriteSame { .. }
+                    | IoOp::OrWrite
+                    | IoOp::CompareAndWrite
+                    | IoOp::LbaStatus { .. },
+                ),
+            ) => return self.media_done(id, result, buf),
+            _ => {}
+        }
+        let Some(t) = s.remove_task(id) else { return };
         let Some(req) = t.io() else { return };
         let expect = buf.as_ref().map_or(0, |b| b.len() as i32);
         let ok = result >= 0 && result == expect;
@@ -532,6 +595,7 @@ impl Connection {
                 };
                 self.respond_status(t.itt, t.edtl, 0, status, 0);
             }
+            _ => {}
         }
     }
 
@@ -586,7 +650,7 @@ impl Connection {
         self.respond_completion(cmd.itt, cmd.lun, cmd.expected_data_transfer_length, c, 0);
     }
 
-    fn respond_completion(
+    pub(super) fn respond_completion(
         &mut self,
         itt: u32,
         lun: u64,
@@ -652,7 +716,7 @@ impl Connection {
 
     /// A SCSI Response PDU; `moved` is what the command would transfer, for
     /// the residual.
-    fn respond_status(
+    pub(super) fn respond_status(
         &mut self,
         itt: u32,
         edtl: u32,
@@ -727,10 +791,12 @@ impl Connection {
                 if lun_known {
                     affected.extend(s.tasks.values().filter(|t| t.lun == req.lun).map(|t| t.id));
                     if function == 5 {
-                        if let Some(i) = s.luns.as_ref().and_then(|l| l.find(req.lun)) {
-                            // Other sessions learn of the reset through their own
-                            // nexus; this one asked for it.
-                            let _ = i;
+                        // Every nexus, on every core and this one included,
+                        // reports the reset before its next command.
+                        if let Some(l) = s.luns.as_ref() {
+                            if let Some(i) = l.find(req.lun) {
+                                l.luns[i].shared.reset();
+                            }
                         }
                     }
                     0
@@ -757,7 +823,7 @@ impl Connection {
                 continue;
             };
             t.aborted = true;
-            if matches!(t.stage, Stage::InFlight | Stage::Verifying) {
+            if t.in_flight() {
                 waiting.push(id);
             } else {
                 s.waiting.retain(|w| *w != id);
@@ -775,6 +841,8 @@ impl Connection {
         } else if let Some(s) = self.session() {
             s.tmfs.push(tmf);
         }
+        // Removed tasks released the blocks they held.
+        self.run_ready();
     }
 
     fn drain_tmfs(&mut self, id: u32) {
@@ -812,15 +880,5 @@ impl Connection {
         if t.close_after {
             self.close(CloseReason::Shutdown);
         }
-    }
-}
-
-impl Task {
-    fn params_buf_verify(&mut self, b: Buf) {
-        self.verify = Some(b);
-    }
-
-    fn take_verify_buf(&mut self) -> Option<Buf> {
-        self.verify.take()
     }
 }

@@ -14,12 +14,14 @@
 
 mod cmdsn;
 mod exec;
+mod media;
 mod outbox;
 mod task;
 mod text;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_datapath::{Buf, BufPool, StoreSlot};
@@ -33,7 +35,7 @@ use crate::pdu::{
     self, Digests, Header, LogoutResponse, NopIn, NopOut, PduError, RawPdu, Reject, BHS_LEN,
     RESERVED_TAG,
 };
-use crate::scsi::{LunDevice, NexusState, PortContext};
+use crate::scsi::{LunDevice, LunShared, NexusState, PortContext};
 
 /// One logical unit as a session sees it.
 #[derive(Debug, Clone)]
@@ -44,6 +46,9 @@ pub struct LunEntry {
     pub dev: Rc<LunDevice>,
     /// Where its store is registered on this core's ring.
     pub slot: StoreSlot,
+    /// State of the logical unit shared with every session on every core
+    /// (LOGICAL UNIT RESET count).
+    pub shared: Arc<LunShared>,
 }
 
 /// The LUNs of one target visible to one initiator, on one core.
@@ -114,6 +119,24 @@ pub enum DiskOp {
     },
     /// fdatasync.
     Flush,
+    /// Read-ahead hint for `len` bytes (0: to the end); never fails the command.
+    Prefetch {
+        /// Bytes.
+        len: u64,
+    },
+    /// Deallocate `len` bytes (punch hole).
+    Unmap {
+        /// Bytes.
+        len: u64,
+    },
+    /// Zero `len` bytes, keeping them allocated (FALLOC_FL_ZERO_RANGE).
+    WriteZeroes {
+        /// Bytes.
+        len: u64,
+    },
+    /// Find the allocation extent at the offset (SEEK_DATA / SEEK_HOLE; the
+    /// driver answers synchronously with [`Connection::extent_done`]).
+    Extent,
 }
 
 /// A disk request with the task it belongs to.
@@ -162,6 +185,7 @@ struct Session {
     next_ttt: u32,
     text: Option<text::Pending>,
     tmfs: Vec<exec::PendingTmf>,
+    holds: media::Holds,
 }
 
 /// One connection.
@@ -406,6 +430,18 @@ impl Connection {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(error = %e, "rejecting PDU");
+                if let Phase::Login(login) = &mut self.phase {
+                    if pdu::raw_opcode(raw.bhs) == pdu::Opcode::LoginRequest as u8 {
+                        // A Login Request is answered by a Login Response
+                        // (initiator error), never a Reject.
+                        let step = login.handle_malformed(raw.bhs, e);
+                        let mut bhs = [0u8; BHS_LEN];
+                        step.response.encode(&mut bhs);
+                        self.out.push(&bhs, &step.data);
+                        self.close(CloseReason::LoginFailed);
+                        return true;
+                    }
+                }
                 let reason = match e {
                     PduError::UnknownOpcode(_) | PduError::NotFromInitiator(_) => 0x05,
                     _ => 0x04,
@@ -454,7 +490,10 @@ impl Connection {
             .as_deref()
             .and_then(|t| host.luns(t, &params.initiator_name));
         let nexus = luns.as_ref().map_or(Vec::new(), |l| {
-            l.luns.iter().map(|_| NexusState::new()).collect()
+            l.luns
+                .iter()
+                .map(|e| NexusState::attached(&e.shared))
+                .collect()
         });
         let window = Window::new(params.exp_cmdsn_start, self.cfg.limits.cmdsn_window);
         tracing::info!(
@@ -475,6 +514,7 @@ impl Connection {
             next_ttt: 1,
             text: None,
             tmfs: Vec::new(),
+            holds: media::Holds::default(),
         }));
     }
 

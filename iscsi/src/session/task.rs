@@ -6,7 +6,10 @@
 //!                                 ├─ Io(Read) ─> buffer ─> disk read ─> Data-In + status
 //!                                 ├─ Io(Write) ─> buffer <─ immediate data, Data-Out (R2T)
 //!                                 │                 └─> disk write ─> Response
-//!                                 └─ DataOut (parameter list) ─> dispatch_data_out ─> Response
+//!                                 ├─ Io(WriteSame/OrWrite/CompareAndWrite/...) ─> media.rs steps
+//!                                 ├─ DataOut (parameter list) ─> dispatch_data_out ─> Response
+//!                                 │                                  └─ Unmap(ranges) ─> punch holes
+//!                                 └─ Unmap(ranges) ─> punch holes ─> Response
 //! ```
 //!
 //! A task owns its data buffer from allocation until its disk I/O completes;
@@ -14,7 +17,7 @@
 
 use trellis_datapath::{Buf, StoreSlot};
 
-use crate::scsi::{IoOp, IoRequest, Sense, Status};
+use crate::scsi::{IoRequest, Sense, Status};
 
 /// Why a task holds data-out bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub enum Purpose {
     Io(IoRequest),
     /// A parameter list for `scsi::dispatch_data_out` (MODE SELECT, ...).
     Params,
+    /// Deallocating UNMAP's ranges, in order (`Task::ranges`).
+    Unmap,
 }
 
 /// Where a task stands.
@@ -34,8 +39,12 @@ pub enum Stage {
     Collecting,
     /// Disk I/O submitted.
     InFlight,
-    /// VERIFY: second read submitted to compare against.
+    /// VERIFY / ORWRITE / COMPARE AND WRITE: the read of the medium is
+    /// submitted (into `Task::verify`).
     Verifying,
+    /// Waiting for blocks a COMPARE AND WRITE holds (or, for one, for
+    /// overlapping writes to finish).
+    RangeWait,
 }
 
 /// One outstanding R2T.
@@ -103,8 +112,12 @@ pub struct Task {
     pub held: Vec<u8>,
     /// The CDB (for parameter-list commands).
     pub cdb: [u8; 16],
-    /// VERIFY: buffer the medium is read into for the comparison.
+    /// VERIFY, ORWRITE, COMPARE AND WRITE: buffer the medium is read into.
     pub verify: Option<Buf>,
+    /// UNMAP: `(lba, blocks)` ranges still to deallocate.
+    pub ranges: Vec<(u64, u32)>,
+    /// WRITE SAME: bytes of the range written so far.
+    pub done: u64,
 }
 
 impl Task {
@@ -117,7 +130,7 @@ impl Task {
     pub fn io(&self) -> Option<IoRequest> {
         match self.purpose {
             Purpose::Io(io) => Some(io),
-            Purpose::Params => None,
+            Purpose::Params | Purpose::Unmap => None,
         }
     }
 
@@ -131,11 +144,15 @@ impl Task {
     pub fn is_write(&self) -> bool {
         match self.purpose {
             Purpose::Params => true,
-            Purpose::Io(io) => matches!(
-                io.op,
-                IoOp::Write | IoOp::WriteVerify | IoOp::Verify { bytchk: true }
-            ),
+            Purpose::Unmap => false,
+            Purpose::Io(io) => io.is_write(),
         }
+    }
+
+    /// Whether the task is past data collection and may have disk I/O in
+    /// flight (task management must wait for it).
+    pub fn in_flight(&self) -> bool {
+        matches!(self.stage, Stage::InFlight | Stage::Verifying)
     }
 }
 

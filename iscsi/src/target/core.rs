@@ -430,6 +430,28 @@ impl<'a> Core<'a> {
                     .write(req.slot, buf, req.offset, fua, t)
                     .map_err(|(e, b)| (e, Some(b))),
                 DiskOp::Flush => self.ring.flush(req.slot, t).map_err(|e| (e, None)),
+                DiskOp::Prefetch { len } => self
+                    .ring
+                    .prefetch(req.slot, req.offset, len, t)
+                    .map_err(|e| (e, None)),
+                DiskOp::Unmap { len } => self
+                    .ring
+                    .unmap(req.slot, req.offset, len, t)
+                    .map_err(|e| (e, None)),
+                DiskOp::WriteZeroes { len } => self
+                    .ring
+                    .write_zeroes(req.slot, req.offset, len, t)
+                    .map_err(|e| (e, None)),
+                DiskOp::Extent => {
+                    // lseek(SEEK_DATA/SEEK_HOLE) has no io_uring opcode; it is
+                    // a metadata lookup, answered inline.
+                    let extent = match self.ring.store(req.slot) {
+                        Ok(store) => store.extent_at(req.offset),
+                        Err(e) => Err(std::io::Error::other(e)),
+                    };
+                    c.conn.extent_done(req.task, extent, self.ring.pool());
+                    continue;
+                }
             };
             match r {
                 Ok(()) => c.disk_busy += 1,

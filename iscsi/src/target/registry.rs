@@ -1,6 +1,7 @@
-//! What all cores share: targets, LUN maps, ACLs, CHAP secrets and the
-//! session table (ISID/TSIH, reinstatement). Only login and discovery touch
-//! it; the I/O path never does.
+//! What all cores share: targets, LUN maps, ACLs, CHAP secrets, the
+//! session table (ISID/TSIH, reinstatement) and each logical unit's
+//! [`LunShared`] state. Only login and discovery touch the registry; the I/O
+//! path reads just the `LunShared` of its LUNs (one atomic per command).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,7 +13,9 @@ use trellis_datapath::{StoreSlot, VirtualDevice, Waker};
 
 use super::{AclEntry, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
-use crate::scsi::{lun_from_wire, lun_to_wire, AluaState, LunDevice, PortContext, PortGroup};
+use crate::scsi::{
+    lun_from_wire, lun_to_wire, AluaState, LunDevice, LunShared, PortContext, PortGroup,
+};
 use crate::session::{LunEntry, LunTable};
 
 /// A live session, for reinstatement and TSIH checks.
@@ -36,6 +39,7 @@ pub struct Registry {
     portals: Vec<SocketAddr>,
     wakers: Vec<Arc<Waker>>,
     lun_devices: Vec<LunDevice>,
+    lun_shared: Vec<Arc<LunShared>>,
     sessions: Mutex<Sessions>,
 }
 
@@ -64,14 +68,21 @@ impl Registry {
                     optimal_transfer_blocks: max_blocks,
                     rotational: false,
                     thin: spec.thin,
+                    holes_read_zero: d.store().holes_read_zero(),
                 }
             })
+            .collect();
+        let lun_shared = cfg
+            .devices
+            .iter()
+            .map(|_| Arc::new(LunShared::new()))
             .collect();
         Self {
             cfg,
             portals,
             wakers,
             lun_devices,
+            lun_shared,
             sessions: Mutex::new(Sessions {
                 by_key: HashMap::new(),
                 next_tsih: 1,
@@ -189,6 +200,7 @@ impl Registry {
                     lun: lun_to_wire(*lun),
                     dev: Rc::clone(devs.get(*dev)?),
                     slot: *slots.get(*dev)?,
+                    shared: Arc::clone(self.lun_shared.get(*dev)?),
                 })
             })
             .collect();
