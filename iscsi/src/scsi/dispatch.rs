@@ -1,7 +1,7 @@
-//! Command dispatch: unit attention, opcode table lookup, reserved-bit and
-//! ALUA checks, then the per-command handler. Also the small SPC commands
-//! with no module of their own (TEST UNIT READY, REQUEST SENSE, START STOP
-//! UNIT, PREVENT ALLOW MEDIUM REMOVAL).
+//! Command dispatch: unit attention, opcode table lookup, reservation
+//! conflict, reserved-bit and ALUA checks, then the per-command handler. Also
+//! the small SPC commands with no module of their own (TEST UNIT READY,
+//! REQUEST SENSE, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL).
 
 use super::alua::{check_access, report_target_port_groups};
 use super::block::{block_command, compare_and_write, prefetch, BlockOp};
@@ -13,6 +13,7 @@ use super::luns::report_luns;
 use super::mode::{mode_select, mode_select_cdb, mode_sense};
 use super::opcodes::{check_reserved, lookup, report_supported_opcodes, Handler, Lookup};
 use super::provisioning::{get_lba_status, unmap, unmap_parameters, write_same};
+use super::reserve::{conflicts, ReserveOp};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 use super::ua::{NexusState, UnitAttention};
 use super::{Action, Command, Completion, LunDevice, PortContext};
@@ -65,6 +66,9 @@ fn run(
     if !entry.supported_by(dev) {
         return Err(Sense::invalid_opcode());
     }
+    if nexus.reserved_elsewhere() && conflicts(entry.handler) {
+        return Ok(Action::Complete(Completion::reservation_conflict()));
+    }
     check_reserved(entry, c)?;
     check_access(entry.access, port)?;
     let done = |r: Result<Completion, Sense>| r.map(Action::Complete);
@@ -99,6 +103,8 @@ fn run(
         }
         Handler::ReportTargetPortGroups => done(report_target_port_groups(c, port)),
         Handler::ReportSupportedOpcodes => done(report_supported_opcodes(c, dev)),
+        Handler::Reserve => Ok(Action::Reservation(ReserveOp::Reserve)),
+        Handler::Release => Ok(Action::Reservation(ReserveOp::Release)),
     }
 }
 
@@ -405,6 +411,112 @@ pub(crate) mod tests {
         assert_eq!(sense_of(run_on(&INQ, &dev, &p, &mut n)), None);
         let rc10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(sense_of(run_on(&rc10, &dev, &p, &mut n)), None);
+    }
+
+    /// Commands from a nexus other than the holder of the reservation: which
+    /// conflict, which run; the holder runs all of them.
+    #[test]
+    fn reservation_conflicts() {
+        use crate::scsi::{reserve_release, LunShared, ReserveOp};
+        let (dev, p) = (disk(512, 1000), port());
+        let lu = LunShared::new();
+        let mut holder = NexusState::attached(&lu, 1);
+        let mut other = NexusState::attached(&lu, 2);
+        holder.clear(UnitAttention::PowerOnReset);
+        other.clear(UnitAttention::PowerOnReset);
+        assert!(matches!(
+            run_on(&[0x16, 0, 0, 0, 0, 0], &dev, &p, &mut holder),
+            Action::Reservation(ReserveOp::Reserve)
+        ));
+        assert_eq!(
+            reserve_release(ReserveOp::Reserve, &lu, &holder),
+            Completion::good()
+        );
+        holder.observe(&lu);
+        other.observe(&lu);
+        let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let rc16 = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+        let rtpg = [0xA3, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+        // (CDB, conflicts for the other nexus)
+        let table: &[(&[u8], bool)] = &[
+            (&TUR, true),
+            (&read10, true),
+            (&[0x2A, 0, 0, 0, 0, 0, 0, 0, 0, 0], true),
+            (&[0x1A, 0, 0x3F, 0, 255, 0], true),
+            (&[0x15, 0x10, 0, 0, 0, 0], true),
+            (&[0x16, 0, 0, 0, 0, 0], true),
+            (&[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], true),
+            (&[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], true),
+            (&[0x17, 0, 0, 0, 0, 0], false),
+            (&[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0], false),
+            (&INQ, false),
+            (&RLUNS, false),
+            (&[0x03, 0, 0, 0, 18, 0], false),
+            (&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], false),
+            (&rc16, false),
+            (&rtpg, false),
+            (&[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], false),
+        ];
+        for (i, &(cdb, conflict)) in table.iter().enumerate() {
+            let got = run_on(cdb, &dev, &p, &mut other);
+            let is_conflict =
+                matches!(&got, Action::Complete(c) if *c == Completion::reservation_conflict());
+            assert_eq!(is_conflict, conflict, "row {i}: {cdb:02x?} -> {got:?}");
+            let mine = run_on(cdb, &dev, &p, &mut holder);
+            assert!(
+                !matches!(&mine, Action::Complete(c) if c.status == Status::ReservationConflict),
+                "row {i}: holder got {mine:?}"
+            );
+        }
+        // An invalid opcode stays invalid; a unit attention still comes first.
+        assert_eq!(
+            sense_of(run_on(&[0xFF; 6], &dev, &p, &mut other)),
+            Some((5, 0x20, 0))
+        );
+        other.push(UnitAttention::CapacityChanged);
+        assert_eq!(
+            sense_of(run_on(&TUR, &dev, &p, &mut other)),
+            Some((6, 0x2A, 9))
+        );
+        // Once released, nothing conflicts any more.
+        assert_eq!(
+            reserve_release(ReserveOp::Release, &lu, &other),
+            Completion::good()
+        );
+        other.observe(&lu);
+        assert!(other.reserved_elsewhere());
+        assert_eq!(
+            reserve_release(ReserveOp::Release, &lu, &holder),
+            Completion::good()
+        );
+        other.observe(&lu);
+        assert!(!other.reserved_elsewhere());
+        assert_eq!(
+            complete(run_on(&TUR, &dev, &p, &mut other)),
+            Completion::good()
+        );
+    }
+
+    /// RESERVE/RELEASE with a third-party or extent bit set are rejected.
+    #[test]
+    fn reserve_release_fields() {
+        let (dev, p) = (disk(512, 1000), port());
+        let mut n = NexusState::empty();
+        for cdb in [
+            [0x16, 0x01, 0, 0, 0, 0],
+            [0x17, 0x10, 0, 0, 0, 0],
+            [0x16, 0, 0x01, 0, 0, 0],
+        ] {
+            assert_eq!(
+                sense_of(run_on(&cdb, &dev, &p, &mut n)).map(|s| s.0),
+                Some(5)
+            );
+        }
+        let r10 = [0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            sense_of(run_on(&r10, &dev, &p, &mut n)).map(|s| s.0),
+            Some(5)
+        );
     }
 
     /// Every opcode (and service action) dispatch accepts is in RSOC, and

@@ -4,6 +4,7 @@
 //! session ── Command{cdb, lun} ──> dispatch(cmd, dev, port, luns, nexus)
 //!                                    │ unit attention? ── CHECK CONDITION 06/..
 //!                                    │ opcode table (opcodes.rs) ── 05/20/00 if absent
+//!                                    │ reserved by another nexus? ── RESERVATION CONFLICT
 //!                                    │ reserved CDB bits, ALUA access state
 //!                                    ├─> Action::Complete(Completion)   status, sense, data-in
 //!                                    ├─> Action::Io(IoRequest)         session moves blocks,
@@ -38,6 +39,7 @@ mod luns;
 mod mode;
 mod opcodes;
 mod provisioning;
+mod reserve;
 mod sense;
 mod ua;
 
@@ -47,6 +49,7 @@ pub use luns::{lun_from_wire, lun_to_wire, MAX_LUN};
 pub use mode::mode_select;
 pub use opcodes::command_name;
 pub use provisioning::lba_status;
+pub use reserve::{new_nexus_id, reserve_release, ReserveOp};
 pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 pub use ua::{LunShared, NexusState, UnitAttention, UA_QUEUE_CAPACITY};
 
@@ -173,6 +176,9 @@ pub enum Action {
     /// Deallocate every `(lba, blocks)` range (UNMAP's block descriptors,
     /// already range-checked), then send GOOD.
     Unmap(Vec<(u64, u32)>),
+    /// RESERVE or RELEASE the logical unit: the session applies it to the
+    /// unit's shared state with [`reserve_release`] and sends its status.
+    Reservation(ReserveOp),
 }
 
 /// Final status of a command.
@@ -202,6 +208,15 @@ impl Completion {
             status: Status::Good,
             sense: None,
             data,
+        }
+    }
+
+    /// RESERVATION CONFLICT.
+    pub fn reservation_conflict() -> Self {
+        Completion {
+            status: Status::ReservationConflict,
+            sense: None,
+            data: Vec::new(),
         }
     }
 

@@ -60,14 +60,16 @@ impl UnitAttention {
 }
 
 /// State of a logical unit shared by every I_T nexus on every core: the
-/// number of LOGICAL UNIT RESETs so far. A reset bumps it; each nexus
-/// compares it with the count it last saw before running a command
+/// number of LOGICAL UNIT RESETs so far and the I_T nexus holding its SPC-2
+/// reservation (0: none). A reset bumps the count; each nexus compares it
+/// with the count it last saw before running a command
 /// ([`NexusState::observe`]) and establishes BUS DEVICE RESET FUNCTION
-/// OCCURRED when it moved. One relaxed-enough atomic load per command; no
-/// lock and no cross-core message.
+/// OCCURRED when it moved, and notes the reservation holder. Two atomic
+/// loads per command; no lock and no cross-core message.
 #[derive(Debug, Default)]
 pub struct LunShared {
     resets: AtomicU64,
+    holder: AtomicU64,
 }
 
 impl LunShared {
@@ -77,9 +79,39 @@ impl LunShared {
     }
 
     /// Records a LOGICAL UNIT RESET: every nexus (this one included) gets a
-    /// unit attention before its next command.
+    /// unit attention before its next command, and the reservation goes.
     pub fn reset(&self) {
+        self.clear_reservation();
         self.resets.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The I_T nexus holding the SPC-2 reservation; 0 when not reserved.
+    pub fn holder(&self) -> u64 {
+        self.holder.load(Ordering::Acquire)
+    }
+
+    /// Reserves the logical unit for `nexus` (a nonzero id); true if it now
+    /// holds the reservation (also when it already did).
+    pub fn reserve(&self, nexus: u64) -> bool {
+        match self
+            .holder
+            .compare_exchange(0, nexus, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(held) => held == nexus,
+        }
+    }
+
+    /// Releases the reservation if `nexus` holds it; otherwise nothing.
+    pub fn release(&self, nexus: u64) {
+        let _ = self
+            .holder
+            .compare_exchange(nexus, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Releases the reservation whoever holds it (TARGET RESET).
+    pub fn clear_reservation(&self) {
+        self.holder.store(0, Ordering::Release);
     }
 
     /// LOGICAL UNIT RESETs so far.
@@ -89,12 +121,14 @@ impl LunShared {
 }
 
 /// State the SCSI layer keeps per I_T nexus and LUN: pending unit attentions,
-/// oldest first, and the reset count of the logical unit it has seen (later:
-/// reservation keys).
+/// oldest first, the reset count of the logical unit it has seen, the id of
+/// this I_T nexus and the reservation holder seen before the current command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NexusState {
     pending: Vec<UnitAttention>,
     resets_seen: u64,
+    id: u64,
+    holder: u64,
 }
 
 impl Default for NexusState {
@@ -111,14 +145,19 @@ impl NexusState {
         NexusState {
             pending,
             resets_seen: 0,
+            id: 0,
+            holder: 0,
         }
     }
 
-    /// A fresh nexus of the logical unit `lu`: POWER ON, RESET OCCURRED is
-    /// pending, and resets before now are not reported again.
-    pub fn attached(lu: &LunShared) -> Self {
+    /// A fresh nexus `id` (from [`new_nexus_id`](super::new_nexus_id)) of the
+    /// logical unit `lu`: POWER ON, RESET OCCURRED is pending, and resets
+    /// before now are not reported again.
+    pub fn attached(lu: &LunShared, id: u64) -> Self {
         NexusState {
             resets_seen: lu.resets(),
+            id,
+            holder: lu.holder(),
             ..Self::new()
         }
     }
@@ -128,13 +167,27 @@ impl NexusState {
         NexusState {
             pending: Vec::new(),
             resets_seen: 0,
+            id: 0,
+            holder: 0,
         }
     }
 
-    /// Catches up with resets of the logical unit made through any nexus:
-    /// establishes one LOGICAL UNIT RESET unit attention if there were any
-    /// since the last call.
+    /// The id of this I_T nexus (0 for a nexus not attached to a unit).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether another I_T nexus held the reservation of the logical unit
+    /// when last observed.
+    pub fn reserved_elsewhere(&self) -> bool {
+        self.holder != 0 && self.holder != self.id
+    }
+
+    /// Catches up with the logical unit as changed through any nexus: notes
+    /// the reservation holder, and establishes one LOGICAL UNIT RESET unit
+    /// attention if there were resets since the last call.
     pub fn observe(&mut self, lu: &LunShared) {
+        self.holder = lu.holder();
         let now = lu.resets();
         if now != self.resets_seen {
             self.resets_seen = now;
@@ -219,7 +272,7 @@ mod tests {
     fn lun_reset_reaches_every_nexus_once() {
         let lu = LunShared::new();
         lu.reset();
-        let mut a = NexusState::attached(&lu);
+        let mut a = NexusState::attached(&lu, 1);
         a.next_ua();
         let mut b = NexusState::empty();
         b.observe(&lu);

@@ -154,6 +154,12 @@ impl Connection {
                 self.advance_task(id);
                 true
             }
+            (Action::Reservation(op), Some(i)) => {
+                let Some(s) = self.session() else { return true };
+                let c = scsi::reserve_release(op, &luns.luns[i].shared, &s.nexus[i]);
+                self.complete_now(cmd, c);
+                true
+            }
             (Action::Unmap(ranges), Some(i)) => {
                 let Some(s) = self.session() else { return true };
                 let id = s.new_task(cmd, i, &luns, Purpose::Unmap, 0);
@@ -807,6 +813,10 @@ impl Connection {
             // TARGET WARM RESET, TARGET COLD RESET
             6 | 7 => {
                 affected.extend(s.tasks.keys().copied());
+                // A target reset releases the reservation of every unit.
+                for l in s.luns.iter().flat_map(|l| l.luns.iter()) {
+                    l.shared.clear_reservation();
+                }
                 for n in s.nexus.iter_mut() {
                     n.push(scsi::UnitAttention::PowerOnReset);
                 }

@@ -35,7 +35,7 @@ use crate::pdu::{
     self, Digests, Header, LogoutResponse, NopIn, NopOut, PduError, RawPdu, Reject, BHS_LEN,
     RESERVED_TAG,
 };
-use crate::scsi::{LunDevice, LunShared, NexusState, PortContext};
+use crate::scsi::{self, LunDevice, LunShared, NexusState, PortContext};
 
 /// One logical unit as a session sees it.
 #[derive(Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct LunEntry {
     /// Where its store is registered on this core's ring.
     pub slot: StoreSlot,
     /// State of the logical unit shared with every session on every core
-    /// (LOGICAL UNIT RESET count).
+    /// (LOGICAL UNIT RESET count, reservation holder).
     pub shared: Arc<LunShared>,
 }
 
@@ -188,6 +188,24 @@ struct Session {
     holds: media::Holds,
 }
 
+impl Session {
+    /// Releases the reservations this session's nexus holds (none of
+    /// another nexus).
+    fn release_reservations(&self) {
+        if let Some(l) = &self.luns {
+            for (e, n) in l.luns.iter().zip(&self.nexus) {
+                e.shared.release(n.id());
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.release_reservations();
+    }
+}
+
 /// One connection.
 pub struct Connection {
     cfg: Rc<ConnConfig>,
@@ -318,6 +336,11 @@ impl Connection {
         if self.closing.is_none() {
             self.closing = Some(reason);
             self.close_now = true;
+            // The I_T nexus is gone (logout, connection loss, reinstatement,
+            // reset): so are its reservations.
+            if let Some(s) = self.session_mut() {
+                s.release_reservations();
+            }
             for (_, t) in self
                 .session_mut()
                 .map(|s| &mut s.tasks)
@@ -489,10 +512,13 @@ impl Connection {
             .target_name
             .as_deref()
             .and_then(|t| host.luns(t, &params.initiator_name));
+        // One I_T nexus per session: its own id, so a reinstated session
+        // does not inherit the reservations of the one it replaces.
+        let nexus_id = scsi::new_nexus_id();
         let nexus = luns.as_ref().map_or(Vec::new(), |l| {
             l.luns
                 .iter()
-                .map(|e| NexusState::attached(&e.shared))
+                .map(|e| NexusState::attached(&e.shared, nexus_id))
                 .collect()
         });
         let window = Window::new(params.exp_cmdsn_start, self.cfg.limits.cmdsn_window);

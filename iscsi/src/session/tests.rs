@@ -1552,3 +1552,4 @@ fn oversized_data_segment_is_rejected_and_closes() {
 }
 
 mod media;
+mod reserve;
