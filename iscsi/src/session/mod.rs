@@ -18,6 +18,7 @@ mod media;
 mod outbox;
 mod task;
 mod text;
+mod tmf;
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
@@ -184,7 +185,7 @@ struct Session {
     waiting: VecDeque<u32>,
     next_ttt: u32,
     text: Option<text::Pending>,
-    tmfs: Vec<exec::PendingTmf>,
+    tmfs: Vec<tmf::PendingTmf>,
     holds: media::Holds,
 }
 

@@ -1,0 +1,227 @@
+//! Task management, logout, keepalive and malformed PDUs.
+
+use super::*;
+
+// --------------------------------------------------------- task management
+
+#[test]
+fn abort_task_of_an_in_flight_read_answers_after_disk_done() {
+    let mut r = Rig::ready(&Keys::default());
+    let cmdsn = r.cmdsn;
+    let itt = r.scsi(read10(0, 8), 4096, true, false, &[], true);
+    let req = r.disk();
+    let DiskOp::Read(buf) = req.op else {
+        panic!("read");
+    };
+    let tmf_itt = r.tmf(1, itt, cmdsn);
+    r.nothing(); // the read is still on the disk
+    assert_eq!(r.conn.task_count(), 1);
+    r.disk_done(req.task, 4096, Some(buf));
+    let out = r.output();
+    assert_eq!(out.len(), 1, "only the TMF response, no Data-In: {out:?}");
+    let t = out[0].tmf();
+    assert_eq!((t.itt, t.response), (tmf_itt, 0), "function complete");
+    r.statsn_is(t.statsn);
+    assert_eq!(r.conn.task_count(), 0);
+    // The ITT is free again and the session goes on.
+    r.ping();
+}
+
+#[test]
+fn abort_task_of_a_write_collecting_data_answers_at_once() {
+    let mut r = Rig::ready(&Keys::default());
+    let cmdsn = r.cmdsn;
+    let (itt, t) = write_waiting_for_r2t(&mut r);
+    let tmf_itt = r.tmf(1, itt, cmdsn);
+    let resp = r.one().tmf();
+    assert_eq!((resp.itt, resp.response), (tmf_itt, 0));
+    r.statsn_is(resp.statsn);
+    assert_eq!(r.conn.task_count(), 0);
+    // Late data for the aborted task is dropped, not a protocol error.
+    r.data_out(itt, t.ttt, 0, 0, &[0u8; 8192], true);
+    r.nothing();
+    assert!(!r.conn.should_close());
+    assert!(r.conn.next_disk().is_none());
+    r.ping();
+}
+
+#[test]
+fn abort_task_of_an_unknown_task_says_task_does_not_exist() {
+    let mut r = Rig::ready(&Keys::default());
+    // RefCmdSN not below the TMF's CmdSN: the task was never received.
+    let cmdsn = r.cmdsn;
+    let tmf_itt = r.tmf(1, 0xdead, cmdsn.wrapping_add(3));
+    let resp = r.one().tmf();
+    assert_eq!((resp.itt, resp.response), (tmf_itt, 1));
+    r.statsn_is(resp.statsn);
+}
+
+// ------------------------------------------------------------------ logout
+
+#[test]
+fn logout_answers_then_closes() {
+    let mut r = Rig::ready(&Keys::default());
+    let itt = r.itt();
+    let bhs = encode(|b| {
+        LogoutRequest {
+            immediate: true,
+            reason_code: 0,
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            itt,
+            cid: 1,
+            cmdsn: r.cmdsn,
+            exp_statsn: r.statsn,
+        }
+        .encode(b)
+    });
+    r.send(&bhs, &[]);
+    let p = r.one();
+    let l = p.logout();
+    assert_eq!((l.itt, l.response), (itt, 0));
+    r.statsn_is(l.statsn);
+    assert!(r.conn.should_close());
+    assert_eq!(r.conn.closing(), Some(&CloseReason::Logout));
+    assert_eq!(r.host.ended, vec![TSIH]);
+    // Nothing more is read.
+    let mut more = Vec::new();
+    write_pdu(&bhs, &[], Digests::default(), &mut more);
+    assert_eq!(r.conn.receive(&more, &mut r.host, &r.pool, r.now), 0);
+    r.nothing();
+}
+
+#[test]
+fn logout_for_recovery_is_refused_and_the_session_stays() {
+    let mut r = Rig::ready(&Keys::default());
+    let itt = r.itt();
+    let bhs = encode(|b| {
+        LogoutRequest {
+            immediate: true,
+            reason_code: 2,
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            itt,
+            cid: 1,
+            cmdsn: r.cmdsn,
+            exp_statsn: r.statsn,
+        }
+        .encode(b)
+    });
+    r.send(&bhs, &[]);
+    let l = r.one().logout();
+    assert_eq!((l.itt, l.response), (itt, 2), "recovery not supported");
+    r.statsn_is(l.statsn);
+    assert!(!r.conn.should_close());
+    assert!(r.host.ended.is_empty());
+    r.ping();
+}
+
+// --------------------------------------------------------------- keepalive
+
+#[test]
+fn idle_session_is_pinged_and_kept_when_the_initiator_answers() {
+    let mut r = Rig::new(10);
+    r.login(&Keys::default());
+    r.conn.tick(r.t0 + NOP_INTERVAL);
+    r.nothing();
+    r.conn.tick(r.t0 + NOP_INTERVAL + MS);
+    let p = r.one();
+    let n = p.nop_in();
+    assert_eq!(n.itt, RESERVED_TAG);
+    assert_ne!(n.ttt, RESERVED_TAG);
+    assert_eq!(n.statsn, r.statsn, "a ping does not consume a StatSN");
+    assert!(p.data.is_empty());
+    // No second ping while one is outstanding.
+    r.conn.tick(r.t0 + 3 * NOP_INTERVAL);
+    r.nothing();
+    // A reply with the wrong TTT does not count.
+    r.at(3 * NOP_INTERVAL);
+    r.nop_out(RESERVED_TAG, n.ttt ^ 1, true, &[]);
+    r.nothing();
+    r.conn.tick(r.t0 + NOP_INTERVAL + MS + NOP_TIMEOUT + MS);
+    assert!(r.conn.should_close(), "wrong-TTT answer is no answer");
+    assert_eq!(r.conn.closing(), Some(&CloseReason::Timeout));
+
+    // Again, answering properly this time.
+    let mut r = Rig::new(10);
+    r.login(&Keys::default());
+    r.conn.tick(r.t0 + NOP_INTERVAL + MS);
+    let n = r.one().nop_in();
+    r.at(NOP_INTERVAL + 2 * MS);
+    r.nop_out(RESERVED_TAG, n.ttt, true, &[]);
+    r.nothing(); // no NOP-In for an answer
+    r.conn.tick(r.t0 + NOP_INTERVAL + 2 * MS + NOP_TIMEOUT);
+    // Idle again for longer than the interval: a new ping, not a close.
+    assert!(!r.conn.should_close());
+    let n2 = r.one().nop_in();
+    assert_ne!(n2.ttt, n.ttt, "each ping has its own TTT");
+    assert_eq!(n2.statsn, r.statsn);
+    r.ping();
+}
+
+#[test]
+fn unanswered_ping_closes_after_nop_timeout() {
+    let mut r = Rig::new(10);
+    r.login(&Keys::default());
+    let sent = r.t0 + NOP_INTERVAL + MS;
+    r.conn.tick(sent);
+    r.one().nop_in();
+    // Other traffic is no answer to the ping.
+    r.at(NOP_INTERVAL + 10 * MS);
+    r.ping();
+    r.conn.tick(sent + NOP_TIMEOUT);
+    assert!(!r.conn.should_close());
+    r.conn.tick(sent + NOP_TIMEOUT + MS);
+    assert!(r.conn.should_close());
+    assert_eq!(r.conn.closing(), Some(&CloseReason::Timeout));
+}
+
+// ----------------------------------------------------------- bad input
+
+#[test]
+fn unknown_and_target_opcodes_are_rejected_and_the_session_goes_on() {
+    let mut r = Rig::ready(&Keys::default());
+    for op in [0x1f_u8, 0x21, 0x3f] {
+        let mut bhs = [0u8; BHS_LEN];
+        bhs[0] = op;
+        bhs[1] = 0x80;
+        bhs[5..8].copy_from_slice(&[0, 0, 10]); // 10 bytes of data to skip
+        bhs[16..20].copy_from_slice(&0x1234_5678_u32.to_be_bytes());
+        r.send(&bhs, &[0xee; 10]);
+        let p = r.one();
+        let rej = p.reject();
+        assert_eq!(rej.reason, 0x05, "command not supported for {op:#x}");
+        assert_eq!(p.data, bhs, "the Reject carries the offending header");
+        r.statsn_is(rej.statsn);
+        assert!(!r.conn.should_close());
+    }
+    r.ping();
+}
+
+#[test]
+fn oversized_data_segment_is_rejected_and_closes() {
+    let mut r = Rig::ready(&Keys::default());
+    let bhs = encode(|b| {
+        NopOut {
+            immediate: true,
+            total_ahs_len: 0,
+            data_segment_len: TARGET_MRDSL + 4,
+            lun: 0,
+            itt: 99,
+            ttt: RESERVED_TAG,
+            cmdsn: r.cmdsn,
+            exp_statsn: r.statsn,
+        }
+        .encode(b)
+    });
+    // The header alone is enough to decide.
+    let used = r.conn.receive(&bhs, &mut r.host, &r.pool, r.now);
+    assert_eq!(used, 0);
+    let p = r.one();
+    let rej = p.reject();
+    assert_eq!(rej.reason, 0x04, "protocol error");
+    assert_eq!(p.data, bhs);
+    r.statsn_is(rej.statsn);
+    assert!(r.conn.should_close());
+    assert!(matches!(r.conn.closing(), Some(CloseReason::Protocol(_))));
+}
