@@ -8,6 +8,15 @@ use super::{Connection, LunTable, Phase, Session};
 use crate::pdu::{DataIn, DataOut, R2t, RawPdu, ScsiCommand, ScsiResponse, BHS_LEN, RESERVED_TAG};
 use crate::scsi::{self, Action, Completion, IoOp, IoRequest, Sense, Status};
 
+/// Where Data-In payload comes from.
+#[derive(Debug, Clone, Copy)]
+enum DataSrc<'a> {
+    /// A body buffer of the outbox (read data, sent without a copy).
+    Body(u16),
+    /// Bytes copied into the outbox (small SCSI responses).
+    Copy(&'a [u8]),
+}
+
 /// Sense for a failed disk read / write.
 pub(super) fn medium_error(read: bool) -> Sense {
     if read {
@@ -596,47 +605,69 @@ impl Connection {
     /// Data-In from a read buffer, status collapsed into the last PDU.
     fn send_read(&mut self, t: &Task, buf: Buf) {
         let send = t.edtl.min(t.xfer) as usize;
-        let (under, over, count) = residual(t.edtl, t.xfer);
+        let body = self.out.add_body(buf);
+        let collapse = Some(residual(t.edtl, t.xfer));
+        self.push_data_in(t.itt, t.lun, DataSrc::Body(body), send, 0, collapse);
+    }
+
+    /// Queues Data-In PDUs carrying `send` bytes of `src`, split at the
+    /// initiator's MaxRecvDataSegmentLength, DataSN from `first_datasn`. With
+    /// `collapse` (the residual), the last PDU carries GOOD status. Returns
+    /// the next DataSN.
+    fn push_data_in(
+        &mut self,
+        itt: u32,
+        lun: u64,
+        src: DataSrc<'_>,
+        send: usize,
+        first_datasn: u32,
+        collapse: Option<(bool, bool, u32)>,
+    ) -> u32 {
         let mrdsl = self.session().map_or(8192, |s| {
             s.params.max_recv_data_segment_length_initiator.max(512)
         }) as usize;
-        let body = self.out.add_body(buf);
         let mut offset = 0;
-        let mut datasn = 0;
+        let mut datasn = first_datasn;
         while offset < send {
             let chunk = mrdsl.min(send - offset);
             let last = offset + chunk == send;
-            let statsn = if last {
+            let status = collapse.filter(|_| last);
+            let statsn = if status.is_some() {
                 self.next_statsn()
             } else {
                 self.statsn
             };
-            let Some(s) = self.session() else { return };
+            let Some(s) = self.session() else { break };
+            let (under, over, count) = status.unwrap_or((false, false, 0));
             let din = DataIn {
                 final_bit: last,
                 acknowledge: false,
-                residual_overflow: last && over,
-                residual_underflow: last && under,
-                status_present: last,
+                residual_overflow: over,
+                residual_underflow: under,
+                status_present: status.is_some(),
                 status: Status::Good.code(),
                 total_ahs_len: 0,
                 data_segment_len: chunk as u32,
-                lun: t.lun,
-                itt: t.itt,
+                lun,
+                itt,
                 ttt: RESERVED_TAG,
                 statsn,
                 exp_cmdsn: s.window.exp_cmdsn(),
                 max_cmdsn: s.window.max_cmdsn(),
                 data_sn: datasn,
                 buffer_offset: offset as u32,
-                residual_count: if last { count } else { 0 },
+                residual_count: count,
             };
             let mut bhs = [0u8; BHS_LEN];
             din.encode(&mut bhs);
-            self.out.push_body(&bhs, body, offset, chunk);
+            match src {
+                DataSrc::Body(body) => self.out.push_body(&bhs, body, offset, chunk),
+                DataSrc::Copy(data) => self.out.push(&bhs, &data[offset..offset + chunk]),
+            }
             offset += chunk;
             datasn += 1;
         }
+        datasn
     }
 
     /// Answers a command the SCSI layer completed without I/O.
@@ -644,6 +675,8 @@ impl Connection {
         self.respond_completion(cmd.itt, cmd.lun, cmd.expected_data_transfer_length, c, 0);
     }
 
+    /// Data-In (if any) and status of a completed command; GOOD status rides
+    /// on the last Data-In.
     pub(super) fn respond_completion(
         &mut self,
         itt: u32,
@@ -654,52 +687,12 @@ impl Connection {
     ) {
         let len = c.data.len() as u32;
         let send = edtl.min(len) as usize;
-        let mut datasn = exp_datasn;
-        if send > 0 {
-            let mrdsl = self.session().map_or(8192, |s| {
-                s.params.max_recv_data_segment_length_initiator.max(512)
-            }) as usize;
-            let good = c.status == Status::Good;
-            let (under, over, count) = residual(edtl, len);
-            let mut offset = 0;
-            while offset < send {
-                let chunk = mrdsl.min(send - offset);
-                let last = offset + chunk == send;
-                let collapse = last && good;
-                let statsn = if collapse {
-                    self.next_statsn()
-                } else {
-                    self.statsn
-                };
-                let Some(s) = self.session() else { return };
-                let din = DataIn {
-                    final_bit: last,
-                    acknowledge: false,
-                    residual_overflow: collapse && over,
-                    residual_underflow: collapse && under,
-                    status_present: collapse,
-                    status: if collapse { Status::Good.code() } else { 0 },
-                    total_ahs_len: 0,
-                    data_segment_len: chunk as u32,
-                    lun,
-                    itt,
-                    ttt: RESERVED_TAG,
-                    statsn,
-                    exp_cmdsn: s.window.exp_cmdsn(),
-                    max_cmdsn: s.window.max_cmdsn(),
-                    data_sn: datasn,
-                    buffer_offset: offset as u32,
-                    residual_count: if collapse { count } else { 0 },
-                };
-                let mut bhs = [0u8; BHS_LEN];
-                din.encode(&mut bhs);
-                self.out.push(&bhs, &c.data[offset..offset + chunk]);
-                offset += chunk;
-                datasn += 1;
-            }
-            if good {
-                return;
-            }
+        let good = c.status == Status::Good;
+        let collapse = good.then(|| residual(edtl, len));
+        let datasn =
+            self.push_data_in(itt, lun, DataSrc::Copy(&c.data), send, exp_datasn, collapse);
+        if good && send > 0 {
+            return;
         }
         let status = TaskStatus {
             status: c.status,
