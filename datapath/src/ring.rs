@@ -815,15 +815,17 @@ fn advance_iov(iov: &mut Vec<libc::iovec>, mut n: usize) {
     iov.drain(..drop_count);
 }
 
-fn build_uring(entries: u32) -> Result<IoUring, RingError> {
-    let unavailable = |e: io::Error| {
-        let reason = match e.raw_os_error() {
-            Some(libc::EPERM) => "permission denied: disabled by sysctl or seccomp".to_owned(),
-            Some(libc::ENOSYS) => "the kernel has no io_uring".to_owned(),
-            _ => e.to_string(),
-        };
-        RingError::Unavailable { reason, source: e }
+/// Why io_uring_setup failed, in words an operator can act on.
+fn unavailable(e: io::Error) -> RingError {
+    let reason = match e.raw_os_error() {
+        Some(libc::EPERM) => "permission denied: disabled by sysctl or seccomp".to_owned(),
+        Some(libc::ENOSYS) => "the kernel has no io_uring".to_owned(),
+        _ => e.to_string(),
     };
+    RingError::Unavailable { reason, source: e }
+}
+
+fn build_uring(entries: u32) -> Result<IoUring, RingError> {
     let mut b = IoUring::builder();
     b.setup_cqsize(entries * 2)
         .setup_single_issuer()
@@ -850,16 +852,18 @@ fn memlock_limit() -> u64 {
 }
 
 fn check_memlock(needed: u64) -> Result<(), RingError> {
-    // Root (CAP_IPC_LOCK) is not charged; others are, since Linux 5.12.
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    let euid = unsafe { libc::geteuid() };
+    memlock_verdict(euid, memlock_limit(), needed)
+}
+
+/// Whether a pool of `needed` bytes may be registered: root (CAP_IPC_LOCK)
+/// is not charged; others are charged against RLIMIT_MEMLOCK since Linux 5.12.
+fn memlock_verdict(euid: u32, limit: u64, needed: u64) -> Result<(), RingError> {
+    if euid == 0 || limit == libc::RLIM_INFINITY || needed <= limit {
         return Ok(());
     }
-    let limit = memlock_limit();
-    if limit != libc::RLIM_INFINITY && needed > limit {
-        return Err(RingError::MemlockTooSmall { needed, limit });
-    }
-    Ok(())
+    Err(RingError::MemlockTooSmall { needed, limit })
 }
 
 #[cfg(test)]

@@ -157,3 +157,38 @@ fn dropping_a_ring_with_pending_ops_cancels_them() {
     assert_eq!(ring.in_flight(), 1);
     drop(ring);
 }
+
+#[test]
+fn memlock_limit_is_checked_for_unprivileged_users() {
+    let pool = 14 << 20;
+    assert!(
+        memlock_verdict(0, 8 << 20, pool).is_ok(),
+        "root is not charged"
+    );
+    assert!(memlock_verdict(1000, libc::RLIM_INFINITY, pool).is_ok());
+    assert!(memlock_verdict(1000, 64 << 20, pool).is_ok());
+    let err = memlock_verdict(1000, 8 << 20, pool).unwrap_err();
+    assert!(
+        matches!(err, RingError::MemlockTooSmall { needed, limit } if needed == pool && limit == 8 << 20)
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("RLIMIT_MEMLOCK") && msg.contains("ulimit -l"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unavailable_io_uring_says_what_to_check() {
+    for (errno, why) in [
+        (libc::EPERM, "disabled by sysctl or seccomp"),
+        (libc::ENOSYS, "the kernel has no io_uring"),
+    ] {
+        let msg = unavailable(std::io::Error::from_raw_os_error(errno)).to_string();
+        assert!(msg.contains(why), "{msg}");
+        assert!(
+            msg.contains("kernel.io_uring_disabled") && msg.contains("seccomp"),
+            "{msg}"
+        );
+    }
+}
