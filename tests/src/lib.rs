@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod raw;
+
 /// The default target's name.
 pub const DEFAULT_TARGET: &str = "iqn.2026-11.io.trellis:default";
 /// libiscsi's test initiator names.

@@ -675,19 +675,23 @@ impl Connection {
         s
     }
 
-    /// The session ended by the target (shutdown, reinstatement): ask the
-    /// initiator to log out (Async Message, event 1) and close after a grace.
+    /// Asks the initiator to log out within `wait_secs` (Async Message,
+    /// event 1, RFC 7143 §11.9.1), e.g. before a planned shutdown; the caller
+    /// closes the connection if it has not logged out by then. A connection
+    /// still logging in is closed at once.
     pub fn request_logout(&mut self, wait_secs: u16) {
-        let Some(s) = self.session_mut() else {
+        if self.session_mut().is_none() {
             self.close(CloseReason::Shutdown);
             return;
-        };
+        }
+        let statsn = self.next_statsn();
+        let Some(s) = self.session_mut() else { return };
         let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
         let msg = pdu::AsyncMessage {
             total_ahs_len: 0,
             data_segment_len: 0,
             lun: 0,
-            statsn: self.statsn,
+            statsn,
             exp_cmdsn: exp,
             max_cmdsn: max,
             event: 1,

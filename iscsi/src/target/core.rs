@@ -44,6 +44,9 @@ fn untag(t: u64) -> (u64, usize, u32) {
 const TICK: Duration = Duration::from_millis(500);
 /// How long shutdown waits for in-flight commands.
 const DRAIN: Duration = Duration::from_secs(10);
+/// How long shutdown gives initiators to log out after the Async Message
+/// asking them to (they may move their I/O to another path meanwhile).
+const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 
 struct Conn {
     conn: Connection,
@@ -374,8 +377,9 @@ impl<'a> Core<'a> {
             c.conn.tick(now);
         }
         if let Some(since) = self.stopping {
+            let waited = now.duration_since(since);
             for c in self.conns.iter_mut().flatten() {
-                if c.conn.task_count() == 0 || now.duration_since(since) > DRAIN {
+                if (c.conn.task_count() == 0 && waited > LOGOUT_GRACE) || waited > DRAIN {
                     c.conn.close(CloseReason::Shutdown);
                 }
             }
@@ -385,14 +389,20 @@ impl<'a> Core<'a> {
     fn begin_stop(&mut self, now: Instant) {
         tracing::info!(
             core = self.id,
-            "stopping: no new connections, draining commands"
+            "stopping: no new connections, asking sessions to log out"
         );
         self.stopping = Some(now);
         for l in self.listeners.clone() {
             let _ = self.ring.cancel_fd(&l);
         }
+        // Sessions are asked to log out (Async Message, event 1) and keep
+        // being served until they do, for a grace period; logins in progress
+        // are cut.
+        let grace = LOGOUT_GRACE.as_secs() as u16;
         for c in self.conns.iter_mut().flatten() {
-            if c.conn.task_count() == 0 || !c.conn.is_full_feature() {
+            if c.conn.is_full_feature() {
+                c.conn.request_logout(grace);
+            } else {
                 c.conn.close(CloseReason::Shutdown);
             }
         }
@@ -477,7 +487,7 @@ impl<'a> Core<'a> {
         }
         // Input.
         let closing = c.conn.should_close();
-        if !closing && !c.recv_busy && self.stopping.is_none_or(|_| c.conn.task_count() > 0) {
+        if !closing && !c.recv_busy {
             if let Some(buf) = c.rbuf.take() {
                 let (start, end) = (c.filled, buf.len());
                 if start < end {

@@ -1,0 +1,334 @@
+//! A raw iSCSI initiator for tests: our own PDU codec on a blocking socket
+//! with timeouts, for what libiscsi's tools cannot send (malformed PDUs)
+//! or cannot show (Async Messages).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use trellis_iscsi::pdu::{
+    split_pdu, write_pdu, Digests, LoginRequest, LoginResponse, NopIn, NopOut, Reject, Stage,
+    BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
+};
+use trellis_iscsi::text::{parse_pairs, push_pair};
+
+use crate::DEFAULT_TARGET;
+
+/// Opcodes of the PDUs the target sends.
+pub const OP_NOP_IN: u8 = 0x20;
+/// Login Response.
+pub const OP_LOGIN_RESPONSE: u8 = 0x23;
+/// Logout Response.
+pub const OP_LOGOUT_RESPONSE: u8 = 0x26;
+/// Async Message.
+pub const OP_ASYNC_MESSAGE: u8 = 0x32;
+/// Reject.
+pub const OP_REJECT: u8 = 0x3f;
+/// Reject reasons (RFC 7143 §11.17.1).
+pub const REASON_PROTOCOL_ERROR: u8 = 0x04;
+/// Reject: command not supported.
+pub const REASON_NOT_SUPPORTED: u8 = 0x05;
+/// MaxRecvDataSegmentLength of the login phase (RFC 7143 §12.12).
+pub const LOGIN_MRDSL: usize = 8192;
+
+static NEXT_ISID: AtomicU16 = AtomicU16::new(1);
+
+/// One PDU from the target.
+#[derive(Debug, Clone)]
+pub struct Pdu {
+    pub bhs: [u8; BHS_LEN],
+    pub data: Vec<u8>,
+}
+
+impl Pdu {
+    pub fn opcode(&self) -> u8 {
+        self.bhs[0] & 0x3f
+    }
+}
+
+/// One TCP connection to the target.
+#[derive(Debug)]
+pub struct Conn {
+    pub stream: TcpStream,
+    rx: Vec<u8>,
+    isid: u16,
+    /// Next CmdSN to use.
+    pub cmdsn: u32,
+    /// Next StatSN expected.
+    pub statsn: u32,
+    next_itt: u32,
+    /// The target's declared MaxRecvDataSegmentLength.
+    pub target_mrdsl: usize,
+}
+
+impl Conn {
+    /// Connects; reads time out after `timeout`.
+    pub fn connect(portal: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&portal, Duration::from_secs(5))
+            .with_context(|| format!("connect {portal}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+        Ok(Self {
+            stream,
+            rx: Vec::new(),
+            isid: NEXT_ISID.fetch_add(1, Ordering::Relaxed),
+            cmdsn: 1,
+            statsn: 0,
+            next_itt: 0x1000,
+            target_mrdsl: LOGIN_MRDSL,
+        })
+    }
+
+    /// Connects and logs in to the default target, straight to full
+    /// feature phase.
+    pub fn login(portal: SocketAddr) -> Result<Self> {
+        let mut c = Self::connect(portal)?;
+        let mut keys = vec![
+            ("InitiatorName".to_owned(), c.initiator_name()),
+            ("TargetName".to_owned(), DEFAULT_TARGET.to_owned()),
+            ("SessionType".to_owned(), "Normal".to_owned()),
+            ("HeaderDigest".to_owned(), "None".to_owned()),
+            ("DataDigest".to_owned(), "None".to_owned()),
+        ];
+        for _ in 0..4 {
+            let text = text(&keys);
+            let bhs = c.login_bhs(
+                Stage::LoginOperationalNegotiation,
+                Stage::FullFeaturePhase,
+                true,
+                text.len(),
+            );
+            c.send(&bhs, &text)?;
+            let p = c.recv()?.context("connection closed during login")?;
+            ensure!(
+                p.opcode() == OP_LOGIN_RESPONSE,
+                "not a login response: {p:?}"
+            );
+            let r = LoginResponse::parse(&p.bhs)?;
+            ensure!(
+                (r.status_class, r.status_detail) == (0, 0),
+                "login failed: {:#04x}/{:#04x}",
+                r.status_class,
+                r.status_detail
+            );
+            let pairs = parse_pairs(&p.data)?;
+            for (k, v) in &pairs {
+                if k == "MaxRecvDataSegmentLength" {
+                    c.target_mrdsl = v.parse()?;
+                }
+            }
+            if r.transit && r.nsg == Stage::FullFeaturePhase {
+                c.statsn = r.statsn.wrapping_add(1);
+                c.cmdsn = r.exp_cmdsn;
+                return Ok(c);
+            }
+            // The target made offers: accept them as they are.
+            keys = pairs
+                .into_iter()
+                .filter(|(k, _)| k != "MaxRecvDataSegmentLength" && k != "TargetPortalGroupTag")
+                .collect();
+        }
+        bail!("login did not reach full feature phase")
+    }
+
+    pub fn initiator_name(&self) -> String {
+        format!("iqn.2026-01.org.example:bad-input-{}", self.isid)
+    }
+
+    pub fn login_bhs(&self, csg: Stage, nsg: Stage, transit: bool, len: usize) -> [u8; BHS_LEN] {
+        let mut bhs = [0u8; BHS_LEN];
+        let [hi, lo] = self.isid.to_be_bytes();
+        LoginRequest {
+            transit,
+            continue_: false,
+            csg,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            total_ahs_len: 0,
+            data_segment_len: len as u32,
+            isid: [0x80, 0x00, 0x7e, 0x57, hi, lo],
+            tsih: 0,
+            itt: 1,
+            cid: 0,
+            cmdsn: self.cmdsn,
+            exp_statsn: 0,
+        }
+        .encode(&mut bhs);
+        bhs
+    }
+
+    pub fn itt(&mut self) -> u32 {
+        self.next_itt += 1;
+        self.next_itt
+    }
+
+    pub fn nop_out_bhs(&mut self, itt: u32, data_len: usize) -> [u8; BHS_LEN] {
+        let mut bhs = [0u8; BHS_LEN];
+        NopOut {
+            immediate: true,
+            total_ahs_len: 0,
+            data_segment_len: data_len as u32,
+            lun: 0,
+            itt,
+            ttt: RESERVED_TAG,
+            cmdsn: self.cmdsn,
+            exp_statsn: self.statsn,
+        }
+        .encode(&mut bhs);
+        bhs
+    }
+
+    pub fn send(&mut self, bhs: &[u8; BHS_LEN], data: &[u8]) -> Result<()> {
+        let mut out = Vec::new();
+        write_pdu(bhs, data, Digests::default(), &mut out);
+        self.send_bytes(&out)
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        self.stream.write_all(bytes).context("send")?;
+        Ok(())
+    }
+
+    /// The next PDU, or `None` once the target closed the connection.
+    /// The target's keepalive pings are answered and skipped. A read
+    /// timeout is an error: the target must answer or close.
+    pub fn recv(&mut self) -> Result<Option<Pdu>> {
+        loop {
+            let p = match self.next_pdu()? {
+                Some(p) => p,
+                None => return Ok(None),
+            };
+            if p.opcode() == OP_NOP_IN {
+                let n = NopIn::parse(&p.bhs)?;
+                if n.itt == RESERVED_TAG {
+                    let mut bhs = [0u8; BHS_LEN];
+                    NopOut {
+                        immediate: true,
+                        total_ahs_len: 0,
+                        data_segment_len: 0,
+                        lun: 0,
+                        itt: RESERVED_TAG,
+                        ttt: n.ttt,
+                        cmdsn: self.cmdsn,
+                        exp_statsn: self.statsn,
+                    }
+                    .encode(&mut bhs);
+                    self.send(&bhs, &[])?;
+                    continue;
+                }
+            }
+            return Ok(Some(p));
+        }
+    }
+
+    fn next_pdu(&mut self) -> Result<Option<Pdu>> {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Some((raw, n)) =
+                split_pdu(&self.rx, Digests::default(), MAX_DATA_SEGMENT_LEN as usize)?
+            {
+                let p = Pdu {
+                    bhs: *raw.bhs,
+                    data: raw.data.to_vec(),
+                };
+                self.rx.drain(..n);
+                return Ok(Some(p));
+            }
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    ensure!(self.rx.is_empty(), "closed inside a PDU: {:?}", self.rx);
+                    return Ok(None);
+                }
+                Ok(n) => self.rx.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    ensure!(self.rx.is_empty(), "reset inside a PDU: {:?}", self.rx);
+                    return Ok(None);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    bail!("no answer from the target (read timed out)")
+                }
+                Err(e) => return Err(e).context("receive"),
+            }
+        }
+    }
+
+    /// Reads until the target closes; fails on any PDU.
+    pub fn expect_closed(&mut self) -> Result<()> {
+        if let Some(p) = self.recv()? {
+            bail!(
+                "expected the connection closed, got opcode {:#04x}: {p:?}",
+                p.opcode()
+            );
+        }
+        Ok(())
+    }
+
+    /// A Reject with `reason` carrying `bhs`; returns it.
+    pub fn expect_reject(&mut self, reason: u8, bhs: &[u8; BHS_LEN]) -> Result<Reject> {
+        let p = self.recv()?.context("closed instead of a Reject")?;
+        ensure!(p.opcode() == OP_REJECT, "expected a Reject, got {p:?}");
+        let r = Reject::parse(&p.bhs)?;
+        ensure!(
+            r.reason == reason,
+            "Reject reason {:#04x}, expected {reason:#04x}",
+            r.reason
+        );
+        ensure!(p.bhs[16..20] == [0xff; 4], "Reject ITT is reserved");
+        ensure!(p.data == bhs[..], "the Reject carries the offending header");
+        Ok(r)
+    }
+
+    /// A login failure response with `class`/`detail`, then close.
+    pub fn expect_login_reject(&mut self, class: u8, detail: u8) -> Result<()> {
+        let p = self.recv()?.context("closed without a login response")?;
+        ensure!(
+            p.opcode() == OP_LOGIN_RESPONSE,
+            "expected a Login Response, got {p:?}"
+        );
+        let r = LoginResponse::parse(&p.bhs)?;
+        ensure!(
+            (r.status_class, r.status_detail) == (class, detail),
+            "login status {:#04x}/{:#04x}, expected {class:#04x}/{detail:#04x}",
+            r.status_class,
+            r.status_detail
+        );
+        ensure!(
+            !r.transit && r.tsih == 0,
+            "a failed login transits nowhere: {r:?}"
+        );
+        self.expect_closed()
+    }
+
+    /// NOP-Out ping with data; the NOP-In must echo it with the next StatSN.
+    pub fn ping(&mut self) -> Result<()> {
+        let itt = self.itt();
+        let data = b"are you there?".to_vec();
+        let bhs = self.nop_out_bhs(itt, data.len());
+        self.send(&bhs, &data)?;
+        let p = self.recv()?.context("closed instead of a NOP-In")?;
+        ensure!(p.opcode() == OP_NOP_IN, "expected a NOP-In, got {p:?}");
+        let n = NopIn::parse(&p.bhs)?;
+        ensure!(n.itt == itt, "NOP-In ITT {:#x}, expected {itt:#x}", n.itt);
+        ensure!(p.data == data, "NOP-In echoes the ping data");
+        ensure!(
+            n.statsn == self.statsn,
+            "StatSN {} expected {}",
+            n.statsn,
+            self.statsn
+        );
+        self.statsn = self.statsn.wrapping_add(1);
+        Ok(())
+    }
+}
+
+pub fn text(pairs: &[(String, String)]) -> Vec<u8> {
+    let mut t = Vec::new();
+    for (k, v) in pairs {
+        push_pair(&mut t, k, v);
+    }
+    t
+}
