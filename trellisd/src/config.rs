@@ -344,6 +344,7 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
         conn,
         cores: over.cores.unwrap_or(file.cores),
         ring: RingConfig::default(),
+        state_dir: Some(data_dir.clone()),
     };
     Ok((cfg, data_dir))
 }

@@ -12,6 +12,7 @@ use super::inquiry::{inquiry, inquiry_unmapped};
 use super::luns::report_luns;
 use super::mode::{mode_select, mode_select_cdb, mode_sense};
 use super::opcodes::{check_reserved, lookup, report_supported_opcodes, Handler, Lookup};
+use super::persist::{pr_conflicts, prin_cdb, prout_cdb, PrRequest};
 use super::provisioning::{get_lba_status, unmap, unmap_parameters, write_same};
 use super::reserve::{conflicts, ReserveOp};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
@@ -69,6 +70,9 @@ fn run(
     if nexus.reserved_elsewhere() && conflicts(entry.handler) {
         return Ok(Action::Complete(Completion::reservation_conflict()));
     }
+    if pr_conflicts(entry.handler, nexus.pr_view()) {
+        return Ok(Action::Complete(Completion::reservation_conflict()));
+    }
     check_reserved(entry, c)?;
     check_access(entry.access, port)?;
     let done = |r: Result<Completion, Sense>| r.map(Action::Complete);
@@ -105,6 +109,8 @@ fn run(
         Handler::ReportSupportedOpcodes => done(report_supported_opcodes(c, dev)),
         Handler::Reserve => Ok(Action::Reservation(ReserveOp::Reserve)),
         Handler::Release => Ok(Action::Reservation(ReserveOp::Release)),
+        Handler::PrIn => Ok(Action::PersistentReserve(prin_cdb(c))),
+        Handler::PrOut => prout_cdb(c).map(|len| Action::DataOut { len }),
     }
 }
 
@@ -119,6 +125,11 @@ pub fn dispatch_data_out(
 ) -> Action {
     match cdb.first() {
         Some(0x15) | Some(0x55) => Action::Complete(mode_select(cdb, data, dev, nexus)),
+        Some(0x5F) => Action::PersistentReserve(PrRequest::Out {
+            sa: cdb[1] & 0x1F,
+            scope_type: cdb.get(2).copied().unwrap_or(0),
+            params: data.to_vec(),
+        }),
         Some(0x42) if dev.thin => {
             unmap_parameters(data, dev).unwrap_or_else(|s| Action::Complete(Completion::check(s)))
         }
@@ -494,6 +505,68 @@ pub(crate) mod tests {
         assert_eq!(
             complete(run_on(&TUR, &dev, &p, &mut other)),
             Completion::good()
+        );
+    }
+
+    /// PERSISTENT RESERVE OUT through dispatch, then the conflicts an
+    /// Exclusive Access reservation causes for an unregistered nexus, and
+    /// SPC-2 RESERVE against registrations.
+    #[test]
+    fn persistent_reservation_through_dispatch() {
+        use crate::scsi::{persistent_reserve, ItNexus, LunShared};
+        let (dev, p) = (disk(512, 1000), port());
+        let lu = LunShared::new();
+        let who = |i| ItNexus::iscsi("iqn.2026-01.test:ini", [0x80, 0, 0, 0, 0, i], 1);
+        let mut a = NexusState::attached(&lu, 1).with_pr_identity(who(1));
+        let mut b = NexusState::attached(&lu, 2).with_pr_identity(who(2));
+        a.clear(UnitAttention::PowerOnReset);
+        b.clear(UnitAttention::PowerOnReset);
+        let prout = |sa: u8, t: u8| [0x5F, sa, t, 0, 0, 0, 0, 0, 24, 0];
+        let bad_len = [0x5F, 0, 0, 0, 0, 0, 0, 0, 23, 0];
+        assert_eq!(
+            sense_of(run_on(&bad_len, &dev, &p, &mut a)),
+            Some((5, 0x1A, 0))
+        );
+        let mut params = [0u8; 24];
+        // REGISTER key 9, then RESERVE Exclusive Access.
+        for (sa, t, key, sark) in [(0u8, 0u8, 0u64, 9u64), (1, 3, 9, 0)] {
+            let c = prout(sa, t);
+            assert_eq!(run_on(&c, &dev, &p, &mut a), Action::DataOut { len: 24 });
+            params[..8].copy_from_slice(&key.to_be_bytes());
+            params[8..16].copy_from_slice(&sark.to_be_bytes());
+            let Action::PersistentReserve(req) = dispatch_data_out(&c, &params, &dev, &mut a)
+            else {
+                panic!("no PR request");
+            };
+            assert_eq!(persistent_reserve(&req, &lu, &mut a), Completion::good());
+        }
+        a.observe(&lu);
+        b.observe(&lu);
+        let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        let conflict =
+            |a: Action| matches!(a, Action::Complete(c) if c.status == Status::ReservationConflict);
+        assert!(conflict(run_on(&read10, &dev, &p, &mut b)));
+        assert!(!conflict(run_on(&read10, &dev, &p, &mut a)));
+        assert!(!conflict(run_on(&TUR, &dev, &p, &mut b)));
+        assert!(!conflict(run_on(&INQ, &dev, &p, &mut b)));
+        let prin = [0x5E, 0x01, 0, 0, 0, 0, 0, 0, 64, 0];
+        let Action::PersistentReserve(req) = run_on(&prin, &dev, &p, &mut b) else {
+            panic!("PR IN not dispatched");
+        };
+        let d = persistent_reserve(&req, &lu, &mut b).data;
+        assert_eq!((d.len(), d[21]), (24, 3));
+        // SPC-2 RESERVE conflicts for everyone while registrations exist.
+        assert!(conflict(run_on(&[0x16, 0, 0, 0, 0, 0], &dev, &p, &mut a)));
+        assert!(conflict(run_on(&[0x17, 0, 0, 0, 0, 0], &dev, &p, &mut b)));
+        // PR IN service action 4 is not supported.
+        assert_eq!(
+            sense_of(run_on(
+                &[0x5E, 0x04, 0, 0, 0, 0, 0, 0, 64, 0],
+                &dev,
+                &p,
+                &mut a
+            )),
+            Some((5, 0x24, 0))
         );
     }
 

@@ -38,6 +38,7 @@ mod inquiry;
 mod luns;
 mod mode;
 mod opcodes;
+mod persist;
 mod provisioning;
 mod reserve;
 mod sense;
@@ -48,6 +49,10 @@ pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
 pub use luns::{lun_from_wire, lun_to_wire, MAX_LUN};
 pub use mode::mode_select;
 pub use opcodes::command_name;
+pub use persist::{
+    persistent_reserve, FilePrStore, ItNexus, PrRequest, PrState, PrStore, PrType, PrView,
+    Registration, Reservation,
+};
 pub use provisioning::lba_status;
 pub use reserve::{new_nexus_id, reserve_release, ReserveOp};
 pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
@@ -179,6 +184,9 @@ pub enum Action {
     /// RESERVE or RELEASE the logical unit: the session applies it to the
     /// unit's shared state with [`reserve_release`] and sends its status.
     Reservation(ReserveOp),
+    /// PERSISTENT RESERVE IN or OUT (with its parameter list): the session
+    /// runs it against the unit's shared state with [`persistent_reserve`].
+    PersistentReserve(PrRequest),
 }
 
 /// Final status of a command.

@@ -96,6 +96,8 @@ mod tests {
             (0x56, None, true),        // RESERVE(10)
             (0x57, None, false),       // RELEASE(10)
             (0x5A, None, true),        // MODE SENSE(10)
+            (0x5E, Some(0x00), true),  // PERSISTENT RESERVE IN
+            (0x5F, Some(0x00), true),  // PERSISTENT RESERVE OUT
             (0x89, None, true),        // COMPARE AND WRITE
             (0x9E, Some(0x10), false), // READ CAPACITY(16)
             (0x9E, Some(0x12), true),  // GET LBA STATUS

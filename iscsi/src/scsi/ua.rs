@@ -7,8 +7,11 @@
 //! it; REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::persist::{ItNexus, PrState, PrStore, PrView};
 use super::sense::Sense;
+use super::Completion;
 
 /// Maximum number of distinct unit attentions queued per nexus; further
 /// conditions are dropped while the queue is full (each kind appears once).
@@ -64,18 +67,80 @@ impl UnitAttention {
 /// reservation (0: none). A reset bumps the count; each nexus compares it
 /// with the count it last saw before running a command
 /// ([`NexusState::observe`]) and establishes BUS DEVICE RESET FUNCTION
-/// OCCURRED when it moved, and notes the reservation holder. Two atomic
-/// loads per command; no lock and no cross-core message.
+/// OCCURRED when it moved, and notes the reservation holder. It also holds
+/// the persistent reservation state ([`PrState`], behind a lock taken only
+/// by PERSISTENT RESERVE IN/OUT and by a nexus catching up) and its version,
+/// which every command loads. Three atomic loads per command; no lock and no
+/// cross-core message while nothing changes.
 #[derive(Debug, Default)]
 pub struct LunShared {
     resets: AtomicU64,
     holder: AtomicU64,
+    pr_version: AtomicU64,
+    pr: Mutex<PrState>,
+    pr_store: Option<Box<dyn PrStore>>,
 }
 
 impl LunShared {
     /// A logical unit never reset.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A logical unit whose persistent reservation state is kept in `store`,
+    /// starting from what it holds (APTPL state saved before a restart).
+    pub fn with_pr_store(store: Box<dyn PrStore>) -> Self {
+        let state = match store.load() {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load persistent reservations; starting empty");
+                PrState::default()
+            }
+        };
+        let version = u64::from(!state.is_empty());
+        LunShared {
+            pr_version: AtomicU64::new(version),
+            pr: Mutex::new(state),
+            pr_store: Some(store),
+            ..Self::default()
+        }
+    }
+
+    fn pr_lock(&self) -> MutexGuard<'_, PrState> {
+        self.pr.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Version of the persistent reservation state: moves on every change.
+    pub fn pr_version(&self) -> u64 {
+        self.pr_version.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the persistent reservation state under its lock; when it
+    /// reports a change, saves the state and bumps the version.
+    pub(crate) fn with_pr(
+        &self,
+        f: impl FnOnce(&mut PrState) -> Result<(Completion, bool), Completion>,
+    ) -> Completion {
+        let mut s = self.pr_lock();
+        match f(&mut s) {
+            Ok((c, changed)) => {
+                if changed {
+                    if let Some(store) = &self.pr_store {
+                        if let Err(e) = store.save(&s) {
+                            tracing::warn!(error = %e, "cannot save persistent reservations");
+                        }
+                    }
+                    self.pr_version.fetch_add(1, Ordering::AcqRel);
+                }
+                c
+            }
+            Err(c) => c,
+        }
+    }
+
+    /// A copy of the persistent reservation state.
+    pub fn pr_state(&self) -> PrState {
+        self.pr_lock().clone()
     }
 
     /// Records a LOGICAL UNIT RESET: every nexus (this one included) gets a
@@ -129,6 +194,11 @@ pub struct NexusState {
     resets_seen: u64,
     id: u64,
     holder: u64,
+    pr_id: ItNexus,
+    pr_seen: u64,
+    pr_events_seen: u64,
+    pr: PrView,
+    abort: bool,
 }
 
 impl Default for NexusState {
@@ -144,9 +214,7 @@ impl NexusState {
         pending.push(UnitAttention::PowerOnReset);
         NexusState {
             pending,
-            resets_seen: 0,
-            id: 0,
-            holder: 0,
+            ..Self::empty()
         }
     }
 
@@ -158,8 +226,33 @@ impl NexusState {
             resets_seen: lu.resets(),
             id,
             holder: lu.holder(),
+            pr_events_seen: lu.pr_lock().last_event(),
             ..Self::new()
         }
+    }
+
+    /// This nexus known to persistent reservations as `who` (initiator
+    /// port and relative target port).
+    pub fn with_pr_identity(mut self, who: ItNexus) -> Self {
+        self.pr_id = who;
+        self.pr_seen = u64::MAX;
+        self
+    }
+
+    /// The persistent reservation identity of this nexus.
+    pub fn pr_identity(&self) -> &ItNexus {
+        &self.pr_id
+    }
+
+    /// The persistent reservation state as this nexus last saw it.
+    pub fn pr_view(&self) -> &PrView {
+        &self.pr
+    }
+
+    /// Whether a PREEMPT AND ABORT asked this nexus' tasks to be aborted
+    /// since the last call.
+    pub fn take_abort(&mut self) -> bool {
+        std::mem::take(&mut self.abort)
     }
 
     /// A nexus with no pending unit attention.
@@ -169,6 +262,11 @@ impl NexusState {
             resets_seen: 0,
             id: 0,
             holder: 0,
+            pr_id: ItNexus::default(),
+            pr_seen: 0,
+            pr_events_seen: 0,
+            pr: PrView::default(),
+            abort: false,
         }
     }
 
@@ -188,10 +286,31 @@ impl NexusState {
     /// attention if there were resets since the last call.
     pub fn observe(&mut self, lu: &LunShared) {
         self.holder = lu.holder();
+        let v = lu.pr_version();
+        if v != self.pr_seen {
+            self.pr_seen = v;
+            self.refresh_pr(lu);
+        }
         let now = lu.resets();
         if now != self.resets_seen {
             self.resets_seen = now;
             self.push(UnitAttention::LunReset);
+        }
+    }
+
+    /// Recomputes the cached persistent reservation view and takes the
+    /// unit attentions and aborts addressed to this nexus.
+    fn refresh_pr(&mut self, lu: &LunShared) {
+        let (uas, abort) = {
+            let s = lu.pr_lock();
+            self.pr = s.view(&self.pr_id);
+            let ev = s.events_for(&self.pr_id, self.pr_events_seen);
+            self.pr_events_seen = s.last_event();
+            ev
+        };
+        self.abort |= abort;
+        for ua in uas {
+            self.push(ua);
         }
     }
 

@@ -113,6 +113,17 @@ impl Connection {
             self.reject(0x09, raw.bhs);
             return true;
         }
+        let found = luns.find(cmd.lun);
+        if let Some(i) = found {
+            s.nexus[i].observe(&luns.luns[i].shared);
+            if s.nexus[i].take_abort() {
+                // PREEMPT AND ABORT from another nexus removed this one's
+                // registration: its tasks for the unit are aborted.
+                s.abort_lun_tasks(cmd.lun);
+                self.run_ready();
+            }
+        }
+        let Some(s) = self.session() else { return true };
         let command = scsi::Command {
             cdb: &cmd.cdb,
             lun: cmd.lun,
@@ -120,14 +131,13 @@ impl Connection {
             read: cmd.read,
             write: cmd.write,
         };
-        let (lun_index, action) = match luns.find(cmd.lun) {
+        let (lun_index, action) = match found {
             None => (
                 None,
                 Action::Complete(scsi::dispatch_unmapped(&command, &luns.ids, &luns.port)),
             ),
             Some(i) => {
                 let entry = &luns.luns[i];
-                s.nexus[i].observe(&entry.shared);
                 (
                     Some(i),
                     scsi::dispatch(&command, &entry.dev, &luns.port, &luns.ids, &mut s.nexus[i]),
@@ -154,6 +164,12 @@ impl Connection {
             (Action::Reservation(op), Some(i)) => {
                 let Some(s) = self.session() else { return true };
                 let c = scsi::reserve_release(op, &luns.luns[i].shared, &s.nexus[i]);
+                self.complete_now(cmd, c);
+                true
+            }
+            (Action::PersistentReserve(req), Some(i)) => {
+                let Some(s) = self.session() else { return true };
+                let c = scsi::persistent_reserve(&req, &luns.luns[i].shared, &mut s.nexus[i]);
                 self.complete_now(cmd, c);
                 true
             }
@@ -502,6 +518,11 @@ impl Connection {
             other => {
                 let c = match other {
                     Action::Complete(c) => c,
+                    Action::PersistentReserve(req) => scsi::persistent_reserve(
+                        &req,
+                        &luns.luns[t.lun_index].shared,
+                        &mut s.nexus[t.lun_index],
+                    ),
                     _ => Completion::check(Sense::internal_target_failure()),
                 };
                 let Some(t) = s.remove_task(id) else { return };

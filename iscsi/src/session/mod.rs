@@ -516,10 +516,14 @@ impl Connection {
         // One I_T nexus per session: its own id, so a reinstated session
         // does not inherit the reservations of the one it replaces.
         let nexus_id = scsi::new_nexus_id();
+        // For persistent reservations the I_T nexus is the initiator port
+        // (name and ISID) and the relative target port, across sessions.
         let nexus = luns.as_ref().map_or(Vec::new(), |l| {
+            let who =
+                scsi::ItNexus::iscsi(&params.initiator_name, params.isid, l.port.relative_port_id);
             l.luns
                 .iter()
-                .map(|e| NexusState::attached(&e.shared, nexus_id))
+                .map(|e| NexusState::attached(&e.shared, nexus_id).with_pr_identity(who.clone()))
                 .collect()
         });
         let window = Window::new(params.exp_cmdsn_start, self.cfg.limits.cmdsn_window);

@@ -16,6 +16,29 @@ pub(super) struct PendingTmf {
     close_after: bool,
 }
 
+impl super::Session {
+    /// Aborts every task of `lun` (PREEMPT AND ABORT): those with disk I/O
+    /// in flight are marked and never answered, the others go now.
+    pub(super) fn abort_lun_tasks(&mut self, lun: u64) {
+        let ids: Vec<u32> = self
+            .tasks
+            .values()
+            .filter(|t| t.lun == lun)
+            .map(|t| t.id)
+            .collect();
+        for id in ids {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            t.aborted = true;
+            if !t.in_flight() {
+                self.waiting.retain(|w| *w != id);
+                self.remove_task(id);
+            }
+        }
+    }
+}
+
 impl Connection {
     /// A Task Management Function Request.
     pub(super) fn task_mgmt(&mut self, req: &TaskMgmtRequest) {

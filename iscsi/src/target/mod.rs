@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     pub cores: usize,
     /// Ring and buffer pool of each core.
     pub ring: RingConfig,
+    /// Where state that outlives the process is kept (persistent
+    /// reservations with APTPL, `<device>.pr`); None: nothing persists.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 /// Starting the target failed.

@@ -14,7 +14,8 @@ use trellis_datapath::{StoreSlot, VirtualDevice, Waker};
 use super::{AclEntry, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
 use crate::scsi::{
-    lun_from_wire, lun_to_wire, AluaState, LunDevice, LunShared, PortContext, PortGroup,
+    lun_from_wire, lun_to_wire, AluaState, FilePrStore, LunDevice, LunShared, PortContext,
+    PortGroup,
 };
 use crate::session::{LunEntry, LunTable};
 
@@ -72,10 +73,18 @@ impl Registry {
                 }
             })
             .collect();
+        // Persistent reservations with APTPL live beside the device data.
         let lun_shared = cfg
             .devices
             .iter()
-            .map(|_| Arc::new(LunShared::new()))
+            .map(|d| {
+                Arc::new(match &cfg.state_dir {
+                    Some(dir) => LunShared::with_pr_store(Box::new(FilePrStore::new(
+                        dir.join(format!("{}.pr", d.spec().name)),
+                    ))),
+                    None => LunShared::new(),
+                })
+            })
             .collect();
         Self {
             cfg,
