@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use trellis_iscsi::pdu::{
-    split_pdu, write_pdu, Digests, LoginRequest, LoginResponse, NopIn, NopOut, Reject, Stage,
-    BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
+    split_pdu, write_pdu, DataIn, Digests, LoginRequest, LoginResponse, NopIn, NopOut, Reject,
+    ScsiCommand, ScsiResponse, Stage, BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
 };
 use trellis_iscsi::text::{parse_pairs, push_pair};
 
@@ -85,7 +85,18 @@ impl Conn {
     /// Connects and logs in to the default target, straight to full
     /// feature phase.
     pub fn login(portal: SocketAddr) -> Result<Self> {
+        Self::login_conn(Self::connect(portal)?)
+    }
+
+    /// Logs in with a chosen ISID (and so a fixed initiator port name,
+    /// the same I_T nexus across reconnects).
+    pub fn login_as(portal: SocketAddr, isid: u16) -> Result<Self> {
         let mut c = Self::connect(portal)?;
+        c.isid = isid;
+        Self::login_conn(c)
+    }
+
+    fn login_conn(mut c: Self) -> Result<Self> {
         let mut keys = vec![
             ("InitiatorName".to_owned(), c.initiator_name()),
             ("TargetName".to_owned(), DEFAULT_TARGET.to_owned()),
@@ -322,6 +333,94 @@ impl Conn {
         );
         self.statsn = self.statsn.wrapping_add(1);
         Ok(())
+    }
+}
+
+/// Outcome of a SCSI command: status, sense (if any) and Data-In bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiResult {
+    /// SCSI status byte.
+    pub status: u8,
+    /// Sense data (fixed format) when the status is CHECK CONDITION.
+    pub sense: Vec<u8>,
+    /// Data-In.
+    pub data: Vec<u8>,
+}
+
+impl Conn {
+    /// Runs one SCSI command on LUN 0: `out` goes as immediate data (it
+    /// must fit FirstBurstLength), `edtl_in` bytes are expected back.
+    pub fn scsi(&mut self, cdb: &[u8], out: &[u8], edtl_in: u32) -> Result<ScsiResult> {
+        let mut c = [0u8; 16];
+        c[..cdb.len()].copy_from_slice(cdb);
+        let itt = self.itt();
+        let mut bhs = [0u8; BHS_LEN];
+        ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: edtl_in > 0,
+            write: !out.is_empty(),
+            attr: 1,
+            total_ahs_len: 0,
+            data_segment_len: out.len() as u32,
+            lun: 0,
+            itt,
+            expected_data_transfer_length: if out.is_empty() {
+                edtl_in
+            } else {
+                out.len() as u32
+            },
+            cmdsn: self.cmdsn,
+            exp_statsn: self.statsn,
+            cdb: c,
+        }
+        .encode(&mut bhs);
+        self.cmdsn = self.cmdsn.wrapping_add(1);
+        self.send(&bhs, out)?;
+        let mut data = Vec::new();
+        loop {
+            let p = self
+                .recv()?
+                .context("connection closed before the status")?;
+            match p.opcode() {
+                0x25 => {
+                    let d = DataIn::parse(&p.bhs)?;
+                    ensure!(d.itt == itt, "Data-In for another task");
+                    data.extend_from_slice(&p.data);
+                    if d.status_present {
+                        self.statsn = d.statsn.wrapping_add(1);
+                        return Ok(ScsiResult {
+                            status: d.status,
+                            sense: Vec::new(),
+                            data,
+                        });
+                    }
+                }
+                0x21 => {
+                    let r = ScsiResponse::parse(&p.bhs)?;
+                    ensure!(r.itt == itt, "response for another task");
+                    self.statsn = r.statsn.wrapping_add(1);
+                    let sense = p.data.get(2..).unwrap_or_default().to_vec();
+                    return Ok(ScsiResult {
+                        status: r.status,
+                        sense,
+                        data,
+                    });
+                }
+                op => bail!("unexpected PDU {op:#x} while waiting for a SCSI status"),
+            }
+        }
+    }
+
+    /// TEST UNIT READY until GOOD, consuming the unit attentions a new
+    /// nexus starts with.
+    pub fn clear_unit_attentions(&mut self) -> Result<()> {
+        for _ in 0..8 {
+            if self.scsi(&[0u8; 6], &[], 0)?.status == 0 {
+                return Ok(());
+            }
+        }
+        bail!("TEST UNIT READY never returned GOOD")
     }
 }
 
