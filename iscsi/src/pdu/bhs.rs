@@ -197,6 +197,22 @@ pub(crate) fn get_isid(bhs: &[u8; BHS_LEN]) -> [u8; 6] {
     isid
 }
 
+/// Whether `mask` is set in the flags byte `b`.
+#[inline]
+pub(crate) fn flag(b: u8, mask: u8) -> bool {
+    b & mask != 0
+}
+
+/// `mask` if `on`, else 0: for building a flags byte.
+#[inline]
+pub(crate) fn set(on: bool, mask: u8) -> u8 {
+    if on {
+        mask
+    } else {
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

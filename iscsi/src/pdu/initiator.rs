@@ -3,24 +3,10 @@
 //! over a borrowed `[u8; 48]`; neither direction allocates.
 
 use super::bhs::{
-    expect_opcode, get_isid, get_u16, get_u24, get_u32, get_u64, put_lengths, put_u16, put_u32,
-    put_u64, start, Opcode, BHS_LEN, FINAL_BIT, IMMEDIATE_BIT,
+    expect_opcode, flag, get_isid, get_u16, get_u24, get_u32, get_u64, put_lengths, put_u16,
+    put_u32, put_u64, set, start, Opcode, BHS_LEN, FINAL_BIT, IMMEDIATE_BIT,
 };
 use super::{PduError, Stage};
-
-#[inline]
-fn flag(b: u8, mask: u8) -> bool {
-    b & mask != 0
-}
-
-#[inline]
-fn set(on: bool, mask: u8) -> u8 {
-    if on {
-        mask
-    } else {
-        0
-    }
-}
 
 /// SCSI Command header (RFC 7143 §11.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
