@@ -17,6 +17,7 @@ use super::provisioning::{get_lba_status, unmap, unmap_parameters, write_same};
 use super::reserve::{conflicts, ReserveOp};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 use super::ua::{NexusState, UnitAttention};
+use super::xcopy::{extended_copy_cdb, parse_copy_list, receive_copy_results};
 use super::{Action, Command, Completion, LunDevice, PortContext};
 
 const INQUIRY: u8 = 0x12;
@@ -111,12 +112,15 @@ fn run(
         Handler::Release => Ok(Action::Reservation(ReserveOp::Release)),
         Handler::PrIn => Ok(Action::PersistentReserve(prin_cdb(c))),
         Handler::PrOut => prout_cdb(c).map(|len| Action::DataOut { len }),
+        Handler::ExtendedCopy => Ok(extended_copy_cdb(c)),
+        Handler::ReceiveCopyResults => done(receive_copy_results(c, nexus)),
     }
 }
 
 /// What to do with the command with CDB `cdb` whose data-out `data` the
 /// session collected after [`Action::DataOut`]: MODE SELECT (6)/(10)
-/// completes; UNMAP turns its parameter list into [`Action::Unmap`].
+/// completes; UNMAP turns its parameter list into [`Action::Unmap`] and
+/// EXTENDED COPY into [`Action::ExtendedCopy`].
 pub fn dispatch_data_out(
     cdb: &[u8],
     data: &[u8],
@@ -130,6 +134,9 @@ pub fn dispatch_data_out(
             scope_type: cdb.get(2).copied().unwrap_or(0),
             params: data.to_vec(),
         }),
+        Some(0x83) => parse_copy_list(data)
+            .map(Action::ExtendedCopy)
+            .unwrap_or_else(|s| Action::Complete(Completion::check(s))),
         Some(0x42) if dev.thin => {
             unmap_parameters(data, dev).unwrap_or_else(|s| Action::Complete(Completion::check(s)))
         }

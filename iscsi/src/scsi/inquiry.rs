@@ -26,7 +26,7 @@ const PQ_DISK: u8 = 0x00;
 pub(crate) const PQ_NO_LUN: u8 = 0x7F;
 
 /// VPD pages in the order page 00h lists them.
-const VPD_PAGES: [u8; 6] = [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2];
+const VPD_PAGES: [u8; 7] = [0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2];
 
 use super::block::max_compare_and_write_blocks;
 use super::provisioning::{MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS};
@@ -46,6 +46,7 @@ pub(crate) fn inquiry(c: &Cdb, dev: &LunDevice, port: &PortContext) -> Result<Co
             0x83 => vpd(0x83, PQ_DISK, &device_identification(dev, port)),
             0xB0 => vpd(0xB0, PQ_DISK, &block_limits(dev)),
             0xB1 => vpd(0xB1, PQ_DISK, &block_characteristics(dev)),
+            0x8F => vpd(0x8F, PQ_DISK, &super::xcopy::third_party_copy_vpd()),
             0xB2 => vpd(0xB2, PQ_DISK, &provisioning(dev)),
             _ => return Err(Sense::invalid_field_in_cdb(2, 7)),
         }
@@ -75,6 +76,9 @@ fn standard(pq_type: u8, port: &PortContext) -> Vec<u8> {
     d[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
     d[4] = (STANDARD_LEN - 5) as u8;
     d[5] = 0x10; // TPGS = 01b: implicit ALUA
+    if pq_type == PQ_DISK {
+        d[5] |= 0x08; // 3PC: EXTENDED COPY
+    }
     let ports: usize = port.groups.iter().map(|g| g.relative_ports.len()).sum();
     if ports > 1 {
         d[6] = 0x10; // MULTIP
@@ -202,7 +206,7 @@ mod tests {
     fn standard_fields() {
         let d = get(false, 0, 255, &disk(512, 100)).unwrap();
         assert_eq!(d.len(), 96);
-        assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x10, 0x10, 0x02]);
+        assert_eq!(&d[0..8], &[0x00, 0x00, 0x06, 0x12, 91, 0x18, 0x10, 0x02]);
         assert_eq!(&d[8..16], b"TRELLIS ");
         assert_eq!(&d[16..32], b"VIRTUAL DISK    ");
         assert_eq!(&d[32..36], b"0001");
@@ -235,7 +239,7 @@ mod tests {
     fn supported_pages_and_serial() {
         let dev = disk(512, 100);
         let d = get(true, 0x00, 255, &dev).unwrap();
-        assert_eq!(d, [0, 0, 0, 6, 0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+        assert_eq!(d, [0, 0, 0, 7, 0x00, 0x80, 0x83, 0x8F, 0xB0, 0xB1, 0xB2]);
         for page in &d[4..] {
             assert!(get(true, *page, 255, &dev).is_ok(), "page {page:#x}");
         }

@@ -43,6 +43,7 @@ mod provisioning;
 mod reserve;
 mod sense;
 mod ua;
+mod xcopy;
 
 pub use cdb::{data_direction, expected_transfer_len, Direction};
 pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
@@ -57,6 +58,11 @@ pub use provisioning::lba_status;
 pub use reserve::{new_nexus_id, reserve_release, ReserveOp};
 pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 pub use ua::{LunShared, NexusState, UnitAttention, UA_QUEUE_CAPACITY};
+pub use xcopy::{
+    copy_target_not_reachable, parse_copy_list, resolve_copy, CopyList, CopyResult, CopySegment,
+    CopyStep, CopyTarget, MAX_DESCRIPTOR_LIST_LEN, MAX_SEGMENT_BYTES, MAX_SEGMENT_DESCRIPTORS,
+    MAX_TARGET_DESCRIPTORS,
+};
 
 /// What the SCSI layer knows of a device (filled by the target from datapath's
 /// `VirtualDevice`).
@@ -187,6 +193,10 @@ pub enum Action {
     /// PERSISTENT RESERVE IN or OUT (with its parameter list): the session
     /// runs it against the unit's shared state with [`persistent_reserve`].
     PersistentReserve(PrRequest),
+    /// EXTENDED COPY: the session resolves the list against its LUN table
+    /// with [`resolve_copy`], copies every segment, records the result in
+    /// the nexus ([`NexusState::record_copy`]) and sends the status.
+    ExtendedCopy(CopyList),
 }
 
 /// Final status of a command.

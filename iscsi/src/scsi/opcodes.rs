@@ -43,6 +43,8 @@ pub(crate) enum Handler {
     PrOut,
     OrWrite,
     CompareAndWrite,
+    ExtendedCopy,
+    ReceiveCopyResults,
 }
 
 /// The data transfer a CDB implies.
@@ -209,6 +211,13 @@ const TABLE: &[OpEntry] = &[
         Capacity, &[0x5F, 0x06, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
     op(0x5F, Some(0x07), "PERSISTENT RESERVE OUT", Handler::PrOut, Xfer::ParamLen { at: 5, len: 4 },
         Capacity, &[0x5F, 0x07, 0xFF, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0]),
+    op(0x83, Some(0x00), "EXTENDED COPY(LID1)", Handler::ExtendedCopy,
+        Xfer::ParamLen { at: 10, len: 4 }, Media,
+        &[0x83, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
+    op(0x84, Some(0x00), "RECEIVE COPY RESULTS", Handler::ReceiveCopyResults, alloc(10, 4),
+        Media, &[0x84, 0x00, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
+    op(0x84, Some(0x03), "RECEIVE COPY RESULTS", Handler::ReceiveCopyResults, alloc(10, 4),
+        Media, &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0]),
     op(0x88, None, "READ(16)", Handler::Read(Sixteen), Xfer::ReadBlocks(Sixteen), Media,
         &[0x88, 0x1A, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x1F, 0]),

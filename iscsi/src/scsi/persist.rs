@@ -234,7 +234,8 @@ fn class(h: Handler) -> Class {
         | Handler::ModeSense
         | Handler::GetLbaStatus
         | Handler::ReadDefectData10
-        | Handler::ReadDefectData12 => Class::Read,
+        | Handler::ReadDefectData12
+        | Handler::ReceiveCopyResults => Class::Read,
         Handler::Reserve | Handler::Release => Class::Spc2,
         Handler::Write(_)
         | Handler::WriteVerify(_)
@@ -243,6 +244,7 @@ fn class(h: Handler) -> Class {
         | Handler::Unmap
         | Handler::OrWrite
         | Handler::CompareAndWrite
+        | Handler::ExtendedCopy
         | Handler::ModeSelect
         | Handler::StartStopUnit
         | Handler::PreventAllow => Class::Write,

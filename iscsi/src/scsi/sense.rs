@@ -61,6 +61,8 @@ pub enum SenseKey {
     UnitAttention,
     /// Access to the medium is denied (7h).
     DataProtect,
+    /// EXTENDED COPY ended early (Ah).
+    CopyAborted,
     /// Aborted by the device server (Bh).
     AbortedCommand,
     /// Source data did not match the medium (Eh).
@@ -79,6 +81,7 @@ impl SenseKey {
             SenseKey::IllegalRequest => 0x5,
             SenseKey::UnitAttention => 0x6,
             SenseKey::DataProtect => 0x7,
+            SenseKey::CopyAborted => 0xA,
             SenseKey::AbortedCommand => 0xB,
             SenseKey::Miscompare => 0xE,
         }

@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::persist::{ItNexus, PrState, PrStore, PrView};
 use super::sense::Sense;
+use super::xcopy::{CopyResult, HELD_RESULTS};
 use super::Completion;
 
 /// Maximum number of distinct unit attentions queued per nexus; further
@@ -199,6 +200,7 @@ pub struct NexusState {
     pr_events_seen: u64,
     pr: PrView,
     abort: bool,
+    copies: Vec<CopyResult>,
 }
 
 impl Default for NexusState {
@@ -267,6 +269,7 @@ impl NexusState {
             pr_events_seen: 0,
             pr: PrView::default(),
             abort: false,
+            copies: Vec::new(),
         }
     }
 
@@ -338,6 +341,22 @@ impl NexusState {
     /// The oldest pending unit attention without clearing it.
     pub fn peek_ua(&self) -> Option<UnitAttention> {
         self.pending.first().copied()
+    }
+
+    /// Holds the result of a finished EXTENDED COPY for RECEIVE COPY
+    /// RESULTS, replacing one of the same list identifier; the oldest of
+    /// more than a few is dropped.
+    pub fn record_copy(&mut self, result: CopyResult) {
+        self.copies.retain(|c| c.list_id != result.list_id);
+        if self.copies.len() == HELD_RESULTS {
+            self.copies.remove(0);
+        }
+        self.copies.push(result);
+    }
+
+    /// The held result of the copy with list identifier `list_id`.
+    pub fn copy_result(&self, list_id: u8) -> Option<CopyResult> {
+        self.copies.iter().find(|c| c.list_id == list_id).copied()
     }
 
     /// Clears `ua` if pending.

@@ -69,6 +69,7 @@ impl Session {
             verify: None,
             ranges: Vec::new(),
             done: 0,
+            copy: None,
         };
         if task.is_write() {
             task.want = xfer.min(cmd.expected_data_transfer_length);
@@ -173,6 +174,11 @@ impl Connection {
                 self.complete_now(cmd, c);
                 true
             }
+            (Action::ExtendedCopy(_), Some(_)) => {
+                // Only a parameter list turns into a copy.
+                self.complete_now(cmd, Completion::check(Sense::internal_target_failure()));
+                true
+            }
             (Action::Unmap(ranges), Some(i)) => {
                 let Some(s) = self.session() else { return true };
                 let id = s.new_task(cmd, i, &luns, Purpose::Unmap, 0);
@@ -270,6 +276,9 @@ impl Connection {
         };
         if t.stage != Stage::NeedBuffer {
             return true;
+        }
+        if t.purpose == Purpose::Copy {
+            return self.copy_buffer(id, pool);
         }
         // The data buffer, and the one the medium is read into (VERIFY,
         // ORWRITE: all blocks; COMPARE AND WRITE: half the data-out).
@@ -515,6 +524,7 @@ impl Connection {
                 t.ranges = ranges;
                 self.submit(id);
             }
+            Action::ExtendedCopy(list) => self.start_copy(id, list),
             other => {
                 let c = match other {
                     Action::Complete(c) => c,
@@ -557,6 +567,7 @@ impl Connection {
         }
         match (t.purpose, t.io().map(|r| r.op)) {
             (Purpose::Unmap, _) => return self.unmap_done(id, result),
+            (Purpose::Copy, _) => return self.copy_done(id, result, buf),
             (
                 _,
                 Some(

@@ -100,7 +100,7 @@ impl Holds {
 /// The span a task must hold, if it writes.
 fn span_of(t: &Task) -> Option<Span> {
     let (start, end, exclusive) = match t.purpose {
-        Purpose::Params => return None,
+        Purpose::Params | Purpose::Copy => return None,
         Purpose::Unmap => {
             let start = t.ranges.iter().map(|r| r.0).min()?;
             let end = t.ranges.iter().map(|r| r.0 + u64::from(r.1)).max()?;
@@ -167,7 +167,7 @@ impl Connection {
         let bs = u64::from(t.block_size);
         let mut offset = t.offset();
         let op = match t.purpose {
-            Purpose::Params => return,
+            Purpose::Params | Purpose::Copy => return,
             Purpose::Unmap => {
                 let Some(&(lba, blocks)) = t.ranges.first() else {
                     return;

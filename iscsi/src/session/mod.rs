@@ -13,6 +13,7 @@
 //! module never touches a socket, the ring or a clock.
 
 mod cmdsn;
+mod copy;
 mod exec;
 mod media;
 mod outbox;

@@ -8,7 +8,8 @@
 //!                                 │                 └─> disk write ─> Response
 //!                                 ├─ Io(WriteSame/OrWrite/CompareAndWrite/...) ─> media.rs steps
 //!                                 ├─ DataOut (parameter list) ─> dispatch_data_out ─> Response
-//!                                 │                                  └─ Unmap(ranges) ─> punch holes
+//!                                 │                                  ├─ Unmap(ranges) ─> punch holes
+//!                                 │                                  └─ ExtendedCopy ─> copy.rs
 //!                                 └─ Unmap(ranges) ─> punch holes ─> Response
 //! ```
 //!
@@ -28,6 +29,8 @@ pub enum Purpose {
     Params,
     /// Deallocating UNMAP's ranges, in order (`Task::ranges`).
     Unmap,
+    /// EXTENDED COPY segments (`Task::copy`).
+    Copy,
 }
 
 /// Where a task stands.
@@ -118,6 +121,8 @@ pub struct Task {
     pub ranges: Vec<(u64, u32)>,
     /// WRITE SAME: bytes of the range written so far.
     pub done: u64,
+    /// EXTENDED COPY: the segments and the progress through them.
+    pub copy: Option<Box<super::copy::CopyJob>>,
 }
 
 impl Task {
@@ -130,7 +135,7 @@ impl Task {
     pub fn io(&self) -> Option<IoRequest> {
         match self.purpose {
             Purpose::Io(io) => Some(io),
-            Purpose::Params | Purpose::Unmap => None,
+            Purpose::Params | Purpose::Unmap | Purpose::Copy => None,
         }
     }
 
@@ -144,7 +149,7 @@ impl Task {
     pub fn is_write(&self) -> bool {
         match self.purpose {
             Purpose::Params => true,
-            Purpose::Unmap => false,
+            Purpose::Unmap | Purpose::Copy => false,
             Purpose::Io(io) => io.is_write(),
         }
     }

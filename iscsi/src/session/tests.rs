@@ -644,6 +644,7 @@ fn write_waiting_for_r2t(r: &mut Rig) -> (u32, R2t) {
 }
 
 mod control;
+mod copy;
 mod io;
 mod login;
 mod media;
