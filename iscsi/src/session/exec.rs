@@ -4,7 +4,7 @@
 use trellis_datapath::{Buf, BufPool};
 
 use super::task::{residual, Purpose, R2tState, Stage, Task, TaskStatus};
-use super::{Connection, LunTable, Phase, Session};
+use super::{Connection, LunTable, Session};
 use crate::pdu::{DataIn, DataOut, R2t, RawPdu, ScsiCommand, ScsiResponse, BHS_LEN, RESERVED_TAG};
 use crate::scsi::{self, Action, Completion, IoOp, IoRequest, Sense, Status};
 
@@ -90,13 +90,6 @@ impl Session {
 }
 
 impl Connection {
-    pub(super) fn session(&mut self) -> Option<&mut Session> {
-        match &mut self.phase {
-            Phase::Full(s) => Some(s),
-            Phase::Login(_) => None,
-        }
-    }
-
     /// A SCSI Command PDU. False when it must wait for buffers.
     pub(super) fn scsi_command(
         &mut self,

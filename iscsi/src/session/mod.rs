@@ -340,21 +340,17 @@ impl Connection {
             self.close_now = true;
             // The I_T nexus is gone (logout, connection loss, reinstatement,
             // reset): so are its reservations.
-            if let Some(s) = self.session_mut() {
+            if let Some(s) = self.session() {
                 s.release_reservations();
             }
-            for (_, t) in self
-                .session_mut()
-                .map(|s| &mut s.tasks)
-                .into_iter()
-                .flatten()
-            {
+            for (_, t) in self.session().map(|s| &mut s.tasks).into_iter().flatten() {
                 t.aborted = true;
             }
         }
     }
 
-    fn session_mut(&mut self) -> Option<&mut Session> {
+    /// The session, once in full feature phase.
+    fn session(&mut self) -> Option<&mut Session> {
         match &mut self.phase {
             Phase::Full(s) => Some(s),
             Phase::Login(_) => None,
@@ -388,7 +384,7 @@ impl Connection {
     }
 
     fn send_ping(&mut self, now: Instant) {
-        let Some(s) = self.session_mut() else { return };
+        let Some(s) = self.session() else { return };
         let ttt = s.alloc_ttt();
         let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
         let nop = NopIn {
@@ -561,7 +557,7 @@ impl Connection {
         // Ordering: non-immediate commands consume a CmdSN.
         if let Some(cmdsn) = header.cmdsn() {
             let immediate = header.immediate();
-            let Some(s) = self.session_mut() else {
+            let Some(s) = self.session() else {
                 return true;
             };
             if !immediate {
@@ -610,7 +606,7 @@ impl Connection {
             }
             return;
         }
-        let Some(s) = self.session_mut() else { return };
+        let Some(s) = self.session() else { return };
         let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
         let nop = NopIn {
             total_ahs_len: 0,
@@ -628,7 +624,7 @@ impl Connection {
     }
 
     fn logout(&mut self, l: &pdu::LogoutRequest, host: &mut dyn Host) {
-        let Some(s) = self.session_mut() else { return };
+        let Some(s) = self.session() else { return };
         // Reason 0 (close session) and 1 (close connection) both end our
         // single-connection session; 2 (recovery) needs ERL 2.
         let response = if l.reason_code & 0x7f <= 1 { 0 } else { 2 };
@@ -685,12 +681,12 @@ impl Connection {
     /// closes the connection if it has not logged out by then. A connection
     /// still logging in is closed at once.
     pub fn request_logout(&mut self, wait_secs: u16) {
-        if self.session_mut().is_none() {
+        if self.session().is_none() {
             self.close(CloseReason::Shutdown);
             return;
         }
         let statsn = self.next_statsn();
-        let Some(s) = self.session_mut() else { return };
+        let Some(s) = self.session() else { return };
         let (exp, max) = (s.window.exp_cmdsn(), s.window.max_cmdsn());
         let msg = pdu::AsyncMessage {
             total_ahs_len: 0,
