@@ -108,6 +108,7 @@ fn run(
         }
         Handler::ReportTargetPortGroups => done(report_target_port_groups(c, port)),
         Handler::ReportSupportedOpcodes => done(report_supported_opcodes(c, dev)),
+        Handler::ReportSupportedTmf => done(Ok(report_supported_tmf(c))),
         Handler::Reserve => Ok(Action::Reservation(ReserveOp::Reserve)),
         Handler::Release => Ok(Action::Reservation(ReserveOp::Release)),
         Handler::PrIn => Ok(Action::PersistentReserve(prin_cdb(c))),
@@ -185,6 +186,27 @@ fn start_stop_unit(c: &Cdb) -> Result<Completion, Sense> {
         return Err(Sense::invalid_field_in_cdb(4, 1));
     }
     Ok(Completion::good())
+}
+
+/// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (MAINTENANCE IN, service
+/// action 0Dh; SPC-4 6.37): the functions `session::tmf` carries out. ABORT
+/// TASK, ABORT TASK SET, CLEAR ACA, CLEAR TASK SET, LOGICAL UNIT RESET,
+/// QUERY TASK, TARGET RESET; QUERY TASK SET and I_T NEXUS RESET. With REPD
+/// the extended format follows, reporting no timeouts (TMFTMOV 0).
+fn report_supported_tmf(c: &Cdb) -> Completion {
+    // ATS ATSS CACAS CTSS LURS QTS TRS (WAKES not supported).
+    const BYTE0: u8 = 0x80 | 0x40 | 0x20 | 0x10 | 0x08 | 0x04 | 0x02;
+    // QTSS, ITNRS (QAES not supported).
+    const BYTE1: u8 = 0x02 | 0x01;
+    let repd = c[2] & 0x80 != 0;
+    let alloc = super::cdb::be(c, 6, 4) as usize;
+    let mut out = vec![BYTE0, BYTE1, 0, 0];
+    if repd {
+        out[3] = 0x0C;
+        out.resize(16, 0);
+    }
+    out.truncate(alloc);
+    Completion::with_data(out)
 }
 
 #[cfg(test)]
@@ -431,6 +453,35 @@ pub(crate) mod tests {
         assert_eq!(sense_of(run_on(&rc10, &dev, &p, &mut n)), None);
     }
 
+    #[test]
+    fn report_supported_tmf_lists_what_the_session_carries_out() {
+        let (dev, p) = (disk(512, 1000), port());
+        let mut n = NexusState::empty();
+        let short = complete(run_on(
+            &[0xA3, 0x0D, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0],
+            &dev,
+            &p,
+            &mut n,
+        ));
+        // ATS ATSS CACAS CTSS LURS QTS TRS; QTSS ITNRS.
+        assert_eq!(short.data, [0xFE, 0x03, 0, 0]);
+        let repd = complete(run_on(
+            &[0xA3, 0x0D, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0],
+            &dev,
+            &p,
+            &mut n,
+        ));
+        assert_eq!(repd.data.len(), 16);
+        assert_eq!(&repd.data[..4], &[0xFE, 0x03, 0, 0x0C]);
+        let cut = complete(run_on(
+            &[0xA3, 0x0D, 0x80, 0, 0, 0, 0, 0, 0, 2, 0, 0],
+            &dev,
+            &p,
+            &mut n,
+        ));
+        assert_eq!(cut.data, [0xFE, 0x03]);
+    }
+
     /// Commands from a nexus other than the holder of the reservation: which
     /// conflict, which run; the holder runs all of them.
     #[test]
@@ -474,6 +525,7 @@ pub(crate) mod tests {
             (&rc16, false),
             (&rtpg, false),
             (&[0xA3, 0x0C, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], false),
+            (&[0xA3, 0x0D, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0], false),
         ];
         for (i, &(cdb, conflict)) in table.iter().enumerate() {
             let got = run_on(cdb, &dev, &p, &mut other);

@@ -225,6 +225,7 @@ fn class(h: Handler) -> Class {
         | Handler::ReadCapacity16
         | Handler::ReportTargetPortGroups
         | Handler::ReportSupportedOpcodes
+        | Handler::ReportSupportedTmf
         | Handler::TestUnitReady
         | Handler::PrIn
         | Handler::PrOut => Class::Allowed,

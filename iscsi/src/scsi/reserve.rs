@@ -44,6 +44,7 @@ pub(crate) fn conflicts(handler: Handler) -> bool {
             | Handler::ReadCapacity16
             | Handler::ReportTargetPortGroups
             | Handler::ReportSupportedOpcodes
+            | Handler::ReportSupportedTmf
     )
 }
 

@@ -270,6 +270,11 @@ impl Sense {
         Self::new(SenseKey::UnitAttention, 0x29, 0x07)
     }
 
+    /// UNIT ATTENTION, COMMANDS CLEARED BY ANOTHER INITIATOR (06/2F/00).
+    pub const fn ua_commands_cleared() -> Self {
+        Self::new(SenseKey::UnitAttention, 0x2F, 0x00)
+    }
+
     /// UNIT ATTENTION, MODE PARAMETERS CHANGED (06/2A/01).
     pub const fn ua_mode_parameters_changed() -> Self {
         Self::new(SenseKey::UnitAttention, 0x2A, 0x01)

@@ -27,6 +27,9 @@ pub enum UnitAttention {
     LunReset,
     /// I_T NEXUS LOSS OCCURRED (29/07).
     ItNexusLoss,
+    /// COMMANDS CLEARED BY ANOTHER INITIATOR (2F/00): a CLEAR TASK SET from
+    /// another I_T nexus aborted commands of this one.
+    CommandsCleared,
     /// MODE PARAMETERS CHANGED (2A/01).
     ModeParametersChanged,
     /// RESERVATIONS PREEMPTED (2A/03).
@@ -50,6 +53,7 @@ impl UnitAttention {
             UnitAttention::PowerOnReset => Sense::ua_power_on_reset(),
             UnitAttention::LunReset => Sense::ua_lun_reset(),
             UnitAttention::ItNexusLoss => Sense::ua_it_nexus_loss(),
+            UnitAttention::CommandsCleared => Sense::ua_commands_cleared(),
             UnitAttention::ModeParametersChanged => Sense::ua_mode_parameters_changed(),
             UnitAttention::ReservationsPreempted => Sense::ua_reservations_preempted(),
             UnitAttention::ReservationsReleased => Sense::ua_reservations_released(),
@@ -76,6 +80,8 @@ impl UnitAttention {
 #[derive(Debug, Default)]
 pub struct LunShared {
     resets: AtomicU64,
+    clears: AtomicU64,
+    clearer: AtomicU64,
     holder: AtomicU64,
     pr_version: AtomicU64,
     pr: Mutex<PrState>,
@@ -151,6 +157,15 @@ impl LunShared {
         self.resets.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Records a CLEAR TASK SET from nexus `by`: every nexus aborts its
+    /// tasks for the unit before its next command (the task set is shared,
+    /// TST 000b), and those that lost commands get COMMANDS CLEARED BY
+    /// ANOTHER INITIATOR.
+    pub fn clear_task_set(&self, by: u64) {
+        self.clearer.store(by, Ordering::Release);
+        self.clears.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The I_T nexus holding the SPC-2 reservation; 0 when not reserved.
     pub fn holder(&self) -> u64 {
         self.holder.load(Ordering::Acquire)
@@ -193,6 +208,8 @@ impl LunShared {
 pub struct NexusState {
     pending: Vec<UnitAttention>,
     resets_seen: u64,
+    clears_seen: u64,
+    cleared: bool,
     id: u64,
     holder: u64,
     pr_id: ItNexus,
@@ -226,6 +243,7 @@ impl NexusState {
     pub fn attached(lu: &LunShared, id: u64) -> Self {
         NexusState {
             resets_seen: lu.resets(),
+            clears_seen: lu.clears.load(Ordering::Acquire),
             id,
             holder: lu.holder(),
             pr_events_seen: lu.pr_lock().last_event(),
@@ -251,10 +269,16 @@ impl NexusState {
         &self.pr
     }
 
-    /// Whether a PREEMPT AND ABORT asked this nexus' tasks to be aborted
-    /// since the last call.
+    /// Whether a LOGICAL UNIT RESET, a CLEAR TASK SET or a PREEMPT AND
+    /// ABORT asked this nexus' tasks to be aborted since the last call.
     pub fn take_abort(&mut self) -> bool {
         std::mem::take(&mut self.abort)
+    }
+
+    /// Whether the abort came from another nexus's CLEAR TASK SET (so the
+    /// nexus gets COMMANDS CLEARED BY ANOTHER INITIATOR if it lost tasks).
+    pub fn take_cleared(&mut self) -> bool {
+        std::mem::take(&mut self.cleared)
     }
 
     /// A nexus with no pending unit attention.
@@ -262,6 +286,8 @@ impl NexusState {
         NexusState {
             pending: Vec::new(),
             resets_seen: 0,
+            clears_seen: 0,
+            cleared: false,
             id: 0,
             holder: 0,
             pr_id: ItNexus::default(),
@@ -286,7 +312,9 @@ impl NexusState {
 
     /// Catches up with the logical unit as changed through any nexus: notes
     /// the reservation holder, and establishes one LOGICAL UNIT RESET unit
-    /// attention if there were resets since the last call.
+    /// attention if there were resets since the last call. Resets and
+    /// CLEAR TASK SETs since the last call also ask for an abort
+    /// ([`take_abort`](Self::take_abort)).
     pub fn observe(&mut self, lu: &LunShared) {
         self.holder = lu.holder();
         let v = lu.pr_version();
@@ -297,7 +325,14 @@ impl NexusState {
         let now = lu.resets();
         if now != self.resets_seen {
             self.resets_seen = now;
+            self.abort = true;
             self.push(UnitAttention::LunReset);
+        }
+        let clears = lu.clears.load(Ordering::Acquire);
+        if clears != self.clears_seen {
+            self.clears_seen = clears;
+            self.abort = true;
+            self.cleared |= lu.clearer.load(Ordering::Acquire) != self.id;
         }
     }
 

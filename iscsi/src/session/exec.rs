@@ -27,7 +27,7 @@ pub(super) fn medium_error(read: bool) -> Sense {
 }
 
 impl Session {
-    fn lun_table(&self) -> Option<std::rc::Rc<LunTable>> {
+    pub(super) fn lun_table(&self) -> Option<std::rc::Rc<LunTable>> {
         self.luns.clone()
     }
 
@@ -109,11 +109,7 @@ impl Connection {
         }
         let found = luns.find(cmd.lun);
         if let Some(i) = found {
-            s.nexus[i].observe(&luns.luns[i].shared);
-            if s.nexus[i].take_abort() {
-                // PREEMPT AND ABORT from another nexus removed this one's
-                // registration: its tasks for the unit are aborted.
-                s.abort_lun_tasks(cmd.lun);
+            if s.catch_up(&luns, i) {
                 self.run_ready();
             }
         }

@@ -1,7 +1,11 @@
-//! Task management functions (RFC 7143 §11.5, SAM-5): ABORT TASK, ABORT
-//! TASK SET, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET WARM/COLD RESET.
+//! Task management functions (RFC 7143 §11.5, RFC 7144, SAM-5): ABORT TASK,
+//! ABORT TASK SET, CLEAR ACA, CLEAR TASK SET, LOGICAL UNIT RESET, TARGET
+//! WARM/COLD RESET, QUERY TASK, QUERY TASK SET and I_T NEXUS RESET.
 //! An aborted task never completes to the initiator; the response waits
-//! until the aborted tasks' disk I/O has drained.
+//! until this session's aborted tasks' disk I/O has drained. Functions that
+//! reach other I_T nexuses (CLEAR TASK SET, resets) go through the unit's
+//! shared state ([`scsi::LunShared`]); every session, on every core, aborts
+//! its own tasks when it next wakes ([`Connection::poll_shared`]).
 
 use super::{CloseReason, Connection};
 use crate::pdu::{TaskMgmtRequest, TaskMgmtResponse, BHS_LEN};
@@ -17,16 +21,16 @@ pub(super) struct PendingTmf {
 }
 
 impl super::Session {
-    /// Aborts every task of `lun` (PREEMPT AND ABORT): those with disk I/O
-    /// in flight are marked and never answered, the others go now.
-    pub(super) fn abort_lun_tasks(&mut self, lun: u64) {
+    /// Aborts every task of `lun`: those with disk I/O in flight are marked
+    /// and never answered, the others go now. Returns how many there were.
+    pub(super) fn abort_lun_tasks(&mut self, lun: u64) -> usize {
         let ids: Vec<u32> = self
             .tasks
             .values()
             .filter(|t| t.lun == lun)
             .map(|t| t.id)
             .collect();
-        for id in ids {
+        for &id in &ids {
             let Some(t) = self.tasks.get_mut(&id) else {
                 continue;
             };
@@ -36,24 +40,106 @@ impl super::Session {
                 self.remove_task(id);
             }
         }
+        ids.len()
+    }
+
+    /// Catches up with what other nexuses did to LUN `i` of `luns` (resets,
+    /// CLEAR TASK SET, PREEMPT AND ABORT, reservation changes) and aborts
+    /// this nexus's tasks for it when asked to; true if it aborted any.
+    pub(super) fn catch_up(&mut self, luns: &super::LunTable, i: usize) -> bool {
+        let (Some(n), Some(l)) = (self.nexus.get_mut(i), luns.luns.get(i)) else {
+            return false;
+        };
+        n.observe(&l.shared);
+        if !n.take_abort() {
+            return false;
+        }
+        let cleared = n.take_cleared();
+        let aborted = self.abort_lun_tasks(l.lun);
+        if cleared && aborted > 0 {
+            if let Some(n) = self.nexus.get_mut(i) {
+                n.push(scsi::UnitAttention::CommandsCleared);
+            }
+        }
+        aborted > 0
     }
 }
 
+/// Task management function codes (RFC 7143 §11.5.1, RFC 7144 §4.2).
+mod function {
+    pub const ABORT_TASK: u8 = 1;
+    pub const ABORT_TASK_SET: u8 = 2;
+    pub const CLEAR_ACA: u8 = 3;
+    pub const CLEAR_TASK_SET: u8 = 4;
+    pub const LOGICAL_UNIT_RESET: u8 = 5;
+    pub const TARGET_WARM_RESET: u8 = 6;
+    pub const TARGET_COLD_RESET: u8 = 7;
+    pub const TASK_REASSIGN: u8 = 8;
+    pub const QUERY_TASK: u8 = 9;
+    pub const QUERY_TASK_SET: u8 = 10;
+    pub const I_T_NEXUS_RESET: u8 = 11;
+}
+
+/// Task management response codes (RFC 7143 §11.6.1, RFC 7144 §4.3).
+mod response {
+    pub const COMPLETE: u8 = 0;
+    pub const NO_TASK: u8 = 1;
+    pub const NO_LUN: u8 = 2;
+    pub const REASSIGN_NOT_SUPPORTED: u8 = 4;
+    pub const NOT_SUPPORTED: u8 = 5;
+    pub const SUCCEEDED: u8 = 7;
+}
+
 impl Connection {
+    /// Catches up with shared logical unit state changed by other sessions
+    /// (on any core): a LOGICAL UNIT RESET, CLEAR TASK SET or PREEMPT AND
+    /// ABORT from elsewhere aborts this session's tasks for the unit now,
+    /// rather than at its next command. The core calls this each time it
+    /// wakes, before handling completions.
+    pub fn poll_shared(&mut self) {
+        let Some(s) = self.session() else { return };
+        let Some(luns) = s.lun_table() else { return };
+        let mut any = false;
+        for i in 0..luns.luns.len() {
+            any |= s.catch_up(&luns, i);
+        }
+        if any {
+            self.run_ready();
+        }
+    }
+
     /// A Task Management Function Request.
     pub(super) fn task_mgmt(&mut self, req: &TaskMgmtRequest) {
+        use function::*;
+        use response::*;
         let Some(s) = self.session() else { return };
         let function = req.function & 0x7f;
-        let lun_known = s.luns.as_ref().is_some_and(|l| l.find(req.lun).is_some());
+        let luns = s.lun_table();
+        let lun_index = luns.as_ref().and_then(|l| l.find(req.lun));
         let mut affected: Vec<u32> = Vec::new();
         let mut close_after = false;
+        let lun_tasks = |s: &super::Session| -> Vec<u32> {
+            s.tasks
+                .values()
+                .filter(|t| t.lun == req.lun && !t.aborted)
+                .map(|t| t.id)
+                .collect()
+        };
         let response = match function {
-            // ABORT TASK
-            1 => match s.itts.get(&req.referenced_task_tag) {
+            ABORT_TASK | QUERY_TASK => match s.itts.get(&req.referenced_task_tag) {
+                Some(&id) if function == QUERY_TASK => {
+                    let live = s.tasks.get(&id).is_some_and(|t| !t.aborted);
+                    if live {
+                        SUCCEEDED
+                    } else {
+                        COMPLETE
+                    }
+                }
                 Some(&id) => {
                     affected.push(id);
-                    0
+                    COMPLETE
                 }
+                None if function == QUERY_TASK => COMPLETE,
                 None => {
                     // Rule (b) of RFC 7143 §11.6.1: a RefCmdSN inside the window
                     // and before this request counts as received and done.
@@ -61,46 +147,78 @@ impl Connection {
                     if super::sn_le(w.exp_cmdsn(), req.ref_cmdsn)
                         && super::sn_lt(req.ref_cmdsn, req.cmdsn)
                     {
-                        0
+                        COMPLETE
                     } else {
-                        1
+                        NO_TASK
                     }
                 }
             },
-            // ABORT TASK SET, CLEAR TASK SET, LUN RESET
-            2 | 3 | 5 => {
-                if lun_known {
-                    affected.extend(s.tasks.values().filter(|t| t.lun == req.lun).map(|t| t.id));
-                    if function == 5 {
-                        // Every nexus, on every core and this one included,
-                        // reports the reset before its next command.
-                        if let Some(l) = s.luns.as_ref() {
-                            if let Some(i) = l.find(req.lun) {
-                                l.luns[i].shared.reset();
-                            }
-                        }
-                    }
-                    0
+            _ if lun_index.is_none()
+                && matches!(
+                    function,
+                    ABORT_TASK_SET
+                        | CLEAR_ACA
+                        | CLEAR_TASK_SET
+                        | LOGICAL_UNIT_RESET
+                        | QUERY_TASK_SET
+                ) =>
+            {
+                NO_LUN
+            }
+            ABORT_TASK_SET => {
+                affected = lun_tasks(s);
+                COMPLETE
+            }
+            QUERY_TASK_SET => {
+                if lun_tasks(s).is_empty() {
+                    COMPLETE
                 } else {
-                    2
+                    SUCCEEDED
                 }
             }
-            // TARGET WARM RESET, TARGET COLD RESET
-            6 | 7 => {
+            // NACA is not supported, so no ACA condition ever exists: there
+            // is nothing to clear (SAM-5 7.4).
+            CLEAR_ACA => COMPLETE,
+            CLEAR_TASK_SET | LOGICAL_UNIT_RESET => {
+                affected = lun_tasks(s);
+                // The task set is shared (TST 000b): every nexus, on every
+                // core, aborts its tasks for the unit; a reset also reports
+                // itself to every nexus, this one included.
+                if let (Some(l), Some(i)) = (luns.as_ref(), lun_index) {
+                    let shared = &l.luns[i].shared;
+                    if function == LOGICAL_UNIT_RESET {
+                        shared.reset();
+                    } else if let Some(n) = s.nexus.get(i) {
+                        shared.clear_task_set(n.id());
+                    }
+                }
+                COMPLETE
+            }
+            TARGET_WARM_RESET | TARGET_COLD_RESET => {
                 affected.extend(s.tasks.keys().copied());
-                // A target reset releases the reservation of every unit.
-                for l in s.luns.iter().flat_map(|l| l.luns.iter()) {
-                    l.shared.clear_reservation();
+                // A target reset is a reset of every unit of the target:
+                // SPC-2 reservations go, every nexus gets the unit attention
+                // and aborts its tasks.
+                for l in luns.iter().flat_map(|l| l.luns.iter()) {
+                    l.shared.reset();
                 }
-                for n in s.nexus.iter_mut() {
-                    n.push(scsi::UnitAttention::PowerOnReset);
-                }
-                close_after = function == 7;
-                0
+                close_after = function == TARGET_COLD_RESET;
+                COMPLETE
             }
-            // CLEAR ACA (no ACA support), TASK REASSIGN (needs ERL 2), others.
-            8 => 4,
-            _ => 5,
+            I_T_NEXUS_RESET => {
+                // This nexus's tasks go, its SPC-2 reservations are released
+                // and it is told I_T NEXUS LOSS OCCURRED (SAM-5 7.7).
+                affected.extend(s.tasks.keys().copied());
+                for (i, l) in luns.iter().flat_map(|l| l.luns.iter()).enumerate() {
+                    if let Some(n) = s.nexus.get_mut(i) {
+                        l.shared.release(n.id());
+                        n.push(scsi::UnitAttention::ItNexusLoss);
+                    }
+                }
+                COMPLETE
+            }
+            TASK_REASSIGN => REASSIGN_NOT_SUPPORTED,
+            _ => NOT_SUPPORTED,
         };
         let mut waiting = Vec::new();
         for id in affected {

@@ -154,6 +154,11 @@ pub(super) fn run(
             tracing::error!(core = id, error = %e, "ring wait failed");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // Resets and CLEAR TASK SET from sessions on other cores abort
+        // this core's tasks before their completions are answered.
+        for c in core.conns.iter_mut().flatten() {
+            c.conn.poll_shared();
+        }
         while let Some(c) = core.ring.next_completion() {
             let (kind, idx, low) = untag(c.tag);
             match kind {
