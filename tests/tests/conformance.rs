@@ -32,8 +32,8 @@ impl Outcome {
 /// Tests never run. Two tests of libiscsi 1.19 can spin forever inside the
 /// tool on some targets (CompareAndWrite.InvalidDataOutSize,
 /// Sanitize.BlockEraseReserved); against trellisd both end (the first is
-/// skipped for LBPPB < 2, the second needs --allow-sanitize), so none is
-/// excluded. A test listed here would be named in the expectations header.
+/// skipped for LBPPB < 2, the second gets INVALID FIELD IN CDB for every
+/// reserved field), so none is excluded. A test listed here would be named in the expectations header.
 const EXCLUDED: &[&str] = &[];
 
 /// Splits iscsi-test-cu output into per-test outcomes, keyed "Suite.Test".
@@ -211,7 +211,15 @@ fn iscsi_test_cu_all_meets_expectations() {
     );
     let out = run(
         Command::new("iscsi-test-cu")
-            .args(["--dataloss", "-i", INITIATOR, "-I", INITIATOR2, "-t"])
+            .args([
+                "--dataloss",
+                "--allow-sanitize",
+                "-i",
+                INITIATOR,
+                "-I",
+                INITIATOR2,
+                "-t",
+            ])
             .arg(tests.join(","))
             .arg(&url)
             .arg(&url),

@@ -37,7 +37,9 @@ pub(crate) fn read_capacity16(c: &Cdb, dev: &LunDevice) -> Result<Completion, Se
     let mut out = vec![0u8; RC16_LEN];
     out[0..8].copy_from_slice(&last_lba(dev).to_be_bytes());
     out[8..12].copy_from_slice(&dev.block_size.to_be_bytes());
-    // Byte 12: P_TYPE/PROT_EN = 0; byte 13: P_I_EXPONENT/LBPPBE = 0.
+    // Byte 12: P_TYPE/PROT_EN = 0; byte 13: P_I_EXPONENT = 0, LOGICAL
+    // BLOCKS PER PHYSICAL BLOCK EXPONENT; bytes 14-15: LOWEST ALIGNED LBA 0.
+    out[13] = dev.blocks_per_physical().trailing_zeros() as u8;
     if dev.thin {
         out[14] = 0x80; // LBPME
         if dev.holes_read_zero {

@@ -15,6 +15,7 @@ use super::opcodes::{check_reserved, lookup, report_supported_opcodes, Handler, 
 use super::persist::{pr_conflicts, prin_cdb, prout_cdb, PrRequest};
 use super::provisioning::{get_lba_status, unmap, unmap_parameters, write_same};
 use super::reserve::{conflicts, ReserveOp};
+use super::sanitize::{overwrite_parameters, sanitize_cdb};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 use super::ua::{NexusState, UnitAttention};
 use super::xcopy::{extended_copy_cdb, parse_copy_list, receive_copy_results};
@@ -41,6 +42,17 @@ pub fn dispatch(
         return Action::Complete(Completion::check(Sense::invalid_opcode()));
     }
     let c = pad(cmd.cdb);
+    // Software write protect (MODE SELECT) makes the unit read-only.
+    let protected;
+    let dev = if nexus.software_write_protect() && !dev.read_only {
+        protected = LunDevice {
+            read_only: true,
+            ..dev.clone()
+        };
+        &protected
+    } else {
+        dev
+    };
     if !matches!(c[0], INQUIRY | REPORT_LUNS | REQUEST_SENSE) {
         if let Some(ua) = nexus.next_ua() {
             return Action::Complete(Completion::check(ua.sense()));
@@ -95,7 +107,7 @@ fn run(
         Handler::StartStopUnit => done(start_stop_unit(c)),
         Handler::RequestSense => done(Ok(request_sense(c, nexus.next_ua().map(|u| u.sense())))),
         Handler::Inquiry => done(inquiry(c, dev, port)),
-        Handler::ModeSense => done(mode_sense(c, dev)),
+        Handler::ModeSense => done(mode_sense(c, dev, nexus.software_write_protect())),
         Handler::ModeSelect => mode_select_cdb(c),
         Handler::ReadCapacity10 => done(read_capacity10(c, dev)),
         Handler::ReadCapacity16 => done(read_capacity16(c, dev)),
@@ -115,6 +127,7 @@ fn run(
         Handler::PrOut => prout_cdb(c).map(|len| Action::DataOut { len }),
         Handler::ExtendedCopy => Ok(extended_copy_cdb(c)),
         Handler::ReceiveCopyResults => done(receive_copy_results(c, nexus)),
+        Handler::Sanitize => sanitize_cdb(c, dev),
     }
 }
 
@@ -126,10 +139,11 @@ pub fn dispatch_data_out(
     cdb: &[u8],
     data: &[u8],
     dev: &LunDevice,
+    lu: &super::LunShared,
     nexus: &mut NexusState,
 ) -> Action {
     match cdb.first() {
-        Some(0x15) | Some(0x55) => Action::Complete(mode_select(cdb, data, dev, nexus)),
+        Some(0x15) | Some(0x55) => Action::Complete(mode_select(cdb, data, dev, lu, nexus)),
         Some(0x5F) => Action::PersistentReserve(PrRequest::Out {
             sa: cdb[1] & 0x1F,
             scope_type: cdb.get(2).copied().unwrap_or(0),
@@ -137,6 +151,9 @@ pub fn dispatch_data_out(
         }),
         Some(0x83) => parse_copy_list(data)
             .map(Action::ExtendedCopy)
+            .unwrap_or_else(|s| Action::Complete(Completion::check(s))),
+        Some(0x48) => overwrite_parameters(cdb, data, dev)
+            .map(Action::Sanitize)
             .unwrap_or_else(|s| Action::Complete(Completion::check(s))),
         Some(0x42) if dev.thin => {
             unmap_parameters(data, dev).unwrap_or_else(|s| Action::Complete(Completion::check(s)))
@@ -164,7 +181,7 @@ pub fn dispatch_unmapped(cmd: &Command<'_>, luns: &[u64], port: &PortContext) ->
 }
 
 /// REQUEST SENSE: `pending` (or NO SENSE) in fixed or descriptor format per DESC.
-fn request_sense(c: &Cdb, pending: Option<Sense>) -> Completion {
+pub(super) fn request_sense(c: &Cdb, pending: Option<Sense>) -> Completion {
     let sense = pending.unwrap_or_else(Sense::no_sense);
     let alloc = usize::from(c[4]);
     let mut buf = [0u8; DESCRIPTOR_SENSE_MAX_LEN];
@@ -421,11 +438,11 @@ pub(crate) mod tests {
         let mut data = vec![0, 0, 0, 0];
         data.extend_from_slice(&[0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0]);
         assert_eq!(
-            dispatch_data_out(&c, &data, &dev, &mut n),
+            dispatch_data_out(&c, &data, &dev, &crate::scsi::LunShared::new(), &mut n),
             Action::Complete(Completion::good())
         );
         assert_eq!(
-            dispatch_data_out(&TUR, &[], &dev, &mut n),
+            dispatch_data_out(&TUR, &[], &dev, &crate::scsi::LunShared::new(), &mut n),
             Action::Complete(Completion::check(Sense::internal_target_failure()))
         );
     }
@@ -451,6 +468,28 @@ pub(crate) mod tests {
         assert_eq!(sense_of(run_on(&INQ, &dev, &p, &mut n)), None);
         let rc10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(sense_of(run_on(&rc10, &dev, &p, &mut n)), None);
+    }
+
+    #[test]
+    fn software_write_protect_refuses_writes_and_sets_wp() {
+        use crate::scsi::LunShared;
+        let (dev, p) = (disk(512, 1000), port());
+        let lu = LunShared::new();
+        let mut n = NexusState::attached(&lu, 1);
+        n.clear(UnitAttention::PowerOnReset);
+        assert!(lu.set_software_write_protect(true, 2));
+        n.observe(&lu);
+        assert_eq!(n.next_ua(), Some(UnitAttention::ModeParametersChanged));
+        let write10 = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert_eq!(
+            sense_of(run_on(&write10, &dev, &p, &mut n)),
+            Some((7, 0x27, 0))
+        );
+        let ms = complete(run_on(&[0x1A, 0x08, 0x0A, 0, 255, 0], &dev, &p, &mut n)).data;
+        assert_eq!(ms[2] & 0x80, 0x80, "WP in the header");
+        assert_eq!(ms[4 + 4] & 0x08, 0x08, "SWP in the Control page");
+        let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+        assert!(matches!(run_on(&read10, &dev, &p, &mut n), Action::Io(_)));
     }
 
     #[test]
@@ -593,7 +632,7 @@ pub(crate) mod tests {
             assert_eq!(run_on(&c, &dev, &p, &mut a), Action::DataOut { len: 24 });
             params[..8].copy_from_slice(&key.to_be_bytes());
             params[8..16].copy_from_slice(&sark.to_be_bytes());
-            let Action::PersistentReserve(req) = dispatch_data_out(&c, &params, &dev, &mut a)
+            let Action::PersistentReserve(req) = dispatch_data_out(&c, &params, &dev, &lu, &mut a)
             else {
                 panic!("no PR request");
             };
@@ -764,7 +803,7 @@ pub(crate) mod tests {
                     prop_assert_eq!(done.sense.is_some(), done.status == Status::CheckCondition);
                 }
             }
-            let _ = dispatch_data_out(&cdb, &data, &dev, &mut n);
+            let _ = dispatch_data_out(&cdb, &data, &dev, &crate::scsi::LunShared::new(), &mut n);
             let _ = dispatch_unmapped(&c, &[0, 1], &p);
         }
 
@@ -780,7 +819,7 @@ pub(crate) mod tests {
             let c = cmd(&cdb);
             let mut n = NexusState::empty();
             let _ = dispatch(&c, &dev, &port(), &[0], &mut n);
-            let _ = dispatch_data_out(&cdb, &data, &dev, &mut n);
+            let _ = dispatch_data_out(&cdb, &data, &dev, &crate::scsi::LunShared::new(), &mut n);
         }
     }
 }

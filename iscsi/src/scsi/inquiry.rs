@@ -148,9 +148,11 @@ fn device_identification(dev: &LunDevice, port: &PortContext) -> Vec<u8> {
 fn block_limits(dev: &LunDevice) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // Offsets below are page offsets minus the 4-byte header.
-    // Byte 4: WSNZ = 0 (WRITE SAME of 0 blocks runs to the last LBA).
+    // Byte 4: WSNZ = 1 (WRITE SAME of 0 blocks is refused, not "to the
+    // last LBA": a single command never rewrites a whole unit).
+    b[0] = 0x01;
     b[1] = max_compare_and_write_blocks(dev);
-    let granularity = (4096 / dev.block_size.max(1)).max(1) as u16;
+    let granularity = dev.blocks_per_physical() as u16;
     b[2..4].copy_from_slice(&granularity.to_be_bytes());
     b[4..8].copy_from_slice(&dev.max_transfer_blocks.to_be_bytes());
     b[8..12].copy_from_slice(&dev.optimal_transfer_blocks.to_be_bytes());
@@ -169,6 +171,9 @@ fn block_characteristics(dev: &LunDevice) -> Vec<u8> {
     let mut b = vec![0u8; 0x3C];
     // MEDIUM ROTATION RATE: 0001h non-rotating, 0000h not reported.
     b[1] = u8::from(!dev.rotational);
+    // WABEREQ 01b: a read after SANITIZE BLOCK ERASE completes with GOOD
+    // (holes or zeroed blocks); WACEREQ 00b: CRYPTOGRAPHIC ERASE unsupported.
+    b[3] = 0x40;
     b
 }
 
@@ -293,7 +298,7 @@ mod tests {
     fn characteristics_and_provisioning() {
         let d = get(true, 0xB1, 255, &disk(512, 100)).unwrap();
         assert_eq!(d.len(), 64);
-        assert_eq!(&d[0..8], &[0, 0xB1, 0, 0x3C, 0, 1, 0, 0]);
+        assert_eq!(&d[0..8], &[0, 0xB1, 0, 0x3C, 0, 1, 0, 0x40]);
         let rot = LunDevice {
             rotational: true,
             ..disk(512, 100)

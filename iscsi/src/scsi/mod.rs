@@ -30,6 +30,7 @@
 
 mod alua;
 mod block;
+pub mod blocklock;
 mod capacity;
 mod cdb;
 mod defects;
@@ -41,6 +42,7 @@ mod opcodes;
 mod persist;
 mod provisioning;
 mod reserve;
+mod sanitize;
 mod sense;
 mod ua;
 mod xcopy;
@@ -56,6 +58,9 @@ pub use persist::{
 };
 pub use provisioning::lba_status;
 pub use reserve::{new_nexus_id, reserve_release, ReserveOp};
+pub use sanitize::{
+    sanitize_gate, SanitizeOp, SanitizePhase, SanitizeRequest, SanitizeRun, SanitizeState,
+};
 pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 pub use ua::{LunShared, NexusState, UnitAttention, UA_QUEUE_CAPACITY};
 pub use xcopy::{
@@ -63,6 +68,19 @@ pub use xcopy::{
     CopyStep, CopyTarget, MAX_DESCRIPTOR_LIST_LEN, MAX_SEGMENT_BYTES, MAX_SEGMENT_DESCRIPTORS,
     MAX_TARGET_DESCRIPTORS,
 };
+
+/// The physical block the backing stores work in: the file system block and
+/// page below which a write is a read-modify-write. Reported as the logical
+/// blocks per physical block exponent (READ CAPACITY (16)) and as the
+/// optimal transfer and unmap granularity (VPD B0h) of 512-byte devices.
+pub const PHYSICAL_BLOCK_SIZE: u32 = 4096;
+
+impl LunDevice {
+    /// Logical blocks per physical block (1 for 4096-byte devices).
+    pub fn blocks_per_physical(&self) -> u32 {
+        (PHYSICAL_BLOCK_SIZE / self.block_size.max(1)).max(1)
+    }
+}
 
 /// What the SCSI layer knows of a device (filled by the target from datapath's
 /// `VirtualDevice`).
@@ -197,6 +215,9 @@ pub enum Action {
     /// with [`resolve_copy`], copies every segment, records the result in
     /// the nexus ([`NexusState::record_copy`]) and sends the status.
     ExtendedCopy(CopyList),
+    /// SANITIZE (with its parameter list, for OVERWRITE): the session starts
+    /// it on the unit's [`SanitizeState`] and runs its disk steps.
+    Sanitize(SanitizeRequest),
 }
 
 /// Final status of a command.

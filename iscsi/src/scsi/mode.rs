@@ -2,15 +2,19 @@
 //! Caching (08h), Control (0Ah) and Informational Exceptions Control (1Ch)
 //! pages.
 //!
-//! No mode parameter is changeable and none can be saved: the changeable
-//! values are all zero, the default values equal the current ones, saved
-//! values are SAVING PARAMETERS NOT SUPPORTED. MODE SELECT accepts a
-//! parameter list that restates the current values and rejects any change
-//! with INVALID FIELD IN PARAMETER LIST pointing at the offending bit.
+//! One mode parameter is changeable: SWP (software write protect) in the
+//! Control page, shared by every I_T nexus of the logical unit
+//! ([`LunShared::software_write_protect`]); setting it write-protects the
+//! unit (WP in the header, DATA PROTECT on writes) and tells the other
+//! nexuses MODE PARAMETERS CHANGED. Nothing can be saved: default values
+//! equal the initial ones, saved values are SAVING PARAMETERS NOT SUPPORTED.
+//! MODE SELECT accepts a parameter list that restates the current values
+//! except for changeable bits, and rejects any other change with INVALID
+//! FIELD IN PARAMETER LIST pointing at the offending bit.
 
 use super::cdb::{be, be16, pad, Cdb};
 use super::sense::Sense;
-use super::{Action, Completion, LunDevice, NexusState};
+use super::{Action, Completion, LunDevice, LunShared, NexusState};
 
 /// Pages returned for page code 3Fh, in ascending order.
 const PAGES: [u8; 3] = [0x08, 0x0A, 0x1C];
@@ -23,8 +27,13 @@ enum PageControl {
     Default,
 }
 
-/// Current value of mode page `code`, if supported.
-fn current_page(code: u8, dev: &LunDevice) -> Option<Vec<u8>> {
+/// Control page byte holding SWP, and its bit.
+const SWP_AT: usize = 4;
+const SWP: u8 = 0x08;
+
+/// Current value of mode page `code`, if supported (`swp`: software write
+/// protect is on).
+fn current_page(code: u8, dev: &LunDevice, swp: bool) -> Option<Vec<u8>> {
     Some(match code {
         // Caching: WCE from the device, RCD = 0 (read cache enabled).
         0x08 => {
@@ -35,24 +44,42 @@ fn current_page(code: u8, dev: &LunDevice) -> Option<Vec<u8>> {
             p
         }
         // Control: TST 000b, GLTSD 1, QUEUE ALGORITHM MODIFIER 1 (unrestricted),
-        // QERR 00b, D_SENSE 0, SWP 0, TAS 0, BUSY TIMEOUT PERIOD unlimited.
-        0x0A => vec![0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0],
+        // QERR 00b, D_SENSE 0, SWP as set, TAS 0, BUSY TIMEOUT PERIOD unlimited.
+        0x0A => {
+            let mut p = vec![0x0A, 0x0A, 0x02, 0x10, 0, 0, 0, 0, 0xFF, 0xFF, 0, 0];
+            if swp {
+                p[SWP_AT] |= SWP;
+            }
+            p
+        }
         // Informational exceptions: DEXCPT 1 (no reporting), MRIE 0.
         0x1C => vec![0x1C, 0x0A, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0],
         _ => return None,
     })
 }
 
-fn page(code: u8, pc: PageControl, dev: &LunDevice) -> Option<Vec<u8>> {
-    let mut p = current_page(code, dev)?;
+/// The changeable bits of page `code`, as a mask over its bytes.
+fn changeable(code: u8, len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; len];
+    if code == 0x0A {
+        m[SWP_AT] = SWP;
+    }
+    m
+}
+
+fn page(code: u8, pc: PageControl, dev: &LunDevice, swp: bool) -> Option<Vec<u8>> {
+    let mut p = current_page(code, dev, swp && pc == PageControl::Current)?;
     if pc == PageControl::Changeable {
-        p[2..].fill(0);
+        let m = changeable(code, p.len());
+        for (b, m) in p.iter_mut().zip(m).skip(2) {
+            *b = m;
+        }
     }
     Some(p)
 }
 
-/// MODE SENSE (6) and (10).
-pub(crate) fn mode_sense(c: &Cdb, dev: &LunDevice) -> Result<Completion, Sense> {
+/// MODE SENSE (6) and (10); `swp`: software write protect is on.
+pub(crate) fn mode_sense(c: &Cdb, dev: &LunDevice, swp: bool) -> Result<Completion, Sense> {
     let ten = c[0] == 0x5A;
     let dbd = c[1] & 0x08 != 0;
     let llbaa = ten && c[1] & 0x10 != 0;
@@ -76,12 +103,12 @@ pub(crate) fn mode_sense(c: &Cdb, dev: &LunDevice) -> Result<Completion, Sense> 
     let mut pages = Vec::with_capacity(64);
     if code == 0x3F {
         for p in PAGES {
-            if let Some(b) = page(p, pc, dev) {
+            if let Some(b) = page(p, pc, dev, swp) {
                 pages.extend_from_slice(&b);
             }
         }
     } else {
-        match page(code, pc, dev) {
+        match page(code, pc, dev, swp) {
             Some(b) => pages.extend_from_slice(&b),
             None => return Err(Sense::invalid_field_in_cdb(2, 5)),
         }
@@ -155,15 +182,24 @@ pub fn mode_select(
     cdb: &[u8],
     data: &[u8],
     dev: &LunDevice,
-    _nexus: &mut NexusState,
+    lu: &LunShared,
+    nexus: &mut NexusState,
 ) -> Completion {
-    match parse_mode_select(&pad(cdb), data, dev) {
-        Ok(()) => Completion::good(),
+    match parse_mode_select(&pad(cdb), data, dev, nexus.software_write_protect()) {
+        Ok(swp) => {
+            if lu.set_software_write_protect(swp, nexus.id()) {
+                // This nexus sees its own change without a unit attention.
+                nexus.observe_mode(lu);
+            }
+            Completion::good()
+        }
         Err(s) => Completion::check(s),
     }
 }
 
-fn parse_mode_select(c: &Cdb, data: &[u8], dev: &LunDevice) -> Result<(), Sense> {
+/// Checks a MODE SELECT parameter list against the current values (`swp`
+/// as now) and returns the SWP it asks for.
+fn parse_mode_select(c: &Cdb, data: &[u8], dev: &LunDevice, swp: bool) -> Result<bool, Sense> {
     let ten = c[0] == 0x55;
     let param_len = if ten {
         usize::from(be16(c, 7))
@@ -174,8 +210,9 @@ fn parse_mode_select(c: &Cdb, data: &[u8], dev: &LunDevice) -> Result<(), Sense>
         return Err(Sense::parameter_list_length_error());
     }
     let data = &data[..param_len];
+    let mut want_swp = swp;
     if data.is_empty() {
-        return Ok(());
+        return Ok(want_swp);
     }
     let hdr = if ten { 8 } else { 4 };
     if data.len() < hdr {
@@ -208,7 +245,7 @@ fn parse_mode_select(c: &Cdb, data: &[u8], dev: &LunDevice) -> Result<(), Sense>
         if b0 & 0x40 != 0 {
             return Err(Sense::invalid_field_in_parameter_list(off as u16, 6)); // SPF: no subpages
         }
-        let Some(cur) = current_page(b0 & 0x3F, dev) else {
+        let Some(cur) = current_page(b0 & 0x3F, dev, swp) else {
             return Err(Sense::invalid_field_in_parameter_list(off as u16, 5));
         };
         let Some(&plen) = data.get(off + 1) else {
@@ -220,9 +257,10 @@ fn parse_mode_select(c: &Cdb, data: &[u8], dev: &LunDevice) -> Result<(), Sense>
         let Some(given) = data.get(off..off + cur.len()) else {
             return Err(Sense::parameter_list_length_error());
         };
-        // Nothing is changeable: every field must restate its current value.
-        for (i, (g, c)) in given.iter().zip(&cur).enumerate().skip(2) {
-            let diff = g ^ c;
+        // Every field restates its current value, changeable bits aside.
+        let mask = changeable(b0 & 0x3F, cur.len());
+        for (i, ((g, c), m)) in given.iter().zip(&cur).zip(&mask).enumerate().skip(2) {
+            let diff = (g ^ c) & !m;
             if diff != 0 {
                 let bit = 7 - diff.leading_zeros() as u8;
                 return Err(Sense::invalid_field_in_parameter_list(
@@ -231,9 +269,12 @@ fn parse_mode_select(c: &Cdb, data: &[u8], dev: &LunDevice) -> Result<(), Sense>
                 ));
             }
         }
+        if b0 & 0x3F == 0x0A {
+            want_swp = given[SWP_AT] & SWP != 0;
+        }
         off += cur.len();
     }
-    Ok(())
+    Ok(want_swp)
 }
 
 /// A block descriptor may restate the capacity (or 0) and must keep the block length.
@@ -283,7 +324,7 @@ mod tests {
     #[test]
     fn sense6_caching_with_descriptor() {
         let dev = disk(512, 2048);
-        let d = mode_sense(&sense6(false, 0, 0x08, 0, 255), &dev)
+        let d = mode_sense(&sense6(false, 0, 0x08, 0, 255), &dev, false)
             .unwrap()
             .data;
         assert_eq!(d.len(), 4 + 8 + 20);
@@ -299,7 +340,7 @@ mod tests {
             write_cache: false,
             ..disk(4096, 100)
         };
-        let d = mode_sense(&sense6(true, 0, 0x3F, 0, 255), &ro)
+        let d = mode_sense(&sense6(true, 0, 0x3F, 0, 255), &ro, false)
             .unwrap()
             .data;
         assert_eq!(d.len(), 4 + 20 + 12 + 12);
@@ -311,36 +352,38 @@ mod tests {
         );
         assert_eq!(&d[36..39], &[0x1C, 0x0A, 0x08]);
         // Subpage FFh returns the same pages.
-        let all = mode_sense(&sense6(true, 0, 0x3F, 0xFF, 255), &ro)
+        let all = mode_sense(&sense6(true, 0, 0x3F, 0xFF, 255), &ro, false)
             .unwrap()
             .data;
         assert_eq!(all, d);
-        let t = mode_sense(&sense6(true, 0, 0x3F, 0, 4), &ro).unwrap().data;
+        let t = mode_sense(&sense6(true, 0, 0x3F, 0, 4), &ro, false)
+            .unwrap()
+            .data;
         assert_eq!(t, d[..4]);
     }
 
     #[test]
     fn sense_page_control() {
         let dev = disk(512, 100);
-        let d = mode_sense(&sense6(false, 1, 0x08, 0, 255), &dev)
+        let d = mode_sense(&sense6(false, 1, 0x08, 0, 255), &dev, false)
             .unwrap()
             .data;
         assert_eq!(&d[4..12], &[0; 8], "changeable block descriptor");
         assert_eq!(&d[12..14], &[0x08, 0x12]);
         assert!(d[14..].iter().all(|b| *b == 0));
-        let def = mode_sense(&sense6(false, 2, 0x3F, 0, 255), &dev).unwrap();
-        let cur = mode_sense(&sense6(false, 0, 0x3F, 0, 255), &dev).unwrap();
+        let def = mode_sense(&sense6(false, 2, 0x3F, 0, 255), &dev, false).unwrap();
+        let cur = mode_sense(&sense6(false, 0, 0x3F, 0, 255), &dev, false).unwrap();
         assert_eq!(def, cur);
         assert_eq!(
-            mode_sense(&sense6(false, 3, 0x08, 0, 255), &dev),
+            mode_sense(&sense6(false, 3, 0x08, 0, 255), &dev, false),
             Err(Sense::saving_parameters_not_supported())
         );
         assert_eq!(
-            mode_sense(&sense6(false, 0, 0x19, 0, 255), &dev),
+            mode_sense(&sense6(false, 0, 0x19, 0, 255), &dev, false),
             Err(Sense::invalid_field_in_cdb(2, 5))
         );
         assert_eq!(
-            mode_sense(&sense6(false, 0, 0x08, 1, 255), &dev),
+            mode_sense(&sense6(false, 0, 0x08, 1, 255), &dev, false),
             Err(Sense::invalid_field_in_cdb(3, 7))
         );
     }
@@ -348,14 +391,14 @@ mod tests {
     #[test]
     fn sense10_long_descriptor() {
         let dev = disk(4096, 1 << 33);
-        let d = mode_sense(&sense10(true, false, 0, 0x0A, 512), &dev)
+        let d = mode_sense(&sense10(true, false, 0, 0x0A, 512), &dev, false)
             .unwrap()
             .data;
         assert_eq!(d.len(), 8 + 16 + 12);
         assert_eq!(&d[0..8], &[0, 34, 0, 0x10, 0x01, 0, 0, 16]);
         assert_eq!(&d[8..16], &(1u64 << 33).to_be_bytes());
         assert_eq!(&d[20..24], &[0, 0, 0x10, 0]);
-        let d = mode_sense(&sense10(false, false, 0, 0x0A, 512), &dev)
+        let d = mode_sense(&sense10(false, false, 0, 0x0A, 512), &dev, false)
             .unwrap()
             .data;
         assert_eq!(&d[0..8], &[0, 26, 0, 0x10, 0, 0, 0, 8]);
@@ -367,7 +410,7 @@ mod tests {
     }
 
     fn run(c: &Cdb, data: &[u8], dev: &LunDevice) -> Completion {
-        mode_select(c, data, dev, &mut NexusState::empty())
+        mode_select(c, data, dev, &LunShared::new(), &mut NexusState::empty())
     }
 
     #[test]
@@ -390,7 +433,7 @@ mod tests {
     fn select_restating_current_is_good() {
         let dev = disk(512, 2048);
         // Feed MODE SENSE output back (clearing the mode data length, PS = 0).
-        let mut data = mode_sense(&sense6(false, 0, 0x3F, 0, 255), &dev)
+        let mut data = mode_sense(&sense6(false, 0, 0x3F, 0, 255), &dev, false)
             .unwrap()
             .data;
         data[0] = 0;
@@ -399,10 +442,60 @@ mod tests {
     }
 
     #[test]
+    fn software_write_protect_is_changeable_and_shared() {
+        use crate::scsi::UnitAttention;
+        let dev = disk(512, 2048);
+        let lu = LunShared::new();
+        let mut a = NexusState::attached(&lu, 1);
+        let mut b = NexusState::attached(&lu, 2);
+        a.clear(UnitAttention::PowerOnReset);
+        b.clear(UnitAttention::PowerOnReset);
+        // The changeable mask has SWP only.
+        let ch = mode_sense(&sense6(true, 1, 0x0A, 0, 255), &dev, false)
+            .unwrap()
+            .data;
+        assert_eq!(&ch[4..], &[0x0A, 0x0A, 0, 0, 0x08, 0, 0, 0, 0, 0, 0, 0]);
+        let mut page = vec![0, 0, 0, 0];
+        page.extend_from_slice(&current_page(0x0A, &dev, false).unwrap());
+        page[8] |= 0x08;
+        let c = select6(false, page.len() as u8);
+        assert_eq!(
+            mode_select(&c, &page, &dev, &lu, &mut a),
+            Completion::good()
+        );
+        assert!(lu.software_write_protect());
+        assert!(a.software_write_protect());
+        assert_eq!(a.next_ua(), None, "the nexus that changed it is not told");
+        b.observe(&lu);
+        assert_eq!(b.next_ua(), Some(UnitAttention::ModeParametersChanged));
+        assert!(b.software_write_protect());
+        // MODE SENSE shows SWP in the page; restating it is no change.
+        let cur = mode_sense(&sense6(true, 0, 0x0A, 0, 255), &dev, true)
+            .unwrap()
+            .data;
+        assert_eq!(cur[4 + SWP_AT] & SWP, SWP);
+        assert_eq!(
+            mode_select(&c, &page, &dev, &lu, &mut b),
+            Completion::good()
+        );
+        a.observe(&lu);
+        assert_eq!(a.next_ua(), None, "nothing changed");
+        // Clearing it again.
+        page[8] &= !0x08;
+        assert_eq!(
+            mode_select(&c, &page, &dev, &lu, &mut b),
+            Completion::good()
+        );
+        assert!(!lu.software_write_protect());
+        a.observe(&lu);
+        assert_eq!(a.next_ua(), Some(UnitAttention::ModeParametersChanged));
+    }
+
+    #[test]
     fn select_rejects_changes() {
         let dev = disk(512, 2048);
         let mut caching = vec![0, 0, 0, 0];
-        caching.extend_from_slice(&current_page(0x08, &dev).unwrap());
+        caching.extend_from_slice(&current_page(0x08, &dev, false).unwrap());
         caching[6] = 0; // clear WCE
         let c = select6(false, caching.len() as u8);
         assert_eq!(
@@ -410,12 +503,12 @@ mod tests {
             Completion::check(Sense::invalid_field_in_parameter_list(6, 2))
         );
 
-        let mut swp = vec![0, 0, 0, 0];
-        swp.extend_from_slice(&current_page(0x0A, &dev).unwrap());
-        swp[8] |= 0x08; // SWP
+        let mut tas = vec![0, 0, 0, 0];
+        tas.extend_from_slice(&current_page(0x0A, &dev, false).unwrap());
+        tas[9] |= 0x80; // ATO: not changeable
         assert_eq!(
-            run(&select6(false, swp.len() as u8), &swp, &dev),
-            Completion::check(Sense::invalid_field_in_parameter_list(8, 3))
+            run(&select6(false, tas.len() as u8), &tas, &dev),
+            Completion::check(Sense::invalid_field_in_parameter_list(9, 7))
         );
 
         // Wrong page length, unknown page, truncated page, bad block length.

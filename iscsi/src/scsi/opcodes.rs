@@ -46,6 +46,7 @@ pub(crate) enum Handler {
     CompareAndWrite,
     ExtendedCopy,
     ReceiveCopyResults,
+    Sanitize,
 }
 
 /// The data transfer a CDB implies.
@@ -180,6 +181,12 @@ const TABLE: &[OpEntry] = &[
         &[0x41, 0x08, 0xFF, 0xFF, 0xFF, 0xFF, 0x1F, 0xFF, 0xFF, 0]),
     op(0x42, None, "UNMAP", Handler::Unmap, Xfer::ParamLen { at: 7, len: 2 }, Media,
         &[0x42, 0, 0, 0, 0, 0, 0x1F, 0xFF, 0xFF, 0]),
+    op(0x48, Some(0x01), "SANITIZE", Handler::Sanitize, Xfer::ParamLen { at: 7, len: 2 }, Media,
+        &[0x48, 0xA1, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(0x48, Some(0x02), "SANITIZE", Handler::Sanitize, Xfer::ParamLen { at: 7, len: 2 }, Media,
+        &[0x48, 0xA2, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
+    op(0x48, Some(0x1F), "SANITIZE", Handler::Sanitize, Xfer::ParamLen { at: 7, len: 2 }, Media,
+        &[0x48, 0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     op(0x55, None, "MODE SELECT(10)", Handler::ModeSelect, Xfer::ParamLen { at: 7, len: 2 },
         Management, &[0x55, 0x11, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0]),
     op(0x56, None, "RESERVE(10)", Handler::Reserve, Xfer::None, Media,

@@ -246,6 +246,7 @@ fn class(h: Handler) -> Class {
         | Handler::OrWrite
         | Handler::CompareAndWrite
         | Handler::ExtendedCopy
+        | Handler::Sanitize
         | Handler::ModeSelect
         | Handler::StartStopUnit
         | Handler::PreventAllow => Class::Write,

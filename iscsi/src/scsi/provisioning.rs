@@ -32,7 +32,7 @@ const UNMAP_HEADER_LEN: usize = 8;
 const UNMAP_DESCRIPTOR_LEN: usize = 16;
 
 /// WRITE SAME (10)/(16). ANCHOR and WRPROTECT were refused by the usage map;
-/// NUMBER OF LOGICAL BLOCKS 0 means "to the last LBA" (WSNZ = 0). The
+/// NUMBER OF LOGICAL BLOCKS 0 is refused (WSNZ = 1 in VPD B0h). The
 /// expected data transfer length `edtl` must be exactly one block (0 with
 /// NDOB): a partial block cannot be replicated.
 pub(crate) fn write_same(
@@ -57,15 +57,10 @@ pub(crate) fn write_same(
         // LBPWS/LBPWS10 = 0: unmapping through WRITE SAME is not supported.
         return Err(Sense::invalid_field_in_cdb(1, 3));
     }
-    let blocks = if rw.blocks == 0 {
-        match u32::try_from(dev.num_blocks - rw.lba) {
-            Ok(0) => return Ok(Action::Complete(Completion::good())),
-            Ok(n) => n,
-            Err(_) => u32::MAX,
-        }
-    } else {
-        rw.blocks
-    };
+    if rw.blocks == 0 {
+        return Err(Sense::invalid_field_in_cdb(layout.length_at(), 7));
+    }
+    let blocks = rw.blocks;
     if blocks > MAX_WRITE_SAME_BLOCKS {
         return Err(Sense::invalid_field_in_cdb(layout.length_at(), 7));
     }
@@ -232,7 +227,6 @@ mod tests {
             read_only: true,
             ..thin(512, 1000)
         };
-        let good = Ok(Action::Complete(Completion::good()));
         let table: Vec<(RwLayout, Cdb, &LunDevice, Result<Action, Sense>)> = vec![
             (RwLayout::Ten, ws10(0, 0, 8), &t, same(false, false, 0, 8)),
             (
@@ -253,14 +247,13 @@ mod tests {
                 &t,
                 Err(Sense::lba_out_of_range()),
             ),
-            // 0 blocks: to the end (WSNZ = 0); nothing left at the end.
+            // 0 blocks: refused (WSNZ = 1).
             (
                 RwLayout::Ten,
                 ws10(0, 900, 0),
                 &t,
-                same(false, false, 900, 100),
+                Err(Sense::invalid_field_in_cdb(7, 7)),
             ),
-            (RwLayout::Ten, ws10(0, 1000, 0), &t, good.clone()),
             (
                 RwLayout::Ten,
                 ws10(0x08, 0, 1),

@@ -128,6 +128,9 @@ pub struct Sense {
     pub info: Option<u64>,
     /// Sense-key specific field pointer, if any.
     pub field_pointer: Option<FieldPointer>,
+    /// Sense-key specific progress indication (numerator over 65536), for
+    /// NOT READY while an operation runs; ignored when `field_pointer` is set.
+    pub progress: Option<u16>,
 }
 
 /// Length of fixed-format sense data as encoded by [`Sense::encode_fixed`].
@@ -144,6 +147,7 @@ impl Sense {
             ascq,
             info: None,
             field_pointer: None,
+            progress: None,
         }
     }
 
@@ -330,6 +334,20 @@ impl Sense {
         Self::new(SenseKey::NotReady, 0x04, 0x12)
     }
 
+    /// NOT READY, LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (02/04/1B)
+    /// with the fraction done (`progress` / 65536).
+    pub const fn sanitize_in_progress(progress: u16) -> Self {
+        let mut s = Self::new(SenseKey::NotReady, 0x04, 0x1B);
+        s.progress = Some(progress);
+        s
+    }
+
+    /// MEDIUM ERROR, SANITIZE COMMAND FAILED (03/31/03): the last sanitize
+    /// operation failed and the medium is not accessible until one succeeds.
+    pub const fn sanitize_failed() -> Self {
+        Self::new(SenseKey::MediumError, 0x31, 0x03)
+    }
+
     /// NOT READY, LOGICAL UNIT NOT READY, CAUSE NOT REPORTABLE (02/04/00).
     pub const fn not_ready() -> Self {
         Self::new(SenseKey::NotReady, 0x04, 0x00)
@@ -350,8 +368,8 @@ impl Sense {
         b[7] = (FIXED_SENSE_LEN - 8) as u8;
         b[12] = self.asc;
         b[13] = self.ascq;
-        if let Some(fp) = self.field_pointer {
-            b[15..18].copy_from_slice(&fp.bytes());
+        if let Some(sks) = self.key_specific() {
+            b[15..18].copy_from_slice(&sks);
         }
         copy_prefix(&b, out)
     }
@@ -373,14 +391,26 @@ impl Sense {
             b[n + 4..n + 12].copy_from_slice(&info.to_be_bytes());
             n += 12;
         }
-        if let Some(fp) = self.field_pointer {
+        if let Some(sks) = self.key_specific() {
             b[n] = 0x02; // sense key specific descriptor
             b[n + 1] = 0x06;
-            b[n + 4..n + 7].copy_from_slice(&fp.bytes());
+            b[n + 4..n + 7].copy_from_slice(&sks);
             n += 8;
         }
         b[7] = (n - 8) as u8;
         copy_prefix(&b[..n], out)
+    }
+
+    /// The three sense-key specific bytes (SKSV set): the field pointer, else
+    /// the progress indication.
+    fn key_specific(&self) -> Option<[u8; 3]> {
+        if let Some(fp) = self.field_pointer {
+            return Some(fp.bytes());
+        }
+        self.progress.map(|p| {
+            let [hi, lo] = p.to_be_bytes();
+            [0x80, hi, lo]
+        })
     }
 
     /// Fixed-format sense data as an array (what CHECK CONDITION carries).

@@ -6,9 +6,10 @@
 //! (UA_INTLCK_CTRL = 00b). REQUEST SENSE returns it as sense data and clears
 //! it; REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::blocklock::BlockLocks;
 use super::persist::{ItNexus, PrState, PrStore, PrView};
 use super::sense::Sense;
 use super::xcopy::{CopyResult, HELD_RESULTS};
@@ -82,10 +83,14 @@ pub struct LunShared {
     resets: AtomicU64,
     clears: AtomicU64,
     clearer: AtomicU64,
+    swp: AtomicBool,
+    mode_changes: AtomicU64,
+    mode_changer: AtomicU64,
     holder: AtomicU64,
     pr_version: AtomicU64,
     pr: Mutex<PrState>,
     pr_store: Option<Box<dyn PrStore>>,
+    locks: BlockLocks,
 }
 
 impl LunShared {
@@ -111,6 +116,18 @@ impl LunShared {
             pr_store: Some(store),
             ..Self::default()
         }
+    }
+
+    /// This unit with `notify` called when a block lock someone waits for
+    /// is released (the target wakes every core with it).
+    pub fn with_notifier(mut self, notify: Box<dyn Fn() + Send + Sync>) -> Self {
+        self.locks.set_notifier(notify);
+        self
+    }
+
+    /// The block locks that make COMPARE AND WRITE atomic across sessions.
+    pub fn locks(&self) -> &BlockLocks {
+        &self.locks
     }
 
     fn pr_lock(&self) -> MutexGuard<'_, PrState> {
@@ -166,6 +183,22 @@ impl LunShared {
         self.clears.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Whether software write protect (SWP, Control mode page) is on.
+    pub fn software_write_protect(&self) -> bool {
+        self.swp.load(Ordering::Acquire)
+    }
+
+    /// Sets software write protect from nexus `by`; true if it changed (the
+    /// other nexuses then get MODE PARAMETERS CHANGED).
+    pub fn set_software_write_protect(&self, on: bool, by: u64) -> bool {
+        if self.swp.swap(on, Ordering::AcqRel) == on {
+            return false;
+        }
+        self.mode_changer.store(by, Ordering::Release);
+        self.mode_changes.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
     /// The I_T nexus holding the SPC-2 reservation; 0 when not reserved.
     pub fn holder(&self) -> u64 {
         self.holder.load(Ordering::Acquire)
@@ -210,6 +243,8 @@ pub struct NexusState {
     resets_seen: u64,
     clears_seen: u64,
     cleared: bool,
+    swp: bool,
+    mode_seen: u64,
     id: u64,
     holder: u64,
     pr_id: ItNexus,
@@ -244,6 +279,8 @@ impl NexusState {
         NexusState {
             resets_seen: lu.resets(),
             clears_seen: lu.clears.load(Ordering::Acquire),
+            swp: lu.software_write_protect(),
+            mode_seen: lu.mode_changes.load(Ordering::Acquire),
             id,
             holder: lu.holder(),
             pr_events_seen: lu.pr_lock().last_event(),
@@ -275,6 +312,24 @@ impl NexusState {
         std::mem::take(&mut self.abort)
     }
 
+    /// Whether software write protect was on when last observed.
+    pub fn software_write_protect(&self) -> bool {
+        self.swp
+    }
+
+    /// Catches up with mode parameters changed through any nexus: MODE
+    /// PARAMETERS CHANGED unless this nexus made the change.
+    pub fn observe_mode(&mut self, lu: &LunShared) {
+        self.swp = lu.software_write_protect();
+        let changes = lu.mode_changes.load(Ordering::Acquire);
+        if changes != self.mode_seen {
+            self.mode_seen = changes;
+            if lu.mode_changer.load(Ordering::Acquire) != self.id {
+                self.push(UnitAttention::ModeParametersChanged);
+            }
+        }
+    }
+
     /// Whether the abort came from another nexus's CLEAR TASK SET (so the
     /// nexus gets COMMANDS CLEARED BY ANOTHER INITIATOR if it lost tasks).
     pub fn take_cleared(&mut self) -> bool {
@@ -288,6 +343,8 @@ impl NexusState {
             resets_seen: 0,
             clears_seen: 0,
             cleared: false,
+            swp: false,
+            mode_seen: 0,
             id: 0,
             holder: 0,
             pr_id: ItNexus::default(),
@@ -328,6 +385,7 @@ impl NexusState {
             self.abort = true;
             self.push(UnitAttention::LunReset);
         }
+        self.observe_mode(lu);
         let clears = lu.clears.load(Ordering::Acquire);
         if clears != self.clears_seen {
             self.clears_seen = clears;

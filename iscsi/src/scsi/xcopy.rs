@@ -167,10 +167,8 @@ pub fn parse_copy_list(data: &[u8]) -> Result<CopyList, Sense> {
             return Err(Sense::parameter_list_length_error());
         }
         let d = &data[at..at + TARGET_DESC_LEN];
-        if d[1] >> 6 != 0 {
-            // LU ID TYPE other than LUN (proxy tokens are not supported).
-            return Err(Sense::invalid_field_in_parameter_list(at as u16 + 1, 7));
-        }
+        // LU ID TYPE (bits 7-6 of byte 1) is not used by an identification
+        // descriptor CSCD: its designator names the unit (SPC-4 6.4.6.3).
         if d[1] & 0x1F != 0 {
             // PERIPHERAL DEVICE TYPE: block devices only.
             return Err(Sense::invalid_field_in_parameter_list(at as u16 + 1, 4));
@@ -414,8 +412,6 @@ mod tests {
         bad_type[0] = 0xE0;
         let mut stream = segment(0, 0, 1, 0, 0);
         stream[0] = 0x03;
-        let mut proxy = target(naa(1), false);
-        proxy[1] = 0x40;
         let too_many_t = vec![target(naa(1), false); MAX_TARGET_DESCRIPTORS + 1];
         let too_many_s = vec![segment(0, 0, 1, 0, 0); MAX_SEGMENT_DESCRIPTORS + 1];
         let mut inline = good.clone();
@@ -433,10 +429,6 @@ mod tests {
                 (5, 0x26, 0x09),
             ),
             (
-                list(1, 0, &[proxy], &[segment(0, 0, 1, 0, 0)]),
-                (5, 0x26, 0),
-            ),
-            (
                 list(1, 0, &too_many_t, &[segment(0, 0, 1, 0, 0)]),
                 (5, 0x26, 0x06),
             ),
@@ -447,6 +439,15 @@ mod tests {
             (list(1, 0, &too_many_t, &too_many_s), (5, 0x1A, 0)),
             (inline, (5, 0x26, 0)),
         ];
+        // LU ID TYPE is not used by identification descriptors: any value
+        // parses the same.
+        let mut reserved_type = target(naa(1), false);
+        reserved_type[1] = 0x80;
+        let ok = parse_copy_list(&list(1, 0, &[reserved_type], &[segment(0, 0, 1, 0, 0)]));
+        assert_eq!(
+            ok.map(|l| l.targets[0].designator.clone()),
+            Ok(naa(1).to_vec())
+        );
         for (i, (data, want)) in table.iter().enumerate() {
             let got = parse_copy_list(data).expect_err(&format!("row {i}"));
             assert_eq!(key(&got), *want, "row {i}");

@@ -70,6 +70,7 @@ impl Session {
             ranges: Vec::new(),
             done: 0,
             copy: None,
+            sanitize: None,
         };
         if task.is_write() {
             task.want = xfer.min(cmd.expected_data_transfer_length);
@@ -128,10 +129,11 @@ impl Connection {
             ),
             Some(i) => {
                 let entry = &luns.luns[i];
-                (
-                    Some(i),
-                    scsi::dispatch(&command, &entry.dev, &luns.port, &luns.ids, &mut s.nexus[i]),
-                )
+                let action = scsi::sanitize_gate(&command, &entry.sanitize, &s.nexus[i])
+                    .unwrap_or_else(|| {
+                        scsi::dispatch(&command, &entry.dev, &luns.port, &luns.ids, &mut s.nexus[i])
+                    });
+                (Some(i), action)
             }
         };
         match (action, lun_index) {
@@ -166,6 +168,12 @@ impl Connection {
             (Action::ExtendedCopy(_), Some(_)) => {
                 // Only a parameter list turns into a copy.
                 self.complete_now(cmd, Completion::check(Sense::internal_target_failure()));
+                true
+            }
+            (Action::Sanitize(req), Some(i)) => {
+                let Some(s) = self.session() else { return true };
+                let id = s.new_task(cmd, i, &luns, Purpose::Params, 0);
+                self.start_sanitize(id, req);
                 true
             }
             (Action::Unmap(ranges), Some(i)) => {
@@ -268,6 +276,9 @@ impl Connection {
         }
         if t.purpose == Purpose::Copy {
             return self.copy_buffer(id, pool);
+        }
+        if t.sanitize.is_some() {
+            return self.sanitize_buffer(id, pool);
         }
         // The data buffer, and the one the medium is read into (VERIFY,
         // ORWRITE: all blocks; COMPARE AND WRITE: half the data-out).
@@ -504,8 +515,14 @@ impl Connection {
             return;
         }
         let Some(luns) = s.luns.clone() else { return };
-        let dev = &luns.luns[t.lun_index].dev;
-        let action = scsi::dispatch_data_out(&t.cdb, &t.params, dev, &mut s.nexus[t.lun_index]);
+        let entry = &luns.luns[t.lun_index];
+        let action = scsi::dispatch_data_out(
+            &t.cdb,
+            &t.params,
+            &entry.dev,
+            &entry.shared,
+            &mut s.nexus[t.lun_index],
+        );
         match action {
             Action::Unmap(ranges) => {
                 t.purpose = Purpose::Unmap;
@@ -514,6 +531,7 @@ impl Connection {
                 self.submit(id);
             }
             Action::ExtendedCopy(list) => self.start_copy(id, list),
+            Action::Sanitize(req) => self.start_sanitize(id, req),
             other => {
                 let c = match other {
                     Action::Complete(c) => c,
@@ -550,6 +568,10 @@ impl Connection {
     fn finish_disk(&mut self, id: u32, result: i32, buf: Option<Buf>) {
         let Some(s) = self.session() else { return };
         let Some(t) = s.tasks.get(&id) else { return };
+        if t.sanitize.is_some() {
+            // Goes on even when aborted: a sanitize operation survives resets.
+            return self.sanitize_done(id, result, buf);
+        }
         if t.aborted {
             s.remove_task(id);
             return;

@@ -10,19 +10,26 @@
 //! UNMAP: one punch hole per range, in order
 //! ```
 //!
-//! Holds are per session: a COMPARE AND WRITE excludes every other write of
-//! overlapping blocks of this session from before its read until after its
-//! write, and waits for overlapping writes already submitted. Sessions on the
-//! same core or on other cores do not see these holds.
+//! Two layers of holds make a COMPARE AND WRITE exclude every other write of
+//! overlapping blocks from before its read until after its write, and wait
+//! for overlapping writes already submitted:
+//! - per session, exact spans kept in arrival order ([`Holds`]), so a task
+//!   never overtakes a conflicting earlier one of its own session;
+//! - per logical unit, across sessions and cores, the striped block locks of
+//!   [`scsi::blocklock`], taken once the session span is held. A task
+//!   blocked there waits (`Stage::RangeWait`) until a release wakes the
+//!   cores and [`Connection::poll_shared`] retries it.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use trellis_datapath::{Buf, Extent};
 
 use super::exec::medium_error;
 use super::task::{Purpose, Stage, Task, TaskStatus};
 use super::{Connection, DiskOp, DiskRequest};
-use crate::scsi::{self, Completion, IoOp, IoRequest, Sense};
+use crate::scsi::blocklock::{self, Exclusive};
+use crate::scsi::{self, Completion, IoOp, IoRequest, LunShared, Sense};
 
 /// Blocks one task covers, from submission to completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,11 +53,44 @@ impl Span {
 
 /// The spans of a session's writes in progress and of the tasks waiting for
 /// them, in arrival order (a waiting task also blocks later conflicting ones,
-/// so a COMPARE AND WRITE is not starved by a stream of writes).
+/// so a COMPARE AND WRITE is not starved by a stream of writes), and the
+/// unit-wide block locks the held spans took.
 #[derive(Debug, Default)]
 pub(super) struct Holds {
     held: Vec<Span>,
     waiting: VecDeque<Span>,
+    /// Block locks taken on units' shared locks, one per task.
+    locked: Vec<Locked>,
+    /// Held spans still waiting for their unit's block locks, in order.
+    blocked: Vec<Span>,
+}
+
+/// Block locks one task took on its logical unit.
+#[derive(Debug)]
+struct Locked {
+    task: u32,
+    lu: Arc<LunShared>,
+    mask: u64,
+    exclusive: bool,
+}
+
+impl Locked {
+    fn release(&self) {
+        if self.exclusive {
+            self.lu.locks().release_exclusive(self.mask);
+        } else {
+            self.lu.locks().release_shared(self.mask);
+        }
+    }
+}
+
+impl Drop for Holds {
+    /// A session that ends with tasks still holding blocks lets them go.
+    fn drop(&mut self) {
+        for l in self.locked.drain(..) {
+            l.release();
+        }
+    }
 }
 
 impl Holds {
@@ -69,14 +109,58 @@ impl Holds {
         !busy
     }
 
+    /// Takes the unit-wide block locks of held `span` on `lu`: shared for a
+    /// write, exclusive and drained for a COMPARE AND WRITE. False (and the
+    /// span is queued as blocked) while another session's task is in the way.
+    fn lock(&mut self, span: Span, lu: &Arc<LunShared>) -> bool {
+        let mask = blocklock::mask(span.start, span.end);
+        let have = self.locked.iter().any(|l| l.task == span.task);
+        let ok = if span.exclusive {
+            let taken = have || lu.locks().try_exclusive(mask) == Exclusive::Taken;
+            if taken && !have {
+                self.locked.push(Locked {
+                    task: span.task,
+                    lu: Arc::clone(lu),
+                    mask,
+                    exclusive: true,
+                });
+            }
+            taken && lu.locks().drained(mask)
+        } else {
+            let taken = have || lu.locks().try_shared(mask);
+            if taken && !have {
+                self.locked.push(Locked {
+                    task: span.task,
+                    lu: Arc::clone(lu),
+                    mask,
+                    exclusive: false,
+                });
+            }
+            taken
+        };
+        if !ok && !self.blocked.iter().any(|b| b.task == span.task) {
+            self.blocked.push(span);
+        }
+        ok
+    }
+
     /// Drops whatever `task` held or waited for.
     pub(super) fn release(&mut self, task: u32) {
         self.held.retain(|h| h.task != task);
         self.waiting.retain(|h| h.task != task);
+        self.blocked.retain(|h| h.task != task);
+        if let Some(i) = self.locked.iter().position(|l| l.task == task) {
+            self.locked.swap_remove(i).release();
+        }
+    }
+
+    /// Whether held spans wait for other sessions' block locks.
+    pub(super) fn blocked(&self) -> bool {
+        !self.blocked.is_empty()
     }
 
     /// Waiting tasks that may run now, in arrival order; they become held.
-    fn ready(&mut self) -> Vec<u32> {
+    fn ready(&mut self) -> Vec<Span> {
         let mut run = Vec::new();
         let mut still = VecDeque::new();
         for w in std::mem::take(&mut self.waiting) {
@@ -89,7 +173,7 @@ impl Holds {
                 still.push_back(w);
             } else {
                 self.held.push(w);
-                run.push(w.task);
+                run.push(w);
             }
         }
         self.waiting = still;
@@ -142,19 +226,43 @@ impl Connection {
                 t.stage = Stage::RangeWait;
                 return;
             }
+            self.lock_then_start(span);
+            return;
         }
         t.stage = Stage::InFlight;
         self.start_disk(id);
     }
 
-    /// Starts tasks whose blocks became free.
+    /// The task of held `span` takes its unit's block locks and starts, or
+    /// waits for them.
+    fn lock_then_start(&mut self, span: Span) {
+        let Some(s) = self.session() else { return };
+        let lu = s
+            .lun_table()
+            .and_then(|l| l.luns.get(span.lun).map(|e| Arc::clone(&e.shared)));
+        let locked = match &lu {
+            Some(lu) => s.holds.lock(span, lu),
+            None => true,
+        };
+        let Some(t) = s.tasks.get_mut(&span.task) else {
+            return;
+        };
+        if locked {
+            t.stage = Stage::InFlight;
+            self.start_disk(span.task);
+        } else {
+            t.stage = Stage::RangeWait;
+        }
+    }
+
+    /// Starts tasks whose blocks became free: in this session, or (after a
+    /// wake-up) on their unit.
     pub(super) fn run_ready(&mut self) {
         let Some(s) = self.session() else { return };
-        for id in s.holds.ready() {
-            if let Some(t) = self.session().and_then(|s| s.tasks.get_mut(&id)) {
-                t.stage = Stage::InFlight;
-            }
-            self.start_disk(id);
+        let mut spans = std::mem::take(&mut s.holds.blocked);
+        spans.extend(s.holds.ready());
+        for span in spans {
+            self.lock_then_start(span);
         }
     }
 
@@ -454,18 +562,19 @@ mod tests {
             "a later write waits behind the CAW"
         );
         assert!(h.acquire(span(5, 100, 101, false)));
-        assert_eq!(h.ready(), Vec::<u32>::new());
+        let ready = |h: &mut Holds| h.ready().iter().map(|s| s.task).collect::<Vec<_>>();
+        assert_eq!(ready(&mut h), Vec::<u32>::new());
         h.release(1);
-        assert_eq!(h.ready(), Vec::<u32>::new());
+        assert_eq!(ready(&mut h), Vec::<u32>::new());
         h.release(2);
-        assert_eq!(h.ready(), vec![3]);
+        assert_eq!(ready(&mut h), vec![3]);
         h.release(3);
-        assert_eq!(h.ready(), vec![4]);
+        assert_eq!(ready(&mut h), vec![4]);
         // Releasing a waiting task forgets it.
         assert!(!h.acquire(span(6, 5, 6, true)));
         h.release(6);
         h.release(4);
-        assert_eq!(h.ready(), Vec::<u32>::new());
+        assert_eq!(ready(&mut h), Vec::<u32>::new());
         assert!(h.acquire(span(7, 0, 1, true)));
     }
 

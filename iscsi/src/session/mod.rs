@@ -17,6 +17,7 @@ mod copy;
 mod exec;
 mod media;
 mod outbox;
+mod sanitize;
 mod task;
 mod text;
 mod tmf;
@@ -51,6 +52,8 @@ pub struct LunEntry {
     /// State of the logical unit shared with every session on every core
     /// (LOGICAL UNIT RESET count, reservation holder).
     pub shared: Arc<LunShared>,
+    /// The unit's sanitize operation, shared like `shared`.
+    pub sanitize: Arc<scsi::SanitizeState>,
 }
 
 /// The LUNs of one target visible to one initiator, on one core.

@@ -123,6 +123,8 @@ pub struct Task {
     pub done: u64,
     /// EXTENDED COPY: the segments and the progress through them.
     pub copy: Option<Box<super::copy::CopyJob>>,
+    /// SANITIZE: the operation and the progress through it.
+    pub sanitize: Option<Box<super::sanitize::SanitizeJob>>,
 }
 
 impl Task {

@@ -72,6 +72,7 @@ impl FakeHost {
                 dev: Rc::new(dev),
                 slot: 0,
                 shared: std::sync::Arc::new(LunShared::new()),
+                sanitize: std::sync::Arc::default(),
             }],
             ids: vec![0],
         };
@@ -627,6 +628,28 @@ impl Rig {
     }
 }
 
+/// The rig's LUN made thin (UNMAP, WRITE SAME with UNMAP).
+fn thin(r: &mut Rig) {
+    let mut table = (*r.host.luns).clone();
+    let mut dev = (*table.luns[0].dev).clone();
+    dev.thin = true;
+    dev.holes_read_zero = true;
+    table.luns[0].dev = Rc::new(dev);
+    r.host.luns = Rc::new(table);
+}
+
+/// The one SCSI Response queued: `(status, sense key/ASC/ASCQ if any)`.
+fn status(r: &mut Rig, itt: u32) -> (u8, Option<(u8, u8, u8)>) {
+    let p = r.one();
+    let resp = p.response();
+    assert_eq!((resp.itt, resp.response), (itt, 0));
+    r.statsn_is(resp.statsn);
+    let sense = (resp.status == 0x02).then(|| sense_of(&p));
+    (resp.status, sense)
+}
+
+const GOOD: (u8, Option<(u8, u8, u8)>) = (0, None);
+
 /// Starts a write that waits for Data-Out in answer to one R2T.
 fn write_waiting_for_r2t(r: &mut Rig) -> (u32, R2t) {
     let itt = r.scsi(write10(0, 16), 8192, false, true, &[], true);
@@ -649,3 +672,4 @@ mod io;
 mod login;
 mod media;
 mod reserve;
+mod sanitize;

@@ -99,7 +99,7 @@ impl Connection {
     pub fn poll_shared(&mut self) {
         let Some(s) = self.session() else { return };
         let Some(luns) = s.lun_table() else { return };
-        let mut any = false;
+        let mut any = s.holds.blocked();
         for i in 0..luns.luns.len() {
             any |= s.catch_up(&luns, i);
         }

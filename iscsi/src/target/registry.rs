@@ -15,7 +15,7 @@ use super::{AclEntry, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
 use crate::scsi::{
     lun_from_wire, lun_to_wire, AluaState, FilePrStore, LunDevice, LunShared, PortContext,
-    PortGroup,
+    PortGroup, SanitizeState,
 };
 use crate::session::{LunEntry, LunTable};
 
@@ -41,6 +41,7 @@ pub struct Registry {
     wakers: Vec<Arc<Waker>>,
     lun_devices: Vec<LunDevice>,
     lun_shared: Vec<Arc<LunShared>>,
+    lun_sanitize: Vec<Arc<SanitizeState>>,
     sessions: Mutex<Sessions>,
 }
 
@@ -78,15 +79,28 @@ impl Registry {
             .devices
             .iter()
             .map(|d| {
-                Arc::new(match &cfg.state_dir {
+                let lu = match &cfg.state_dir {
                     Some(dir) => LunShared::with_pr_store(Box::new(FilePrStore::new(
                         dir.join(format!("{}.pr", d.spec().name)),
                     ))),
                     None => LunShared::new(),
-                })
+                };
+                // A released block lock someone waits for wakes every core.
+                let cores = wakers.clone();
+                Arc::new(lu.with_notifier(Box::new(move || {
+                    for w in &cores {
+                        w.wake();
+                    }
+                })))
             })
             .collect();
+        let lun_sanitize = cfg
+            .devices
+            .iter()
+            .map(|_| Arc::new(SanitizeState::new()))
+            .collect();
         Self {
+            lun_sanitize,
             cfg,
             portals,
             wakers,
@@ -210,6 +224,7 @@ impl Registry {
                     dev: Rc::clone(devs.get(*dev)?),
                     slot: *slots.get(*dev)?,
                     shared: Arc::clone(self.lun_shared.get(*dev)?),
+                    sanitize: Arc::clone(self.lun_sanitize.get(*dev)?),
                 })
             })
             .collect();

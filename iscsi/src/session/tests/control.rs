@@ -75,15 +75,6 @@ fn tmf_response(r: &mut Rig, function: u8, referenced: u32, ref_cmdsn: u32) -> u
     t.response
 }
 
-/// The one SCSI Response queued: status and sense key/ASC/ASCQ.
-fn status_of(r: &mut Rig, itt: u32) -> (u8, Option<(u8, u8, u8)>) {
-    let p = r.one();
-    let resp = p.response();
-    assert_eq!(resp.itt, itt);
-    r.statsn_is(resp.statsn);
-    (resp.status, (resp.status == 0x02).then(|| sense_of(&p)))
-}
-
 #[test]
 fn query_task_tells_a_live_task_from_a_finished_one() {
     let mut r = Rig::ready(&Keys::default());
@@ -130,9 +121,9 @@ fn clear_task_set_aborts_other_sessions_tasks_and_tells_them() {
     let _ = itt_b;
     // B is told COMMANDS CLEARED BY ANOTHER INITIATOR; A is not.
     let itt = b.scsi([0; 16], 0, false, false, &[], true);
-    assert_eq!(status_of(&mut b, itt), (0x02, Some((0x06, 0x2F, 0x00))));
+    assert_eq!(status(&mut b, itt), (0x02, Some((0x06, 0x2F, 0x00))));
     let itt = a.scsi([0; 16], 0, false, false, &[], true);
-    assert_eq!(status_of(&mut a, itt), (0, None));
+    assert_eq!(status(&mut a, itt), (0, None));
 }
 
 #[test]
@@ -152,7 +143,7 @@ fn lun_reset_aborts_tasks_of_other_sessions_at_once() {
     assert_eq!(b.conn.task_count(), 0);
     let _ = itt_b;
     let itt = b.scsi([0; 16], 0, false, false, &[], true);
-    assert_eq!(status_of(&mut b, itt), (0x02, Some((0x06, 0x29, 0x03))));
+    assert_eq!(status(&mut b, itt), (0x02, Some((0x06, 0x29, 0x03))));
 }
 
 #[test]
@@ -162,14 +153,14 @@ fn target_reset_reaches_every_session_and_i_t_nexus_reset_only_its_own() {
     assert_eq!(tmf_response(&mut a, 6, 0, 0), 0);
     for r in [&mut a, &mut b] {
         let itt = r.scsi([0; 16], 0, false, false, &[], true);
-        assert_eq!(status_of(r, itt), (0x02, Some((0x06, 0x29, 0x03))));
+        assert_eq!(status(r, itt), (0x02, Some((0x06, 0x29, 0x03))));
     }
     // I_T NEXUS RESET: A is told of its nexus loss, B hears nothing.
     assert_eq!(tmf_response(&mut a, 11, 0, 0), 0);
     let itt = a.scsi([0; 16], 0, false, false, &[], true);
-    assert_eq!(status_of(&mut a, itt), (0x02, Some((0x06, 0x29, 0x07))));
+    assert_eq!(status(&mut a, itt), (0x02, Some((0x06, 0x29, 0x07))));
     let itt = b.scsi([0; 16], 0, false, false, &[], true);
-    assert_eq!(status_of(&mut b, itt), (0, None));
+    assert_eq!(status(&mut b, itt), (0, None));
 }
 
 #[test]

@@ -17,6 +17,7 @@ fn two_luns() -> Rig {
         dev: Rc::new(dev),
         slot: 1,
         shared: std::sync::Arc::new(LunShared::new()),
+        sanitize: std::sync::Arc::default(),
     });
     table.ids.push(1);
     r.host.luns = Rc::new(table);

@@ -6,16 +6,6 @@ use trellis_datapath::Extent;
 
 use super::*;
 
-/// The rig's LUN made thin (UNMAP, WRITE SAME with UNMAP).
-fn thin(r: &mut Rig) {
-    let mut table = (*r.host.luns).clone();
-    let mut dev = (*table.luns[0].dev).clone();
-    dev.thin = true;
-    dev.holes_read_zero = true;
-    table.luns[0].dev = Rc::new(dev);
-    r.host.luns = Rc::new(table);
-}
-
 fn cdb10(opcode: u8, b1: u8, lba: u32, len: u16) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[0] = opcode;
@@ -32,18 +22,6 @@ fn caw(lba: u64, blocks: u8) -> [u8; 16] {
     c[13] = blocks;
     c
 }
-
-/// The one SCSI Response queued: `(status, sense key/ASC/ASCQ if any)`.
-fn status(r: &mut Rig, itt: u32) -> (u8, Option<(u8, u8, u8)>) {
-    let p = r.one();
-    let resp = p.response();
-    assert_eq!((resp.itt, resp.response), (itt, 0));
-    r.statsn_is(resp.statsn);
-    let sense = (resp.status == 0x02).then(|| sense_of(&p));
-    (resp.status, sense)
-}
-
-const GOOD: (u8, Option<(u8, u8, u8)>) = (0, None);
 
 #[test]
 fn lun_reset_gives_every_session_of_the_lun_a_unit_attention() {
@@ -128,10 +106,10 @@ fn writes_of_held_blocks_wait_for_the_compare_and_write() {
     // A WRITE of an overlapping block arrives while the CAW's read is out.
     let w_itt = r.scsi(write10(7, 2), 1024, false, true, &[9; 1024], true);
     assert!(r.conn.next_disk().is_none(), "the write waits");
-    // A write elsewhere does not.
-    let o_itt = r.scsi(write10(100, 1), 512, false, true, &[3; 512], true);
+    // A write of another stripe of block locks does not.
+    let o_itt = r.scsi(write10(3000, 1), 512, false, true, &[3; 512], true);
     let other = r.disk();
-    assert_eq!(other.offset, 100 * u64::from(BS));
+    assert_eq!(other.offset, 3000 * u64::from(BS));
     let DiskOp::Read(medium) = read.op else {
         panic!("read")
     };
@@ -156,6 +134,58 @@ fn writes_of_held_blocks_wait_for_the_compare_and_write() {
         r.disk_done(req.task, n, Some(buf));
         assert_eq!(status(&mut r, itt), GOOD);
     }
+}
+
+#[test]
+fn compare_and_write_excludes_writes_of_other_sessions() {
+    let mut a = Rig::ready(&Keys::default());
+    let mut b = Rig::new(0x1000);
+    b.host.luns = Rc::clone(&a.host.luns);
+    b.login(&Keys::default());
+    b.clear_ua();
+
+    // B's write of block 8 is on the disk when A's CAW of block 8 arrives:
+    // the CAW waits for it to drain.
+    let bw_itt = b.scsi(write10(8, 1), 512, false, true, &[7; 512], true);
+    let bw = b.disk();
+    let mut data = vec![0u8; 512];
+    data.extend_from_slice(&[1; 512]);
+    let caw_itt = a.scsi(caw(8, 1), 1024, false, true, &data, true);
+    assert!(a.conn.next_disk().is_none(), "the CAW waits for B's write");
+    let DiskOp::Write { buf, .. } = bw.op else {
+        panic!("write")
+    };
+    b.disk_done(bw.task, 512, Some(buf));
+    assert_eq!(status(&mut b, bw_itt), GOOD);
+    // The release wakes the cores; A's core retries.
+    a.conn.poll_shared();
+    let read = a.disk();
+    assert_eq!(read.offset, 8 * u64::from(BS));
+
+    // While A's CAW runs, B's new write of block 8 waits, on B's core.
+    let bw2_itt = b.scsi(write10(8, 1), 512, false, true, &[9; 512], true);
+    assert!(b.conn.next_disk().is_none(), "B's write waits for the CAW");
+    b.conn.poll_shared();
+    assert!(b.conn.next_disk().is_none(), "still");
+    let DiskOp::Read(mut medium) = read.op else {
+        panic!("read")
+    };
+    medium.fill(0);
+    a.disk_done(read.task, 512, Some(medium));
+    let w = a.disk();
+    let DiskOp::Write { buf, .. } = w.op else {
+        panic!("CAW write")
+    };
+    a.disk_done(w.task, 512, Some(buf));
+    assert_eq!(status(&mut a, caw_itt), GOOD);
+    b.conn.poll_shared();
+    let bw2 = b.disk();
+    assert_eq!(bw2.offset, 8 * u64::from(BS));
+    let DiskOp::Write { buf, .. } = bw2.op else {
+        panic!("write")
+    };
+    b.disk_done(bw2.task, 512, Some(buf));
+    assert_eq!(status(&mut b, bw2_itt), GOOD);
 }
 
 #[test]
