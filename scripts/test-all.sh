@@ -15,6 +15,8 @@ as_root() {
 need=()
 command -v iscsi-test-cu >/dev/null || need+=(libiscsi-bin)
 command -v ip >/dev/null || need+=(iproute2)
+# mkfs.xfs: the WRITE ATOMIC test mounts an XFS (reflink) image on a loop device.
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 if ((${#need[@]})); then
     log "installing ${need[*]}"
     as_root apt-get update -qq

@@ -22,6 +22,7 @@ fn device() -> LunDevice {
         rotational: false,
         thin: true,
         holes_read_zero: true,
+        atomic_unit_blocks: 0,
     }
 }
 

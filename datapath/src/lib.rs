@@ -21,5 +21,7 @@ pub use buf::{Buf, BufPool, PoolConfig, ALIGN};
 pub use cores::{available_cores, spawn_cores, Waker};
 pub use device::{DeviceSpec, VirtualDevice};
 pub use error::{DeviceError, RingError, StoreError};
-pub use ring::{Completion, Payload, RecvBuf, Ring, RingConfig, SendMsg, SendSeg, StoreSlot};
+pub use ring::{
+    Completion, Payload, RecvBuf, Ring, RingConfig, SendMsg, SendSeg, StoreSlot, WriteFlags,
+};
 pub use store::{BackingStore, Extent, FileStore, MemoryStore};

@@ -34,6 +34,19 @@ use crate::RingError;
 /// Index of a backing store registered with a ring (also its fixed-file index).
 pub type StoreSlot = u32;
 
+/// `RWF_ATOMIC` (Linux 6.11): the write is untorn or fails.
+const RWF_ATOMIC: i32 = 0x40;
+
+/// How a write reaches the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteFlags {
+    /// Force unit access: durable when it completes (RWF_DSYNC).
+    pub fua: bool,
+    /// Untorn: all of it or none of it lands, even across a crash
+    /// (RWF_ATOMIC; only on stores with an atomic write unit).
+    pub atomic: bool,
+}
+
 /// Ring sizing.
 #[derive(Debug, Clone)]
 pub struct RingConfig {
@@ -333,23 +346,50 @@ impl Ring {
     pub fn write(
         &mut self,
         store: StoreSlot,
-        mut buf: Buf,
+        buf: Buf,
         offset: u64,
         fua: bool,
+        tag: u64,
+    ) -> Result<(), (RingError, Buf)> {
+        self.write_with(store, buf, offset, WriteFlags { fua, atomic: false }, tag)
+    }
+
+    /// Writes `buf` at `offset` of a store with `flags`: FUA adds
+    /// RWF_DSYNC, atomic adds RWF_ATOMIC (the kernel refuses, EINVAL, a
+    /// write that is not a naturally aligned power of two within the
+    /// store's atomic unit limits, or a store without atomic writes).
+    pub fn write_with(
+        &mut self,
+        store: StoreSlot,
+        mut buf: Buf,
+        offset: u64,
+        flags: WriteFlags,
         tag: u64,
     ) -> Result<(), (RingError, Buf)> {
         if let Err(e) = self.check_disk(store, &buf) {
             return Err((e, buf));
         }
-        let entry = opcode::WriteFixed::new(
-            types::Fixed(store),
-            buf.as_mut_ptr(),
-            buf.len() as u32,
-            buf.index(),
-        )
-        .offset(offset)
-        .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
-        .build();
+        let rw_flags =
+            if flags.fua { libc::RWF_DSYNC } else { 0 } | if flags.atomic { RWF_ATOMIC } else { 0 };
+        let entry = if flags.atomic {
+            // The kernel takes RWF_ATOMIC only for a single user buffer, not
+            // the bio_vec of a registered buffer: a plain WRITE of the same
+            // (still pool-owned) memory.
+            opcode::Write::new(types::Fixed(store), buf.as_mut_ptr(), buf.len() as u32)
+                .offset(offset)
+                .rw_flags(rw_flags)
+                .build()
+        } else {
+            opcode::WriteFixed::new(
+                types::Fixed(store),
+                buf.as_mut_ptr(),
+                buf.len() as u32,
+                buf.index(),
+            )
+            .offset(offset)
+            .rw_flags(rw_flags)
+            .build()
+        };
         self.push(entry, Kind::Disk, tag, Payload::Buf(buf), None)
             .map_err(|(e, p)| (e, into_buf(p)))
     }

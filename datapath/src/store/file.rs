@@ -18,6 +18,7 @@ pub struct FileStore {
     size: u64,
     direct: bool,
     block_device: bool,
+    atomic_unit: Option<u32>,
 }
 
 impl FileStore {
@@ -83,12 +84,14 @@ impl FileStore {
                 size = want;
             }
         }
+        let atomic_unit = if direct { atomic_write_unit(&fd) } else { None };
         Ok(Self {
             path: path.to_owned(),
             fd,
             size,
             direct,
             block_device,
+            atomic_unit,
         })
     }
 
@@ -125,4 +128,47 @@ impl BackingStore for FileStore {
         // discard may not (unless it reports so; not probed yet).
         !self.block_device
     }
+    fn atomic_write_unit(&self) -> Option<u32> {
+        self.atomic_unit
+    }
+}
+
+/// `STATX_WRITE_ATOMIC` (Linux 6.11).
+const STATX_WRITE_ATOMIC: u32 = 0x0001_0000;
+/// Offsets in `struct statx` of `stx_mask` and of
+/// `stx_atomic_write_unit_min` / `_max` (Linux 6.11 uapi).
+const STX_MASK_AT: usize = 0;
+const STX_ATOMIC_MIN_AT: usize = 168;
+const STX_ATOMIC_MAX_AT: usize = 172;
+
+/// The smallest untorn write unit of `fd` for direct I/O with RWF_ATOMIC,
+/// from statx; `None` when the kernel, filesystem or device has none. Read
+/// from the raw structure so that it does not depend on the libc crate
+/// knowing the 6.11 fields.
+fn atomic_write_unit(fd: &OwnedFd) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 256];
+    // SAFETY: statx writes at most sizeof(struct statx) = 256 bytes into
+    // `buf`, which is 256 bytes long; the empty path with AT_EMPTY_PATH
+    // names the open descriptor itself.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_statx,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            STATX_WRITE_ATOMIC,
+            buf.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let word = |at: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&buf[at..at + 4]);
+        u32::from_ne_bytes(w)
+    };
+    let (min, max) = (word(STX_ATOMIC_MIN_AT), word(STX_ATOMIC_MAX_AT));
+    (word(STX_MASK_AT) & STATX_WRITE_ATOMIC != 0 && min > 0 && max >= min).then_some(min)
 }

@@ -30,6 +30,12 @@ pub trait BackingStore: Send + Sync + Debug {
     fn holes_read_zero(&self) -> bool {
         true
     }
+    /// The size in bytes of a write the store makes untorn with RWF_ATOMIC
+    /// (statx STATX_WRITE_ATOMIC, the smallest atomic unit); `None` when it
+    /// cannot (no hardware or filesystem support, buffered I/O).
+    fn atomic_write_unit(&self) -> Option<u32> {
+        None
+    }
     /// Reads `buf.len()` bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let fd = self.fd().as_raw_fd();

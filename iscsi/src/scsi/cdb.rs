@@ -119,6 +119,7 @@ pub fn data_direction(cdb: &[u8]) -> Direction {
         Some(Xfer::VerifyBlocks(l)) if decode_rw(l, &c).bytchk != 0 => Direction::Out,
         Some(Xfer::SameBlock) if !ndob(&c) => Direction::Out,
         Some(Xfer::CompareAndWrite) if c[13] != 0 => Direction::Out,
+        Some(Xfer::AtomicBlocks) => Direction::Out,
         _ => Direction::None,
     }
 }
@@ -136,6 +137,7 @@ pub fn expected_transfer_len(cdb: &[u8], block_size: u32) -> u64 {
         Some(Xfer::VerifyBlocks(l)) if decode_rw(l, &c).bytchk != 0 => blocks(l),
         Some(Xfer::SameBlock) if !ndob(&c) => u64::from(block_size),
         Some(Xfer::CompareAndWrite) => 2 * u64::from(c[13]) * u64::from(block_size),
+        Some(Xfer::AtomicBlocks) => u64::from(be16(&c, 12)) * u64::from(block_size),
         _ => 0,
     }
 }

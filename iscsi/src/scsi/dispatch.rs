@@ -4,7 +4,7 @@
 //! REQUEST SENSE, START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL).
 
 use super::alua::{check_access, report_target_port_groups};
-use super::block::{block_command, compare_and_write, prefetch, BlockOp};
+use super::block::{block_command, compare_and_write, prefetch, write_atomic, BlockOp};
 use super::capacity::{read_capacity10, read_capacity16};
 use super::cdb::{pad, Cdb};
 use super::defects::{read_defect_data10, read_defect_data12};
@@ -98,6 +98,7 @@ fn run(
         Handler::OrWrite => block_command(BlockOp::OrWrite, super::cdb::RwLayout::Sixteen, c, dev),
         Handler::Prefetch(l) => prefetch(l, c, dev),
         Handler::CompareAndWrite => compare_and_write(c, dev, edtl),
+        Handler::WriteAtomic => write_atomic(c, dev),
         Handler::WriteSame(l) => write_same(l, c, dev, edtl),
         Handler::Unmap => unmap(c, dev),
         Handler::GetLbaStatus => get_lba_status(c, dev),
@@ -251,6 +252,7 @@ pub(crate) mod tests {
             rotational: false,
             thin: false,
             holes_read_zero: true,
+            atomic_unit_blocks: 0,
         }
     }
 
@@ -694,9 +696,10 @@ pub(crate) mod tests {
     /// every RSOC entry is accepted by dispatch.
     #[test]
     fn rsoc_matches_dispatch() {
-        for thin in [false, true] {
+        for (thin, atomic_unit_blocks) in [(false, 0), (true, 0), (true, 8)] {
             rsoc_matches_dispatch_on(&LunDevice {
                 thin,
+                atomic_unit_blocks,
                 ..disk(512, 1000)
             });
         }
@@ -711,7 +714,12 @@ pub(crate) mod tests {
             .chunks(8)
             .map(|d| (d[0], u16::from_be_bytes([d[2], d[3]])))
             .collect();
-        assert_eq!(listed.len(), OPS.len() - usize::from(!dev.thin));
+        let unsupported = OPS.iter().filter(|e| !e.supported_by(dev)).count();
+        assert_eq!(
+            unsupported,
+            usize::from(!dev.thin) + usize::from(dev.atomic_unit_blocks == 0)
+        );
+        assert_eq!(listed.len(), OPS.len() - unsupported);
 
         for opcode in 0..=255u8 {
             for sa in 0..32u8 {
@@ -777,6 +785,7 @@ pub(crate) mod tests {
                 max_transfer_blocks: max,
                 thin,
                 holes_read_zero: wce,
+                atomic_unit_blocks: 0,
                 write_cache: wce,
                 ..disk(bs, n)
             })

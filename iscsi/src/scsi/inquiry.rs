@@ -163,6 +163,13 @@ fn block_limits(dev: &LunDevice) -> Vec<u8> {
     }
     // MAXIMUM WRITE SAME LENGTH (page bytes 36..44).
     b[32..40].copy_from_slice(&u64::from(MAX_WRITE_SAME_BLOCKS).to_be_bytes());
+    // MAXIMUM ATOMIC TRANSFER LENGTH, ATOMIC ALIGNMENT, ATOMIC TRANSFER
+    // LENGTH GRANULARITY (page bytes 44..56): one atomic unit, 0 if none.
+    // No atomic boundaries (page bytes 56..64 stay 0).
+    let unit = dev.atomic_unit_blocks.to_be_bytes();
+    for at in [40, 44, 48] {
+        b[at..at + 4].copy_from_slice(&unit);
+    }
     b
 }
 

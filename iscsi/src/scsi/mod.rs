@@ -111,6 +111,9 @@ pub struct LunDevice {
     pub thin: bool,
     /// Unmapped blocks read back as zeros (LBPRZ, with `thin`).
     pub holes_read_zero: bool,
+    /// Blocks the store writes untorn (RWF_ATOMIC): WRITE ATOMIC (16) takes
+    /// exactly this many, aligned to it; 0 = not offered.
+    pub atomic_unit_blocks: u32,
 }
 
 /// Asymmetric access state of a target port group (SPC-4 5.15.2.4).
@@ -305,6 +308,7 @@ impl IoRequest {
         matches!(
             self.op,
             IoOp::Write
+                | IoOp::WriteAtomic
                 | IoOp::WriteVerify
                 | IoOp::Verify { .. }
                 | IoOp::WriteSame { ndob: false, .. }
@@ -319,6 +323,7 @@ impl IoRequest {
         matches!(
             self.op,
             IoOp::Write
+                | IoOp::WriteAtomic
                 | IoOp::WriteVerify
                 | IoOp::WriteSame { .. }
                 | IoOp::OrWrite
@@ -342,6 +347,8 @@ pub enum IoOp {
     },
     /// Collect data-out, write it through to media (`fua` is set).
     WriteVerify,
+    /// WRITE ATOMIC (16): collect data-out, write it untorn (RWF_ATOMIC).
+    WriteAtomic,
     /// Flush the write cache for the range (fdatasync).
     Flush {
         /// IMMED: status may be returned before the flush completes.

@@ -44,6 +44,7 @@ pub(crate) enum Handler {
     PrOut,
     OrWrite,
     CompareAndWrite,
+    WriteAtomic,
     ExtendedCopy,
     ReceiveCopyResults,
     Sanitize,
@@ -68,6 +69,8 @@ pub(crate) enum Xfer {
     SameBlock,
     /// COMPARE AND WRITE: data-out of twice NUMBER OF LOGICAL BLOCKS (byte 13).
     CompareAndWrite,
+    /// WRITE ATOMIC (16): data-out of TRANSFER LENGTH (bytes 12-13) blocks.
+    AtomicBlocks,
 }
 
 /// In which ALUA access states a command is processed (SPC-4 5.15.2.4).
@@ -90,6 +93,7 @@ impl OpEntry {
     pub(crate) fn supported_by(&self, dev: &LunDevice) -> bool {
         match self.handler {
             Handler::Unmap => dev.thin,
+            Handler::WriteAtomic => dev.atomic_unit_blocks > 0,
             _ => true,
         }
     }
@@ -253,6 +257,9 @@ const TABLE: &[OpEntry] = &[
     op(0x93, None, "WRITE SAME(16)", Handler::WriteSame(Sixteen), Xfer::SameBlock, Media,
         &[0x93, 0x09, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x1F, 0]),
+    op(0x9C, None, "WRITE ATOMIC(16)", Handler::WriteAtomic, Xfer::AtomicBlocks, Media,
+        &[0x9C, 0x18, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+          0x3F, 0]),
     op(0x9E, Some(0x10), "READ CAPACITY(16)", Handler::ReadCapacity16, alloc(10, 4), Capacity,
         &[0x9E, 0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
           0x01, 0]),
@@ -526,9 +533,11 @@ mod tests {
         report_supported_opcodes(&c, &thin()).map(|c| c.data)
     }
 
+    /// A device supporting every command (thin, with atomic writes).
     fn thin() -> LunDevice {
         LunDevice {
             thin: true,
+            atomic_unit_blocks: 8,
             ..crate::scsi::dispatch::tests::disk(512, 1000)
         }
     }
@@ -563,7 +572,8 @@ mod tests {
         assert_eq!(&d[..4], &[0, 0x03, 0, 10]);
         c[2] = 0;
         let all = report_supported_opcodes(&c, &thick).unwrap().data;
-        assert_eq!(be(&all, 0, 4) as usize, (OPS.len() - 1) * 8);
+        // UNMAP and WRITE ATOMIC (16) are missing.
+        assert_eq!(be(&all, 0, 4) as usize, (OPS.len() - 2) * 8);
         assert!(!all[4..].chunks(8).any(|d| d[0] == 0x42));
     }
 

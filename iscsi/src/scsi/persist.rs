@@ -245,6 +245,7 @@ fn class(h: Handler) -> Class {
         | Handler::Unmap
         | Handler::OrWrite
         | Handler::CompareAndWrite
+        | Handler::WriteAtomic
         | Handler::ExtendedCopy
         | Handler::Sanitize
         | Handler::ModeSelect

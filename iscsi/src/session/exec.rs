@@ -625,7 +625,7 @@ impl Connection {
                 };
                 self.respond_status(t.itt, t.edtl, t.xfer, status, t.r2tsn);
             }
-            IoOp::Write | IoOp::WriteVerify => {
+            IoOp::Write | IoOp::WriteVerify | IoOp::WriteAtomic => {
                 let status = if ok {
                     TaskStatus::good()
                 } else {

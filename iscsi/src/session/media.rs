@@ -317,6 +317,11 @@ impl Connection {
                             fua: req.fua || req.op == IoOp::WriteVerify,
                         }
                     }
+                    IoOp::WriteAtomic => {
+                        let Some(mut buf) = t.buf.take() else { return };
+                        buf.set_len(data_len);
+                        DiskOp::WriteAtomic { buf, fua: req.fua }
+                    }
                     IoOp::Flush { .. } => {
                         offset = 0;
                         DiskOp::Flush

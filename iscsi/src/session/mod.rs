@@ -122,6 +122,13 @@ pub enum DiskOp {
         /// Force unit access.
         fua: bool,
     },
+    /// Write `buf` untorn (RWF_ATOMIC): WRITE ATOMIC (16).
+    WriteAtomic {
+        /// Data: one atomic unit of the store, naturally aligned.
+        buf: Buf,
+        /// Force unit access.
+        fua: bool,
+    },
     /// fdatasync.
     Flush,
     /// Read-ahead hint for `len` bytes (0: to the end); never fails the command.

@@ -58,6 +58,7 @@ impl FakeHost {
             rotational: false,
             thin: false,
             holes_read_zero: false,
+            atomic_unit_blocks: 0,
         };
         let luns = LunTable {
             port: PortContext {

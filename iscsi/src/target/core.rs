@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_datapath::ring::{Payload, RecvBuf};
-use trellis_datapath::{Ring, RingError, StoreSlot, Waker};
+use trellis_datapath::{Ring, RingError, StoreSlot, Waker, WriteFlags};
 
 use super::Registry;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
@@ -443,6 +443,16 @@ impl<'a> Core<'a> {
                 DiskOp::Write { buf, fua } => self
                     .ring
                     .write(req.slot, buf, req.offset, fua, t)
+                    .map_err(|(e, b)| (e, Some(b))),
+                DiskOp::WriteAtomic { buf, fua } => self
+                    .ring
+                    .write_with(
+                        req.slot,
+                        buf,
+                        req.offset,
+                        WriteFlags { fua, atomic: true },
+                        t,
+                    )
                     .map_err(|(e, b)| (e, Some(b))),
                 DiskOp::Flush => self.ring.flush(req.slot, t).map_err(|e| (e, None)),
                 DiskOp::Prefetch { len } => self

@@ -58,6 +58,15 @@ impl Registry {
             .map(|d| {
                 let spec = d.spec();
                 let max_blocks = max_buf / spec.block_size;
+                let atomic_unit_blocks =
+                    atomic_unit_blocks(d.store().atomic_write_unit(), spec.block_size, max_blocks);
+                if atomic_unit_blocks > 0 {
+                    tracing::info!(
+                        device = %spec.name,
+                        blocks = atomic_unit_blocks,
+                        "WRITE ATOMIC offered: the store writes this many blocks untorn"
+                    );
+                }
                 LunDevice {
                     name: spec.name.clone(),
                     block_size: spec.block_size,
@@ -71,6 +80,7 @@ impl Registry {
                     rotational: false,
                     thin: spec.thin,
                     holes_read_zero: d.store().holes_read_zero(),
+                    atomic_unit_blocks,
                 }
             })
             .collect();
@@ -295,5 +305,22 @@ impl Registry {
             s.by_key
                 .retain(|_, e| !(e.tsih == tsih && Arc::ptr_eq(&e.kill, kill)));
         }
+    }
+}
+
+/// WRITE ATOMIC (16) unit in blocks for a store whose untorn write unit is
+/// `unit` bytes: a whole number of blocks within one command's transfer
+/// limit (`max_blocks`, 0 = none); 0 when the store has no atomic writes.
+fn atomic_unit_blocks(unit: Option<u32>, block_size: u32, max_blocks: u32) -> u32 {
+    match unit {
+        Some(u) if block_size > 0 && u.is_multiple_of(block_size) => {
+            let blocks = u / block_size;
+            if max_blocks == 0 || blocks <= max_blocks {
+                blocks
+            } else {
+                0
+            }
+        }
+        _ => 0,
     }
 }
