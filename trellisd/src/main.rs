@@ -2,7 +2,10 @@
 //!
 //! Reads its configuration (or the embedded default), opens the backing
 //! stores, starts the per-core iSCSI target and runs until SIGINT/SIGTERM,
-//! then drains in-flight commands, flushes and exits 0.
+//! then drains in-flight commands, flushes and exits 0. SIGHUP re-reads the
+//! configuration file and applies it while running (devices grow; targets,
+//! LUN maps, ACLs and CHAP change); a configuration it cannot apply is logged
+//! and nothing changes.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -22,6 +25,10 @@ use trellis_iscsi::target::Target;
 /// ./trellis-data, one 1 GiB sparse thin file-backed device `disk0`, target
 /// iqn.2026-11.io.trellis:default with disk0 at LUN 0, portal 127.0.0.1:3260,
 /// any initiator allowed.
+///
+/// SIGHUP reloads the --config file: devices may grow (hosts see CAPACITY
+/// DATA HAS CHANGED), targets, LUN maps, ACLs and CHAP may change (REPORTED
+/// LUNS DATA HAS CHANGED); adding or removing devices needs a restart.
 #[derive(Debug, Parser)]
 #[command(name = "trellisd", version, about, long_about)]
 struct Args {
@@ -84,6 +91,9 @@ fn run(args: Args) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .context("cannot install signal handlers")?;
     let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
     let mut target = Target::start(cfg)?;
     tracing::info!(
@@ -94,9 +104,42 @@ fn run(args: Args) -> Result<()> {
     );
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::SeqCst) {
+            reload(args.config.as_deref(), &over, &target);
+        }
     }
     tracing::info!("signal received: stopping");
     target.shutdown();
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration file and applies what changed.
+fn reload(path: Option<&std::path::Path>, over: &config::Overrides, target: &Target) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: running the embedded default, no file to reload");
+        return;
+    };
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(file = %name, error = %e, "SIGHUP: cannot read the configuration; nothing changed");
+            return;
+        }
+    };
+    let cfg = match config::load(&name, &text, over) {
+        Ok((cfg, _)) => cfg,
+        Err(e) => {
+            tracing::error!(file = %name, "SIGHUP: {e:#}; nothing changed");
+            return;
+        }
+    };
+    match target.registry().reconfigure(&cfg) {
+        Ok(changes) if changes.is_empty() => {
+            tracing::info!(file = %name, "SIGHUP: configuration reloaded, nothing changed")
+        }
+        Ok(changes) => tracing::info!(file = %name, ?changes, "SIGHUP: configuration applied"),
+        Err(e) => tracing::error!(file = %name, "SIGHUP: {e}; nothing changed"),
+    }
 }

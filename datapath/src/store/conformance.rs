@@ -19,6 +19,7 @@ pub(crate) fn run_all(make: &dyn Fn() -> Arc<dyn BackingStore>) {
     ring_unmap_zeroes_flush(make());
     sync_extents(make());
     ring_prefetch(make());
+    sync_grow(make());
 }
 
 fn pattern(seed: u8, len: usize) -> Vec<u8> {
@@ -88,6 +89,35 @@ fn sync_read_past_end_fails(s: Arc<dyn BackingStore>) {
     .unwrap();
     let mut r = pool.get(BLOCK).unwrap();
     assert!(s.read_at(&mut r, s.size()).is_err());
+}
+
+/// Growing keeps the data, adds zeros at the end, never shrinks.
+fn sync_grow(s: Arc<dyn BackingStore>) {
+    let pool = crate::BufPool::new(&PoolConfig {
+        classes: vec![(BLOCK, 2)],
+    })
+    .unwrap();
+    let old = s.size();
+    let mut w = pool.get(BLOCK).unwrap();
+    w.copy_from_slice(&pattern(9, BLOCK));
+    s.write_at(&w, old - BLOCK as u64, false).unwrap();
+    s.grow(old + 4 * BLOCK as u64).unwrap();
+    assert_eq!(s.size(), old + 4 * BLOCK as u64);
+    let mut r = pool.get(BLOCK).unwrap();
+    s.read_at(&mut r, old - BLOCK as u64).unwrap();
+    assert_eq!(
+        &r[..],
+        &pattern(9, BLOCK)[..],
+        "data before the old end kept"
+    );
+    s.read_at(&mut r, old + 3 * BLOCK as u64).unwrap();
+    assert!(r.iter().all(|&b| b == 0), "the grown part reads as zeros");
+    s.grow(old).unwrap();
+    assert_eq!(
+        s.size(),
+        old + 4 * BLOCK as u64,
+        "growing to less is a no-op"
+    );
 }
 
 fn wait(ring: &mut Ring) -> Completion {

@@ -7,7 +7,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use super::{cvt, fd_size, BackingStore};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{cvt, extend, fd_size, BackingStore};
 use crate::StoreError;
 
 /// A file or block device.
@@ -15,7 +17,7 @@ use crate::StoreError;
 pub struct FileStore {
     path: PathBuf,
     fd: OwnedFd,
-    size: u64,
+    size: AtomicU64,
     direct: bool,
     block_device: bool,
     atomic_unit: Option<u32>,
@@ -88,7 +90,7 @@ impl FileStore {
         Ok(Self {
             path: path.to_owned(),
             fd,
-            size,
+            size: AtomicU64::new(size),
             direct,
             block_device,
             atomic_unit,
@@ -115,7 +117,23 @@ impl BackingStore for FileStore {
         )
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+    fn grow(&self, size: u64) -> std::io::Result<()> {
+        if self.block_device {
+            // A block device is grown by whoever owns it; take its new size.
+            let (now, _) = fd_size(&self.fd)?;
+            self.size.store(now, Ordering::Release);
+            if now < size {
+                return Err(std::io::Error::other(format!(
+                    "block device is {now} bytes; grow it to {size} first"
+                )));
+            }
+        } else if size > self.size() {
+            extend(&self.fd, size)?;
+            self.size.store(size, Ordering::Release);
+        }
+        Ok(())
     }
     fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -3,6 +3,7 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{cvt, BackingStore};
 use crate::StoreError;
@@ -11,7 +12,7 @@ use crate::StoreError;
 #[derive(Debug)]
 pub struct MemoryStore {
     fd: OwnedFd,
-    size: u64,
+    size: AtomicU64,
 }
 
 impl MemoryStore {
@@ -29,16 +30,26 @@ impl MemoryStore {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         // SAFETY: plain syscall on the descriptor we own.
         cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) }).map_err(err)?;
-        Ok(Self { fd, size })
+        Ok(Self {
+            fd,
+            size: AtomicU64::new(size),
+        })
     }
 }
 
 impl BackingStore for MemoryStore {
     fn describe(&self) -> String {
-        format!("memory ({} bytes)", self.size)
+        format!("memory ({} bytes)", self.size())
     }
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Acquire)
+    }
+    fn grow(&self, size: u64) -> std::io::Result<()> {
+        if size > self.size() {
+            super::extend(&self.fd, size)?;
+            self.size.store(size, Ordering::Release);
+        }
+        Ok(())
     }
     fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -30,6 +30,18 @@ pub trait BackingStore: Send + Sync + Debug {
     fn holes_read_zero(&self) -> bool {
         true
     }
+    /// Grows the store to at least `size` bytes (a no-op when it already is
+    /// that large): a regular file or memfd is extended (sparse); a block
+    /// device must have been grown underneath (its size is re-read).
+    fn grow(&self, size: u64) -> io::Result<()> {
+        if size <= self.size() {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this store cannot grow",
+        ))
+    }
     /// The size in bytes of a write the store makes untorn with RWF_ATOMIC
     /// (statx STATX_WRITE_ATOMIC, the smallest atomic unit); `None` when it
     /// cannot (no hardware or filesystem support, buffered I/O).
@@ -218,6 +230,13 @@ pub(crate) fn cvt(r: i32) -> io::Result<()> {
 }
 
 /// Size of an open file or block device.
+/// Extends regular file or memfd `fd` to `size` bytes (never shrinks).
+pub(crate) fn extend(fd: &OwnedFd, size: u64) -> io::Result<()> {
+    let size = i64::try_from(size).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: plain syscall on a descriptor the caller owns.
+    cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), size) })
+}
+
 pub(crate) fn fd_size(fd: &OwnedFd) -> io::Result<(u64, bool)> {
     // SAFETY: `st` is plain data the kernel fills; zeroed is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

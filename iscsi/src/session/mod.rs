@@ -17,6 +17,7 @@ mod copy;
 mod exec;
 mod media;
 mod outbox;
+mod reconfig;
 mod sanitize;
 mod task;
 mod text;
@@ -79,6 +80,12 @@ pub trait Host {
     fn login(&mut self) -> &mut dyn LoginContext;
     /// The LUN table of `target` as `initiator` may see it.
     fn luns(&mut self, target: &str, initiator: &str) -> Option<Rc<LunTable>>;
+    /// Moves on whenever the configuration behind [`Host::luns`] changes
+    /// (device grown, LUN map or ACL changed): sessions then rebuild their
+    /// LUN tables.
+    fn config_generation(&self) -> u64 {
+        0
+    }
     /// SendTargets: `(target name, ["addr:port,tpgt", ...])` for each target
     /// `initiator` may see (only `only` if given).
     fn send_targets(&self, initiator: &str, only: Option<&str>) -> Vec<(String, Vec<String>)>;
@@ -190,6 +197,8 @@ struct Session {
     window: Window,
     luns: Option<Rc<LunTable>>,
     nexus: Vec<NexusState>,
+    /// Host configuration generation `luns` was built at.
+    generation: u64,
     tasks: HashMap<u32, Task>,
     itts: HashMap<u32, u32>,
     next_task: u32,
@@ -307,6 +316,7 @@ impl Connection {
     ) -> usize {
         self.blocked = false;
         self.last_rx = now;
+        self.refresh_luns(host);
         let mut used = 0;
         while self.closing.is_none() {
             let rest = &bytes[used..];
@@ -534,6 +544,7 @@ impl Connection {
                 .collect()
         });
         let window = Window::new(params.exp_cmdsn_start, self.cfg.limits.cmdsn_window);
+        let generation = host.config_generation();
         tracing::info!(
             initiator = %params.initiator_name,
             target = ?params.target_name,
@@ -545,6 +556,7 @@ impl Connection {
             window,
             luns,
             nexus,
+            generation,
             tasks: HashMap::new(),
             itts: HashMap::new(),
             next_task: 1,

@@ -39,6 +39,7 @@ const ENOSPC: i32 = 28;
 
 struct FakeHost {
     luns: Rc<LunTable>,
+    generation: u64,
     allocated: Vec<SessionRequest>,
     ended: Vec<u16>,
 }
@@ -79,6 +80,7 @@ impl FakeHost {
         };
         Self {
             luns: Rc::new(luns),
+            generation: 0,
             allocated: Vec::new(),
             ended: Vec::new(),
         }
@@ -116,6 +118,9 @@ impl Host for FakeHost {
     }
     fn session_ended(&mut self, tsih: u16) {
         self.ended.push(tsih);
+    }
+    fn config_generation(&self) -> u64 {
+        self.generation
     }
 }
 
@@ -672,5 +677,6 @@ mod copy;
 mod io;
 mod login;
 mod media;
+mod reconfig;
 mod reserve;
 mod sanitize;

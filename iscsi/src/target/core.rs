@@ -75,7 +75,7 @@ struct CoreHost<'a> {
 
 impl LoginContext for CoreHost<'_> {
     fn target_exists(&self, target: &str) -> bool {
-        self.reg.target(target).is_some()
+        self.reg.target_exists(target)
     }
     fn initiator_allowed(&self, target: Option<&str>, initiator: &str) -> bool {
         self.reg.allowed(target, initiator)
@@ -84,7 +84,7 @@ impl LoginContext for CoreHost<'_> {
         self.reg.chap(target, initiator)
     }
     fn target_alias(&self, target: &str) -> Option<String> {
-        self.reg.target(target).and_then(|t| t.alias.clone())
+        self.reg.target_alias(target)
     }
     fn allocate_session(&mut self, req: &SessionRequest) -> Result<u16, LoginStatus> {
         self.reg.allocate_session(req, self.core, self.kill)
@@ -106,6 +106,9 @@ impl Host for CoreHost<'_> {
     fn session_ended(&mut self, tsih: u16) {
         self.reg.session_ended(tsih, self.kill);
     }
+    fn config_generation(&self) -> u64 {
+        self.reg.generation()
+    }
 }
 
 struct Core<'a> {
@@ -115,6 +118,8 @@ struct Core<'a> {
     cfg: Rc<ConnConfig>,
     slots: Vec<StoreSlot>,
     devs: Vec<Rc<LunDevice>>,
+    /// Registry generation `devs` were built at.
+    devs_gen: u64,
     conns: Vec<Option<Conn>>,
     listeners: Vec<Rc<dyn AsRawFd>>,
     accepting: Vec<bool>,
@@ -154,6 +159,9 @@ pub(super) fn run(
             tracing::error!(core = id, error = %e, "ring wait failed");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // A reconfiguration (device grown): fresh descriptions for the LUN
+        // tables sessions rebuild.
+        core.refresh_devs();
         // Resets and CLEAR TASK SET from sessions on other cores abort
         // this core's tasks before their completions are answered.
         for c in core.conns.iter_mut().flatten() {
@@ -206,7 +214,8 @@ impl<'a> Core<'a> {
             .iter()
             .map(|d| ring.register_store(Arc::clone(d.store())))
             .collect::<Result<Vec<_>, _>>()?;
-        let devs = reg.lun_devices().iter().cloned().map(Rc::new).collect();
+        let devs_gen = reg.generation();
+        let devs = reg.lun_devices().into_iter().map(Rc::new).collect();
         let listeners: Vec<Rc<dyn AsRawFd>> = listeners
             .iter()
             .map(|l| Rc::new(Arc::clone(l)) as Rc<dyn AsRawFd>)
@@ -219,12 +228,21 @@ impl<'a> Core<'a> {
             cfg: Rc::new(cfg.conn.clone()),
             slots,
             devs,
+            devs_gen,
             conns: Vec::new(),
             listeners,
             accepting,
             stopping: None,
             seed: (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now_nanos(),
         })
+    }
+
+    fn refresh_devs(&mut self) {
+        let now = self.reg.generation();
+        if now != self.devs_gen {
+            self.devs_gen = now;
+            self.devs = self.reg.lun_devices().into_iter().map(Rc::new).collect();
+        }
     }
 
     fn arm_accept(&mut self, i: usize) {

@@ -26,7 +26,7 @@ use crate::login::ChapPolicy;
 use crate::session::ConnConfig;
 
 /// One initiator allowed on a target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AclEntry {
     /// Initiator IQN.
     pub initiator: String,
@@ -37,7 +37,7 @@ pub struct AclEntry {
 }
 
 /// A target: a name and its LUN map.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetSpec {
     /// IQN.
     pub name: String,

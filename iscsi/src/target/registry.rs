@@ -2,12 +2,18 @@
 //! session table (ISID/TSIH, reinstatement) and each logical unit's
 //! [`LunShared`] state. Only login and discovery touch the registry; the I/O
 //! path reads just the `LunShared` of its LUNs (one atomic per command).
+//!
+//! [`Registry::reconfigure`] applies a new configuration while running:
+//! devices grow, targets, LUN maps, ACLs and CHAP change. It bumps the
+//! configuration generation; each core then refreshes its device
+//! descriptions, and each session its LUN table, reporting CAPACITY DATA
+//! HAS CHANGED and REPORTED LUNS DATA HAS CHANGED to its I_T nexuses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
 use trellis_datapath::{StoreSlot, VirtualDevice, Waker};
 
@@ -33,13 +39,22 @@ struct Sessions {
     next_tsih: u16,
 }
 
+/// The parts of the configuration that change while running.
+#[derive(Debug, Clone)]
+struct Live {
+    targets: Vec<TargetSpec>,
+    discovery_chap: Option<ChapPolicy>,
+}
+
 /// Shared target state.
 #[derive(Debug)]
 pub struct Registry {
     cfg: GatewayConfig,
+    live: RwLock<Live>,
+    generation: AtomicU64,
     portals: Vec<SocketAddr>,
     wakers: Vec<Arc<Waker>>,
-    lun_devices: Vec<LunDevice>,
+    lun_devices: RwLock<Vec<LunDevice>>,
     lun_shared: Vec<Arc<LunShared>>,
     lun_sanitize: Vec<Arc<SanitizeState>>,
     sessions: Mutex<Sessions>,
@@ -111,10 +126,15 @@ impl Registry {
             .collect();
         Self {
             lun_sanitize,
+            live: RwLock::new(Live {
+                targets: cfg.targets.clone(),
+                discovery_chap: cfg.discovery_chap.clone(),
+            }),
+            generation: AtomicU64::new(0),
             cfg,
             portals,
             wakers,
-            lun_devices,
+            lun_devices: RwLock::new(lun_devices),
             lun_shared,
             sessions: Mutex::new(Sessions {
                 by_key: HashMap::new(),
@@ -123,7 +143,8 @@ impl Registry {
         }
     }
 
-    /// The configuration the target runs.
+    /// The configuration the target started with (devices, portals, limits;
+    /// targets and CHAP as they are now come from the live configuration).
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg
     }
@@ -133,9 +154,139 @@ impl Registry {
         &self.cfg.devices
     }
 
-    /// A target by name.
-    pub fn target(&self, name: &str) -> Option<&TargetSpec> {
-        self.cfg.targets.iter().find(|t| t.name == name)
+    fn live(&self) -> RwLockReadGuard<'_, Live> {
+        self.live.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Moves on with every change [`Registry::reconfigure`] applies.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether target `name` exists.
+    pub fn target_exists(&self, name: &str) -> bool {
+        self.live().targets.iter().any(|t| t.name == name)
+    }
+
+    /// The alias of target `name`.
+    pub fn target_alias(&self, name: &str) -> Option<String> {
+        self.live()
+            .targets
+            .iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.alias.clone())
+    }
+
+    /// Applies `new` while running. Devices must be the same ones (name,
+    /// block size, backing, read-only, thin), in the same order, and may only
+    /// grow; targets, LUN maps, ACLs and CHAP may change freely (new logins
+    /// see them at once, sessions at their next PDU). Returns what changed, or
+    /// why nothing was applied.
+    pub fn reconfigure(&self, new: &GatewayConfig) -> Result<Vec<String>, String> {
+        let old = &self.cfg.devices;
+        if new.devices.len() != old.len() {
+            return Err(format!(
+                "devices cannot be added or removed while running ({} now, {} in the new configuration); restart trellisd",
+                old.len(),
+                new.devices.len()
+            ));
+        }
+        let mut grow = Vec::new();
+        for (o, n) in old.iter().zip(&new.devices) {
+            let (os, ns) = (o.spec(), n.spec());
+            if os.name != ns.name {
+                return Err(format!(
+                    "device `{}` became `{}`: devices cannot be renamed or reordered while running",
+                    os.name, ns.name
+                ));
+            }
+            if os.block_size != ns.block_size || os.read_only != ns.read_only || os.thin != ns.thin
+            {
+                return Err(format!(
+                    "device `{}`: block size, read_only and thin cannot change while running",
+                    os.name
+                ));
+            }
+            if n.store().describe() != o.store().describe() {
+                return Err(format!(
+                    "device `{}`: its backing store changed ({} -> {})",
+                    os.name,
+                    o.store().describe(),
+                    n.store().describe()
+                ));
+            }
+            let now = self.device_size(&os.name);
+            if ns.size < now {
+                return Err(format!(
+                    "device `{}` cannot shrink ({now} -> {} bytes)",
+                    os.name, ns.size
+                ));
+            }
+            if ns.size > now {
+                grow.push((os.name.clone(), ns.size));
+            }
+        }
+        let mut changes = Vec::new();
+        for (name, size) in grow {
+            let Some(i) = old.iter().position(|d| d.spec().name == name) else {
+                continue;
+            };
+            old[i]
+                .store()
+                .grow(size)
+                .map_err(|e| format!("device `{name}` cannot grow to {size} bytes: {e}"))?;
+            let mut devs = self
+                .lun_devices
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(d) = devs.get_mut(i) {
+                d.num_blocks = size / u64::from(d.block_size);
+            }
+            changes.push(format!("device `{name}` grown to {size} bytes"));
+        }
+        {
+            let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+            let next = Live {
+                targets: new.targets.clone(),
+                discovery_chap: new.discovery_chap.clone(),
+            };
+            for t in &next.targets {
+                match live.targets.iter().find(|o| o.name == t.name) {
+                    None => changes.push(format!("target `{}` added", t.name)),
+                    Some(o) if o.luns != t.luns => {
+                        changes.push(format!("target `{}`: LUN map changed", t.name))
+                    }
+                    Some(o) if o.acl != t.acl || o.alias != t.alias => {
+                        changes.push(format!("target `{}`: access changed", t.name))
+                    }
+                    Some(_) => {}
+                }
+            }
+            for o in &live.targets {
+                if !next.targets.iter().any(|t| t.name == o.name) {
+                    changes.push(format!("target `{}` removed", o.name));
+                }
+            }
+            if live.discovery_chap != next.discovery_chap {
+                changes.push("discovery CHAP changed".to_owned());
+            }
+            *live = next;
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for w in &self.wakers {
+            w.wake();
+        }
+        Ok(changes)
+    }
+
+    /// The current size in bytes of device `name` (0 if unknown).
+    fn device_size(&self, name: &str) -> u64 {
+        self.lun_devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|d| d.name == name)
+            .map_or(0, |d| d.num_blocks * u64::from(d.block_size))
     }
 
     fn acl<'t>(&self, target: &'t TargetSpec, initiator: &str) -> Option<Option<&'t AclEntry>> {
@@ -150,17 +301,21 @@ impl Registry {
         match target {
             None => true,
             Some(t) => self
-                .target(t)
+                .live()
+                .targets
+                .iter()
+                .find(|x| x.name == t)
                 .is_some_and(|t| self.acl(t, initiator).is_some()),
         }
     }
 
     /// CHAP `initiator` must pass for `target` (None: discovery).
     pub fn chap(&self, target: Option<&str>, initiator: &str) -> Option<ChapPolicy> {
+        let live = self.live();
         match target {
-            None => self.cfg.discovery_chap.clone(),
+            None => live.discovery_chap.clone(),
             Some(t) => {
-                let t = self.target(t)?;
+                let t = live.targets.iter().find(|x| x.name == t)?;
                 self.acl(t, initiator)
                     .flatten()
                     .and_then(|a| a.chap.clone())
@@ -187,7 +342,7 @@ impl Registry {
                 format!("{},{tpgt}", SocketAddr::new(ip, p.port()))
             })
             .collect();
-        self.cfg
+        self.live()
             .targets
             .iter()
             .filter(|t| only.is_none_or(|o| o == t.name))
@@ -221,7 +376,8 @@ impl Registry {
         slots: &[StoreSlot],
         devs: &[Rc<LunDevice>],
     ) -> Option<LunTable> {
-        let t = self.target(target)?;
+        let live = self.live();
+        let t = live.targets.iter().find(|x| x.name == target)?;
         let acl = self.acl(t, initiator)?;
         let mask = acl.and_then(|a| a.luns.as_ref());
         let mut luns: Vec<LunEntry> = t
@@ -250,9 +406,12 @@ impl Registry {
         })
     }
 
-    /// SCSI descriptions of the devices, by index.
-    pub(super) fn lun_devices(&self) -> &[LunDevice] {
-        &self.lun_devices
+    /// SCSI descriptions of the devices as they are now, by index.
+    pub(super) fn lun_devices(&self) -> Vec<LunDevice> {
+        self.lun_devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Registers a session at the end of login, reinstating (ending) an

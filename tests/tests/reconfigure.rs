@@ -1,0 +1,140 @@
+//! Changing the configuration of a running trellisd (SIGHUP): a grown device
+//! and a newly mapped LUN reach a logged-in session as CAPACITY DATA HAS
+//! CHANGED and REPORTED LUNS DATA HAS CHANGED, then as the new READ CAPACITY
+//! and REPORT LUNS; a fresh libiscsi client sees the new size; a change that
+//! cannot be applied (a shrink) is refused with a log line and changes
+//! nothing.
+
+// Test helpers: a panic is the test failing, with the message in hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use trellis_tests::raw::Conn;
+use trellis_tests::{iscsi_tool, Trellisd, DEFAULT_TARGET};
+
+const MIB: u64 = 1 << 20;
+
+fn config(disk0_mib: u64, luns: &str) -> String {
+    format!(
+        "portals = [\"127.0.0.1:3260\"]\n\
+         [[device]]\nname = \"disk0\"\nsize = \"{disk0_mib}MiB\"\npath = \"disk0.img\"\nthin = true\n\
+         [[device]]\nname = \"disk1\"\nsize = \"32MiB\"\npath = \"disk1.img\"\nthin = true\n\
+         [[target]]\nname = \"{DEFAULT_TARGET}\"\nluns = [{luns}]\n"
+    )
+}
+
+/// Rewrites the config file, sends SIGHUP and waits for the log line saying
+/// how it went (`applied` or an error), the `n`-th such line.
+fn reload(d: &Trellisd, text: &str, n: usize) -> String {
+    std::fs::write(d.dir.path().join("trellisd.toml"), text).unwrap();
+    let pid = d.pid().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    loop {
+        let log = d.log_text();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("SIGHUP:")).collect();
+        if lines.len() >= n {
+            return lines[n - 1].to_owned();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no SIGHUP log line:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sense key, ASC and ASCQ of every unit attention until a TEST UNIT READY
+/// passes.
+fn unit_attentions(c: &mut Conn) -> Vec<(u8, u8, u8)> {
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let r = c.scsi(&[0u8; 6], &[], 0).unwrap();
+        if r.status == 0 {
+            return seen;
+        }
+        seen.push((r.sense[2] & 0x0F, r.sense[12], r.sense[13]));
+    }
+    panic!("unit attentions never end: {seen:02x?}");
+}
+
+fn capacity_bytes(c: &mut Conn) -> u64 {
+    let rc = [0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    let r = c.scsi(&rc, &[], 32).unwrap();
+    assert_eq!(r.status, 0, "READ CAPACITY(16): {:02x?}", r.sense);
+    let last = u64::from_be_bytes(r.data[0..8].try_into().unwrap());
+    let bs = u32::from_be_bytes(r.data[8..12].try_into().unwrap());
+    (last + 1) * u64::from(bs)
+}
+
+fn report_luns(c: &mut Conn) -> Vec<u16> {
+    let r = c
+        .scsi(&[0xA0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[], 256)
+        .unwrap();
+    assert_eq!(r.status, 0);
+    let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    r.data[8..8 + len]
+        .chunks(8)
+        .map(|l| u16::from_be_bytes([l[0] & 0x3F, l[1]]))
+        .collect()
+}
+
+#[test]
+fn a_grown_device_and_a_new_lun_reach_running_sessions() {
+    let d =
+        Trellisd::start_with(Some(&config(64, "{ lun = 0, device = \"disk0\" }")), &[]).unwrap();
+    let mut c = Conn::login(d.portal).unwrap();
+    c.clear_unit_attentions().unwrap();
+    assert_eq!(capacity_bytes(&mut c), 64 * MIB);
+    assert_eq!(report_luns(&mut c), vec![0]);
+
+    let both = "{ lun = 0, device = \"disk0\" }, { lun = 1, device = \"disk1\" }";
+    let line = reload(&d, &config(128, both), 1);
+    assert!(line.contains("configuration applied"), "{line}");
+
+    // The session hears of both changes before its next command runs.
+    let uas = unit_attentions(&mut c);
+    assert!(
+        uas.contains(&(6, 0x2A, 0x09)),
+        "CAPACITY DATA HAS CHANGED: {uas:02x?}"
+    );
+    assert!(
+        uas.contains(&(6, 0x3F, 0x0E)),
+        "REPORTED LUNS DATA HAS CHANGED: {uas:02x?}"
+    );
+    assert_eq!(capacity_bytes(&mut c), 128 * MIB);
+    assert_eq!(report_luns(&mut c), vec![0, 1]);
+    // The grown blocks are usable: write and read the last one.
+    let last = (128 * MIB / 512 - 1) as u32;
+    let mut w = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    w[2..6].copy_from_slice(&last.to_be_bytes());
+    assert_eq!(c.scsi(&w, &[0x77; 512], 0).unwrap().status, 0);
+    let mut r = w;
+    r[0] = 0x28;
+    let back = c.scsi(&r, &[], 512).unwrap();
+    assert_eq!((back.status, back.data), (0, vec![0x77; 512]));
+
+    // A new libiscsi client sees the new size and the new LUN.
+    let out = iscsi_tool("iscsi-readcapacity16", &[&d.url(DEFAULT_TARGET, 0)]).unwrap();
+    assert!(out.contains(&format!("{}", 128 * MIB / 512 - 1)), "{out}");
+    let out = iscsi_tool("iscsi-readcapacity16", &[&d.url(DEFAULT_TARGET, 1)]).unwrap();
+    assert!(out.contains(&format!("{}", 32 * MIB / 512 - 1)), "{out}");
+
+    // Shrinking is refused, with the reason; nothing changes.
+    let line = reload(&d, &config(64, both), 2);
+    assert!(line.contains("cannot shrink"), "{line}");
+    assert_eq!(unit_attentions(&mut c), vec![]);
+    assert_eq!(capacity_bytes(&mut c), 128 * MIB);
+
+    // Unmapping LUN 1 is reported again.
+    let line = reload(&d, &config(128, "{ lun = 0, device = \"disk0\" }"), 3);
+    assert!(line.contains("configuration applied"), "{line}");
+    assert_eq!(unit_attentions(&mut c), vec![(6, 0x3F, 0x0E)]);
+    assert_eq!(report_luns(&mut c), vec![0]);
+}
