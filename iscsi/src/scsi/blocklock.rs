@@ -81,8 +81,15 @@ pub fn mask(start: u64, end: u64) -> u64 {
     (first..=last).fold(0u64, |m, s| m | 1 << (s % STRIPES as u64))
 }
 
-fn words(mask: u64) -> impl Iterator<Item = usize> {
-    (0..STRIPES).filter(move |i| mask & (1 << i) != 0)
+/// The word indices set in `mask`, lowest first.
+fn words(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (mask != 0).then(|| {
+            let i = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            i
+        })
+    })
 }
 
 impl BlockLocks {

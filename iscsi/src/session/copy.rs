@@ -7,11 +7,14 @@
 //!         └─> last chunk of the last segment: record the result in the nexus, GOOD
 //! ```
 //!
-//! Copies take no block holds: a COMPARE AND WRITE of the destination blocks
-//! in the same session may interleave with a copy's writes.
+//! Each chunk holds its destination blocks' unit-wide lock words (shared,
+//! like any write) from before its read until its write is done, so a
+//! COMPARE AND WRITE of those blocks from any session never interleaves with
+//! it; a chunk whose blocks a COMPARE AND WRITE holds waits for it.
 
 use trellis_datapath::{Buf, BufPool};
 
+use super::media::Span;
 use super::task::{Purpose, Stage, TaskStatus};
 use super::{Connection, DiskOp, DiskRequest};
 use crate::scsi::{self, CopyList, CopyResult, CopyStep, Sense, SenseKey};
@@ -104,7 +107,7 @@ impl Connection {
     }
 
     /// Reads the next chunk, or ends the copy after the last one.
-    fn copy_next(&mut self, id: u32) {
+    pub(super) fn copy_next(&mut self, id: u32) {
         let Some(s) = self.session() else { return };
         let Some(luns) = s.luns.clone() else { return };
         let Some(t) = s.tasks.get_mut(&id) else {
@@ -129,6 +132,23 @@ impl Connection {
         };
         let per_buf = (buf.capacity() / bs as usize).max(1) as u32;
         job.chunk = (st.blocks - job.done).min(per_buf);
+        let dst_start = st.dst_lba + u64::from(job.done);
+        let span = Span {
+            task: id,
+            lun: st.dst,
+            start: dst_start,
+            end: dst_start + u64::from(job.chunk),
+            exclusive: false,
+        };
+        let Some(dst) = luns.luns.get(st.dst) else {
+            return;
+        };
+        if !s.holds.lock(span, &dst.shared) {
+            // A COMPARE AND WRITE holds them; retried when it is done.
+            t.buf = Some(buf);
+            t.stage = Stage::RangeWait;
+            return;
+        }
         job.reading = true;
         buf.set_len(job.chunk as usize * bs as usize);
         let offset = (st.src_lba + u64::from(job.done)) * u64::from(bs);
@@ -182,6 +202,8 @@ impl Connection {
         job.done += job.chunk;
         job.bytes += u64::from(job.chunk) * u64::from(bs);
         t.buf = Some(buf);
+        // The chunk is written: its blocks go back.
+        s.holds.release(id);
         self.copy_next(id);
     }
 

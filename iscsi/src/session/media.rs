@@ -33,13 +33,13 @@ use crate::scsi::{self, Completion, IoOp, IoRequest, LunShared, Sense};
 
 /// Blocks one task covers, from submission to completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    task: u32,
-    lun: usize,
-    start: u64,
-    end: u64,
+pub(super) struct Span {
+    pub(super) task: u32,
+    pub(super) lun: usize,
+    pub(super) start: u64,
+    pub(super) end: u64,
     /// COMPARE AND WRITE: nothing else may touch the blocks meanwhile.
-    exclusive: bool,
+    pub(super) exclusive: bool,
 }
 
 impl Span {
@@ -112,7 +112,7 @@ impl Holds {
     /// Takes the unit-wide block locks of held `span` on `lu`: shared for a
     /// write, exclusive and drained for a COMPARE AND WRITE. False (and the
     /// span is queued as blocked) while another session's task is in the way.
-    fn lock(&mut self, span: Span, lu: &Arc<LunShared>) -> bool {
+    pub(super) fn lock(&mut self, span: Span, lu: &Arc<LunShared>) -> bool {
         let mask = blocklock::mask(span.start, span.end);
         let have = self.locked.iter().any(|l| l.task == span.task);
         let ok = if span.exclusive {
@@ -247,11 +247,15 @@ impl Connection {
         let Some(t) = s.tasks.get_mut(&span.task) else {
             return;
         };
-        if locked {
+        if !locked {
+            t.stage = Stage::RangeWait;
+        } else if t.purpose == Purpose::Copy {
+            // An EXTENDED COPY chunk whose destination blocks are now held.
+            t.stage = Stage::InFlight;
+            self.copy_next(span.task);
+        } else {
             t.stage = Stage::InFlight;
             self.start_disk(span.task);
-        } else {
-            t.stage = Stage::RangeWait;
         }
     }
 

@@ -139,3 +139,46 @@ fn extended_copy_to_an_unknown_device_is_aborted() {
     assert_eq!((resp.itt, resp.status), (itt, 0x02));
     assert_eq!(sense_of(&out), (0x05, 0x24, 0x00));
 }
+
+#[test]
+fn a_copy_into_blocks_a_compare_and_write_holds_waits_for_it() {
+    let mut a = two_luns();
+    let mut b = Rig::new(0x1000);
+    b.host.luns = Rc::clone(&a.host.luns);
+    b.login(&Keys::default());
+    b.clear_ua();
+    // B's COMPARE AND WRITE of LUN 0 block 20 is reading.
+    let mut caw = [0u8; 16];
+    caw[0] = 0x89;
+    caw[2..10].copy_from_slice(&20u64.to_be_bytes());
+    caw[13] = 1;
+    let mut data = vec![0u8; 512];
+    data.extend_from_slice(&[7; 512]);
+    let caw_itt = b.scsi(caw, 1024, false, true, &data, true);
+    let read = b.disk();
+    // A copies LUN 1 blocks 0..4 onto LUN 0 blocks 18..22: the target
+    // descriptors swapped, so the segment's source is LUN 1.
+    let mut p = params(&a, 6, 4, 0, 18);
+    let (first, second) = (16..48, 48..80);
+    let t0 = p[first.clone()].to_vec();
+    let t1 = p[second.clone()].to_vec();
+    p[first].copy_from_slice(&t1);
+    p[second].copy_from_slice(&t0);
+    a.scsi(xcopy(p.len() as u32), p.len() as u32, false, true, &p, true);
+    assert!(a.conn.next_disk().is_none(), "the copy waits for the CAW");
+    // The CAW ends; A's core is woken and the copy starts.
+    let DiskOp::Read(mut medium) = read.op else {
+        panic!("read")
+    };
+    medium.fill(0);
+    b.disk_done(read.task, 512, Some(medium));
+    let w = b.disk();
+    let DiskOp::Write { buf, .. } = w.op else {
+        panic!("CAW write")
+    };
+    b.disk_done(w.task, 512, Some(buf));
+    assert_eq!(status(&mut b, caw_itt), GOOD);
+    a.conn.poll_shared();
+    let r = a.disk();
+    assert_eq!((r.slot, r.offset), (1, 0), "the copy reads LUN 1 block 0");
+}
