@@ -17,6 +17,7 @@
 
 pub mod discovery;
 pub mod membership;
+pub mod node;
 #[cfg(test)]
 mod sim;
 pub mod wire;

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use toml::Spanned;
+use trellis_control::discovery::Identity;
+use trellis_control::node::NodeConfig;
+use trellis_control::wire::ClusterKey;
+use trellis_control::{ClusterId, LinkName, MemberId, ProtocolVersion};
 use trellis_datapath::{
     BackingStore, DeviceSpec, FileStore, MemoryStore, RingConfig, VirtualDevice,
 };
@@ -50,6 +54,38 @@ struct File {
     #[serde(default, rename = "target")]
     targets: Vec<TargetSection>,
     discovery: Option<ChapSection>,
+    cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: this member's place in a cluster (absent: a lone gateway).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterSection {
+    /// The cluster's name; members of other clusters are refused.
+    id: Spanned<String>,
+    /// This member's name, unique in the cluster.
+    member: Spanned<String>,
+    /// The shared cluster key (at least 16 characters).
+    key: Spanned<String>,
+    /// Control addresses, one per redundant network (two or more).
+    links: Vec<Spanned<LinkSection>>,
+    /// Static addresses of other members, for networks without multicast.
+    #[serde(default)]
+    seeds: Vec<Spanned<SeedSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkSection {
+    name: String,
+    addr: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeedSection {
+    link: String,
+    addr: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -365,6 +401,69 @@ fn parse_portal(p: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{p} resolves to no address"))
 }
 
+/// The control node settings of `[cluster]`, if the file has one; errors
+/// name the file and line.
+pub fn load_cluster(name: &str, text: &str) -> Result<Option<NodeConfig>> {
+    let src = Source { name, text };
+    let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
+    let Some(c) = file.cluster else {
+        return Ok(None);
+    };
+    let key = ClusterKey::new(c.key.get_ref().as_bytes())
+        .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
+    let mut links = Vec::new();
+    for l in &c.links {
+        let at = src.at(l);
+        let l = l.get_ref();
+        let addr = l.addr.parse::<SocketAddr>().map_err(|_| {
+            anyhow!(
+                "{at}: link {:?}: bad address {:?} (expected IP:PORT)",
+                l.name,
+                l.addr
+            )
+        })?;
+        links.push((LinkName(l.name.clone()), addr));
+    }
+    if links.len() < 2 {
+        bail!(
+            "{}: a cluster member needs two or more links (one per redundant network), {} given",
+            src.at(&c.id),
+            links.len()
+        );
+    }
+    let mut seeds = Vec::new();
+    for s in &c.seeds {
+        let at = src.at(s);
+        let s = s.get_ref();
+        if !links.iter().any(|(l, _)| l.0 == s.link) {
+            bail!(
+                "{at}: seed {:?} is on link {:?}, which this member does not have",
+                s.addr,
+                s.link
+            );
+        }
+        seeds.push((LinkName(s.link.clone()), s.addr.clone()));
+    }
+    // Grows with every start, so peers tell a restart from a delay.
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64);
+    Ok(Some(NodeConfig {
+        identity: Identity {
+            member: MemberId(c.member.get_ref().clone()),
+            cluster: ClusterId(c.id.get_ref().clone()),
+            key,
+            software: format!("trellisd {}", env!("CARGO_PKG_VERSION")),
+            protocol: ProtocolVersion::CURRENT,
+            incarnation,
+        },
+        links,
+        seeds,
+        discovery: trellis_control::discovery::Config::default(),
+        membership: trellis_control::membership::Config::default(),
+    }))
+}
+
 /// Parses "1GiB", "512MiB", "4096", "10G".
 pub fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
@@ -510,6 +609,44 @@ mod tests {
             ..Overrides::default()
         };
         format!("{:#}", load("t.toml", text, &over).unwrap_err())
+    }
+
+    #[test]
+    fn cluster_sections_load_and_bad_ones_say_where() {
+        for i in 1..=3 {
+            let path = format!(
+                "{}/../examples/three-members/m{i}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = load_cluster(&path, &text)
+                .unwrap()
+                .expect("a [cluster] section");
+            assert_eq!(c.identity.member.0, format!("m{i}"));
+            assert_eq!(c.links.len(), 2);
+            assert_eq!(c.seeds.len(), 4);
+        }
+        assert!(load_cluster("t.toml", DEFAULT_CONFIG).unwrap().is_none());
+        let base = "[cluster]\nid = \"c\"\nmember = \"m1\"\n";
+        let two = "links = [{ name = \"a\", addr = \"127.0.1.1:7401\" }, { name = \"b\", addr = \"127.0.2.1:7401\" }]\n";
+        let e = |t: &str| format!("{:#}", load_cluster("t.toml", t).unwrap_err());
+        let short = e(&format!("{base}key = \"short\"\n{two}"));
+        assert!(short.starts_with("t.toml:4: cluster key"), "{short}");
+        let one = e(&format!(
+            "{base}key = \"0123456789abcdefgh\"\nlinks = [{{ name = \"a\", addr = \"127.0.1.1:7401\" }}]\n"
+        ));
+        assert!(one.contains("two or more links"), "{one}");
+        let seed = e(&format!(
+            "{base}key = \"0123456789abcdefgh\"\n{two}seeds = [{{ link = \"c\", addr = \"127.0.3.1:7401\" }}]\n"
+        ));
+        assert!(
+            seed.contains("t.toml:6: seed") && seed.contains("link \"c\""),
+            "{seed}"
+        );
+        let addr = e(&format!(
+            "{base}key = \"0123456789abcdefgh\"\nlinks = [{{ name = \"a\", addr = \"nowhere\" }}, {{ name = \"b\", addr = \"127.0.2.1:7401\" }}]\n"
+        ));
+        assert!(addr.contains("t.toml:5: link \"a\": bad address"), "{addr}");
     }
 
     #[test]

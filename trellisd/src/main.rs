@@ -56,6 +56,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Args::parse()) {
@@ -94,8 +95,19 @@ fn run(args: Args) -> Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("cannot install signal handlers")?;
+    let cluster = config::load_cluster(&name, &text)?;
     let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
     let mut target = Target::start(cfg)?;
+    let node = match cluster {
+        Some(c) => {
+            let links: Vec<String> = c.links.iter().map(|(l, a)| format!("{l}={a}")).collect();
+            let node = trellis_control::node::Node::start(c)
+                .context("cannot start the cluster control node")?;
+            tracing::info!(member = %node.member(), links = ?links, "cluster control node started");
+            Some(node)
+        }
+        None => None,
+    };
     tracing::info!(
         portals = ?target.portals(),
         targets = ?targets,
@@ -109,6 +121,9 @@ fn run(args: Args) -> Result<()> {
         }
     }
     tracing::info!("signal received: stopping");
+    if let Some(n) = node {
+        n.shutdown();
+    }
     target.shutdown();
     tracing::info!("stopped cleanly");
     Ok(())

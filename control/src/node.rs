@@ -1,0 +1,449 @@
+//! The driver that runs [`Discovery`] and [`Membership`] on real sockets:
+//! one UDP socket per link, a receiver thread per socket, and one state
+//! thread that owns both state machines, the clock and the heartbeat timer.
+//!
+//! ```text
+//! link a socket ─ recv thread ─┐                       ┌─> Discovery  ─> Send / Admitted / Rejected
+//! link b socket ─ recv thread ─┴─> channel ─> state ───┤
+//!                                  (timeout = next      └─> Membership ─> link / member events
+//!                                   deadline)         every interval: heartbeats on every link
+//! ```
+//!
+//! Events go to the log (`tracing`) and into a [`Status`] the management API
+//! and `member list` read.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::discovery::{self, Discovery, Identity, Output};
+use crate::membership::{self, Event, MemberStatus, Membership};
+use crate::wire::{self, Header, Message, Role};
+use crate::{LinkName, MemberId};
+
+/// How often discovery is ticked (hello retries).
+const DISCOVERY_TICK: Duration = Duration::from_millis(100);
+/// How long receiver threads block before checking for shutdown.
+const RECV_POLL: Duration = Duration::from_millis(200);
+
+/// What a control node needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Who this member is.
+    pub identity: Identity,
+    /// Its control address on each link.
+    pub links: Vec<(LinkName, SocketAddr)>,
+    /// Static seed addresses per link.
+    pub seeds: Vec<(LinkName, String)>,
+    /// Discovery timers.
+    pub discovery: discovery::Config,
+    /// Failure detector timers.
+    pub membership: membership::Config,
+}
+
+/// Starting a node failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A link address could not be bound.
+    #[error("cannot bind control link {link} to {addr}")]
+    Bind {
+        /// The link.
+        link: LinkName,
+        /// Its address.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The discovery configuration is refused.
+    #[error(transparent)]
+    Discovery(#[from] discovery::ConfigError),
+    /// The failure detector configuration is refused.
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
+    /// A thread could not be started.
+    #[error("cannot start a control thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What this member knows of the cluster, for `member list`.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    /// Peers admitted so far, with their state and links.
+    pub members: Vec<MemberStatus>,
+    /// Their control addresses per link.
+    pub addresses: BTreeMap<MemberId, Vec<(LinkName, String)>>,
+}
+
+/// A running control node.
+#[derive(Debug)]
+pub struct Node {
+    status: Arc<Mutex<Status>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    member: MemberId,
+}
+
+impl Node {
+    /// Binds every link and starts discovery, heartbeats and the failure
+    /// detector.
+    pub fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let disc = Discovery::new(
+            cfg.identity.clone(),
+            cfg.links
+                .iter()
+                .map(|(l, a)| (l.clone(), a.to_string()))
+                .collect(),
+            cfg.seeds.clone(),
+            cfg.discovery.clone(),
+        )?;
+        let members = Membership::new(cfg.membership.clone())?;
+        let mut sockets = BTreeMap::new();
+        for (link, addr) in &cfg.links {
+            let s = UdpSocket::bind(addr).map_err(|source| NodeError::Bind {
+                link: link.clone(),
+                addr: *addr,
+                source,
+            })?;
+            s.set_read_timeout(Some(RECV_POLL))
+                .map_err(|source| NodeError::Bind {
+                    link: link.clone(),
+                    addr: *addr,
+                    source,
+                })?;
+            sockets.insert(link.clone(), Arc::new(s));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let status = Arc::new(Mutex::new(Status::default()));
+        let (tx, rx) = mpsc::channel::<(LinkName, SocketAddr, Vec<u8>)>();
+        let mut threads = Vec::new();
+        for (link, sock) in &sockets {
+            let (link, sock, tx, stop) = (
+                link.clone(),
+                Arc::clone(sock),
+                tx.clone(),
+                Arc::clone(&stop),
+            );
+            let t = std::thread::Builder::new()
+                .name(format!("trellis-ctl-{link}"))
+                .spawn(move || receive(&link, &sock, &tx, &stop))
+                .map_err(NodeError::Thread)?;
+            threads.push(t);
+        }
+        let member = cfg.identity.member.clone();
+        let state = State {
+            cfg,
+            disc,
+            members,
+            sockets,
+            addresses: BTreeMap::new(),
+            seq: 0,
+            status: Arc::clone(&status),
+        };
+        let stop2 = Arc::clone(&stop);
+        let t = std::thread::Builder::new()
+            .name("trellis-ctl".into())
+            .spawn(move || state.run(&rx, &stop2))
+            .map_err(NodeError::Thread)?;
+        threads.push(t);
+        Ok(Node {
+            status,
+            stop,
+            threads,
+            member,
+        })
+    }
+
+    /// This member.
+    pub fn member(&self) -> &MemberId {
+        &self.member
+    }
+
+    /// A copy of what this member knows of the others.
+    pub fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Stops the threads (the sockets close with them).
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn receive(
+    link: &LinkName,
+    sock: &UdpSocket,
+    tx: &mpsc::Sender<(LinkName, SocketAddr, Vec<u8>)>,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
+    while !stop.load(Ordering::Relaxed) {
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                if tx.send((link.clone(), from, buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                tracing::warn!(%link, error = %e, "control link receive failed");
+                std::thread::sleep(RECV_POLL);
+            }
+        }
+    }
+}
+
+struct State {
+    cfg: NodeConfig,
+    disc: Discovery,
+    members: Membership,
+    sockets: BTreeMap<LinkName, Arc<UdpSocket>>,
+    /// Admitted peers' addresses per link (where heartbeats go).
+    addresses: BTreeMap<MemberId, Vec<(LinkName, String)>>,
+    seq: u64,
+    status: Arc<Mutex<Status>>,
+}
+
+impl State {
+    fn run(mut self, rx: &mpsc::Receiver<(LinkName, SocketAddr, Vec<u8>)>, stop: &AtomicBool) {
+        let interval = self.cfg.membership.heartbeat_interval;
+        let start = Instant::now();
+        let mut next_beat = start;
+        let mut next_disc = start;
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let mut deadline = next_beat.min(next_disc);
+            if let Some(d) = self.members.next_deadline() {
+                deadline = deadline.min(d);
+            }
+            match rx.recv_timeout(deadline.saturating_duration_since(now)) {
+                Ok((link, from, data)) => self.datagram(Instant::now(), &link, from, &data),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let now = Instant::now();
+            if now >= next_disc {
+                next_disc = now + DISCOVERY_TICK;
+                let out = self.disc.tick(now);
+                self.outputs(now, out);
+            }
+            if now >= next_beat {
+                next_beat = now + interval;
+                self.heartbeats();
+            }
+            let events = self.members.tick(now);
+            self.events(&events);
+            self.publish(now);
+        }
+    }
+
+    fn datagram(&mut self, now: Instant, link: &LinkName, from: SocketAddr, data: &[u8]) {
+        let id = &self.cfg.identity;
+        match wire::decode(data, &id.key, &id.cluster, id.protocol) {
+            Ok(msg @ Message::Heartbeat { .. }) => {
+                match self.members.heard_message(now, link, &msg) {
+                    Ok(events) => self.events(&events),
+                    Err(why) => tracing::debug!(%link, %from, %why, "heartbeat ignored"),
+                }
+            }
+            // Hellos, acks and every refused datagram: discovery decides
+            // (and reports refusals, rate-limited).
+            _ => {
+                let out = self.disc.received(now, link, &from.to_string(), data);
+                self.outputs(now, out);
+            }
+        }
+    }
+
+    fn outputs(&mut self, now: Instant, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send { link, to, datagram } => self.send(&link, &to, &datagram),
+                Output::Confirmed { member, link } => {
+                    tracing::info!(%member, %link, "network confirmed with member")
+                }
+                Output::Admitted {
+                    member,
+                    incarnation,
+                    software,
+                    protocol,
+                    links,
+                } => {
+                    tracing::info!(
+                        %member, incarnation, %software, %protocol,
+                        links = ?links,
+                        "member admitted"
+                    );
+                    let names = links.iter().map(|(l, _)| l.clone());
+                    if let Err(e) = self.members.add_peer(now, &member, names) {
+                        tracing::warn!(%member, error = %e, "cannot watch member");
+                    }
+                    self.addresses.insert(member, links);
+                }
+                Output::Rejected { link, addr, reason } => {
+                    tracing::warn!(%link, %addr, "refused a control datagram: {reason}")
+                }
+                Output::GaveUp { link, addr } => {
+                    tracing::debug!(%link, %addr, "no answer; stopped probing")
+                }
+                Output::Forgotten { member } => tracing::info!(%member, "candidate forgotten"),
+            }
+        }
+    }
+
+    fn events(&mut self, events: &[Event]) {
+        for e in events {
+            match e {
+                Event::LinkUp { member, link } => tracing::info!(%member, %link, "link up"),
+                Event::LinkDown { member, link } => {
+                    tracing::warn!(%member, %link, "link down (alarm)")
+                }
+                Event::LinkFlapping { member, link } => {
+                    tracing::warn!(%member, %link, "link flapping (alarm)")
+                }
+                Event::MemberAlive { member } => tracing::info!(%member, "member alive"),
+                Event::MemberSuspect { member } => {
+                    tracing::warn!(%member, "member suspect: silent on every link")
+                }
+                Event::MemberFailed { member } => tracing::warn!(%member, "member failed"),
+                Event::MemberRestarted {
+                    member,
+                    incarnation,
+                } => tracing::info!(%member, incarnation, "member restarted"),
+            }
+        }
+    }
+
+    /// One heartbeat to every admitted peer on every link we share.
+    fn heartbeats(&mut self) {
+        let id = self.cfg.identity.clone();
+        let targets: Vec<(LinkName, String)> = self
+            .addresses
+            .values()
+            .flat_map(|links| links.iter().cloned())
+            .collect();
+        for (link, to) in targets {
+            self.seq += 1;
+            let msg = Message::Heartbeat {
+                header: Header {
+                    cluster: id.cluster.clone(),
+                    from: id.member.clone(),
+                    software: id.software.clone(),
+                    protocol: id.protocol,
+                    incarnation: id.incarnation,
+                    link: link.clone(),
+                    seq: self.seq,
+                },
+                role: Role::None,
+                epoch: 0,
+            };
+            match wire::encode(&msg, &id.key) {
+                Ok(d) => self.send(&link, &to, &d),
+                Err(e) => tracing::error!(error = %e, "cannot encode a heartbeat"),
+            }
+        }
+    }
+
+    fn send(&self, link: &LinkName, to: &str, datagram: &[u8]) {
+        let Some(sock) = self.sockets.get(link) else {
+            return;
+        };
+        if let Err(e) = sock.send_to(datagram, to) {
+            tracing::debug!(%link, %to, error = %e, "control send failed");
+        }
+    }
+
+    fn publish(&self, now: Instant) {
+        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        s.members = self.members.members(now);
+        s.addresses = self.addresses.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ClusterKey;
+    use crate::{ClusterId, ProtocolVersion};
+    use std::net::UdpSocket;
+
+    fn free_addr(ip: &str) -> SocketAddr {
+        let s = UdpSocket::bind((ip, 0)).expect("bind");
+        s.local_addr().expect("addr")
+    }
+
+    fn node(name: &str, links: &[SocketAddr; 2], seeds: Vec<(LinkName, String)>) -> Node {
+        Node::start(NodeConfig {
+            identity: Identity {
+                member: MemberId(name.into()),
+                cluster: ClusterId("test".into()),
+                key: ClusterKey::new(b"a cluster key of some length").expect("key"),
+                software: "test".into(),
+                protocol: ProtocolVersion::CURRENT,
+                incarnation: 1,
+            },
+            links: vec![
+                (LinkName("a".into()), links[0]),
+                (LinkName("b".into()), links[1]),
+            ],
+            seeds,
+            discovery: discovery::Config {
+                hello_initial: Duration::from_millis(50),
+                ..discovery::Config::default()
+            },
+            membership: membership::Config::default(),
+        })
+        .expect("node starts")
+    }
+
+    /// Two nodes on real loopback sockets find each other from one seed and
+    /// see both links up.
+    #[test]
+    fn two_nodes_admit_each_other_over_udp() {
+        let a = [free_addr("127.0.0.1"), free_addr("127.0.0.1")];
+        let b = [free_addr("127.0.0.1"), free_addr("127.0.0.1")];
+        let n1 = node("n1", &a, Vec::new());
+        let n2 = node(
+            "n2",
+            &b,
+            vec![
+                (LinkName("a".into()), a[0].to_string()),
+                (LinkName("b".into()), a[1].to_string()),
+            ],
+        );
+        let up = |n: &Node, peer: &str| {
+            n.status().members.iter().any(|m| {
+                m.member.0 == peer
+                    && m.state == membership::MemberState::Alive
+                    && m.links.len() == 2
+                    && m.links.iter().all(|l| l.state == membership::LinkState::Up)
+            })
+        };
+        let start = Instant::now();
+        while !(up(&n1, "n2") && up(&n2, "n1")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not admitted with both links up: {:?} / {:?}",
+                n1.status(),
+                n2.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n1.shutdown();
+        n2.shutdown();
+    }
+}
