@@ -1,0 +1,216 @@
+//! Network namespaces as cluster members: each member gets its own
+//! namespace (its own loopback, so every member can use portal
+//! 127.0.0.1:3260) with one veth per network, and each network is a bridge
+//! in the root namespace. A test cuts one network of one member by taking
+//! the bridge side of its veth down, and restores it.
+//!
+//! ```text
+//!   ns m1            root                ns m2
+//!   veth a 10.201.0.1 ── bridge a ── 10.201.0.2 veth a
+//!   veth b 10.202.0.1 ── bridge b ── 10.202.0.2 veth b
+//! ```
+//!
+//! Needs root and iproute2. Names carry a per-lab tag, so labs of tests
+//! running at the same time do not meet; everything is deleted on drop.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::trellisd_bin;
+
+/// The networks of a lab.
+pub const LINKS: [char; 2] = ['a', 'b'];
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces and bridges for `members` members on two networks.
+#[derive(Debug)]
+pub struct Lab {
+    tag: String,
+    members: usize,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run ip {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Lab {
+    /// Creates the namespaces, bridges and links, all up.
+    pub fn new(members: usize) -> Result<Self> {
+        // Interface names are at most 15 bytes: keep the tag short.
+        let tag = format!(
+            "{}{}",
+            std::process::id() % 10_000,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab { tag, members };
+        for l in LINKS {
+            let br = lab.bridge(l);
+            ip(&["link", "add", &br, "type", "bridge"])?;
+            ip(&["link", "set", &br, "up"])?;
+        }
+        for i in 1..=members {
+            let ns = lab.ns(i);
+            ip(&["netns", "add", &ns])?;
+            ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
+            for l in LINKS {
+                let (inner, outer) = (lab.veth(i, l), lab.outer(i, l));
+                ip(&[
+                    "link", "add", &inner, "type", "veth", "peer", "name", &outer,
+                ])?;
+                ip(&["link", "set", &inner, "netns", &ns])?;
+                ip(&["link", "set", &outer, "master", &lab.bridge(l)])?;
+                ip(&["link", "set", &outer, "up"])?;
+                let addr = format!("{}/24", lab.ip(i, l));
+                ip(&[
+                    "netns", "exec", &ns, "ip", "addr", "add", &addr, "dev", &inner,
+                ])?;
+                ip(&["netns", "exec", &ns, "ip", "link", "set", &inner, "up"])?;
+            }
+        }
+        Ok(lab)
+    }
+
+    /// Member `i`'s namespace.
+    pub fn ns(&self, i: usize) -> String {
+        format!("trl{}m{i}", self.tag)
+    }
+
+    fn bridge(&self, l: char) -> String {
+        format!("trb{}{l}", self.tag)
+    }
+
+    fn veth(&self, i: usize, l: char) -> String {
+        format!("trv{}{i}{l}", self.tag)
+    }
+
+    fn outer(&self, i: usize, l: char) -> String {
+        format!("trp{}{i}{l}", self.tag)
+    }
+
+    /// Member `i`'s address on network `l`.
+    pub fn ip(&self, i: usize, l: char) -> String {
+        let net = if l == 'a' { 201 } else { 202 };
+        format!("10.{net}.0.{i}")
+    }
+
+    /// Cuts member `i` off network `l` (its cable pulled from the switch).
+    pub fn cut(&self, i: usize, l: char) -> Result<()> {
+        ip(&["link", "set", &self.outer(i, l), "down"])
+    }
+
+    /// Plugs member `i` back into network `l`.
+    pub fn restore(&self, i: usize, l: char) -> Result<()> {
+        ip(&["link", "set", &self.outer(i, l), "up"])
+    }
+
+    /// Starts trellisd in member `i`'s namespace with `config`, in data
+    /// directory `dir`; its stderr goes to `dir/trellisd.log`. Ready when
+    /// it logs that it serves.
+    pub fn trellisd(&self, i: usize, dir: &std::path::Path, config: &str) -> Result<Member> {
+        let cfg = dir.join("trellisd.toml");
+        std::fs::write(&cfg, config)?;
+        let log = dir.join("trellisd.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(i)])
+            .arg(trellisd_bin())
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("cannot start trellisd in a namespace")?;
+        let m = Member {
+            child: Some(child),
+            log,
+        };
+        let start = Instant::now();
+        while !m.log_text().contains("trellisd serving") {
+            if start.elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "trellisd in {} did not start:\n{}",
+                    self.ns(i),
+                    m.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(m)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for i in 1..=self.members {
+            let _ = ip(&["netns", "del", &self.ns(i)]);
+        }
+        for l in LINKS {
+            let _ = ip(&["link", "del", &self.bridge(l)]);
+        }
+    }
+}
+
+/// A trellisd running in a lab namespace (killed on drop).
+#[derive(Debug)]
+pub struct Member {
+    child: Option<Child>,
+    log: std::path::PathBuf,
+}
+
+impl Member {
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Lines of its log containing every one of `parts`.
+    pub fn count(&self, parts: &[&str]) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .count()
+    }
+
+    /// Waits until at least `n` log lines contain every one of `parts`.
+    pub fn wait_for(&self, parts: &[&str], n: usize, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        while self.count(parts) < n {
+            if start.elapsed() > limit {
+                bail!("no {n} log lines with {parts:?}:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
