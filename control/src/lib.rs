@@ -10,11 +10,14 @@
 //!                                                                       member alive/suspect/failed)
 //! ```
 //!
-//! Still to come in this crate: `config` (the Raft-replicated configuration
-//! database), `api` (management HTTP), and the failover services
-//! (`arbitration`, `failover`, `boot`, `policy`).
+//! `config` holds the replicated configuration: its data model, the
+//! commands that change it, and its openraft storage on redb (the Raft node
+//! that replicates it is the next step). Still to come: `api` (management
+//! HTTP) and the failover services (`arbitration`, `failover`, `boot`,
+//! `policy`).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod discovery;
 pub mod membership;
 pub mod node;

@@ -1,0 +1,105 @@
+//! The configuration database (SPEC.md §3): every member holds the whole
+//! configuration; changes are [`Command`]s replicated with Raft (openraft),
+//! persisted in redb, and applied in the same order everywhere.
+//!
+//! ```text
+//!  Command ──> Raft log (store::LogStore, redb) ──commit──> ClusterConfig::apply
+//!                                                              │
+//!        ConfigReader::config() <── applied state (store::StateMachineStore, redb)
+//! ```
+//!
+//! - [`model`]: the data — [`ClusterConfig`] and what it holds.
+//! - [`command`]: the writes — [`Command`], validated by
+//!   [`ClusterConfig::apply`] into a [`Response`] or a [`ConfigError`].
+//! - [`store`]: openraft's storage traits on redb.
+//!
+//! openraft stays behind [`ConfigStore`]: the rest of the code opens a
+//! member's database with [`ConfigStore::open`] and reads the applied
+//! configuration through a [`ConfigReader`]; only the Raft node wiring takes
+//! the openraft halves with [`ConfigStore::into_raft_parts`].
+
+pub mod command;
+pub mod model;
+pub mod store;
+
+use std::path::Path;
+
+pub use command::{Command, ConfigError, Response};
+pub use model::{
+    AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, Member, Object, Target,
+};
+pub use store::StoreError;
+
+use store::{LogStore, SharedApplied, StateMachineStore};
+
+/// A member's configuration database: one redb file holding the Raft log,
+/// the vote and the applied configuration with its latest snapshot.
+#[derive(Debug)]
+pub struct ConfigStore {
+    log: LogStore,
+    state_machine: StateMachineStore,
+}
+
+impl ConfigStore {
+    /// Opens the database at `path`, creating it if it does not exist. The
+    /// applied configuration is the one the member had when it stopped.
+    pub fn open(path: impl AsRef<Path>) -> Result<ConfigStore, StoreError> {
+        let (log, state_machine) = store::open(path.as_ref())?;
+        Ok(ConfigStore { log, state_machine })
+    }
+
+    /// Opens an empty database held in memory (tests, simulations).
+    pub fn in_memory() -> Result<ConfigStore, StoreError> {
+        let (log, state_machine) = store::open_in_memory()?;
+        Ok(ConfigStore { log, state_machine })
+    }
+
+    /// A reader of the applied configuration, which stays current as Raft
+    /// applies commands.
+    pub fn reader(&self) -> ConfigReader {
+        ConfigReader {
+            state: self.state_machine.shared(),
+        }
+    }
+
+    /// The openraft log store and state machine, for `openraft::Raft::new`.
+    pub fn into_raft_parts(self) -> (LogStore, StateMachineStore) {
+        (self.log, self.state_machine)
+    }
+}
+
+/// Reads the applied configuration; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ConfigReader {
+    state: SharedApplied,
+}
+
+impl ConfigReader {
+    /// A copy of the configuration as applied so far.
+    pub fn config(&self) -> ClusterConfig {
+        store::read(&self.state).config.clone()
+    }
+
+    /// The index of the last applied log entry, `None` before any.
+    pub fn applied_index(&self) -> Option<u64> {
+        store::read(&self.state).last_applied.map(|l| l.index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_store_reads_an_empty_config() {
+        let dir = tempfile::TempDir::new().expect("tempdir");
+        let store = ConfigStore::open(dir.path().join("config.redb")).expect("open");
+        let reader = store.reader();
+        assert_eq!(reader.config(), ClusterConfig::default());
+        assert_eq!(reader.applied_index(), None);
+        let err = ConfigStore::open(dir.path().join("missing/config.redb"))
+            .expect_err("no such directory");
+        assert!(matches!(err, StoreError::Open { .. }));
+        assert!(ConfigStore::in_memory().is_ok());
+    }
+}
