@@ -21,6 +21,7 @@ pub mod config;
 pub mod discovery;
 pub mod membership;
 pub mod node;
+pub mod service;
 #[cfg(test)]
 mod sim;
 pub mod wire;
