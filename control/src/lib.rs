@@ -10,13 +10,20 @@
 //!                                                                       member alive/suspect/failed)
 //! ```
 //!
-//! `config` holds the replicated configuration: its data model, the
-//! commands that change it, and its openraft storage on redb (the Raft node
-//! that replicates it is the next step). Still to come: `api` (management
-//! HTTP) and the failover services (`arbitration`, `failover`, `boot`,
-//! `policy`).
+//! - `config`: the replicated configuration — its data model, the commands
+//!   that change it, openraft storage on redb, and the Raft node
+//!   (`config::raft::ConfigService`: TCP transport, writes forwarded to the
+//!   leader).
+//! - `service`: the [`service::ClusterService`] trait the management API is
+//!   written against; `api`: the HTTP/JSON management API (axum, bearer
+//!   token, `/metrics`, `/health`).
+//!
+//! Still to come: wiring `config` and `api` into trellisd (applying the
+//! replicated configuration to the exports), and the failover services
+//! (`arbitration`, `failover`, `boot`, `policy`).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod discovery;
 pub mod membership;

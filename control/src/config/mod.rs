@@ -12,6 +12,8 @@
 //! - [`command`]: the writes — [`Command`], validated by
 //!   [`ClusterConfig::apply`] into a [`Response`] or a [`ConfigError`].
 //! - [`store`]: openraft's storage traits on redb.
+//! - [`raft`]: the Raft node on that store, its TCP transport, and
+//!   [`ConfigService`], the cluster service built on them.
 //!
 //! openraft stays behind [`ConfigStore`]: the rest of the code opens a
 //! member's database with [`ConfigStore::open`] and reads the applied
@@ -20,6 +22,7 @@
 
 pub mod command;
 pub mod model;
+pub mod raft;
 pub mod store;
 
 use std::path::Path;
@@ -28,6 +31,7 @@ pub use command::{Command, ConfigError, Response};
 pub use model::{
     AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, Member, Object, Target,
 };
+pub use raft::{ConfigService, MembersSource, RaftError, RaftSettings};
 pub use store::StoreError;
 
 use store::{LogStore, SharedApplied, StateMachineStore};

@@ -1,0 +1,549 @@
+//! What each command asks the API, and how the answer is shown: the API's
+//! JSON with `--json`, a table or a sentence otherwise.
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::client::{segment, Answer, Client, ClientError, Method};
+use crate::size::format_size;
+use crate::table::{key_values, Table};
+use crate::{AclCmd, Command, DeviceCmd, MemberCmd, TargetCmd};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The request failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The answer is not what this version of the CLI expects.
+    #[error("unexpected answer from the API: {0}")]
+    Answer(#[from] serde_json::Error),
+}
+
+/// Runs `command`; returns what to print.
+pub fn run(client: &Client, command: &Command, json: bool) -> Result<String, CommandError> {
+    let (answer, human) = match command {
+        Command::Status => get(client, "/v1/status", render_status)?,
+        Command::Member(MemberCmd::List) => get(client, "/v1/members", render_members)?,
+        Command::Device(cmd) => device(client, cmd)?,
+        Command::Target(cmd) => target(client, cmd)?,
+        Command::Acl(cmd) => acl(client, cmd)?,
+    };
+    if json {
+        let mut out = answer.text;
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        Ok(out)
+    } else {
+        Ok(human)
+    }
+}
+
+type Outcome = (Answer, String);
+
+fn get<T: DeserializeOwned>(
+    client: &Client,
+    path: &str,
+    render: fn(T) -> String,
+) -> Result<Outcome, CommandError> {
+    let answer = client.call(Method::Get, path, None)?;
+    let human = render(serde_json::from_value(answer.value.clone())?);
+    Ok((answer, human))
+}
+
+/// A write; `done` says what happened when it changed something, `same`
+/// when it was already so.
+fn write(
+    client: &Client,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    done: String,
+    same: String,
+) -> Result<Outcome, CommandError> {
+    let answer = client.call(method, path, body.as_ref())?;
+    let unchanged = answer.value.get("result").and_then(Value::as_str) == Some("unchanged");
+    Ok((answer, format!("{}\n", if unchanged { same } else { done })))
+}
+
+fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
+    match cmd {
+        DeviceCmd::Create(c) => {
+            let mut body = Map::new();
+            body.insert("name".into(), json!(c.name));
+            body.insert("size".into(), json!(c.size));
+            if let Some(b) = &c.backing {
+                body.insert("backing".into(), json!(b));
+            }
+            if let Some(bs) = &c.block_size {
+                let bs: u32 = bs.parse().unwrap_or(512);
+                body.insert("block_size".into(), json!(bs));
+            }
+            body.insert("thin".into(), json!(c.thin));
+            body.insert("read_only".into(), json!(c.read_only));
+            let answer = client.call(Method::Post, "/v1/devices", Some(&Value::Object(body)))?;
+            let d: DeviceView = serde_json::from_value(answer.value.clone())?;
+            let human = format!(
+                "created device {} ({}, uuid {})\n",
+                d.name,
+                format_size(d.size),
+                d.uuid
+            );
+            Ok((answer, human))
+        }
+        DeviceCmd::List => get(client, "/v1/devices", render_devices),
+        DeviceCmd::Resize { name, size } => write(
+            client,
+            Method::Post,
+            &format!("/v1/devices/{}/resize", segment(name)),
+            Some(json!({ "size": size })),
+            format!("resized device {name} to {}", format_size(*size)),
+            format!("device {name} is already {}", format_size(*size)),
+        ),
+        DeviceCmd::Delete { name } => write(
+            client,
+            Method::Delete,
+            &format!("/v1/devices/{}", segment(name)),
+            None,
+            format!("deleted device {name}"),
+            format!("deleted device {name}"),
+        ),
+    }
+}
+
+fn target(client: &Client, cmd: &TargetCmd) -> Result<Outcome, CommandError> {
+    match cmd {
+        TargetCmd::Create { iqn, alias } => {
+            let mut body = json!({ "iqn": iqn });
+            if let Some(a) = alias {
+                body["alias"] = json!(a);
+            }
+            write(
+                client,
+                Method::Post,
+                "/v1/targets",
+                Some(body),
+                format!("created target {iqn}"),
+                format!("created target {iqn}"),
+            )
+        }
+        TargetCmd::List => get(client, "/v1/targets", render_targets),
+        TargetCmd::Delete { iqn } => write(
+            client,
+            Method::Delete,
+            &format!("/v1/targets/{}", segment(iqn)),
+            None,
+            format!("deleted target {iqn}"),
+            format!("deleted target {iqn}"),
+        ),
+        TargetCmd::Map { iqn, device, lun } => write(
+            client,
+            Method::Post,
+            &format!("/v1/targets/{}/luns", segment(iqn)),
+            Some(json!({ "device": device, "lun": lun })),
+            format!("mapped device {device} as LUN {lun} of {iqn}"),
+            format!("device {device} is already LUN {lun} of {iqn}"),
+        ),
+        TargetCmd::Unmap { iqn, lun } => write(
+            client,
+            Method::Delete,
+            &format!("/v1/targets/{}/luns/{lun}", segment(iqn)),
+            None,
+            format!("unmapped LUN {lun} of {iqn}"),
+            format!("unmapped LUN {lun} of {iqn}"),
+        ),
+    }
+}
+
+fn acl(client: &Client, cmd: &AclCmd) -> Result<Outcome, CommandError> {
+    match cmd {
+        AclCmd::Allow(a) => {
+            let mut body = Map::new();
+            body.insert("initiator".into(), json!(a.initiator));
+            let fields = [
+                ("chap_user", &a.chap_user),
+                ("chap_secret", &a.chap_secret),
+                ("mutual_chap_user", &a.mutual_user),
+                ("mutual_chap_secret", &a.mutual_secret),
+            ];
+            for (field, value) in fields {
+                if let Some(v) = value {
+                    body.insert(field.into(), json!(v));
+                }
+            }
+            if let Some(luns) = &a.luns {
+                body.insert("luns".into(), json!(luns));
+            }
+            let chap = if a.chap_user.is_some() {
+                " with CHAP"
+            } else {
+                ""
+            };
+            write(
+                client,
+                Method::Post,
+                &format!("/v1/targets/{}/acl", segment(&a.iqn)),
+                Some(Value::Object(body)),
+                format!("allowed {} on {}{chap}", a.initiator, a.iqn),
+                format!(
+                    "{} was already allowed on {} with these settings",
+                    a.initiator, a.iqn
+                ),
+            )
+        }
+        AclCmd::List { iqn } => get(
+            client,
+            &format!("/v1/targets/{}/acl", segment(iqn)),
+            render_acl,
+        ),
+        AclCmd::Deny { iqn, initiator } => write(
+            client,
+            Method::Delete,
+            &format!("/v1/targets/{}/acl/{}", segment(iqn), segment(initiator)),
+            None,
+            format!("denied {initiator} on {iqn}"),
+            format!("denied {initiator} on {iqn}"),
+        ),
+    }
+}
+
+// The API's views, as far as the tables need them (unknown fields are
+// ignored, so newer members can add some).
+
+#[derive(Debug, Deserialize)]
+struct RaftView {
+    node_id: u64,
+    term: u64,
+    leader: Option<u64>,
+    leader_member: Option<String>,
+    commit_index: Option<u64>,
+    applied_index: Option<u64>,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberCounts {
+    configured: usize,
+    alive: usize,
+    suspect: usize,
+    failed: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusView {
+    member: Option<String>,
+    raft: RaftView,
+    members: MemberCounts,
+    devices: usize,
+    targets: usize,
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+fn ids(v: &[u64]) -> String {
+    if v.is_empty() {
+        return "-".to_owned();
+    }
+    v.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn render_status(s: StatusView) -> String {
+    let r = &s.raft;
+    let leader = match (r.leader, &r.leader_member) {
+        (None, _) => "none (election in progress or no quorum)".to_owned(),
+        (Some(id), Some(m)) => format!("{m} (node {id})"),
+        (Some(id), None) => format!("node {id}"),
+    };
+    let m = &s.members;
+    key_values(&[
+        (
+            "member",
+            format!(
+                "{} (node {})",
+                s.member.as_deref().unwrap_or("-"),
+                r.node_id
+            ),
+        ),
+        ("raft term", r.term.to_string()),
+        ("leader", leader),
+        (
+            "commit/applied",
+            format!("{}/{}", opt(r.commit_index), opt(r.applied_index)),
+        ),
+        ("voters", ids(&r.voters)),
+        ("learners", ids(&r.learners)),
+        (
+            "members",
+            format!(
+                "{} configured; peers: {} alive, {} suspect, {} failed",
+                m.configured, m.alive, m.suspect, m.failed
+            ),
+        ),
+        ("devices", s.devices.to_string()),
+        ("targets", s.targets.to_string()),
+    ])
+}
+
+#[derive(Debug, Deserialize)]
+struct LinkView {
+    link: String,
+    state: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberView {
+    id: String,
+    node_id: Option<u64>,
+    api: Option<String>,
+    witness: bool,
+    local: bool,
+    state: String,
+    since_ms: Option<u64>,
+    links: Vec<LinkView>,
+}
+
+#[derive(Debug, Deserialize)]
+struct MemberList {
+    members: Vec<MemberView>,
+}
+
+fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn render_members(list: MemberList) -> String {
+    if list.members.is_empty() {
+        return "no members\n".to_owned();
+    }
+    let mut t = Table::new(&["ID", "NODE", "STATE", "FOR", "LINKS", "API", "ROLE"]);
+    for m in list.members {
+        let links = m
+            .links
+            .iter()
+            .map(|l| format!("{}:{}", l.link, l.state))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut role = Vec::new();
+        if m.local {
+            role.push("this member");
+        }
+        if m.witness {
+            role.push("witness");
+        }
+        t.row(vec![
+            m.id,
+            opt(m.node_id),
+            m.state,
+            m.since_ms.map_or_else(|| "-".to_owned(), duration),
+            if links.is_empty() {
+                "-".to_owned()
+            } else {
+                links
+            },
+            opt(m.api),
+            role.join(", "),
+        ]);
+    }
+    t.render()
+}
+
+#[derive(Debug, Deserialize)]
+struct LunRef {
+    target: String,
+    lun: u16,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceView {
+    name: String,
+    uuid: String,
+    size: u64,
+    backing: String,
+    block_size: u32,
+    thin: bool,
+    read_only: bool,
+    #[serde(default)]
+    mapped: Vec<LunRef>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeviceList {
+    devices: Vec<DeviceView>,
+}
+
+fn render_devices(list: DeviceList) -> String {
+    if list.devices.is_empty() {
+        return "no devices\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        "NAME", "SIZE", "BLOCK", "BACKING", "FLAGS", "MAPPED", "UUID",
+    ]);
+    for d in list.devices {
+        let mut flags = Vec::new();
+        if d.thin {
+            flags.push("thin");
+        }
+        if d.read_only {
+            flags.push("read-only");
+        }
+        let mapped = d
+            .mapped
+            .iter()
+            .map(|m| format!("{} LUN {}", m.target, m.lun))
+            .collect::<Vec<_>>()
+            .join(", ");
+        t.row(vec![
+            d.name,
+            format_size(d.size),
+            d.block_size.to_string(),
+            d.backing,
+            if flags.is_empty() {
+                "-".to_owned()
+            } else {
+                flags.join(",")
+            },
+            if mapped.is_empty() {
+                "-".to_owned()
+            } else {
+                mapped
+            },
+            d.uuid,
+        ]);
+    }
+    t.render()
+}
+
+#[derive(Debug, Deserialize)]
+struct LunView {
+    lun: u16,
+    device: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct TargetView {
+    iqn: String,
+    alias: Option<String>,
+    luns: Vec<LunView>,
+    initiators: usize,
+}
+
+#[derive(Debug, Deserialize)]
+struct TargetList {
+    targets: Vec<TargetView>,
+}
+
+fn render_targets(list: TargetList) -> String {
+    if list.targets.is_empty() {
+        return "no targets\n".to_owned();
+    }
+    let mut t = Table::new(&["IQN", "ALIAS", "LUNS", "INITIATORS"]);
+    for target in list.targets {
+        let luns = target
+            .luns
+            .iter()
+            .map(|l| format!("{}:{}", l.lun, l.device))
+            .collect::<Vec<_>>()
+            .join(" ");
+        t.row(vec![
+            target.iqn,
+            opt(target.alias),
+            if luns.is_empty() {
+                "-".to_owned()
+            } else {
+                luns
+            },
+            target.initiators.to_string(),
+        ]);
+    }
+    t.render()
+}
+
+#[derive(Debug, Deserialize)]
+struct AclView {
+    initiator: String,
+    luns: Option<Vec<u16>>,
+    chap_user: Option<String>,
+    mutual_chap_user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AclList {
+    target: String,
+    acl: Vec<AclView>,
+}
+
+fn render_acl(list: AclList) -> String {
+    if list.acl.is_empty() {
+        return format!("no initiator is allowed on {}\n", list.target);
+    }
+    let mut t = Table::new(&["INITIATOR", "LUNS", "CHAP USER", "MUTUAL CHAP USER"]);
+    for e in list.acl {
+        let luns = e.luns.map_or_else(
+            || "all".to_owned(),
+            |l| l.iter().map(u16::to_string).collect::<Vec<_>>().join(","),
+        );
+        t.row(vec![
+            e.initiator,
+            luns,
+            opt(e.chap_user),
+            opt(e.mutual_chap_user),
+        ]);
+    }
+    t.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_table() {
+        let list: DeviceList = serde_json::from_value(json!({"devices": [
+            {"name": "d1", "uuid": "u1", "size": 1u64 << 30, "backing": "memory", "block_size": 512,
+             "thin": true, "read_only": false, "mapped": [{"target": "iqn.x:t", "lun": 0}]},
+            {"name": "data-02", "uuid": "u2", "size": 3u64 << 29, "backing": "/srv/d2.img",
+             "block_size": 4096, "thin": false, "read_only": true, "mapped": [], "future": 1},
+        ]}))
+        .expect("view");
+        assert_eq!(
+            render_devices(list),
+            "NAME     SIZE     BLOCK  BACKING      FLAGS      MAPPED         UUID\n\
+             d1       1 GiB    512    memory       thin       iqn.x:t LUN 0  u1\n\
+             data-02  1.5 GiB  4096   /srv/d2.img  read-only  -              u2\n"
+        );
+        assert_eq!(
+            render_devices(DeviceList { devices: vec![] }),
+            "no devices\n"
+        );
+    }
+
+    #[test]
+    fn acl_table_and_durations() {
+        let list: AclList = serde_json::from_value(json!({"target": "t", "acl": [
+            {"initiator": "iqn.a", "luns": null, "chap_user": "u", "mutual_chap_user": null},
+            {"initiator": "iqn.b", "luns": [0, 1], "chap_user": null, "mutual_chap_user": null},
+        ]}))
+        .expect("view");
+        assert_eq!(
+            render_acl(list),
+            "INITIATOR  LUNS  CHAP USER  MUTUAL CHAP USER\n\
+             iqn.a      all   u          -\n\
+             iqn.b      0,1   -          -\n"
+        );
+        assert_eq!(duration(1500), "1s");
+        assert_eq!(duration(61_000), "1m1s");
+        assert_eq!(duration(7_200_000), "2h0m");
+        assert_eq!(duration(90_000_000), "1d1h");
+    }
+}

@@ -1,0 +1,309 @@
+//! `trellis`: the Trellis control-plane CLI, a client of the management API
+//! on any member (SPEC.md §4).
+//!
+//! ```text
+//!  argv ─> clap (usage errors: exit 2) ─> commands ─> client (endpoints in turn) ─> table | --json
+//!                                                        │ refused (4xx): exit 1
+//!                                                        └ no endpoint answered: exit 3
+//! ```
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod size;
+mod table;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rand::Rng;
+
+use client::{Client, ClientError};
+
+/// Manage a Trellis cluster through the management API of any member.
+#[derive(Debug, Parser)]
+#[command(
+    name = "trellis",
+    version,
+    propagate_version = true,
+    after_help = "Exit codes: 0 done, 1 refused by the cluster, 2 usage error, 3 no endpoint reachable."
+)]
+pub struct Cli {
+    /// Management API endpoints of the members (URL or host:port),
+    /// comma-separated; tried in turn from a random one.
+    #[arg(
+        long,
+        env = "TRELLIS_ENDPOINTS",
+        value_delimiter = ',',
+        required = true,
+        value_parser = client::parse_endpoint
+    )]
+    endpoints: Vec<String>,
+    /// The cluster API token.
+    #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for each endpoint's answer.
+    #[arg(long, env = "TRELLIS_TIMEOUT", default_value_t = 30)]
+    timeout: u64,
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Raft and cluster summary from one member.
+    Status,
+    /// Members.
+    #[command(subcommand)]
+    Member(MemberCmd),
+    /// Virtual devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// iSCSI targets and their LUNs.
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// Which initiators may log in to a target.
+    #[command(subcommand)]
+    Acl(AclCmd),
+}
+
+/// `trellis member ...`
+#[derive(Debug, Subcommand)]
+pub enum MemberCmd {
+    /// Members, their state and their links.
+    List,
+}
+
+/// `trellis device ...`
+#[derive(Debug, Subcommand)]
+pub enum DeviceCmd {
+    /// Create a device.
+    Create(DeviceCreate),
+    /// List devices.
+    List,
+    /// Grow a device.
+    Resize {
+        /// The device.
+        name: String,
+        /// The new size (1GiB, 512MiB, bytes).
+        #[arg(long, value_parser = parse_size_arg)]
+        size: u64,
+    },
+    /// Delete a device no target maps.
+    Delete {
+        /// The device.
+        name: String,
+    },
+}
+
+/// `trellis device create`.
+#[derive(Debug, Args)]
+pub struct DeviceCreate {
+    /// Its name.
+    pub name: String,
+    /// Its size (1GiB, 512MiB, bytes).
+    #[arg(long, value_parser = parse_size_arg)]
+    pub size: u64,
+    /// An absolute file or block device path on the serving member; memory
+    /// when absent.
+    #[arg(long)]
+    pub backing: Option<String>,
+    /// Logical block size.
+    #[arg(long, value_parser = ["512", "4096"])]
+    pub block_size: Option<String>,
+    /// Thin provisioned (UNMAP frees space).
+    #[arg(long)]
+    pub thin: bool,
+    /// Refuse writes.
+    #[arg(long)]
+    pub read_only: bool,
+}
+
+/// `trellis target ...`
+#[derive(Debug, Subcommand)]
+pub enum TargetCmd {
+    /// Create a target.
+    Create {
+        /// Its IQN.
+        iqn: String,
+        /// Its alias.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// List targets.
+    List,
+    /// Delete a target with its LUNs and ACL.
+    Delete {
+        /// Its IQN.
+        iqn: String,
+    },
+    /// Expose a device as a LUN of a target.
+    Map {
+        /// The target's IQN.
+        iqn: String,
+        /// The device.
+        device: String,
+        /// The LUN.
+        #[arg(long)]
+        lun: u16,
+    },
+    /// Remove a LUN from a target.
+    Unmap {
+        /// The target's IQN.
+        iqn: String,
+        /// The LUN.
+        #[arg(long)]
+        lun: u16,
+    },
+}
+
+/// `trellis acl ...`
+#[derive(Debug, Subcommand)]
+pub enum AclCmd {
+    /// Allow an initiator on a target (or replace its entry).
+    Allow(AclAllow),
+    /// List the initiators allowed on a target (CHAP secrets are never shown).
+    List {
+        /// The target's IQN.
+        iqn: String,
+    },
+    /// Remove an initiator from a target's ACL.
+    Deny {
+        /// The target's IQN.
+        iqn: String,
+        /// The initiator's name.
+        initiator: String,
+    },
+}
+
+/// `trellis acl allow`.
+#[derive(Debug, Args)]
+pub struct AclAllow {
+    /// The target's IQN.
+    pub iqn: String,
+    /// The initiator's name.
+    pub initiator: String,
+    /// CHAP user the initiator logs in as.
+    #[arg(long, requires = "chap_secret")]
+    pub chap_user: Option<String>,
+    /// CHAP secret (12 to 255 bytes).
+    #[arg(long, requires = "chap_user")]
+    pub chap_secret: Option<String>,
+    /// Mutual CHAP: the target's user name.
+    #[arg(long, requires_all = ["mutual_secret", "chap_user"])]
+    pub mutual_user: Option<String>,
+    /// Mutual CHAP: the target's secret.
+    #[arg(long, requires = "mutual_user")]
+    pub mutual_secret: Option<String>,
+    /// The LUNs it sees (comma-separated); all mapped LUNs when absent.
+    #[arg(long, value_delimiter = ',')]
+    pub luns: Option<Vec<u16>>,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    size::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Exit codes.
+mod exit {
+    /// The request was refused (4xx, or a server error).
+    pub const REFUSED: u8 = 1;
+    /// No endpoint could serve the request.
+    pub const UNREACHABLE: u8 = 3;
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let start = rand::thread_rng().gen_range(0..cli.endpoints.len().max(1));
+    let client = Client::new(
+        cli.endpoints.clone(),
+        cli.token.clone(),
+        start,
+        Duration::from_secs(cli.timeout.max(1)),
+    );
+    match commands::run(&client, &cli.command, cli.json) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("trellis: {e}");
+            if let commands::CommandError::Client(ClientError::Refused { status: 401, .. }) = e {
+                eprintln!(
+                    "trellis: check --token (or TRELLIS_TOKEN): it must be the cluster API token"
+                );
+            }
+            ExitCode::from(match e {
+                commands::CommandError::Client(ClientError::Unreachable(_)) => exit::UNREACHABLE,
+                _ => exit::REFUSED,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_commands() {
+        let cli = Cli::try_parse_from([
+            "trellis",
+            "--endpoints",
+            "m1:8080,http://m2:8080",
+            "--token",
+            "t",
+            "device",
+            "create",
+            "d1",
+            "--size",
+            "1GiB",
+            "--block-size",
+            "4096",
+            "--thin",
+        ])
+        .expect("parses");
+        assert_eq!(cli.endpoints, ["http://m1:8080", "http://m2:8080"]);
+        let Command::Device(DeviceCmd::Create(c)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(c.size, 1 << 30);
+        assert_eq!(c.block_size.as_deref(), Some("4096"));
+        assert!(c.thin && !c.read_only);
+
+        let base = ["trellis", "--endpoints", "m1", "--token", "t"];
+        let with = |args: &[&str]| Cli::try_parse_from(base.iter().chain(args));
+        assert!(with(&["device", "create", "d1", "--size", "1XB"]).is_err());
+        assert!(with(&[
+            "device",
+            "create",
+            "d1",
+            "--size",
+            "1G",
+            "--block-size",
+            "1024"
+        ])
+        .is_err());
+        assert!(with(&["acl", "allow", "iqn.x", "iqn.y", "--chap-user", "u"]).is_err());
+        let cli = with(&["acl", "allow", "iqn.x", "iqn.y", "--luns", "0,1"]).expect("parses");
+        let Command::Acl(AclCmd::Allow(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(a.luns, Some(vec![0, 1]));
+        assert!(with(&["--json", "target", "map", "iqn.x", "d1", "--lun", "0"]).is_ok());
+        assert!(with(&["target", "unmap", "iqn.x", "--lun", "0", "--json"]).is_ok());
+    }
+}

@@ -1,0 +1,203 @@
+//! The `trellis` binary against a real management API (the router over the
+//! in-memory test service, on an ephemeral port), with a dead endpoint in
+//! front of it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use serde_json::Value;
+use trellis_control::api::{self, testing::MemoryService};
+use trellis_control::service::{ClusterService, ServiceError};
+
+const TOKEN: &str = "integration-token";
+const T1: &str = "iqn.2024-01.org.example:t1";
+const I1: &str = "iqn.1998-01.com.vmware:host1";
+
+/// Starts the API on 127.0.0.1 in a background runtime; returns its URL.
+fn start_api() -> (String, Arc<MemoryService>) {
+    let service = Arc::new(MemoryService::default());
+    let router = api::router(service.clone(), TOKEN.to_owned(), Arc::new(String::new));
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            api::serve_listener(listener, router, std::future::pending())
+                .await
+                .expect("serve");
+        });
+    });
+    (format!("http://{addr}"), service)
+}
+
+/// A local port nothing listens on.
+fn dead_endpoint() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr: SocketAddr = l.local_addr().expect("addr");
+    drop(l);
+    format!("http://{addr}")
+}
+
+fn trellis(endpoints: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_trellis"))
+        .env_remove("TRELLIS_ENDPOINTS")
+        .env_remove("TRELLIS_TOKEN")
+        .args([
+            "--endpoints",
+            endpoints,
+            "--token",
+            token,
+            "--timeout",
+            "10",
+        ])
+        .args(args)
+        .output()
+        .expect("run trellis")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn ok(o: Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+#[test]
+fn falls_over_to_a_live_endpoint() {
+    let (live, service) = start_api();
+    let endpoints = format!("{},{live}", dead_endpoint());
+    let run = |args: &[&str]| trellis(&endpoints, TOKEN, args);
+
+    let out = ok(run(&["device", "create", "d1", "--size", "1GiB", "--thin"]));
+    assert!(out.starts_with("created device d1 (1 GiB, uuid "), "{out}");
+    assert_eq!(service.config().devices["d1"].size, 1 << 30);
+    // The start is random: repeat so that the dead endpoint comes first too.
+    for _ in 0..8 {
+        let out = ok(run(&["device", "list"]));
+        assert!(out.starts_with("NAME"), "{out}");
+        assert!(
+            out.contains("d1") && out.contains("1 GiB") && out.contains("thin"),
+            "{out}"
+        );
+    }
+
+    let json: Value = serde_json::from_str(&ok(run(&["--json", "device", "list"]))).expect("json");
+    assert_eq!(json["devices"][0]["size"], 1u64 << 30);
+
+    ok(run(&["device", "resize", "d1", "--size", "2GiB"]));
+    assert_eq!(service.config().devices["d1"].size, 2 << 30);
+    ok(run(&["target", "create", T1, "--alias", "first"]));
+    ok(run(&["target", "map", T1, "d1", "--lun", "0"]));
+    let out = ok(run(&["target", "list"]));
+    assert!(out.contains(T1) && out.contains("0:d1"), "{out}");
+    let secret = "integration-chap-secret";
+    ok(run(&[
+        "acl",
+        "allow",
+        T1,
+        I1,
+        "--chap-user",
+        "host1",
+        "--chap-secret",
+        secret,
+        "--luns",
+        "0",
+    ]));
+    let out = ok(run(&["acl", "list", T1]));
+    assert!(out.contains(I1) && out.contains("host1"), "{out}");
+    let out = ok(run(&["--json", "acl", "list", T1]));
+    assert!(!out.contains(secret), "{out}");
+    ok(run(&["acl", "deny", T1, I1]));
+    ok(run(&["target", "unmap", T1, "--lun", "0"]));
+    ok(run(&["device", "delete", "d1"]));
+    assert!(service.config().devices.is_empty());
+
+    let out = ok(run(&["status"]));
+    assert!(out.contains("raft term") && out.contains("node 1"), "{out}");
+    ok(run(&["member", "list"]));
+}
+
+#[test]
+fn refusals_exit_1_with_the_api_message() {
+    let (live, _service) = start_api();
+    let o = trellis(&live, "wrong-token", &["device", "list"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("401") && err.contains("token"), "{err}");
+
+    let o = trellis(&live, TOKEN, &["device", "delete", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no device nope"), "{}", stderr(&o));
+
+    ok(trellis(
+        &live,
+        TOKEN,
+        &["device", "create", "d1", "--size", "1MiB"],
+    ));
+    let o = trellis(&live, TOKEN, &["device", "create", "d1", "--size", "1MiB"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+#[test]
+fn no_endpoint_exits_3_naming_each() {
+    let (dead1, dead2) = (dead_endpoint(), dead_endpoint());
+    let o = trellis(&format!("{dead1},{dead2}"), TOKEN, &["status"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&dead1) && err.contains(&dead2), "{err}");
+
+    // A member without a Raft leader answers 503: try the next, and fail
+    // with exit 3 when none can write.
+    let (live, service) = start_api();
+    service.fail_writes(Some(ServiceError::NoLeader));
+    let o = trellis(
+        &format!("{live},{dead1}"),
+        TOKEN,
+        &["device", "create", "d1", "--size", "1MiB"],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no_leader"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let live = dead_endpoint();
+    for args in [
+        &["device", "create", "d1"][..],
+        &["device", "create", "d1", "--size", "1XB"],
+        &[
+            "device",
+            "create",
+            "d1",
+            "--size",
+            "1GiB",
+            "--block-size",
+            "1000",
+        ],
+        &["acl", "allow", T1, I1, "--chap-user", "u"],
+        &["frobnicate"],
+    ] {
+        let o = trellis(&live, TOKEN, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    }
+}

@@ -1,0 +1,163 @@
+//! The management API (SPEC.md §3, "Management API"): HTTP/JSON on every
+//! member, authenticated with the cluster API token. Any member answers any
+//! request: reads come from its replica, writes go through
+//! [`ClusterService::write`] (forwarded to the Raft leader), so clients can
+//! spread requests across members and move on when one is down.
+//!
+//! ```text
+//!  request ─> auth (Bearer token, constant time) ─> extract (JSON body, path) ─> handler
+//!                                                                                 │
+//!     reads:  ClusterService::config / raft / members ─> views (JSON, no secrets) │
+//!     writes: request body ─> Command ─> ClusterService::write ─> {"result": ...} │
+//!  every failure ─> ApiError ─> {"error": {"code", "message"}} + HTTP status (error.rs only)
+//! ```
+//!
+//! - [`router`] builds the axum router; [`serve`] and [`serve_listener`] run it.
+//! - [`views`]: the request and response bodies (the CLI's contract).
+//! - [`ApiError`]: the one place errors become HTTP statuses.
+//! - [`testing::MemoryService`]: a single-member in-memory [`ClusterService`]
+//!   for tests and demos.
+//!
+//! Endpoints (all but `/health` need `Authorization: Bearer <token>`):
+//!
+//! | method and path                            | what                                   |
+//! |--------------------------------------------|----------------------------------------|
+//! | `GET /health`                              | liveness, `{"status": "ok"}`           |
+//! | `GET /metrics`                             | Prometheus text                        |
+//! | `GET /v1/status`                           | Raft and cluster summary               |
+//! | `GET /v1/members`                          | members and their links                |
+//! | `GET, POST /v1/devices`                    | list, create                           |
+//! | `POST /v1/devices/{name}/resize`           | grow                                   |
+//! | `DELETE /v1/devices/{name}`                | delete an unmapped device              |
+//! | `GET, POST /v1/targets`                    | list, create                           |
+//! | `DELETE /v1/targets/{iqn}`                 | delete with its LUNs and ACL           |
+//! | `POST /v1/targets/{iqn}/luns`              | map a device as a LUN                  |
+//! | `DELETE /v1/targets/{iqn}/luns/{lun}`      | unmap                                  |
+//! | `GET, POST /v1/targets/{iqn}/acl`          | list (no CHAP secrets), allow          |
+//! | `DELETE /v1/targets/{iqn}/acl/{initiator}` | deny                                   |
+
+mod auth;
+mod error;
+mod extract;
+mod handlers;
+mod metrics;
+pub mod testing;
+pub mod views;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use auth::Token;
+pub use error::ApiError;
+
+use crate::service::ClusterService;
+
+/// Produces Prometheus text lines (the data path's counters) appended to
+/// `/metrics`.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    service: Arc<dyn ClusterService>,
+    metrics: MetricsSource,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+/// The management API over `service`, requiring `token` on every endpoint
+/// but `/health`; `metrics` adds its lines to `/metrics`. An empty token
+/// refuses every authenticated request.
+pub fn router(
+    service: Arc<dyn ClusterService>,
+    token: String,
+    metrics: Arc<dyn Fn() -> String + Send + Sync>,
+) -> Router {
+    let state = AppState { service, metrics };
+    let token = Token::new(&token);
+    let authenticated = Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/members", get(handlers::members))
+        .route(
+            "/v1/devices",
+            get(handlers::list_devices).post(handlers::create_device),
+        )
+        .route("/v1/devices/{name}", delete(handlers::delete_device))
+        .route("/v1/devices/{name}/resize", post(handlers::resize_device))
+        .route(
+            "/v1/targets",
+            get(handlers::list_targets).post(handlers::create_target),
+        )
+        .route("/v1/targets/{iqn}", delete(handlers::delete_target))
+        .route("/v1/targets/{iqn}/luns", post(handlers::map_lun))
+        .route("/v1/targets/{iqn}/luns/{lun}", delete(handlers::unmap_lun))
+        .route(
+            "/v1/targets/{iqn}/acl",
+            get(handlers::list_acl).post(handlers::allow_initiator),
+        )
+        .route(
+            "/v1/targets/{iqn}/acl/{initiator}",
+            delete(handlers::deny_initiator),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            token,
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/health", get(handlers::health))
+        .merge(authenticated)
+        .fallback(handlers::no_route)
+        .method_not_allowed_fallback(handlers::wrong_method)
+        .with_state(state)
+}
+
+/// Why the API server stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while running.
+    #[error("management API server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Serves `router` on `addr` until the process stops.
+pub async fn serve(addr: SocketAddr, router: Router) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    serve_listener(listener, router, std::future::pending()).await
+}
+
+/// Serves `router` on a bound `listener` until `shutdown` completes, then
+/// lets in-flight requests finish.
+pub async fn serve_listener(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(ServeError::Serve)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+//! One handler per endpoint: reads build views from this member's replica;
+//! writes turn the request into a [`Command`] and wait for Raft.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::extract::{Body, PathParams};
+use super::views::{
+    AclList, AclView, AllowInitiator, CreateDevice, CreateTarget, DeviceList, DeviceView, MapLun,
+    MemberList, ResizeDevice, StatusView, TargetList, TargetView, WriteResult,
+};
+use super::{metrics as prom, ApiError, AppState};
+use crate::config::{Command, ConfigError, Object};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+impl AppState {
+    async fn write(&self, cmd: Command) -> ApiResult<Json<WriteResult>> {
+        let result = self.service.write(cmd).await?;
+        Ok(Json(WriteResult { result }))
+    }
+}
+
+fn not_found(object: Object, name: &str) -> ApiError {
+    ConfigError::NotFound {
+        object,
+        name: name.to_owned(),
+    }
+    .into()
+}
+
+/// `GET /health`: the process answers (no token needed).
+pub(super) async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /metrics`.
+pub(super) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let mut text = prom::render(&st.service.raft(), &st.service.members());
+    let extra = (st.metrics)();
+    text.push_str(&extra);
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// `GET /v1/status`.
+pub(super) async fn status(State(st): State<AppState>) -> Json<StatusView> {
+    let s = &st.service;
+    Json(StatusView::new(&s.config(), &s.raft(), &s.members()))
+}
+
+/// `GET /v1/members`.
+pub(super) async fn members(State(st): State<AppState>) -> Json<MemberList> {
+    let s = &st.service;
+    Json(MemberList::new(&s.config(), &s.raft(), &s.members()))
+}
+
+/// `GET /v1/devices`.
+pub(super) async fn list_devices(State(st): State<AppState>) -> Json<DeviceList> {
+    let config = st.service.config();
+    let devices = config
+        .devices
+        .values()
+        .map(|d| DeviceView::new(d, &config))
+        .collect();
+    Json(DeviceList { devices })
+}
+
+/// `POST /v1/devices`: 201 with the device (its uuid generated when not
+/// given).
+pub(super) async fn create_device(
+    State(st): State<AppState>,
+    Body(req): Body<CreateDevice>,
+) -> ApiResult<impl IntoResponse> {
+    let device = req.into_device()?;
+    st.service
+        .write(Command::CreateDevice(device.clone()))
+        .await?;
+    let config = st.service.config();
+    Ok((StatusCode::CREATED, Json(DeviceView::new(&device, &config))))
+}
+
+/// `POST /v1/devices/{name}/resize`.
+pub(super) async fn resize_device(
+    State(st): State<AppState>,
+    PathParams(name): PathParams<String>,
+    Body(req): Body<ResizeDevice>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(Command::ResizeDevice {
+        name,
+        size: req.size,
+    })
+    .await
+}
+
+/// `DELETE /v1/devices/{name}`.
+pub(super) async fn delete_device(
+    State(st): State<AppState>,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(Command::DeleteDevice { name }).await
+}
+
+/// `GET /v1/targets`.
+pub(super) async fn list_targets(State(st): State<AppState>) -> Json<TargetList> {
+    let config = st.service.config();
+    Json(TargetList {
+        targets: config.targets.values().map(TargetView::from).collect(),
+    })
+}
+
+/// `POST /v1/targets`: 201 with the target.
+pub(super) async fn create_target(
+    State(st): State<AppState>,
+    Body(req): Body<CreateTarget>,
+) -> ApiResult<impl IntoResponse> {
+    st.service
+        .write(Command::CreateTarget {
+            iqn: req.iqn.clone(),
+            alias: req.alias.clone(),
+        })
+        .await?;
+    let config = st.service.config();
+    let view = config.targets.get(&req.iqn).map_or_else(
+        || TargetView {
+            iqn: req.iqn.clone(),
+            alias: req.alias.clone(),
+            luns: Vec::new(),
+            initiators: 0,
+        },
+        TargetView::from,
+    );
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// `DELETE /v1/targets/{iqn}`.
+pub(super) async fn delete_target(
+    State(st): State<AppState>,
+    PathParams(iqn): PathParams<String>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(Command::DeleteTarget { iqn }).await
+}
+
+/// `POST /v1/targets/{iqn}/luns`.
+pub(super) async fn map_lun(
+    State(st): State<AppState>,
+    PathParams(target): PathParams<String>,
+    Body(req): Body<MapLun>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(Command::MapLun {
+        target,
+        lun: req.lun,
+        device: req.device,
+    })
+    .await
+}
+
+/// `DELETE /v1/targets/{iqn}/luns/{lun}`.
+pub(super) async fn unmap_lun(
+    State(st): State<AppState>,
+    PathParams((target, lun)): PathParams<(String, u16)>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(Command::UnmapLun { target, lun }).await
+}
+
+/// `GET /v1/targets/{iqn}/acl`: without CHAP secrets.
+pub(super) async fn list_acl(
+    State(st): State<AppState>,
+    PathParams(iqn): PathParams<String>,
+) -> ApiResult<Json<AclList>> {
+    let config = st.service.config();
+    let target = config
+        .targets
+        .get(&iqn)
+        .ok_or_else(|| not_found(Object::Target, &iqn))?;
+    Ok(Json(AclList {
+        target: iqn.clone(),
+        acl: target.acl.values().map(AclView::from).collect(),
+    }))
+}
+
+/// `POST /v1/targets/{iqn}/acl`.
+pub(super) async fn allow_initiator(
+    State(st): State<AppState>,
+    PathParams(target): PathParams<String>,
+    Body(mut req): Body<AllowInitiator>,
+) -> ApiResult<Json<WriteResult>> {
+    let auth = req.auth()?;
+    st.write(Command::AllowInitiator {
+        target,
+        initiator: req.initiator,
+        luns: req.luns,
+        auth,
+    })
+    .await
+}
+
+/// `DELETE /v1/targets/{iqn}/acl/{initiator}`.
+pub(super) async fn deny_initiator(
+    State(st): State<AppState>,
+    PathParams((target, initiator)): PathParams<(String, String)>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(Command::DenyInitiator { target, initiator }).await
+}
+
+/// Any path that is not an endpoint.
+pub(super) async fn no_route() -> ApiError {
+    ApiError::NoRoute
+}
+
+/// An endpoint asked with a method it does not take.
+pub(super) async fn wrong_method() -> ApiError {
+    ApiError::WrongMethod
+}

@@ -1,0 +1,106 @@
+//! A single-member, in-memory [`ClusterService`]: commands are applied to a
+//! [`ClusterConfig`] under a mutex, with no Raft and no disk. For tests of
+//! the API and its clients, and for demos.
+//!
+//! Its Raft status is that of a one-node cluster led by itself, whose
+//! indexes count the commands applied; tests can replace the status, the
+//! peers' states, or make every write fail (to act out a lost quorum).
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::config::{ClusterConfig, Command, Response};
+use crate::membership::MemberStatus;
+use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
+
+#[derive(Debug, Default)]
+struct Inner {
+    config: ClusterConfig,
+    raft: RaftStatus,
+    members: Vec<MemberStatus>,
+    fail_writes: Option<ServiceError>,
+}
+
+/// A [`ClusterService`] holding the configuration in memory.
+#[derive(Debug)]
+pub struct MemoryService {
+    inner: Mutex<Inner>,
+}
+
+impl Default for MemoryService {
+    fn default() -> Self {
+        Self::new(ClusterConfig::default())
+    }
+}
+
+impl MemoryService {
+    /// A service starting from `config`, as Raft node 1, leader of term 1.
+    pub fn new(config: ClusterConfig) -> Self {
+        let raft = RaftStatus {
+            node_id: 1,
+            term: 1,
+            leader: Some(1),
+            commit_index: Some(0),
+            applied_index: Some(0),
+            voters: vec![1],
+            learners: Vec::new(),
+        };
+        Self {
+            inner: Mutex::new(Inner {
+                config,
+                raft,
+                ..Inner::default()
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the Raft status reported (applied commands still advance
+    /// its indexes).
+    pub fn set_raft(&self, raft: RaftStatus) {
+        self.lock().raft = raft;
+    }
+
+    /// Replaces the peers' states reported.
+    pub fn set_members(&self, members: Vec<MemberStatus>) {
+        self.lock().members = members;
+    }
+
+    /// Makes every write fail with `error` (`None` to accept them again).
+    pub fn fail_writes(&self, error: Option<ServiceError>) {
+        self.lock().fail_writes = error;
+    }
+}
+
+impl ClusterService for MemoryService {
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Response, ServiceError>> {
+        let result = {
+            let mut inner = self.lock();
+            match inner.fail_writes.clone() {
+                Some(e) => Err(e),
+                None => {
+                    let r = inner.config.apply(&cmd).map_err(ServiceError::from);
+                    let next = inner.raft.commit_index.unwrap_or(0) + 1;
+                    inner.raft.commit_index = Some(next);
+                    inner.raft.applied_index = Some(next);
+                    r
+                }
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn config(&self) -> ClusterConfig {
+        self.lock().config.clone()
+    }
+
+    fn raft(&self) -> RaftStatus {
+        self.lock().raft.clone()
+    }
+
+    fn members(&self) -> Vec<MemberStatus> {
+        self.lock().members.clone()
+    }
+}

@@ -1,0 +1,90 @@
+//! Carrying out a write on this member's Raft: the same code serves a write
+//! made here and one a follower forwarded, so both answer the same way.
+//!
+//! ```text
+//!  Forwarded::Write(cmd)          ─> Raft::client_write      ┐
+//!  Forwarded::AddLearner          ─> Raft::add_learner       ├─> Outcome
+//!  Forwarded::ChangeMembership    ─> Raft::change_membership ┘
+//! ```
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
+use openraft::{BasicNode, Raft};
+use serde::{Deserialize, Serialize};
+
+use crate::config::store::{NodeId, TypeConfig};
+use crate::config::{Command, ConfigError, Response};
+
+/// A write that has to be made on the leader.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) enum Forwarded {
+    /// A configuration command.
+    Write(Command),
+    /// Add a non-voting member and wait until it has caught up.
+    AddLearner {
+        /// Its node id.
+        id: NodeId,
+        /// Its Raft address.
+        addr: String,
+    },
+    /// Replace the voters (every one already a member or learner).
+    ChangeMembership(BTreeSet<NodeId>),
+}
+
+/// How a [`Forwarded`] write ended on the member that tried it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) enum Outcome {
+    /// Committed and applied.
+    Applied(Response),
+    /// Committed; the configuration refused the command.
+    Rejected(ConfigError),
+    /// That member is not the leader; the one it knows of, with its address.
+    NotLeader {
+        /// The leader's id and Raft address, when known.
+        leader: Option<(NodeId, String)>,
+    },
+    /// A membership change was refused (a learner is unknown, another
+    /// change is in progress...).
+    Refused(String),
+    /// Not committed within the write timeout; it may still be.
+    TimedOut,
+    /// The Raft node has stopped.
+    Failed(String),
+}
+
+/// Makes `forwarded` on `raft`, which has to be the leader.
+pub(super) async fn execute(
+    raft: &Raft<TypeConfig>,
+    forwarded: Forwarded,
+    timeout: Duration,
+) -> Outcome {
+    let call = async {
+        match forwarded {
+            Forwarded::Write(cmd) => raft.client_write(cmd).await.map(|r| r.data),
+            Forwarded::AddLearner { id, addr } => raft
+                .add_learner(id, BasicNode::new(addr), true)
+                .await
+                .map(|_| Ok(Response::Changed)),
+            Forwarded::ChangeMembership(voters) => raft
+                .change_membership(voters, false)
+                .await
+                .map(|_| Ok(Response::Changed)),
+        }
+    };
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Outcome::TimedOut,
+        Ok(Ok(Ok(response))) => Outcome::Applied(response),
+        Ok(Ok(Err(e))) => Outcome::Rejected(e),
+        Ok(Err(OpenRaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Outcome::NotLeader {
+                leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+            }
+        }
+        Ok(Err(OpenRaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Outcome::Refused(e.to_string())
+        }
+        Ok(Err(OpenRaftError::Fatal(e))) => Outcome::Failed(e.to_string()),
+    }
+}

@@ -1,0 +1,337 @@
+//! Raft nodes in one process on loopback TCP, stores in a temporary
+//! directory: election, forwarded writes, failover, catch-up and restart.
+//! Every wait is a poll with a deadline; no timing is asserted.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use super::*;
+use crate::config::{ClusterConfig, ConfigError};
+
+/// Generous: elections take 1-2 s, and the machine may be busy.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn settings() -> RaftSettings {
+    RaftSettings {
+        worker_threads: 1,
+        ..RaftSettings::default()
+    }
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn create_target(n: u32) -> Command {
+    Command::CreateTarget {
+        iqn: format!("iqn.2024-01.org.example:t{n}"),
+        alias: None,
+    }
+}
+
+fn has_target(config: &ClusterConfig, n: u32) -> bool {
+    config
+        .targets
+        .contains_key(&format!("iqn.2024-01.org.example:t{n}"))
+}
+
+fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes through `node`, retrying while the cluster has no reachable
+/// leader (failover in progress).
+fn write_eventually(node: &ConfigService, cmd: Command) -> Result<Response, ServiceError> {
+    wait_until("a write to be accepted", || {
+        match node.write_blocking(cmd.clone()) {
+            Err(ServiceError::NoLeader | ServiceError::Unavailable(_)) => None,
+            other => Some(other),
+        }
+    })
+}
+
+struct Cluster {
+    dir: TempDir,
+    addrs: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, ConfigService>,
+}
+
+impl Cluster {
+    fn path(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("m{id}.redb"))
+    }
+
+    fn start(&mut self, id: u64, addr: SocketAddr) {
+        let store = ConfigStore::open(self.path(id)).expect("open store");
+        let node = ConfigService::start(id, addr, store, settings()).expect("start");
+        self.addrs.insert(id, node.raft_addr());
+        self.nodes.insert(id, node);
+    }
+
+    fn new(ids: &[u64]) -> Cluster {
+        let mut cluster = Cluster {
+            dir: TempDir::new().expect("tempdir"),
+            addrs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+        };
+        for &id in ids {
+            cluster.start(id, loopback());
+        }
+        cluster
+    }
+
+    fn restart(&mut self, id: u64) {
+        let addr = self.addrs[&id];
+        self.start(id, addr);
+    }
+
+    fn stop(&mut self, id: u64) {
+        if let Some(node) = self.nodes.remove(&id) {
+            node.shutdown().expect("clean shutdown");
+        }
+    }
+
+    fn initialize_all(&self) {
+        for node in self.nodes.values() {
+            node.initialize(self.addrs.clone()).expect("initialize");
+        }
+    }
+
+    /// The leader once every running node agrees on it.
+    fn leader(&self) -> u64 {
+        wait_until("the running nodes to agree on a leader", || {
+            let leaders: Vec<Option<u64>> = self.nodes.values().map(|n| n.raft().leader).collect();
+            let first = leaders[0]?;
+            (self.nodes.contains_key(&first) && leaders.iter().all(|&l| l == Some(first)))
+                .then_some(first)
+        })
+    }
+
+    fn follower(&self, leader: u64) -> &ConfigService {
+        self.nodes
+            .values()
+            .find(|n| n.node_id() != leader)
+            .expect("a follower")
+    }
+
+    fn wait_all_have(&self, targets: &[u32]) {
+        wait_until("every replica to apply the writes", || {
+            self.nodes
+                .values()
+                .all(|n| {
+                    let config = n.config();
+                    targets.iter().all(|&t| has_target(&config, t))
+                })
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn three_nodes_elect_forward_fail_over_catch_up_and_restart() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.initialize_all();
+    // A second initialize of a formed cluster is harmless.
+    cluster.initialize_all();
+
+    let leader = cluster.leader();
+    let status = cluster.nodes[&leader].raft();
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.voters, vec![1, 2, 3]);
+    assert!(status.learners.is_empty());
+
+    // A write through a follower is forwarded and applied everywhere.
+    let follower = cluster.follower(leader);
+    assert_eq!(
+        follower.write_blocking(create_target(1)),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1]);
+    // The leader's verdict on a bad command comes back through the follower.
+    assert!(matches!(
+        follower.write_blocking(create_target(1)),
+        Err(ServiceError::Rejected(ConfigError::AlreadyExists { .. }))
+    ));
+    // The async write works from another executor.
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert_eq!(
+        other.block_on(follower.write(create_target(2))),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1, 2]);
+
+    // The leader stops: the other two elect a new one and take writes.
+    cluster.stop(leader);
+    let new_leader = cluster.leader();
+    assert_ne!(new_leader, leader);
+    let follower = cluster.follower(new_leader);
+    assert_eq!(
+        write_eventually(follower, create_target(3)),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1, 2, 3]);
+
+    // The old leader comes back on its store and catches up.
+    cluster.restart(leader);
+    cluster.wait_all_have(&[1, 2, 3]);
+    assert_eq!(
+        write_eventually(&cluster.nodes[&leader], create_target(4)),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1, 2, 3, 4]);
+
+    // Everyone stops and comes back: the configuration is intact.
+    let before = cluster.nodes[&leader].config();
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+    }
+    for id in [1, 2, 3] {
+        cluster.restart(id);
+    }
+    for node in cluster.nodes.values() {
+        assert_eq!(node.config(), before);
+    }
+    cluster.initialize_all();
+    let leader = cluster.leader();
+    assert_eq!(
+        write_eventually(cluster.follower(leader), create_target(5)),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1, 2, 3, 4, 5]);
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+    }
+}
+
+#[test]
+fn a_learner_joins_and_becomes_a_voter() {
+    let mut cluster = Cluster::new(&[1]);
+    cluster.initialize_all();
+    let leader = cluster.leader();
+    assert_eq!(leader, 1);
+    assert_eq!(
+        cluster.nodes[&1].write_blocking(create_target(1)),
+        Ok(Response::Changed)
+    );
+
+    cluster.start(2, loopback());
+    cluster.start(3, loopback());
+    let node1 = &cluster.nodes[&1];
+    node1.add_learner(2, cluster.addrs[&2]).expect("learner 2");
+    node1.add_learner(3, cluster.addrs[&3]).expect("learner 3");
+    assert_eq!(node1.raft().learners, vec![2, 3]);
+    cluster.wait_all_have(&[1]);
+    // From a learner, which forwards to the leader.
+    cluster.nodes[&2]
+        .change_membership([1, 2, 3].into())
+        .expect("change membership");
+    wait_until("all three to be voters everywhere", || {
+        cluster
+            .nodes
+            .values()
+            .all(|n| n.raft().voters == vec![1, 2, 3] && n.raft().learners.is_empty())
+            .then_some(())
+    });
+    assert_eq!(
+        cluster.nodes[&3].write_blocking(create_target(2)),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1, 2]);
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+    }
+}
+
+#[test]
+fn a_new_member_far_behind_gets_a_snapshot() {
+    let mut cluster = Cluster::new(&[]);
+    let store = ConfigStore::open(cluster.path(1)).expect("open store");
+    let eager = RaftSettings {
+        snapshot_every: 3,
+        logs_kept_after_snapshot: 0,
+        ..settings()
+    };
+    let node = ConfigService::start(1, loopback(), store, eager).expect("start");
+    cluster.addrs.insert(1, node.raft_addr());
+    cluster.nodes.insert(1, node);
+    cluster.initialize_all();
+    cluster.leader();
+    let node1 = &cluster.nodes[&1];
+    for n in 1..=10 {
+        assert_eq!(
+            node1.write_blocking(create_target(n)),
+            Ok(Response::Changed)
+        );
+    }
+    wait_until("the log to be purged behind a snapshot", || {
+        let metrics = node1.shared.raft.metrics();
+        let m = metrics.borrow();
+        (m.snapshot.is_some() && m.purged.is_some()).then_some(())
+    });
+
+    cluster.start(2, loopback());
+    let node1 = &cluster.nodes[&1];
+    node1.add_learner(2, cluster.addrs[&2]).expect("learner 2");
+    cluster.wait_all_have(&(1..=10).collect::<Vec<_>>());
+    let node2 = &cluster.nodes[&2];
+    assert!(node2.shared.raft.metrics().borrow().snapshot.is_some());
+    assert_eq!(node2.config(), cluster.nodes[&1].config());
+    for id in [1, 2] {
+        cluster.stop(id);
+    }
+}
+
+#[test]
+fn an_uninitialized_node_has_no_leader_and_lists_its_members_source() {
+    let store = ConfigStore::in_memory().expect("store");
+    let settings = RaftSettings {
+        leader_wait: Duration::from_millis(50),
+        ..settings()
+    };
+    let node = ConfigService::start(7, loopback(), store, settings)
+        .expect("start")
+        .with_members(Arc::new(Vec::new));
+    assert_eq!(
+        node.write_blocking(create_target(1)),
+        Err(ServiceError::NoLeader)
+    );
+    let status = node.raft();
+    assert_eq!(status.node_id, 7);
+    assert_eq!(status.leader, None);
+    assert!(status.voters.is_empty());
+    assert!(node.members().is_empty());
+    assert_eq!(node.config(), ClusterConfig::default());
+    let err = node
+        .initialize(BTreeMap::from([(8, loopback())]))
+        .expect_err("7 is not among the voters");
+    assert!(matches!(err, RaftError::Initialize(_)));
+    // Dropped rather than shut down: the runtime still stops.
+    drop(node);
+}
+
+#[test]
+fn settings_are_checked() {
+    let bad = RaftSettings {
+        election_timeout_min: Duration::from_millis(2000),
+        election_timeout_max: Duration::from_millis(1000),
+        ..settings()
+    };
+    let err = ConfigService::start(1, loopback(), ConfigStore::in_memory().expect("store"), bad)
+        .expect_err("min above max");
+    assert!(matches!(err, RaftError::Settings(_)));
+}
