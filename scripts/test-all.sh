@@ -29,7 +29,7 @@ benches/fio/build-fio.sh
 export FIO="$FIO_DIR/fio"
 
 log "building trellisd (the integration tests drive the real binary)"
-cargo build -p trellisd
+cargo build -p trellisd -p trellis-cli
 
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast

@@ -163,6 +163,19 @@ impl Node {
         &self.member
     }
 
+    /// A source of the failure detector's view of the peers, for the
+    /// management API.
+    pub fn members_source(&self) -> crate::config::raft::MembersSource {
+        let status = Arc::clone(&self.status);
+        Arc::new(move || {
+            status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .members
+                .clone()
+        })
+    }
+
     /// A copy of what this member knows of the others.
     pub fn status(&self) -> Status {
         self.status

@@ -37,6 +37,15 @@ pub fn trellisd_bin() -> PathBuf {
     dir.join("trellisd")
 }
 
+/// Path of the `trellis` CLI binary (built beside trellisd; `TRELLIS_CLI`
+/// overrides).
+pub fn trellis_cli_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("TRELLIS_CLI") {
+        return PathBuf::from(p);
+    }
+    trellisd_bin().with_file_name("trellis")
+}
+
 /// Whether a libiscsi tool is installed.
 pub fn have_tool(name: &str) -> bool {
     Command::new("sh")

@@ -3,7 +3,10 @@
 //! two networks), find each other from static seeds, admit each other only
 //! after both networks are confirmed, and see every link up; a member with
 //! the wrong cluster key is refused with the reason in the log; a member
-//! killed with SIGKILL is declared failed by the others.
+//! killed with SIGKILL is declared failed by the others. The management API
+//! answers on every member through the `trellis` CLI (which skips a dead
+//! endpoint): three members, both links up; a device created through one
+//! member reaches every replica; a wrong token is refused.
 //!
 //! Cutting one link of one member needs network namespaces; that test comes
 //! with the namespace fixtures.
@@ -14,7 +17,19 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use trellis_tests::Trellisd;
+use trellis_tests::{free_port, trellis_cli_bin, Trellisd};
+
+/// Runs the CLI; its exit code and stdout+stderr.
+fn cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(trellis_cli_bin())
+        .args(["--endpoints", endpoints, "--token", token])
+        .args(args)
+        .output()
+        .expect("run trellis");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
 
 const KEY: &str = "cluster-test-key-0123456789";
 
@@ -34,6 +49,24 @@ fn free_control_port() -> u16 {
         return port;
     }
     panic!("no free control port");
+}
+
+const TOKEN: &str = "cluster-test-api-token";
+
+/// The `[cluster]` lines that start the replicated configuration and the
+/// API of member `i` (voters m1..m3 on `raft_ports`).
+fn control_lines(i: u8, raft_ports: &[u16; 3], api_port: u16) -> String {
+    let mut voters = String::new();
+    for (j, p) in raft_ports.iter().enumerate() {
+        voters.push_str(&format!(
+            "  {{ id = {}, raft = \"127.0.0.1:{p}\" }},\n",
+            j + 1
+        ));
+    }
+    format!(
+        "node_id = {i}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\napi_token = \"{TOKEN}\"\nvoters = [\n{voters}]\n",
+        raft_ports[usize::from(i) - 1]
+    )
 }
 
 fn member_config(i: u8, port: u16, key: &str, peers: &[u8]) -> String {
@@ -73,11 +106,15 @@ fn wait_log(d: &Trellisd, parts: &[&str], what: &str) {
 fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let port = free_control_port();
     let all = [1u8, 2, 3];
+    let raft_ports = [free_port(), free_port(), free_port()];
+    let api_ports = [free_port(), free_port(), free_port()];
     let members: Vec<Trellisd> = all
         .iter()
         .map(|&i| {
             let peers: Vec<u8> = all.iter().copied().filter(|&p| p != i).collect();
-            Trellisd::start_with(Some(&member_config(i, port, KEY, &peers)), &[]).unwrap()
+            let text = member_config(i, port, KEY, &peers)
+                + &control_lines(i, &raft_ports, api_ports[usize::from(i) - 1]);
+            Trellisd::start_with(Some(&text), &[]).unwrap()
         })
         .collect();
     for (i, d) in members.iter().enumerate() {
@@ -88,6 +125,62 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
             wait_log(d, &["link up", &peer, "link=b"], "link b");
         }
     }
+
+    // The management API of any member, through the CLI, with a dead
+    // endpoint first: three members, the two peers with both links up.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let ep = |i: usize| format!("{dead},http://127.0.0.1:{}", api_ports[i]);
+    let start = Instant::now();
+    loop {
+        let (code, out) = cli(&ep(1), TOKEN, &["--json", "member", "list"]);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let ok = code == 0
+            && list["members"].as_array().is_some_and(|m| {
+                m.len() == 3
+                    && m.iter().all(|v| v["state"] == "alive")
+                    && m.iter().filter(|v| v["local"] != true).all(|v| {
+                        v["links"]
+                            .as_array()
+                            .is_some_and(|l| l.len() == 2 && l.iter().all(|x| x["state"] == "up"))
+                    })
+            });
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "member list: {code} {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // A device created through member 2 is in every member's replica.
+    let (code, out) = cli(
+        &ep(1),
+        TOKEN,
+        &["device", "create", "d1", "--size", "64MiB"],
+    );
+    assert_eq!(code, 0, "{out}");
+    for i in [0, 2] {
+        let start = Instant::now();
+        while !cli(&ep(i), TOKEN, &["--json", "device", "list"])
+            .1
+            .contains("\"d1\"")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "d1 not replicated to m{}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Without the right token: refused.
+    let (code, out) = cli(&ep(0), "not-the-api-token-at-all", &["device", "list"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("401") || out.to_lowercase().contains("token"),
+        "{out}"
+    );
 
     // A member with another cluster key is refused, with the reason.
     let intruder = Trellisd::start_with(

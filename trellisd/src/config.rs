@@ -72,6 +72,41 @@ struct ClusterSection {
     /// Static addresses of other members, for networks without multicast.
     #[serde(default)]
     seeds: Vec<Spanned<SeedSection>>,
+    /// This member's Raft node id (with `raft`, `api`, `api_token`: the
+    /// replicated configuration and the management API run here).
+    node_id: Option<u64>,
+    /// Where this member serves Raft.
+    raft: Option<Spanned<String>>,
+    /// Where this member serves the management API.
+    api: Option<Spanned<String>>,
+    /// The token API clients must present.
+    api_token: Option<Spanned<String>>,
+    /// The initial voters, to form a new cluster (every voter lists the
+    /// same set; ignored once the cluster exists).
+    #[serde(default)]
+    voters: Vec<Spanned<VoterSection>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VoterSection {
+    id: u64,
+    raft: String,
+}
+
+/// The replicated configuration and management API settings of `[cluster]`.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Raft node id.
+    pub node_id: u64,
+    /// Raft address.
+    pub raft: SocketAddr,
+    /// Management API address.
+    pub api: SocketAddr,
+    /// API token.
+    pub api_token: String,
+    /// Initial voters.
+    pub voters: std::collections::BTreeMap<u64, SocketAddr>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -399,6 +434,59 @@ fn parse_portal(p: &str) -> Result<SocketAddr> {
         .context("expected HOST:PORT, e.g. 127.0.0.1:3260 or [::1]:3260")?
         .next()
         .ok_or_else(|| anyhow!("{p} resolves to no address"))
+}
+
+/// The Raft and API settings of `[cluster]`, if it has `node_id`, `raft`,
+/// `api` and `api_token` (all four or none); errors name the file and line.
+pub fn load_control(name: &str, text: &str) -> Result<Option<ControlSettings>> {
+    let src = Source { name, text };
+    let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
+    let Some(c) = file.cluster else {
+        return Ok(None);
+    };
+    let (Some(node_id), Some(raft), Some(api), Some(token)) =
+        (c.node_id, &c.raft, &c.api, &c.api_token)
+    else {
+        if c.node_id.is_some() || c.raft.is_some() || c.api.is_some() || c.api_token.is_some() {
+            bail!(
+                "{}: [cluster] needs all of node_id, raft, api and api_token for the replicated configuration, or none",
+                src.at(&c.id)
+            );
+        }
+        return Ok(None);
+    };
+    let addr = |s: &Spanned<String>, what: &str| -> Result<SocketAddr> {
+        s.get_ref().parse().map_err(|_| {
+            anyhow!(
+                "{}: bad {what} address {:?} (expected IP:PORT)",
+                src.at(s),
+                s.get_ref()
+            )
+        })
+    };
+    if token.get_ref().len() < 16 {
+        bail!(
+            "{}: api_token must be at least 16 characters",
+            src.at(token)
+        );
+    }
+    let mut voters = std::collections::BTreeMap::new();
+    for v in &c.voters {
+        let at = src.at(v);
+        let v = v.get_ref();
+        let a = v
+            .raft
+            .parse()
+            .map_err(|_| anyhow!("{at}: voter {}: bad raft address {:?}", v.id, v.raft))?;
+        voters.insert(v.id, a);
+    }
+    Ok(Some(ControlSettings {
+        node_id,
+        raft: addr(raft, "raft")?,
+        api: addr(api, "api")?,
+        api_token: token.get_ref().clone(),
+        voters,
+    }))
 }
 
 /// The control node settings of `[cluster]`, if the file has one; errors

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod control_plane;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +97,19 @@ fn run(args: Args) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("cannot install signal handlers")?;
     let cluster = config::load_cluster(&name, &text)?;
+    let control = config::load_control(&name, &text)?;
+    // This member as the replicated configuration lists it.
+    let cluster_self = match (&cluster, &control) {
+        (Some(n), Some(c)) => Some(trellis_control::config::Member {
+            id: n.identity.member.clone(),
+            node_id: c.node_id,
+            links: n.links.iter().cloned().collect(),
+            api: c.api,
+            portals: cfg.portals.clone(),
+            witness: false,
+        }),
+        _ => None,
+    };
     let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
     let mut target = Target::start(cfg)?;
     let node = match cluster {
@@ -107,6 +121,10 @@ fn run(args: Args) -> Result<()> {
             Some(node)
         }
         None => None,
+    };
+    let plane = match (&control, &node, &cluster_self) {
+        (Some(c), Some(n), Some(me)) => Some(control_plane::start(c, n, me, &data_dir)?),
+        _ => None,
     };
     tracing::info!(
         portals = ?target.portals(),
@@ -121,6 +139,9 @@ fn run(args: Args) -> Result<()> {
         }
     }
     tracing::info!("signal received: stopping");
+    if let Some(p) = plane {
+        p.shutdown();
+    }
     if let Some(n) = node {
         n.shutdown();
     }

@@ -1,0 +1,151 @@
+//! The replicated configuration and the management API of a cluster member:
+//! a Raft node on `DATA_DIR/control.redb`, this member registering itself in
+//! the configuration once there is a leader, and the HTTP API on its own
+//! thread.
+//!
+//! Applying the replicated configuration to this member's exports is the
+//! next step; for now the API changes the replicated configuration only.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use trellis_control::config::raft::{ConfigService, RaftSettings};
+use trellis_control::config::{Command, ConfigStore, Member};
+use trellis_control::node::Node;
+use trellis_control::service::ClusterService;
+
+use crate::config::ControlSettings;
+
+/// The running Raft node, API server and self-registration.
+pub struct ControlPlane {
+    service: Arc<ConfigService>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Starts the Raft node (forming the cluster from `voters` if it is new),
+/// the API on `settings.api`, and a thread that registers `me`.
+pub fn start(
+    settings: &ControlSettings,
+    node: &Node,
+    me: &Member,
+    data_dir: &Path,
+) -> Result<ControlPlane> {
+    let path = data_dir.join("control.redb");
+    let store = ConfigStore::open(&path)
+        .with_context(|| format!("cannot open the configuration database {}", path.display()))?;
+    let service = ConfigService::start(
+        settings.node_id,
+        settings.raft,
+        store,
+        RaftSettings::default(),
+    )
+    .context("cannot start the Raft node")?
+    .with_members(node.members_source());
+    if !settings.voters.is_empty() {
+        service
+            .initialize(settings.voters.clone())
+            .context("cannot form the cluster from `voters`")?;
+    }
+    let service = Arc::new(service);
+    tracing::info!(node_id = settings.node_id, raft = %settings.raft, api = %settings.api, "replicated configuration started");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+
+    // Register (or refresh) this member once a leader accepts writes.
+    let (svc, who, stop2) = (Arc::clone(&service), me.clone(), Arc::clone(&stop));
+    threads.push(
+        std::thread::Builder::new()
+            .name("trellis-register".into())
+            .spawn(move || {
+                while !stop2.load(Ordering::Relaxed) {
+                    match svc.write_blocking(Command::UpsertMember(who.clone())) {
+                        Ok(_) => {
+                            tracing::info!(member = %who.id, "registered in the replicated configuration");
+                            return;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "registration waits"),
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            })
+            .context("cannot start a thread")?,
+    );
+
+    // The management API.
+    let dyn_service: Arc<dyn ClusterService> = Arc::clone(&service) as Arc<dyn ClusterService>;
+    let router = trellis_control::api::router(
+        dyn_service,
+        settings.api_token.clone(),
+        Arc::new(String::new),
+    );
+    let addr = settings.api;
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot listen for the management API on {addr}"))?;
+    listener.set_nonblocking(true).context("API listener")?;
+    let stop3 = Arc::clone(&stop);
+    threads.push(
+        std::thread::Builder::new()
+            .name("trellis-api".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the API runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot serve the management API");
+                            return;
+                        }
+                    };
+                    let shutdown = async move {
+                        while !stop3.load(Ordering::Relaxed) {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    };
+                    if let Err(e) =
+                        trellis_control::api::serve_listener(listener, router, shutdown).await
+                    {
+                        tracing::error!(error = %e, "management API stopped");
+                    }
+                });
+            })
+            .context("cannot start a thread")?,
+    );
+    tracing::info!(api = %addr, "management API listening");
+    Ok(ControlPlane {
+        service,
+        stop,
+        threads,
+    })
+}
+
+impl ControlPlane {
+    /// Stops the API and the Raft node.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        match Arc::try_unwrap(self.service) {
+            Ok(s) => {
+                if let Err(e) = s.shutdown() {
+                    tracing::warn!(error = %e, "Raft node did not stop cleanly");
+                }
+            }
+            Err(_) => tracing::warn!("Raft node still in use at shutdown"),
+        }
+    }
+}
