@@ -145,6 +145,39 @@ impl Trellisd {
         bail!("trellisd did not start: {}", last.unwrap_or_default())
     }
 
+    /// Starts a witness (no portal) in `dir` with `config`; ready when it
+    /// logs that it serves.
+    pub fn start_witness(dir: tempfile::TempDir, config: &str) -> Result<Self> {
+        let log = dir.path().join("trellisd-witness.log");
+        let path = dir.path().join("trellisd.toml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(trellisd_bin())
+            .arg("--data-dir")
+            .arg(dir.path())
+            .arg("--config")
+            .arg(&path)
+            .arg("--witness")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", trellisd_bin().display()))?;
+        let d = Self {
+            child: Some(child),
+            portal: ([127, 0, 0, 1], 0).into(),
+            dir,
+            log,
+        };
+        let start = Instant::now();
+        while !d.log_text().contains("serving as a witness") {
+            if start.elapsed() > Duration::from_secs(15) {
+                bail!("the witness did not start:\n{}", d.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
     fn take_dir(mut self) -> tempfile::TempDir {
         self.child = None;
         std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))

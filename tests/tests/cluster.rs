@@ -192,19 +192,32 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let survivors = others.join(",");
     let start = Instant::now();
     loop {
-        let (code, out) = cli(&survivors, TOKEN, &["device", "create", "d2", "--size", "32MiB"]);
+        let (code, out) = cli(
+            &survivors,
+            TOKEN,
+            &["device", "create", "d2", "--size", "32MiB"],
+        );
         if code == 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "no write after the leader died: {code} {out}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no write after the leader died: {code} {out}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let dir = std::mem::replace(&mut members[leader].dir, tempfile::tempdir().unwrap());
     members[leader] = Trellisd::start_in(dir, Some(&texts[leader]), &[]).unwrap();
     let own = format!("http://127.0.0.1:{}", api_ports[leader]);
     let start = Instant::now();
-    while !cli(&own, TOKEN, &["--json", "device", "list"]).1.contains("\"d2\"") {
-        assert!(start.elapsed() < Duration::from_secs(30), "the old leader did not catch up");
+    while !cli(&own, TOKEN, &["--json", "device", "list"])
+        .1
+        .contains("\"d2\"")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the old leader did not catch up"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 
@@ -249,7 +262,11 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     for (d, (suspect, failed)) in members.iter().zip(before) {
         let start = Instant::now();
         while count(d, "member suspect") <= suspect || count(d, "member failed") <= failed {
-            assert!(start.elapsed() < Duration::from_secs(20), "m3 not failed:\n{}", d.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "m3 not failed:\n{}",
+                d.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

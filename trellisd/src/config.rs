@@ -85,6 +85,9 @@ struct ClusterSection {
     /// same set; ignored once the cluster exists).
     #[serde(default)]
     voters: Vec<Spanned<VoterSection>>,
+    /// A witness: a Raft voter with no portals and no data path.
+    #[serde(default)]
+    witness: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,6 +439,26 @@ fn parse_portal(p: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{p} resolves to no address"))
 }
 
+/// Whether `[cluster]` says `witness = true`.
+pub fn is_witness(name: &str, text: &str) -> Result<bool> {
+    let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
+    Ok(file.cluster.is_some_and(|c| c.witness))
+}
+
+/// The data directory (`--data-dir`, else `data_dir`, else ./trellis-data),
+/// created if missing.
+pub fn data_dir(name: &str, text: &str, over: &Overrides) -> Result<PathBuf> {
+    let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
+    let dir = over
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./trellis-data"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// The Raft and API settings of `[cluster]`, if it has `node_id`, `raft`,
 /// `api` and `api_token` (all four or none); errors name the file and line.
 pub fn load_control(name: &str, text: &str) -> Result<Option<ControlSettings>> {
@@ -735,6 +758,35 @@ mod tests {
             "{base}key = \"0123456789abcdefgh\"\nlinks = [{{ name = \"a\", addr = \"nowhere\" }}, {{ name = \"b\", addr = \"127.0.2.1:7401\" }}]\n"
         ));
         assert!(addr.contains("t.toml:5: link \"a\": bad address"), "{addr}");
+    }
+
+    #[test]
+    fn the_examples_load() {
+        let dir = format!("{}/../examples", env!("CARGO_MANIFEST_DIR"));
+        for (file, witness) in [
+            ("three-members/m1.toml", false),
+            ("two-members-witness/m1.toml", false),
+            ("two-members-witness/m2.toml", false),
+            ("two-members-witness/w.toml", true),
+        ] {
+            let path = format!("{dir}/{file}");
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(is_witness(&path, &text).unwrap(), witness, "{file}");
+            assert!(load_cluster(&path, &text).unwrap().is_some(), "{file}");
+            let c = load_control(&path, &text)
+                .unwrap()
+                .expect("raft and api settings");
+            assert_eq!(c.voters.len(), 3, "{file}");
+        }
+        let e = format!(
+            "{:#}",
+            load_control("t.toml", "[cluster]\nid = \"c\"\nmember = \"m\"\nkey = \"0123456789abcdefg\"\nlinks = []\nnode_id = 1\n")
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("needs all of node_id, raft, api and api_token"),
+            "{e}"
+        );
     }
 
     #[test]

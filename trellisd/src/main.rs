@@ -48,6 +48,11 @@ struct Args {
     /// Print the embedded default configuration and exit.
     #[arg(long)]
     print_default_config: bool,
+    /// Run as a witness: a Raft voter with no portals and no data path (for
+    /// two-member sites); needs [cluster] with node_id, raft, api and
+    /// api_token. Same as `witness = true` in [cluster].
+    #[arg(long)]
+    witness: bool,
 }
 
 fn main() {
@@ -87,6 +92,9 @@ fn run(args: Args) -> Result<()> {
         portals: args.portals,
         cores: args.cores,
     };
+    if args.witness || config::is_witness(&name, &text)? {
+        return run_witness(&name, &text, &over);
+    }
     let (cfg, data_dir) = config::load(&name, &text, &over)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -178,4 +186,40 @@ fn reload(path: Option<&std::path::Path>, over: &config::Overrides, target: &Tar
         Ok(changes) => tracing::info!(file = %name, ?changes, "SIGHUP: configuration applied"),
         Err(e) => tracing::error!(file = %name, "SIGHUP: {e}; nothing changed"),
     }
+}
+
+/// A witness: the control node, the Raft voter and the API, no target.
+fn run_witness(name: &str, text: &str, over: &config::Overrides) -> Result<()> {
+    let (Some(cluster), Some(control)) = (
+        config::load_cluster(name, text)?,
+        config::load_control(name, text)?,
+    ) else {
+        anyhow::bail!("{name}: a witness needs [cluster] with node_id, raft, api and api_token");
+    };
+    let data_dir = config::data_dir(name, text, over)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .context("cannot install signal handlers")?;
+    }
+    let me = trellis_control::config::Member {
+        id: cluster.identity.member.clone(),
+        node_id: control.node_id,
+        links: cluster.links.iter().cloned().collect(),
+        api: control.api,
+        portals: Vec::new(),
+        witness: true,
+    };
+    let node = trellis_control::node::Node::start(cluster)
+        .context("cannot start the cluster control node")?;
+    let plane = control_plane::start(&control, &node, &me, &data_dir)?;
+    tracing::info!(member = %me.id, data_dir = %data_dir.display(), "trellisd serving as a witness (Raft voter, no data path)");
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("signal received: stopping");
+    plane.shutdown();
+    node.shutdown();
+    tracing::info!("stopped cleanly");
+    Ok(())
 }

@@ -1,0 +1,158 @@
+//! Two data members and a witness (a Raft voter with no portals and no data
+//! path): killing either data member leaves the cluster writable, and the
+//! killed member catches up when it comes back.
+
+// Test helpers: a panic is the test failing, with the message in hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::UdpSocket;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use trellis_tests::{free_port, trellis_cli_bin, Trellisd};
+
+const TOKEN: &str = "witness-test-api-token";
+
+/// A UDP port free on 127.0.1.2x and 127.0.2.2x (x = 1..3).
+fn free_control_port() -> u16 {
+    'search: for _ in 0..50 {
+        let port = UdpSocket::bind("127.0.1.21:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        for i in 21..=23 {
+            for net in [1, 2] {
+                if UdpSocket::bind(format!("127.0.{net}.{i}:{port}")).is_err() {
+                    continue 'search;
+                }
+            }
+        }
+        return port;
+    }
+    panic!("no free control port");
+}
+
+fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
+    let name = if i == 3 {
+        "w".to_owned()
+    } else {
+        format!("m{i}")
+    };
+    let mut seeds = String::new();
+    for p in (1..=3).filter(|&p| p != i) {
+        for net in [1, 2] {
+            let l = if net == 1 { 'a' } else { 'b' };
+            seeds.push_str(&format!(
+                "  {{ link = \"{l}\", addr = \"127.0.{net}.{}:{port}\" }},\n",
+                20 + p
+            ));
+        }
+    }
+    let mut voters = String::new();
+    for (j, r) in raft.iter().enumerate() {
+        voters.push_str(&format!(
+            "  {{ id = {}, raft = \"127.0.0.1:{r}\" }},\n",
+            j + 1
+        ));
+    }
+    let data = if i == 3 {
+        String::new()
+    } else {
+        "portals = [\"127.0.0.1:3260\"]\n[[device]]\nname = \"disk0\"\nsize = \"16MiB\"\nmemory = true\n\
+         [[target]]\nname = \"iqn.2026-11.io.trellis:witness-test\"\nluns = [{ lun = 0, device = \"disk0\" }]\n"
+            .to_owned()
+    };
+    format!(
+        "{data}[cluster]\nid = \"wt\"\nmember = \"{name}\"\nkey = \"witness-test-cluster-key\"\n\
+         links = [\n  {{ name = \"a\", addr = \"127.0.1.{a}:{port}\" }},\n  {{ name = \"b\", addr = \"127.0.2.{a}:{port}\" }},\n]\n\
+         seeds = [\n{seeds}]\nnode_id = {i}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\napi_token = \"{TOKEN}\"\nvoters = [\n{voters}]\n",
+        raft[i - 1],
+        api[i - 1],
+        a = 20 + i,
+    )
+}
+
+fn cli(endpoints: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(trellis_cli_bin())
+        .args(["--endpoints", endpoints, "--token", TOKEN])
+        .args(args)
+        .output()
+        .expect("run trellis");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Creates device `name` through `endpoints`, retrying while there is no
+/// leader (an election after a kill).
+fn create(endpoints: &str, name: &str) {
+    let start = Instant::now();
+    loop {
+        let (code, out) = cli(endpoints, &["device", "create", name, "--size", "8MiB"]);
+        if code == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "cannot create {name}: {code} {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn wait_listed(endpoint: &str, name: &str) {
+    let start = Instant::now();
+    while !cli(endpoint, &["--json", "device", "list"])
+        .1
+        .contains(&format!("\"{name}\""))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{name} not on {endpoint}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn either_data_member_can_die_with_a_witness() {
+    let port = free_control_port();
+    let raft = [free_port(), free_port(), free_port()];
+    let api = [free_port(), free_port(), free_port()];
+    let url = |i: usize| format!("http://127.0.0.1:{}", api[i - 1]);
+    let texts: Vec<String> = (1..=3).map(|i| config(i, port, &raft, &api)).collect();
+    let mut m1 = Trellisd::start_with(Some(&texts[0]), &[]).unwrap();
+    let mut m2 = Trellisd::start_with(Some(&texts[1]), &[]).unwrap();
+    let _w = Trellisd::start_witness(tempfile::tempdir().unwrap(), &texts[2]).unwrap();
+    create(&format!("{},{},{}", url(1), url(2), url(3)), "first");
+    // The witness is a configured voter with no portals.
+    let start = Instant::now();
+    loop {
+        let (_, out) = cli(&url(3), &["--json", "member", "list"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let witness_ok = v["members"].as_array().is_some_and(|m| {
+            m.len() == 3 && m.iter().any(|x| x["id"] == "w" && x["witness"] == true)
+        });
+        if witness_ok {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "members: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // m1 dies: m2 and the witness still take writes.
+    m1.kill();
+    create(&format!("{},{}", url(2), url(3)), "while-m1-down");
+    let dir = std::mem::replace(&mut m1.dir, tempfile::tempdir().unwrap());
+    m1 = Trellisd::start_in(dir, Some(&texts[0]), &[]).unwrap();
+    wait_listed(&url(1), "while-m1-down");
+
+    // m2 dies: m1 and the witness still take writes.
+    m2.kill();
+    create(&format!("{},{}", url(1), url(3)), "while-m2-down");
+    let dir = std::mem::replace(&mut m2.dir, tempfile::tempdir().unwrap());
+    m2 = Trellisd::start_in(dir, Some(&texts[1]), &[]).unwrap();
+    wait_listed(&url(2), "while-m2-down");
+    drop((m1, m2));
+}
