@@ -7,8 +7,8 @@
 //! answers on every member through the `trellis` CLI (which skips a dead
 //! endpoint): three members, both links up; a device created through one
 //! member reaches every replica; with the Raft leader SIGKILLed the others
-//! take writes, and the restarted leader catches up; a wrong token is
-//! refused.
+//! take writes, and the restarted leader catches up; all three restarted
+//! keep the configuration; a wrong token is refused.
 //!
 //! Cutting one link of one member needs network namespaces; that test comes
 //! with the namespace fixtures.
@@ -219,6 +219,32 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
             "the old leader did not catch up"
         );
         std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // All three restarted: the configuration is intact on each.
+    for (i, m) in members.iter_mut().enumerate() {
+        m.kill();
+        let dir = std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap());
+        *m = Trellisd::start_in(dir, Some(&texts[i]), &[]).unwrap();
+    }
+    for (i, port) in api_ports.iter().enumerate() {
+        let own = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        loop {
+            let list = cli(&own, TOKEN, &["--json", "device", "list"]).1;
+            if list.contains("\"d1\"") && list.contains("\"d2\"") {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "m{} lost its configuration: {list}",
+                i + 1
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    for m in &members {
+        wait_log(m, &["link up", "link=b"], "links after the restart");
     }
 
     // Without the right token: refused.
