@@ -49,8 +49,8 @@ struct Args {
     #[arg(long)]
     print_default_config: bool,
     /// Run as a witness: a Raft voter with no portals and no data path (for
-    /// two-member sites); needs [cluster] with node_id, raft, api and
-    /// api_token. Same as `witness = true` in [cluster].
+    /// two-member sites); needs `[cluster]` with node_id, raft, api and
+    /// api_token. Same as `witness = true` in `[cluster]`.
     #[arg(long)]
     witness: bool,
 }
