@@ -628,6 +628,26 @@ impl Rig {
         itt
     }
 
+    /// Another session (another I_T nexus, as if on another core) on this
+    /// rig's logical units, logged in with its unit attentions cleared.
+    fn sharing(&self) -> Rig {
+        let mut b = Rig::new(0x1000);
+        b.host.luns = Rc::clone(&self.host.luns);
+        b.login(&Keys::default());
+        b.clear_ua();
+        b
+    }
+
+    /// Sends TMF `function` for LUN 0; checks the response's ITT and StatSN
+    /// and returns its response code.
+    fn tmf_response(&mut self, function: u8, referenced: u32, ref_cmdsn: u32) -> u8 {
+        let itt = self.tmf(function, referenced, ref_cmdsn);
+        let t = self.one().tmf();
+        assert_eq!(t.itt, itt);
+        self.statsn_is(t.statsn);
+        t.response
+    }
+
     fn at(&mut self, d: Duration) -> Instant {
         self.now = self.t0 + d;
         self.now

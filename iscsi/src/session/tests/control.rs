@@ -56,25 +56,6 @@ fn abort_task_of_an_unknown_task_says_task_does_not_exist() {
     r.statsn_is(resp.statsn);
 }
 
-/// A second session on the rig's logical units (another I_T nexus, as if
-/// on another core), logged in with its unit attentions cleared.
-fn second_session(a: &Rig) -> Rig {
-    let mut b = Rig::new(0x1000);
-    b.host.luns = Rc::clone(&a.host.luns);
-    b.login(&Keys::default());
-    b.clear_ua();
-    b
-}
-
-/// Sends TMF `function` for LUN 0 and returns its response code.
-fn tmf_response(r: &mut Rig, function: u8, referenced: u32, ref_cmdsn: u32) -> u8 {
-    let itt = r.tmf(function, referenced, ref_cmdsn);
-    let t = r.one().tmf();
-    assert_eq!(t.itt, itt);
-    r.statsn_is(t.statsn);
-    t.response
-}
-
 #[test]
 fn query_task_tells_a_live_task_from_a_finished_one() {
     let mut r = Rig::ready(&Keys::default());
@@ -82,12 +63,12 @@ fn query_task_tells_a_live_task_from_a_finished_one() {
     let itt = r.scsi(read10(0, 8), 4096, true, false, &[], true);
     let req = r.disk();
     assert_eq!(
-        tmf_response(&mut r, 9, itt, cmdsn),
+        r.tmf_response(9, itt, cmdsn),
         7,
         "FUNCTION SUCCEEDED: the task exists"
     );
     // QUERY TASK SET on the LUN: a task is there.
-    assert_eq!(tmf_response(&mut r, 10, 0, 0), 7);
+    assert_eq!(r.tmf_response(10, 0, 0), 7);
     let DiskOp::Read(buf) = req.op else {
         panic!("read");
     };
@@ -98,22 +79,22 @@ fn query_task_tells_a_live_task_from_a_finished_one() {
         .expect("the read completes: querying aborts nothing");
     r.statsn_is(last.data_in().statsn);
     assert_eq!(
-        tmf_response(&mut r, 9, itt, cmdsn),
+        r.tmf_response(9, itt, cmdsn),
         0,
         "FUNCTION COMPLETE: no such task"
     );
-    assert_eq!(tmf_response(&mut r, 10, 0, 0), 0);
+    assert_eq!(r.tmf_response(10, 0, 0), 0);
 }
 
 #[test]
 fn clear_task_set_aborts_other_sessions_tasks_and_tells_them() {
     let mut a = Rig::ready(&Keys::default());
-    let mut b = second_session(&a);
+    let mut b = a.sharing();
     // B has a write waiting for its data.
     let (itt_b, _t) = write_waiting_for_r2t(&mut b);
     assert_eq!(b.conn.task_count(), 1);
     // A clears the task set of the unit.
-    assert_eq!(tmf_response(&mut a, 4, 0, 0), 0);
+    assert_eq!(a.tmf_response(4, 0, 0), 0);
     // B notices when its core wakes: the task goes, unanswered.
     b.conn.poll_shared();
     assert_eq!(b.conn.task_count(), 0);
@@ -129,10 +110,10 @@ fn clear_task_set_aborts_other_sessions_tasks_and_tells_them() {
 #[test]
 fn lun_reset_aborts_tasks_of_other_sessions_at_once() {
     let mut a = Rig::ready(&Keys::default());
-    let mut b = second_session(&a);
+    let mut b = a.sharing();
     let itt_b = b.scsi(read10(0, 8), 4096, true, false, &[], true);
     let req = b.disk();
-    assert_eq!(tmf_response(&mut a, 5, 0, 0), 0);
+    assert_eq!(a.tmf_response(5, 0, 0), 0);
     b.conn.poll_shared();
     // The read's data comes back from the disk after the reset: dropped.
     let DiskOp::Read(buf) = req.op else {
@@ -149,14 +130,14 @@ fn lun_reset_aborts_tasks_of_other_sessions_at_once() {
 #[test]
 fn target_reset_reaches_every_session_and_i_t_nexus_reset_only_its_own() {
     let mut a = Rig::ready(&Keys::default());
-    let mut b = second_session(&a);
-    assert_eq!(tmf_response(&mut a, 6, 0, 0), 0);
+    let mut b = a.sharing();
+    assert_eq!(a.tmf_response(6, 0, 0), 0);
     for r in [&mut a, &mut b] {
         let itt = r.scsi([0; 16], 0, false, false, &[], true);
         assert_eq!(status(r, itt), (0x02, Some((0x06, 0x29, 0x03))));
     }
     // I_T NEXUS RESET: A is told of its nexus loss, B hears nothing.
-    assert_eq!(tmf_response(&mut a, 11, 0, 0), 0);
+    assert_eq!(a.tmf_response(11, 0, 0), 0);
     let itt = a.scsi([0; 16], 0, false, false, &[], true);
     assert_eq!(status(&mut a, itt), (0x02, Some((0x06, 0x29, 0x07))));
     let itt = b.scsi([0; 16], 0, false, false, &[], true);
@@ -166,21 +147,13 @@ fn target_reset_reaches_every_session_and_i_t_nexus_reset_only_its_own() {
 #[test]
 fn clear_aca_completes_and_unknown_functions_are_not_supported() {
     let mut r = Rig::ready(&Keys::default());
+    assert_eq!(r.tmf_response(3, 0, 0), 0, "no ACA condition to clear");
     assert_eq!(
-        tmf_response(&mut r, 3, 0, 0),
-        0,
-        "no ACA condition to clear"
-    );
-    assert_eq!(
-        tmf_response(&mut r, 8, 0, 0),
+        r.tmf_response(8, 0, 0),
         4,
         "TASK REASSIGN needs ErrorRecoveryLevel 2"
     );
-    assert_eq!(
-        tmf_response(&mut r, 12, 0, 0),
-        5,
-        "QUERY ASYNCHRONOUS EVENT"
-    );
+    assert_eq!(r.tmf_response(12, 0, 0), 5, "QUERY ASYNCHRONOUS EVENT");
 }
 
 // ------------------------------------------------------------------ logout

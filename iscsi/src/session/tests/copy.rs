@@ -143,10 +143,7 @@ fn extended_copy_to_an_unknown_device_is_aborted() {
 #[test]
 fn a_copy_into_blocks_a_compare_and_write_holds_waits_for_it() {
     let mut a = two_luns();
-    let mut b = Rig::new(0x1000);
-    b.host.luns = Rc::clone(&a.host.luns);
-    b.login(&Keys::default());
-    b.clear_ua();
+    let mut b = a.sharing();
     // B's COMPARE AND WRITE of LUN 0 block 20 is reading.
     let mut caw = [0u8; 16];
     caw[0] = 0x89;

@@ -26,10 +26,7 @@ fn caw(lba: u64, blocks: u8) -> [u8; 16] {
 #[test]
 fn lun_reset_gives_every_session_of_the_lun_a_unit_attention() {
     let mut a = Rig::ready(&Keys::default());
-    let mut b = Rig::new(0x1000);
-    b.host.luns = Rc::clone(&a.host.luns);
-    b.login(&Keys::default());
-    b.clear_ua();
+    let mut b = a.sharing();
 
     let itt = a.tmf(5, 0, 0);
     let t = a.one().tmf();
@@ -42,10 +39,7 @@ fn lun_reset_gives_every_session_of_the_lun_a_unit_attention() {
         assert_eq!(status(r, itt), GOOD, "reported once");
     }
     // A session logging in after the reset does not see it.
-    let mut c = Rig::new(0x1000);
-    c.host.luns = Rc::clone(&a.host.luns);
-    c.login(&Keys::default());
-    c.clear_ua();
+    let mut c = a.sharing();
     let itt = c.scsi([0; 16], 0, false, false, &[], true);
     assert_eq!(status(&mut c, itt), GOOD);
 }
@@ -139,10 +133,7 @@ fn writes_of_held_blocks_wait_for_the_compare_and_write() {
 #[test]
 fn compare_and_write_excludes_writes_of_other_sessions() {
     let mut a = Rig::ready(&Keys::default());
-    let mut b = Rig::new(0x1000);
-    b.host.luns = Rc::clone(&a.host.luns);
-    b.login(&Keys::default());
-    b.clear_ua();
+    let mut b = a.sharing();
 
     // B's write of block 8 is on the disk when A's CAW of block 8 arrives:
     // the CAW waits for it to drain.

@@ -31,10 +31,7 @@ fn run(r: &mut Rig, cdb: [u8; 16]) -> u8 {
 /// past the power-on unit attention.
 fn pair() -> (Rig, Rig) {
     let a = Rig::ready(&Keys::default());
-    let mut b = Rig::new(0x1000);
-    b.host.luns = Rc::clone(&a.host.luns);
-    b.login(&Keys::default());
-    b.clear_ua();
+    let b = a.sharing();
     (a, b)
 }
 
@@ -102,10 +99,7 @@ fn logout(r: &mut Rig) {
 }
 
 fn tmf(r: &mut Rig, function: u8) {
-    let itt = r.tmf(function, 0, 0);
-    let t = r.one().tmf();
-    assert_eq!((t.itt, t.response), (itt, 0));
-    r.statsn_is(t.statsn);
+    assert_eq!(r.tmf_response(function, 0, 0), 0);
 }
 
 #[test]
@@ -144,9 +138,6 @@ fn a_session_ending_keeps_anothers_reservation() {
     assert_eq!(run(&mut b, cdb6(RESERVE6)), GOOD);
     a.conn.close(CloseReason::Shutdown);
     a.conn = Connection::new(Rc::new(config()), 42, a.now);
-    let mut c = Rig::new(0x1000);
-    c.host.luns = Rc::clone(&b.host.luns);
-    c.login(&Keys::default());
-    c.clear_ua();
+    let mut c = b.sharing();
     assert_eq!(run(&mut c, cdb6(RESERVE6)), CONFLICT);
 }

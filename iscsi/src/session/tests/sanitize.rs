@@ -22,10 +22,7 @@ fn tur(r: &mut Rig) -> (u8, Option<(u8, u8, u8)>) {
 #[test]
 fn overwrite_writes_every_pass_then_flushes() {
     let mut r = Rig::ready(&Keys::default());
-    let mut other = Rig::new(0x1000);
-    other.host.luns = Rc::clone(&r.host.luns);
-    other.login(&Keys::default());
-    other.clear_ua();
+    let mut other = r.sharing();
 
     // Two passes of a 3-byte pattern, the second inverted.
     let params = [0x82, 0, 0, 3, 0xA1, 0xB2, 0xC3];
@@ -163,10 +160,7 @@ fn a_running_sanitize_outlives_resets_and_is_seen_by_every_session() {
     thin(&mut a);
     a.login(&Keys::default());
     a.clear_ua();
-    let mut b = Rig::new(0x1000);
-    b.host.luns = Rc::clone(&a.host.luns);
-    b.login(&Keys::default());
-    b.clear_ua();
+    let mut b = a.sharing();
 
     // A BLOCK ERASE without IMMED is on the disk.
     let _itt = a.scsi(sanitize(0x02, 0), 0, false, false, &[], true);
