@@ -46,6 +46,39 @@ pub fn trellis_cli_bin() -> PathBuf {
     trellisd_bin().with_file_name("trellis")
 }
 
+/// Runs the `trellis` CLI against `endpoints` with `token`; its exit code
+/// and stdout followed by stderr.
+pub fn trellis_cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String) {
+    let out = Command::new(trellis_cli_bin())
+        .args(["--endpoints", endpoints, "--token", token])
+        .args(args)
+        .output()
+        .expect("run trellis");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// A UDP port free on 127.0.1.`h` and 127.0.2.`h` (the two loopback
+/// "networks" of the cluster tests) for every host `h` in `hosts`.
+pub fn free_control_port(hosts: std::ops::RangeInclusive<u8>) -> u16 {
+    'search: for _ in 0..50 {
+        let probe = std::net::UdpSocket::bind((format!("127.0.1.{}", hosts.start()).as_str(), 0))
+            .expect("bind a probe socket");
+        let port = probe.local_addr().expect("probe address").port();
+        drop(probe);
+        for h in hosts.clone() {
+            for net in [1, 2] {
+                if std::net::UdpSocket::bind(format!("127.0.{net}.{h}:{port}")).is_err() {
+                    continue 'search;
+                }
+            }
+        }
+        return port;
+    }
+    panic!("no free control port");
+}
+
 /// Whether a libiscsi tool is installed.
 pub fn have_tool(name: &str) -> bool {
     Command::new("sh")

@@ -16,42 +16,11 @@
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use trellis_tests::{free_port, trellis_cli_bin, Trellisd};
-
-/// Runs the CLI; its exit code and stdout+stderr.
-fn cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(trellis_cli_bin())
-        .args(["--endpoints", endpoints, "--token", token])
-        .args(args)
-        .output()
-        .expect("run trellis");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
-}
+use trellis_tests::{free_control_port, free_port, trellis_cli, Trellisd};
 
 const KEY: &str = "cluster-test-key-0123456789";
-
-/// A UDP port free on both 127.0.1.`i` and 127.0.2.`i` for i in 1..=4.
-fn free_control_port() -> u16 {
-    'search: for _ in 0..50 {
-        let probe = UdpSocket::bind("127.0.1.1:0").unwrap();
-        let port = probe.local_addr().unwrap().port();
-        drop(probe);
-        for i in 1..=4 {
-            for net in [1, 2] {
-                if UdpSocket::bind(format!("127.0.{net}.{i}:{port}")).is_err() {
-                    continue 'search;
-                }
-            }
-        }
-        return port;
-    }
-    panic!("no free control port");
-}
 
 const TOKEN: &str = "cluster-test-api-token";
 
@@ -106,7 +75,7 @@ fn wait_log(d: &Trellisd, parts: &[&str], what: &str) {
 
 #[test]
 fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
-    let port = free_control_port();
+    let port = free_control_port(1..=4);
     let all = [1u8, 2, 3];
     let raft_ports = [free_port(), free_port(), free_port()];
     let api_ports = [free_port(), free_port(), free_port()];
@@ -137,7 +106,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let ep = |i: usize| format!("{dead},http://127.0.0.1:{}", api_ports[i]);
     let start = Instant::now();
     loop {
-        let (code, out) = cli(&ep(1), TOKEN, &["--json", "member", "list"]);
+        let (code, out) = trellis_cli(&ep(1), TOKEN, &["--json", "member", "list"]);
         let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         let ok = code == 0
             && list["members"].as_array().is_some_and(|m| {
@@ -159,7 +128,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         std::thread::sleep(Duration::from_millis(300));
     }
     // A device created through member 2 is in every member's replica.
-    let (code, out) = cli(
+    let (code, out) = trellis_cli(
         &ep(1),
         TOKEN,
         &["device", "create", "d1", "--size", "64MiB"],
@@ -167,7 +136,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     assert_eq!(code, 0, "{out}");
     for i in [0, 2] {
         let start = Instant::now();
-        while !cli(&ep(i), TOKEN, &["--json", "device", "list"])
+        while !trellis_cli(&ep(i), TOKEN, &["--json", "device", "list"])
             .1
             .contains("\"d1\"")
         {
@@ -181,7 +150,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     }
     // SIGKILL the Raft leader: the two others take config changes within
     // seconds; restarted, it catches up with what was done meanwhile.
-    let (_, out) = cli(&ep(0), TOKEN, &["--json", "status"]);
+    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "status"]);
     let status: serde_json::Value = serde_json::from_str(&out).expect("status JSON");
     let leader = status["raft"]["leader"].as_u64().expect("a leader") as usize - 1;
     members[leader].kill();
@@ -192,7 +161,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let survivors = others.join(",");
     let start = Instant::now();
     loop {
-        let (code, out) = cli(
+        let (code, out) = trellis_cli(
             &survivors,
             TOKEN,
             &["device", "create", "d2", "--size", "32MiB"],
@@ -210,7 +179,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     members[leader] = Trellisd::start_in(dir, Some(&texts[leader]), &[]).unwrap();
     let own = format!("http://127.0.0.1:{}", api_ports[leader]);
     let start = Instant::now();
-    while !cli(&own, TOKEN, &["--json", "device", "list"])
+    while !trellis_cli(&own, TOKEN, &["--json", "device", "list"])
         .1
         .contains("\"d2\"")
     {
@@ -231,7 +200,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         let own = format!("http://127.0.0.1:{port}");
         let start = Instant::now();
         loop {
-            let list = cli(&own, TOKEN, &["--json", "device", "list"]).1;
+            let list = trellis_cli(&own, TOKEN, &["--json", "device", "list"]).1;
             if list.contains("\"d1\"") && list.contains("\"d2\"") {
                 break;
             }
@@ -248,7 +217,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     }
 
     // Without the right token: refused.
-    let (code, out) = cli(&ep(0), "not-the-api-token-at-all", &["device", "list"]);
+    let (code, out) = trellis_cli(&ep(0), "not-the-api-token-at-all", &["device", "list"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("401") || out.to_lowercase().contains("token"),

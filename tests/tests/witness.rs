@@ -5,33 +5,11 @@
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::UdpSocket;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use trellis_tests::{free_port, trellis_cli_bin, Trellisd};
+use trellis_tests::{free_control_port, free_port, trellis_cli, Trellisd};
 
 const TOKEN: &str = "witness-test-api-token";
-
-/// A UDP port free on 127.0.1.2x and 127.0.2.2x (x = 1..3).
-fn free_control_port() -> u16 {
-    'search: for _ in 0..50 {
-        let port = UdpSocket::bind("127.0.1.21:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        for i in 21..=23 {
-            for net in [1, 2] {
-                if UdpSocket::bind(format!("127.0.{net}.{i}:{port}")).is_err() {
-                    continue 'search;
-                }
-            }
-        }
-        return port;
-    }
-    panic!("no free control port");
-}
 
 fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
     let name = if i == 3 {
@@ -74,14 +52,7 @@ fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
 }
 
 fn cli(endpoints: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(trellis_cli_bin())
-        .args(["--endpoints", endpoints, "--token", TOKEN])
-        .args(args)
-        .output()
-        .expect("run trellis");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    trellis_cli(endpoints, TOKEN, args)
 }
 
 /// Creates device `name` through `endpoints`, retrying while there is no
@@ -117,7 +88,7 @@ fn wait_listed(endpoint: &str, name: &str) {
 
 #[test]
 fn either_data_member_can_die_with_a_witness() {
-    let port = free_control_port();
+    let port = free_control_port(21..=23);
     let raft = [free_port(), free_port(), free_port()];
     let api = [free_port(), free_port(), free_port()];
     let url = |i: usize| format!("http://127.0.0.1:{}", api[i - 1]);
