@@ -97,23 +97,38 @@ impl Conn {
     }
 
     fn login_conn(mut c: Self) -> Result<Self> {
-        let mut keys = vec![
+        let keys = vec![
             ("InitiatorName".to_owned(), c.initiator_name()),
             ("TargetName".to_owned(), DEFAULT_TARGET.to_owned()),
             ("SessionType".to_owned(), "Normal".to_owned()),
             ("HeaderDigest".to_owned(), "None".to_owned()),
             ("DataDigest".to_owned(), "None".to_owned()),
         ];
+        c.negotiate(keys)?;
+        Ok(c)
+    }
+
+    /// Runs operational negotiation with `keys` to full feature phase,
+    /// accepting the target's own offers as they are. Returns every key the
+    /// target answered (the last value of each); its
+    /// MaxRecvDataSegmentLength is kept for data PDUs.
+    pub fn negotiate(
+        &mut self,
+        mut keys: Vec<(String, String)>,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut answered = std::collections::BTreeMap::new();
+        let mut proposed: std::collections::BTreeSet<String> =
+            keys.iter().map(|(k, _)| k.clone()).collect();
         for _ in 0..4 {
             let text = text(&keys);
-            let bhs = c.login_bhs(
+            let bhs = self.login_bhs(
                 Stage::LoginOperationalNegotiation,
                 Stage::FullFeaturePhase,
                 true,
                 text.len(),
             );
-            c.send(&bhs, &text)?;
-            let p = c.recv()?.context("connection closed during login")?;
+            self.send(&bhs, &text)?;
+            let p = self.recv()?.context("connection closed during login")?;
             ensure!(
                 p.opcode() == OP_LOGIN_RESPONSE,
                 "not a login response: {p:?}"
@@ -126,21 +141,28 @@ impl Conn {
                 r.status_detail
             );
             let pairs = parse_pairs(&p.data)?;
-            for (k, v) in &pairs {
-                if k == "MaxRecvDataSegmentLength" {
-                    c.target_mrdsl = v.parse()?;
-                }
+            if let Some((_, v)) = pairs.iter().find(|(k, _)| k == "MaxRecvDataSegmentLength") {
+                self.target_mrdsl = v.parse()?;
             }
+            answered.extend(pairs.iter().cloned());
             if r.transit && r.nsg == Stage::FullFeaturePhase {
-                c.statsn = r.statsn.wrapping_add(1);
-                c.cmdsn = r.exp_cmdsn;
-                return Ok(c);
+                self.statsn = r.statsn.wrapping_add(1);
+                self.cmdsn = r.exp_cmdsn;
+                return Ok(answered);
             }
-            // The target made offers: accept them as they are.
+            // The target made offers: accept them as they are. Answers to
+            // our own keys and its declarations are not echoed.
             keys = pairs
                 .into_iter()
-                .filter(|(k, _)| k != "MaxRecvDataSegmentLength" && k != "TargetPortalGroupTag")
+                .filter(|(k, _)| {
+                    !proposed.contains(k)
+                        && !matches!(
+                            k.as_str(),
+                            "MaxRecvDataSegmentLength" | "TargetPortalGroupTag" | "TargetAlias"
+                        )
+                })
                 .collect();
+            proposed.extend(keys.iter().map(|(k, _)| k.clone()));
         }
         bail!("login did not reach full feature phase")
     }

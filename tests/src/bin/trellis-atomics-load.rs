@@ -25,9 +25,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use trellis_iscsi::pdu::{LoginResponse, Stage};
-use trellis_iscsi::text::parse_pairs;
-use trellis_tests::raw::{self, Conn, OP_LOGIN_RESPONSE};
+use trellis_tests::raw::{self, Conn};
 
 /// Logical block size of the device.
 const BLOCK: usize = 512;
@@ -203,60 +201,26 @@ fn login(portal: SocketAddr, target: &str, session: u64, caw_blocks: u64) -> Res
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    let mut immediate = true;
-    let mut first_burst: usize = 65_536;
-    for _ in 0..4 {
-        let text = raw::text(&keys);
-        let bhs = c.login_bhs(
-            Stage::LoginOperationalNegotiation,
-            Stage::FullFeaturePhase,
-            true,
-            text.len(),
-        );
-        c.send(&bhs, &text)?;
-        let p = c.recv()?.context("connection closed during login")?;
-        ensure!(
-            p.opcode() == OP_LOGIN_RESPONSE,
-            "not a login response: opcode {:#04x}",
-            p.opcode()
-        );
-        let r = LoginResponse::parse(&p.bhs)?;
-        ensure!(
-            (r.status_class, r.status_detail) == (0, 0),
-            "login to {target} failed: status {:#04x}/{:#04x}",
-            r.status_class,
-            r.status_detail
-        );
-        let pairs = parse_pairs(&p.data)?;
-        keys.clear();
-        for (k, v) in pairs {
-            match k.as_str() {
-                "MaxRecvDataSegmentLength" => c.target_mrdsl = v.parse()?,
-                "ImmediateData" => immediate = v == "Yes",
-                "FirstBurstLength" => first_burst = v.parse()?,
-                "TargetPortalGroupTag" | "TargetAlias" => {}
-                // The target's own offers: accept them as they are.
-                _ => keys.push((k, v)),
-            }
-        }
-        if r.transit && r.nsg == Stage::FullFeaturePhase {
-            c.statsn = r.statsn.wrapping_add(1);
-            c.cmdsn = r.exp_cmdsn;
-            ensure!(
-                immediate,
-                "the target refused ImmediateData; this generator sends data only as immediate data"
-            );
-            let need = 2 * BLOCK * caw_blocks as usize;
-            ensure!(
-                first_burst >= need && c.target_mrdsl >= need,
-                "FirstBurstLength {first_burst} / target MaxRecvDataSegmentLength {} below {need} bytes",
-                c.target_mrdsl
-            );
-            c.clear_unit_attentions()?;
-            return Ok(c);
-        }
-    }
-    bail!("login to {target} did not reach full feature phase")
+    let answered = c
+        .negotiate(keys)
+        .with_context(|| format!("login to {target}"))?;
+    let immediate = answered.get("ImmediateData").is_none_or(|v| v == "Yes");
+    let first_burst: usize = match answered.get("FirstBurstLength") {
+        Some(v) => v.parse()?,
+        None => 65_536,
+    };
+    ensure!(
+        immediate,
+        "the target refused ImmediateData; this generator sends data only as immediate data"
+    );
+    let need = 2 * BLOCK * caw_blocks as usize;
+    ensure!(
+        first_burst >= need && c.target_mrdsl >= need,
+        "FirstBurstLength {first_burst} / target MaxRecvDataSegmentLength {} below {need} bytes",
+        c.target_mrdsl
+    );
+    c.clear_unit_attentions()?;
+    Ok(c)
 }
 
 /// What a session did.
