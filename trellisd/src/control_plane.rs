@@ -6,6 +6,7 @@
 //! Applying the replicated configuration to this member's exports is the
 //! next step; for now the API changes the replicated configuration only.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,10 +16,23 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use trellis_control::config::raft::{ConfigService, RaftSettings};
 use trellis_control::config::{Command, ConfigStore, Member};
-use trellis_control::node::Node;
+use trellis_control::node::{Node, NodeConfig};
 use trellis_control::service::ClusterService;
 
 use crate::config::ControlSettings;
+
+/// This member as the replicated configuration lists it; a member without
+/// portals is a witness.
+pub fn member(node: &NodeConfig, settings: &ControlSettings, portals: Vec<SocketAddr>) -> Member {
+    Member {
+        id: node.identity.member.clone(),
+        node_id: settings.node_id,
+        links: node.links.iter().cloned().collect(),
+        api: settings.api,
+        witness: portals.is_empty(),
+        portals,
+    }
+}
 
 /// The running Raft node, API server and self-registration.
 pub struct ControlPlane {

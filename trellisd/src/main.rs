@@ -108,14 +108,7 @@ fn run(args: Args) -> Result<()> {
     let control = config::load_control(&name, &text)?;
     // This member as the replicated configuration lists it.
     let cluster_self = match (&cluster, &control) {
-        (Some(n), Some(c)) => Some(trellis_control::config::Member {
-            id: n.identity.member.clone(),
-            node_id: c.node_id,
-            links: n.links.iter().cloned().collect(),
-            api: c.api,
-            portals: cfg.portals.clone(),
-            witness: false,
-        }),
+        (Some(n), Some(c)) => Some(control_plane::member(n, c, cfg.portals.clone())),
         _ => None,
     };
     let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
@@ -202,14 +195,8 @@ fn run_witness(name: &str, text: &str, over: &config::Overrides) -> Result<()> {
         signal_hook::flag::register(sig, Arc::clone(&stop))
             .context("cannot install signal handlers")?;
     }
-    let me = trellis_control::config::Member {
-        id: cluster.identity.member.clone(),
-        node_id: control.node_id,
-        links: cluster.links.iter().cloned().collect(),
-        api: control.api,
-        portals: Vec::new(),
-        witness: true,
-    };
+    // No portals: a witness.
+    let me = control_plane::member(&cluster, &control, Vec::new());
     let node = trellis_control::node::Node::start(cluster)
         .context("cannot start the cluster control node")?;
     let plane = control_plane::start(&control, &node, &me, &data_dir)?;
