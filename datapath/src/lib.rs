@@ -15,6 +15,7 @@ pub mod cores;
 pub mod device;
 mod error;
 pub mod ring;
+pub mod stats;
 pub mod store;
 
 pub use buf::{Buf, BufPool, PoolConfig, ALIGN};
@@ -24,4 +25,5 @@ pub use error::{DeviceError, RingError, StoreError};
 pub use ring::{
     Completion, Payload, RecvBuf, Ring, RingConfig, SendMsg, SendSeg, StoreSlot, WriteFlags,
 };
+pub use stats::{IoKind, IoStats, IoTotals};
 pub use store::{BackingStore, Extent, FileStore, MemoryStore};

@@ -373,6 +373,17 @@ impl Conn {
     /// Runs one SCSI command on LUN 0: `out` goes as immediate data (it
     /// must fit FirstBurstLength), `edtl_in` bytes are expected back.
     pub fn scsi(&mut self, cdb: &[u8], out: &[u8], edtl_in: u32) -> Result<ScsiResult> {
+        self.scsi_lun(0, cdb, out, edtl_in)
+    }
+
+    /// [`Conn::scsi`] on LUN `lun`.
+    pub fn scsi_lun(
+        &mut self,
+        lun: u16,
+        cdb: &[u8],
+        out: &[u8],
+        edtl_in: u32,
+    ) -> Result<ScsiResult> {
         let mut c = [0u8; 16];
         c[..cdb.len()].copy_from_slice(cdb);
         let itt = self.itt();
@@ -385,7 +396,7 @@ impl Conn {
             attr: 1,
             total_ahs_len: 0,
             data_segment_len: out.len() as u32,
-            lun: 0,
+            lun: trellis_iscsi::scsi::lun_to_wire(lun),
             itt,
             expected_data_transfer_length: if out.is_empty() {
                 edtl_in

@@ -53,9 +53,14 @@ fn reload(d: &Trellisd, text: &str, n: usize) -> String {
 /// Sense key, ASC and ASCQ of every unit attention until a TEST UNIT READY
 /// passes.
 fn unit_attentions(c: &mut Conn) -> Vec<(u8, u8, u8)> {
+    unit_attentions_on(c, 0)
+}
+
+/// [`unit_attentions`] of LUN `lun`.
+fn unit_attentions_on(c: &mut Conn, lun: u16) -> Vec<(u8, u8, u8)> {
     let mut seen = Vec::new();
     for _ in 0..8 {
-        let r = c.scsi(&[0u8; 6], &[], 0).unwrap();
+        let r = c.scsi_lun(lun, &[0u8; 6], &[], 0).unwrap();
         if r.status == 0 {
             return seen;
         }
@@ -137,4 +142,110 @@ fn a_grown_device_and_a_new_lun_reach_running_sessions() {
     assert!(line.contains("configuration applied"), "{line}");
     assert_eq!(unit_attentions(&mut c), vec![(6, 0x3F, 0x0E)]);
     assert_eq!(report_luns(&mut c), vec![0]);
+}
+
+/// disk0 (64 MiB, file) at LUN 0, and disk2 (16 MiB, file) at LUN 1 when
+/// `with_disk2`.
+fn config_with(disk0_read_only: bool, with_disk2: bool) -> String {
+    let mut text = format!(
+        "portals = [\"127.0.0.1:3260\"]\n\
+         [[device]]\nname = \"disk0\"\nsize = \"64MiB\"\npath = \"disk0.img\"\nthin = true\nread_only = {disk0_read_only}\n"
+    );
+    if with_disk2 {
+        text.push_str("[[device]]\nname = \"disk2\"\nsize = \"16MiB\"\npath = \"disk2.img\"\n");
+    }
+    text.push_str(&format!(
+        "[[target]]\nname = \"{DEFAULT_TARGET}\"\nluns = [{{ lun = 0, device = \"disk0\" }}{}]\n",
+        if with_disk2 {
+            ", { lun = 1, device = \"disk2\" }"
+        } else {
+            ""
+        }
+    ));
+    text
+}
+
+/// WRITE(10) of one block of `byte` at `lba` on `lun`; status and sense.
+fn write_block(c: &mut Conn, lun: u16, lba: u32, byte: u8) -> (u8, Vec<u8>) {
+    let mut w = [0x2A, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    w[2..6].copy_from_slice(&lba.to_be_bytes());
+    let r = c.scsi_lun(lun, &w, &[byte; 512], 0).unwrap();
+    (r.status, r.sense)
+}
+
+fn read_block(c: &mut Conn, lun: u16, lba: u32) -> Vec<u8> {
+    let mut r = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    r[2..6].copy_from_slice(&lba.to_be_bytes());
+    let back = c.scsi_lun(lun, &r, &[], 512).unwrap();
+    assert_eq!(back.status, 0, "READ(10): {:02x?}", back.sense);
+    back.data
+}
+
+#[test]
+fn devices_are_added_removed_and_switched_read_only_while_running() {
+    let d = Trellisd::start_with(Some(&config_with(false, false)), &[]).unwrap();
+    let mut c = Conn::login(d.portal).unwrap();
+    c.clear_unit_attentions().unwrap();
+    assert_eq!(write_block(&mut c, 0, 7, 0x11).0, 0);
+
+    // A new device, mapped at LUN 1: the session is told and can use it.
+    let line = reload(&d, &config_with(false, true), 1);
+    assert!(line.contains("device `disk2` added"), "{line}");
+    assert_eq!(unit_attentions(&mut c), vec![(6, 0x3F, 0x0E)]);
+    assert_eq!(report_luns(&mut c), vec![0, 1]);
+    // The new LUN's nexus starts with its own POWER ON OCCURRED.
+    let uas = unit_attentions_on(&mut c, 1);
+    assert_eq!(
+        uas.first().map(|u| (u.0, u.1)),
+        Some((6, 0x29)),
+        "{uas:02x?}"
+    );
+    assert_eq!(write_block(&mut c, 1, 3, 0x22), (0, vec![]));
+    assert_eq!(read_block(&mut c, 1, 3), vec![0x22; 512]);
+    assert_eq!(read_block(&mut c, 0, 7), vec![0x11; 512]);
+    let out = iscsi_tool("iscsi-readcapacity16", &[&d.url(DEFAULT_TARGET, 1)]).unwrap();
+    assert!(out.contains(&format!("{}", 16 * MIB / 512 - 1)), "{out}");
+
+    // disk0 made read-only: its store is reopened read-only, the session
+    // keeps its LUNs and gets DATA PROTECT / WRITE PROTECTED on writes.
+    let line = reload(&d, &config_with(true, true), 2);
+    assert!(line.contains("device `disk0` reopened"), "{line}");
+    let (status, sense) = write_block(&mut c, 0, 7, 0x33);
+    assert_eq!(status, 2, "a write to a read-only device fails");
+    assert_eq!(
+        (sense[2] & 0x0F, sense[12], sense[13]),
+        (7, 0x27, 0x00),
+        "DATA PROTECT, WRITE PROTECTED"
+    );
+    assert_eq!(read_block(&mut c, 0, 7), vec![0x11; 512]);
+    // And writable again.
+    let line = reload(&d, &config_with(false, true), 3);
+    assert!(line.contains("device `disk0` reopened"), "{line}");
+    assert_eq!(write_block(&mut c, 0, 7, 0x44).0, 0);
+    assert_eq!(read_block(&mut c, 0, 7), vec![0x44; 512]);
+
+    // disk2 removed with its LUN: the session is told, a new client sees
+    // LUN 0 only, and LUN 1 is gone.
+    let line = reload(&d, &config_with(false, false), 4);
+    assert!(line.contains("device `disk2` removed"), "{line}");
+    assert_eq!(unit_attentions(&mut c), vec![(6, 0x3F, 0x0E)]);
+    assert_eq!(report_luns(&mut c), vec![0]);
+    let r = c
+        .scsi_lun(1, &[0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0], &[], 512)
+        .unwrap();
+    assert_eq!(r.status, 2, "LUN 1 is gone");
+    assert_eq!(
+        (r.sense[2] & 0x0F, r.sense[12]),
+        (5, 0x25),
+        "LOGICAL UNIT NOT SUPPORTED"
+    );
+    let out = iscsi_tool("iscsi-ls", &["-s", &d.portal_url()]).unwrap();
+    assert!(out.contains("Lun:0") && !out.contains("Lun:1"), "{out}");
+
+    // Added back over the same file: its data is there.
+    let line = reload(&d, &config_with(false, true), 5);
+    assert!(line.contains("device `disk2` added"), "{line}");
+    assert_eq!(unit_attentions(&mut c), vec![(6, 0x3F, 0x0E)]);
+    assert!(!unit_attentions_on(&mut c, 1).is_empty());
+    assert_eq!(read_block(&mut c, 1, 3), vec![0x22; 512]);
 }

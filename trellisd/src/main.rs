@@ -3,9 +3,9 @@
 //! Reads its configuration (or the embedded default), opens the backing
 //! stores, starts the per-core iSCSI target and runs until SIGINT/SIGTERM,
 //! then drains in-flight commands, flushes and exits 0. SIGHUP re-reads the
-//! configuration file and applies it while running (devices grow; targets,
-//! LUN maps, ACLs and CHAP change); a configuration it cannot apply is logged
-//! and nothing changes.
+//! configuration file and applies it while running (devices come and go,
+//! grow, switch read-only; targets, LUN maps, ACLs and CHAP change); a
+//! configuration it cannot apply is logged and nothing changes.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -27,9 +27,9 @@ use trellis_iscsi::target::Target;
 /// iqn.2026-11.io.trellis:default with disk0 at LUN 0, portal 127.0.0.1:3260,
 /// any initiator allowed.
 ///
-/// SIGHUP reloads the --config file: devices may grow (hosts see CAPACITY
-/// DATA HAS CHANGED), targets, LUN maps, ACLs and CHAP may change (REPORTED
-/// LUNS DATA HAS CHANGED); adding or removing devices needs a restart.
+/// SIGHUP reloads the --config file: devices may be added, removed, grown
+/// (hosts see CAPACITY DATA HAS CHANGED) or switched read-only; targets,
+/// LUN maps, ACLs and CHAP may change (REPORTED LUNS DATA HAS CHANGED).
 #[derive(Debug, Parser)]
 #[command(name = "trellisd", version, about, long_about)]
 struct Args {

@@ -327,3 +327,36 @@ mod suites {
         });
     }
 }
+
+#[cfg(test)]
+mod shared_file {
+    // Test helpers: a panic is the test failing.
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use crate::{BackingStore, FileStore};
+
+    /// Two members open the same file; one grows it past what the other
+    /// asks for later: the second grow must not cut the file back.
+    #[test]
+    fn growing_a_shared_file_never_truncates_it() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().join("shared.img");
+        // Buffered: the test's buffers are not O_DIRECT-aligned.
+        let a = Arc::new(FileStore::open_with(&path, false, Some(1 << 20), false).unwrap());
+        let b = FileStore::open_with(&path, false, Some(1 << 20), false).unwrap();
+        assert_eq!(a.path(), Some(path.as_path()));
+        a.grow(4 << 20).unwrap();
+        a.write_at(&[9u8; 4096], (4 << 20) - 4096, false).unwrap();
+        b.grow(2 << 20).unwrap();
+        assert_eq!(b.size(), 2 << 20);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 << 20);
+        let mut back = vec![0u8; 4096];
+        a.read_at(&mut back, (4 << 20) - 4096).unwrap();
+        assert!(
+            back.iter().all(|&x| x == 9),
+            "data past the smaller size survives"
+        );
+    }
+}

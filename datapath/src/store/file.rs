@@ -37,8 +37,9 @@ impl FileStore {
         Self::open_with(path, false, Some(size), true)
     }
 
-    /// Opens with every option: `create` as in [`FileStore::create`]; with
-    /// `try_direct` false the store is buffered from the start.
+    /// Opens with every option: `create` as in [`FileStore::create`] (a
+    /// read-only store ignores it: the file must exist and be large
+    /// enough); with `try_direct` false the store is buffered from the start.
     pub fn open_with(
         path: &Path,
         read_only: bool,
@@ -48,7 +49,9 @@ impl FileStore {
         let open = |direct: bool| {
             let mut o = OpenOptions::new();
             o.read(true).write(!read_only);
-            if create.is_some() {
+            // A read-only store opens what exists; it never creates or
+            // extends.
+            if create.is_some() && !read_only {
                 o.create(true);
             }
             if direct {
@@ -78,7 +81,7 @@ impl FileStore {
             source,
         };
         let (mut size, block_device) = fd_size(&fd).map_err(size_err)?;
-        if let Some(want) = create {
+        if let Some(want) = create.filter(|_| !read_only) {
             if !block_device && size < want {
                 use std::os::fd::AsRawFd;
                 // SAFETY: plain syscall on the descriptor we just opened.
@@ -95,11 +98,6 @@ impl FileStore {
             block_device,
             atomic_unit,
         })
-    }
-
-    /// Path the store was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -119,6 +117,9 @@ impl BackingStore for FileStore {
     fn size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
+    fn path(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
     fn grow(&self, size: u64) -> std::io::Result<()> {
         if self.block_device {
             // A block device is grown by whoever owns it; take its new size.
@@ -130,7 +131,12 @@ impl BackingStore for FileStore {
                 )));
             }
         } else if size > self.size() {
-            extend(&self.fd, size)?;
+            // Other members may share the file and have grown it further
+            // already: extend it only where it is shorter, never truncate.
+            let (now, _) = fd_size(&self.fd)?;
+            if now < size {
+                extend(&self.fd, size)?;
+            }
             self.size.store(size, Ordering::Release);
         }
         Ok(())

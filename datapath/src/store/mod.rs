@@ -22,6 +22,12 @@ pub trait BackingStore: Send + Sync + Debug {
     fn describe(&self) -> String;
     /// Size in bytes.
     fn size(&self) -> u64;
+    /// The file or block device holding the blocks; `None` for a store
+    /// that is its own (memory). Two stores with the same path share their
+    /// blocks.
+    fn path(&self) -> Option<&std::path::Path> {
+        None
+    }
     /// The descriptor the ring submits I/O to.
     fn fd(&self) -> BorrowedFd<'_>;
     /// Whether I/O bypasses the page cache (buffers must be aligned).

@@ -451,6 +451,32 @@ impl Connection {
         }
     }
 
+    /// Whether anything of this connection still names store `slot`: its
+    /// LUN table, a task, or a queued disk request. A core releases a
+    /// removed device's slot only once no connection does.
+    pub fn uses_store(&self, slot: StoreSlot) -> bool {
+        if self.disk.iter().any(|r| r.slot == slot) {
+            return true;
+        }
+        match &self.phase {
+            Phase::Full(s) => {
+                s.luns
+                    .as_ref()
+                    .is_some_and(|t| t.luns.iter().any(|e| e.slot == slot))
+                    || s.tasks.values().any(|t| t.slot == slot)
+            }
+            Phase::Login(_) => false,
+        }
+    }
+
+    /// The store slot task `task` does its I/O on.
+    pub fn task_store(&self, task: u32) -> Option<StoreSlot> {
+        match &self.phase {
+            Phase::Full(s) => s.tasks.get(&task).map(|t| t.slot),
+            Phase::Login(_) => None,
+        }
+    }
+
     /// TSIH of the session once in full feature phase.
     pub fn tsih(&self) -> Option<u16> {
         match &self.phase {

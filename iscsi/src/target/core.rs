@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use trellis_datapath::ring::{Payload, RecvBuf};
-use trellis_datapath::{Ring, RingError, StoreSlot, Waker, WriteFlags};
+use trellis_datapath::{IoKind, IoStats, Ring, RingError, StoreSlot, Waker, WriteFlags};
 
 use super::Registry;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
@@ -67,8 +67,10 @@ struct Conn {
 struct CoreHost<'a> {
     reg: &'a Registry,
     core: usize,
-    slots: &'a [StoreSlot],
-    devs: &'a [Rc<LunDevice>],
+    slots: &'a [Option<StoreSlot>],
+    devs: &'a [Option<Rc<LunDevice>>],
+    /// The configuration generation this core has bound its devices at.
+    generation: u64,
     kill: &'a Arc<AtomicBool>,
     local: Option<SocketAddr>,
 }
@@ -107,7 +109,9 @@ impl Host for CoreHost<'_> {
         self.reg.session_ended(tsih, self.kill);
     }
     fn config_generation(&self) -> u64 {
-        self.reg.generation()
+        // The core's, not the registry's: a session rebuilds its LUN table
+        // only once this core has bound the devices the table names.
+        self.generation
     }
 }
 
@@ -116,9 +120,15 @@ struct Core<'a> {
     reg: &'a Registry,
     ring: Ring,
     cfg: Rc<ConnConfig>,
-    slots: Vec<StoreSlot>,
-    devs: Vec<Rc<LunDevice>>,
-    /// Registry generation `devs` were built at.
+    /// Ring slot of each device, by device id.
+    slots: Vec<Option<StoreSlot>>,
+    /// SCSI description of each device, by device id.
+    devs: Vec<Option<Rc<LunDevice>>>,
+    /// I/O counters by ring slot.
+    slot_stats: Vec<Option<Arc<IoStats>>>,
+    /// Slots of removed devices, released once no connection names them.
+    retired: Vec<StoreSlot>,
+    /// Registry generation `devs` and `slots` were built at.
     devs_gen: u64,
     conns: Vec<Option<Conn>>,
     listeners: Vec<Rc<dyn AsRawFd>>,
@@ -159,8 +169,8 @@ pub(super) fn run(
             tracing::error!(core = id, error = %e, "ring wait failed");
             std::thread::sleep(Duration::from_millis(10));
         }
-        // A reconfiguration (device grown): fresh descriptions for the LUN
-        // tables sessions rebuild.
+        // A reconfiguration: new devices bound to this ring, fresh
+        // descriptions for the LUN tables sessions rebuild.
         core.refresh_devs();
         // Resets and CLEAR TASK SET from sessions on other cores abort
         // this core's tasks before their completions are answered.
@@ -209,13 +219,21 @@ impl<'a> Core<'a> {
     ) -> Result<Self, RingError> {
         let cfg = reg.config();
         let mut ring = Ring::new(&cfg.ring)?;
-        let slots = cfg
-            .devices
-            .iter()
-            .map(|d| ring.register_store(Arc::clone(d.store())))
-            .collect::<Result<Vec<_>, _>>()?;
         let devs_gen = reg.generation();
-        let devs = reg.lun_devices().into_iter().map(Rc::new).collect();
+        let mut slots = Vec::new();
+        let mut devs = Vec::new();
+        let mut slot_stats = Vec::new();
+        for d in reg.core_devices() {
+            let Some(d) = d else {
+                slots.push(None);
+                devs.push(None);
+                continue;
+            };
+            let slot = ring.register_store(d.store)?;
+            set_slot(&mut slot_stats, slot, Some(d.stats));
+            slots.push(Some(slot));
+            devs.push(Some(Rc::new(d.lun)));
+        }
         let listeners: Vec<Rc<dyn AsRawFd>> = listeners
             .iter()
             .map(|l| Rc::new(Arc::clone(l)) as Rc<dyn AsRawFd>)
@@ -228,6 +246,8 @@ impl<'a> Core<'a> {
             cfg: Rc::new(cfg.conn.clone()),
             slots,
             devs,
+            slot_stats,
+            retired: Vec::new(),
             devs_gen,
             conns: Vec::new(),
             listeners,
@@ -237,11 +257,67 @@ impl<'a> Core<'a> {
         })
     }
 
+    /// Binds the registry's devices to this ring when the configuration
+    /// moved on: stores of new devices are registered, slots of removed
+    /// ones retired.
     fn refresh_devs(&mut self) {
         let now = self.reg.generation();
-        if now != self.devs_gen {
+        if now == self.devs_gen {
+            self.release_retired();
+            return;
+        }
+        let table = self.reg.core_devices();
+        let len = table.len().max(self.slots.len());
+        self.slots.resize(len, None);
+        self.devs.resize(len, None);
+        let mut complete = true;
+        for (id, d) in table.into_iter().enumerate() {
+            match (self.slots[id], d) {
+                (None, Some(d)) => match self.ring.register_store(Arc::clone(&d.store)) {
+                    Ok(slot) => {
+                        set_slot(&mut self.slot_stats, slot, Some(d.stats));
+                        self.slots[id] = Some(slot);
+                        self.devs[id] = Some(Rc::new(d.lun));
+                    }
+                    Err(e) => {
+                        // Sessions keep their tables until this works (at
+                        // the next wake-up or tick).
+                        complete = false;
+                        tracing::error!(core = self.id, device = %d.lun.name, error = %e, "cannot register the device's store on this core's ring");
+                    }
+                },
+                (Some(_), Some(d)) => self.devs[id] = Some(Rc::new(d.lun)),
+                (Some(slot), None) => {
+                    self.slots[id] = None;
+                    self.devs[id] = None;
+                    self.retired.push(slot);
+                }
+                (None, None) => {}
+            }
+        }
+        if complete {
             self.devs_gen = now;
-            self.devs = self.reg.lun_devices().into_iter().map(Rc::new).collect();
+        }
+        self.release_retired();
+    }
+
+    /// Unregisters the retired slots no connection of this core names any
+    /// more (in-flight operations on them have completed by then).
+    fn release_retired(&mut self) {
+        if self.retired.is_empty() {
+            return;
+        }
+        let conns = &self.conns;
+        let (free, busy): (Vec<StoreSlot>, Vec<StoreSlot>) = self
+            .retired
+            .iter()
+            .partition(|&&slot| !conns.iter().flatten().any(|c| c.conn.uses_store(slot)));
+        self.retired = busy;
+        for slot in free {
+            set_slot(&mut self.slot_stats, slot, None);
+            if let Err(e) = self.ring.unregister_store(slot) {
+                tracing::warn!(core = self.id, slot, error = %e, "cannot unregister a removed device's store");
+            }
         }
     }
 
@@ -315,6 +391,7 @@ impl<'a> Core<'a> {
             core: self.id,
             slots: &self.slots,
             devs: &self.devs,
+            generation: self.devs_gen,
             kill,
             local,
         }
@@ -384,6 +461,15 @@ impl<'a> Core<'a> {
             return;
         };
         c.disk_busy -= 1;
+        if result < 0 && result != -libc::ECANCELED {
+            let stats = c
+                .conn
+                .task_store(task)
+                .and_then(|slot| self.slot_stats.get(slot as usize)?.as_ref());
+            if let Some(stats) = stats {
+                stats.record_error(self.id);
+            }
+        }
         let buf = match payload {
             Payload::Buf(b) => Some(b),
             _ => None,
@@ -453,6 +539,9 @@ impl<'a> Core<'a> {
         while self.ring.free_slots() > 1 {
             let Some(req) = c.conn.next_disk() else { break };
             let t = tag(KIND_DISK, idx, req.task);
+            if let Some(Some(stats)) = self.slot_stats.get(req.slot as usize) {
+                stats.record(self.id, io_kind(&req.op));
+            }
             let r = match req.op {
                 DiskOp::Read(buf) => self
                     .ring
@@ -569,6 +658,29 @@ impl<'a> Core<'a> {
         }
         self.conns[idx] = Some(c);
     }
+}
+
+/// What a disk operation counts as in the device's I/O counters.
+fn io_kind(op: &DiskOp) -> IoKind {
+    match op {
+        DiskOp::Read(buf) => IoKind::Read(buf.len() as u64),
+        DiskOp::Write { buf, .. } | DiskOp::WriteAtomic { buf, .. } => {
+            IoKind::Write(buf.len() as u64)
+        }
+        DiskOp::WriteZeroes { len } => IoKind::Write(*len),
+        DiskOp::Flush => IoKind::Flush,
+        DiskOp::Unmap { .. } => IoKind::Unmap,
+        DiskOp::Prefetch { .. } | DiskOp::Extent => IoKind::Other,
+    }
+}
+
+/// Sets the counters of ring slot `slot`.
+fn set_slot(table: &mut Vec<Option<Arc<IoStats>>>, slot: StoreSlot, stats: Option<Arc<IoStats>>) {
+    let i = slot as usize;
+    if table.len() <= i {
+        table.resize(i + 1, None);
+    }
+    table[i] = stats;
 }
 
 fn now_nanos() -> u64 {

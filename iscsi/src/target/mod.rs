@@ -11,6 +11,7 @@
 //! accepted it, and its disk I/O goes into that core's ring.
 
 mod core;
+mod devices;
 mod registry;
 
 use std::net::{SocketAddr, TcpListener};
@@ -20,7 +21,7 @@ use std::thread::JoinHandle;
 
 use trellis_datapath::{RingConfig, VirtualDevice, Waker};
 
-pub use registry::Registry;
+pub use registry::{DeviceIo, Registry};
 
 use crate::login::ChapPolicy;
 use crate::session::ConnConfig;
@@ -192,7 +193,7 @@ impl Target {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
-        for d in self.registry.devices() {
+        for d in &self.registry.devices() {
             if let Err(e) = d.store().flush() {
                 tracing::error!(device = %d.spec().name, error = %e, "flush at shutdown failed");
             }

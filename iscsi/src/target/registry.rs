@@ -1,22 +1,28 @@
 //! What all cores share: targets, LUN maps, ACLs, CHAP secrets, the
-//! session table (ISID/TSIH, reinstatement) and each logical unit's
-//! [`LunShared`] state. Only login and discovery touch the registry; the I/O
-//! path reads just the `LunShared` of its LUNs (one atomic per command).
+//! session table (ISID/TSIH, reinstatement), the device table with each
+//! logical unit's [`LunShared`] state, and the portals of the other members
+//! of a cluster. Only login, discovery and reconfiguration touch the
+//! registry; the I/O path reads just the `LunShared` of its LUNs (one
+//! atomic per command).
 //!
 //! [`Registry::reconfigure`] applies a new configuration while running:
-//! devices grow, targets, LUN maps, ACLs and CHAP change. It bumps the
-//! configuration generation; each core then refreshes its device
-//! descriptions, and each session its LUN table, reporting CAPACITY DATA
-//! HAS CHANGED and REPORTED LUNS DATA HAS CHANGED to its I_T nexuses.
+//! devices come and go, grow, switch read-only; targets, LUN maps, ACLs and
+//! CHAP change. It bumps the configuration generation; each core then
+//! registers new stores on its ring (and releases stores nothing on it
+//! uses any more), and each session rebuilds its LUN table, reporting
+//! CAPACITY DATA HAS CHANGED and REPORTED LUNS DATA HAS CHANGED to its I_T
+//! nexuses.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use trellis_datapath::{StoreSlot, VirtualDevice, Waker};
+use trellis_datapath::{BackingStore, IoStats, IoTotals, StoreSlot, VirtualDevice, Waker};
 
+use super::devices::{describe, plan_device, DeviceEntry, DevicePlan};
 use super::{AclEntry, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
 use crate::scsi::{
@@ -39,11 +45,33 @@ struct Sessions {
     next_tsih: u16,
 }
 
-/// The parts of the configuration that change while running.
+/// The parts of the configuration that change while running; targets name
+/// devices by their id in the device table.
 #[derive(Debug, Clone)]
 struct Live {
     targets: Vec<TargetSpec>,
     discovery_chap: Option<ChapPolicy>,
+}
+
+/// A device as a core binds it: its description, store and counters.
+#[derive(Debug, Clone)]
+pub(super) struct CoreDevice {
+    pub lun: LunDevice,
+    pub store: Arc<dyn BackingStore>,
+    pub stats: Arc<IoStats>,
+}
+
+/// A device's I/O so far, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceIo {
+    /// The device's name.
+    pub name: String,
+    /// Its identity.
+    pub uuid: uuid::Uuid,
+    /// Its size in bytes now.
+    pub size: u64,
+    /// What the data path did on it.
+    pub io: IoTotals,
 }
 
 /// Shared target state.
@@ -53,79 +81,23 @@ pub struct Registry {
     live: RwLock<Live>,
     generation: AtomicU64,
     portals: Vec<SocketAddr>,
+    /// The other members' portals as SendTargets lists them
+    /// ("addr:port,tpgt").
+    peers: RwLock<Vec<String>>,
     wakers: Vec<Arc<Waker>>,
-    lun_devices: RwLock<Vec<LunDevice>>,
-    lun_shared: Vec<Arc<LunShared>>,
-    lun_sanitize: Vec<Arc<SanitizeState>>,
+    /// Devices by id (ids are never reused; a removed device leaves None).
+    devices: RwLock<Vec<Option<DeviceEntry>>>,
     sessions: Mutex<Sessions>,
 }
 
 impl Registry {
     pub(super) fn new(
-        cfg: GatewayConfig,
+        mut cfg: GatewayConfig,
         portals: Vec<SocketAddr>,
         wakers: Vec<Arc<Waker>>,
     ) -> Self {
-        let max_buf = cfg.ring.pool.max_buf() as u32;
-        let lun_devices = cfg
-            .devices
-            .iter()
-            .map(|d| {
-                let spec = d.spec();
-                let max_blocks = max_buf / spec.block_size;
-                let atomic_unit_blocks =
-                    atomic_unit_blocks(d.store().atomic_write_unit(), spec.block_size, max_blocks);
-                if atomic_unit_blocks > 0 {
-                    tracing::info!(
-                        device = %spec.name,
-                        blocks = atomic_unit_blocks,
-                        "WRITE ATOMIC offered: the store writes this many blocks untorn"
-                    );
-                }
-                LunDevice {
-                    name: spec.name.clone(),
-                    block_size: spec.block_size,
-                    num_blocks: d.num_blocks(),
-                    read_only: spec.read_only,
-                    naa: d.naa(),
-                    serial: d.serial(),
-                    write_cache: !d.store().direct(),
-                    max_transfer_blocks: max_blocks,
-                    optimal_transfer_blocks: max_blocks,
-                    rotational: false,
-                    thin: spec.thin,
-                    holes_read_zero: d.store().holes_read_zero(),
-                    atomic_unit_blocks,
-                }
-            })
-            .collect();
-        // Persistent reservations with APTPL live beside the device data.
-        let lun_shared = cfg
-            .devices
-            .iter()
-            .map(|d| {
-                let lu = match &cfg.state_dir {
-                    Some(dir) => LunShared::with_pr_store(Box::new(FilePrStore::new(
-                        dir.join(format!("{}.pr", d.spec().name)),
-                    ))),
-                    None => LunShared::new(),
-                };
-                // A released block lock someone waits for wakes every core.
-                let cores = wakers.clone();
-                Arc::new(lu.with_notifier(Box::new(move || {
-                    for w in &cores {
-                        w.wake();
-                    }
-                })))
-            })
-            .collect();
-        let lun_sanitize = cfg
-            .devices
-            .iter()
-            .map(|_| Arc::new(SanitizeState::new()))
-            .collect();
-        Self {
-            lun_sanitize,
+        let devices = std::mem::take(&mut cfg.devices);
+        let mut reg = Self {
             live: RwLock::new(Live {
                 targets: cfg.targets.clone(),
                 discovery_chap: cfg.discovery_chap.clone(),
@@ -133,25 +105,113 @@ impl Registry {
             generation: AtomicU64::new(0),
             cfg,
             portals,
+            peers: RwLock::new(Vec::new()),
             wakers,
-            lun_devices: RwLock::new(lun_devices),
-            lun_shared,
+            devices: RwLock::new(Vec::new()),
             sessions: Mutex::new(Sessions {
                 by_key: HashMap::new(),
                 next_tsih: 1,
             }),
+        };
+        // Targets name devices by index, which is their id from the start.
+        let table = devices.into_iter().map(|d| Some(reg.entry(d))).collect();
+        reg.devices = RwLock::new(table);
+        reg
+    }
+
+    /// A new logical unit for `dev`: persistent reservations with APTPL
+    /// live beside the device data; a released block lock someone waits
+    /// for wakes every core.
+    fn entry(&self, dev: VirtualDevice) -> DeviceEntry {
+        let lu = match self.pr_path(&dev.spec().name) {
+            Some(path) => LunShared::with_pr_store(Box::new(FilePrStore::new(path))),
+            None => LunShared::new(),
+        };
+        let cores = self.wakers.clone();
+        let shared = Arc::new(lu.with_notifier(Box::new(move || {
+            for w in &cores {
+                w.wake();
+            }
+        })));
+        DeviceEntry {
+            lun: describe(&dev, self.max_buf()),
+            dev,
+            shared,
+            sanitize: Arc::new(SanitizeState::new()),
+            stats: Arc::new(IoStats::new(self.wakers.len())),
         }
     }
 
-    /// The configuration the target started with (devices, portals, limits;
-    /// targets and CHAP as they are now come from the live configuration).
+    fn max_buf(&self) -> u32 {
+        u32::try_from(self.cfg.ring.pool.max_buf()).unwrap_or(u32::MAX)
+    }
+
+    fn pr_path(&self, device: &str) -> Option<PathBuf> {
+        self.cfg
+            .state_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{device}.pr")))
+    }
+
+    /// The configuration the target started with (portals, limits, rings;
+    /// its devices are in the device table, its targets and CHAP as they
+    /// are now in the live configuration).
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg
     }
 
-    /// Devices.
-    pub fn devices(&self) -> &[VirtualDevice] {
-        &self.cfg.devices
+    fn table(&self) -> RwLockReadGuard<'_, Vec<Option<DeviceEntry>>> {
+        self.devices.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The devices served now.
+    pub fn devices(&self) -> Vec<VirtualDevice> {
+        self.table()
+            .iter()
+            .flatten()
+            .map(|e| e.dev.clone())
+            .collect()
+    }
+
+    /// Each device's I/O counters, by name.
+    pub fn device_io(&self) -> Vec<DeviceIo> {
+        let mut v: Vec<DeviceIo> = self
+            .table()
+            .iter()
+            .flatten()
+            .map(|e| DeviceIo {
+                name: e.dev.spec().name.clone(),
+                uuid: e.dev.spec().uuid,
+                size: e.lun.num_blocks * u64::from(e.lun.block_size),
+                io: e.stats.snapshot(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// The device table as a core binds it, by id.
+    pub(super) fn core_devices(&self) -> Vec<Option<CoreDevice>> {
+        self.table()
+            .iter()
+            .map(|e| {
+                e.as_ref().map(|e| CoreDevice {
+                    lun: e.lun.clone(),
+                    store: Arc::clone(e.dev.store()),
+                    stats: Arc::clone(&e.stats),
+                })
+            })
+            .collect()
+    }
+
+    /// The other members' portals, each `"addr:port,tpgt"`, listed after
+    /// this member's own in SendTargets answers.
+    pub fn set_peer_portals(&self, portals: Vec<String>) {
+        let mut peers = self.peers.write().unwrap_or_else(PoisonError::into_inner);
+        if *peers != portals {
+            tracing::info!(portals = ?portals, "other members' portals for SendTargets");
+            *peers = portals;
+        }
     }
 
     fn live(&self) -> RwLockReadGuard<'_, Live> {
@@ -177,77 +237,141 @@ impl Registry {
             .and_then(|t| t.alias.clone())
     }
 
-    /// Applies `new` while running. Devices must be the same ones (name,
-    /// block size, backing, read-only, thin), in the same order, and may only
-    /// grow; targets, LUN maps, ACLs and CHAP may change freely (new logins
-    /// see them at once, sessions at their next PDU). Returns what changed, or
-    /// why nothing was applied.
+    /// Applies `new` while running: devices are matched by name (see
+    /// `target::devices`): new ones are added, missing ones removed, kept
+    /// ones may grow and switch read-only; block size and thin provisioning
+    /// cannot change, nor can a device shrink. Targets, LUN maps, ACLs and
+    /// CHAP may change freely (new logins see them at once, sessions at
+    /// their next PDU). Returns what changed, or why nothing was applied.
     pub fn reconfigure(&self, new: &GatewayConfig) -> Result<Vec<String>, String> {
-        let old = &self.cfg.devices;
-        if new.devices.len() != old.len() {
-            return Err(format!(
-                "devices cannot be added or removed while running ({} now, {} in the new configuration); restart trellisd",
-                old.len(),
-                new.devices.len()
-            ));
-        }
-        let mut grow = Vec::new();
-        for (o, n) in old.iter().zip(&new.devices) {
-            let (os, ns) = (o.spec(), n.spec());
-            if os.name != ns.name {
-                return Err(format!(
-                    "device `{}` became `{}`: devices cannot be renamed or reordered while running",
-                    os.name, ns.name
-                ));
-            }
-            if os.block_size != ns.block_size || os.read_only != ns.read_only || os.thin != ns.thin
+        let mut table = self.devices.write().unwrap_or_else(PoisonError::into_inner);
+        let mut plans = Vec::with_capacity(new.devices.len());
+        for (i, d) in new.devices.iter().enumerate() {
+            if new.devices[..i]
+                .iter()
+                .any(|o| o.spec().name == d.spec().name)
             {
-                return Err(format!(
-                    "device `{}`: block size, read_only and thin cannot change while running",
-                    os.name
-                ));
+                return Err(format!("device `{}` is given twice", d.spec().name));
             }
-            if n.store().describe() != o.store().describe() {
-                return Err(format!(
-                    "device `{}`: its backing store changed ({} -> {})",
-                    os.name,
-                    o.store().describe(),
-                    n.store().describe()
-                ));
-            }
-            let now = self.device_size(&os.name);
-            if ns.size < now {
-                return Err(format!(
-                    "device `{}` cannot shrink ({now} -> {} bytes)",
-                    os.name, ns.size
-                ));
-            }
-            if ns.size > now {
-                grow.push((os.name.clone(), ns.size));
+            plans.push(plan_device(&table, d)?);
+        }
+        // Growing is the one step that can fail: first, before anything
+        // else changes.
+        for (d, plan) in new.devices.iter().zip(&plans) {
+            if let DevicePlan::Keep(id) = plan {
+                if let Some(old) = &table[*id] {
+                    let size = d.spec().size;
+                    old.dev.store().grow(size).map_err(|e| {
+                        format!(
+                            "device `{}` cannot grow to {size} bytes: {e}",
+                            d.spec().name
+                        )
+                    })?;
+                }
             }
         }
         let mut changes = Vec::new();
-        for (name, size) in grow {
-            let Some(i) = old.iter().position(|d| d.spec().name == name) else {
+        // Devices that go (neither kept nor swapped) lose their persistent
+        // reservation state, so that a later device of the same name starts
+        // clean.
+        let staying: Vec<usize> = plans
+            .iter()
+            .filter_map(|p| match p {
+                DevicePlan::Keep(id) | DevicePlan::Swap(id) => Some(*id),
+                DevicePlan::Add | DevicePlan::Replace => None,
+            })
+            .collect();
+        for (id, slot) in table.iter_mut().enumerate() {
+            if staying.contains(&id) {
                 continue;
-            };
-            old[i]
-                .store()
-                .grow(size)
-                .map_err(|e| format!("device `{name}` cannot grow to {size} bytes: {e}"))?;
-            let mut devs = self
-                .lun_devices
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(d) = devs.get_mut(i) {
-                d.num_blocks = size / u64::from(d.block_size);
             }
-            changes.push(format!("device `{name}` grown to {size} bytes"));
+            if let Some(old) = slot.take() {
+                let name = old.dev.spec().name.clone();
+                if let Some(path) = self.pr_path(&name) {
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            tracing::warn!(device = %name, error = %e, "cannot remove the reservation state file")
+                        }
+                        _ => {}
+                    }
+                }
+                changes.push(format!("device `{name}` removed"));
+            }
+        }
+        let mut ids = Vec::with_capacity(plans.len());
+        for (d, plan) in new.devices.iter().zip(plans) {
+            let spec = d.spec();
+            let id = match plan {
+                DevicePlan::Add | DevicePlan::Replace => {
+                    table.push(Some(self.entry(d.clone())));
+                    changes.push(format!("device `{}` added", spec.name));
+                    table.len() - 1
+                }
+                DevicePlan::Keep(id) => {
+                    if let Some(e) = table[id].as_mut() {
+                        let blocks = spec.size / u64::from(spec.block_size);
+                        if blocks != e.lun.num_blocks {
+                            changes.push(format!(
+                                "device `{}` grown to {} bytes",
+                                spec.name, spec.size
+                            ));
+                        }
+                        if spec.read_only != e.lun.read_only {
+                            changes.push(format!(
+                                "device `{}` now {}",
+                                spec.name,
+                                if spec.read_only {
+                                    "read-only"
+                                } else {
+                                    "writable"
+                                }
+                            ));
+                        }
+                        e.lun.num_blocks = blocks;
+                        e.lun.read_only = spec.read_only;
+                        // The store was grown above, so it is large enough.
+                        if let Ok(dev) = VirtualDevice::new(spec.clone(), Arc::clone(e.dev.store()))
+                        {
+                            e.dev = dev;
+                        }
+                    }
+                    id
+                }
+                DevicePlan::Swap(id) => {
+                    let Some(old) = table[id].take() else {
+                        continue;
+                    };
+                    changes.push(format!(
+                        "device `{}` reopened: {}",
+                        spec.name,
+                        d.store().describe()
+                    ));
+                    table.push(Some(DeviceEntry {
+                        lun: describe(d, self.max_buf()),
+                        dev: d.clone(),
+                        ..old
+                    }));
+                    table.len() - 1
+                }
+            };
+            ids.push(id);
         }
         {
             let mut live = self.live.write().unwrap_or_else(PoisonError::into_inner);
+            let targets: Vec<TargetSpec> = new
+                .targets
+                .iter()
+                .map(|t| TargetSpec {
+                    luns: t
+                        .luns
+                        .iter()
+                        .filter_map(|(lun, dev)| Some((*lun, *ids.get(*dev)?)))
+                        .collect(),
+                    ..t.clone()
+                })
+                .collect();
             let next = Live {
-                targets: new.targets.clone(),
+                targets,
                 discovery_chap: new.discovery_chap.clone(),
             };
             for t in &next.targets {
@@ -272,21 +396,12 @@ impl Registry {
             }
             *live = next;
         }
+        drop(table);
         self.generation.fetch_add(1, Ordering::AcqRel);
         for w in &self.wakers {
             w.wake();
         }
         Ok(changes)
-    }
-
-    /// The current size in bytes of device `name` (0 if unknown).
-    fn device_size(&self, name: &str) -> u64 {
-        self.lun_devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .find(|d| d.name == name)
-            .map_or(0, |d| d.num_blocks * u64::from(d.block_size))
     }
 
     fn acl<'t>(&self, target: &'t TargetSpec, initiator: &str) -> Option<Option<&'t AclEntry>> {
@@ -342,6 +457,14 @@ impl Registry {
                 format!("{},{tpgt}", SocketAddr::new(ip, p.port()))
             })
             .collect();
+        let mut addrs = addrs;
+        addrs.extend(
+            self.peers
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
         self.live()
             .targets
             .iter()
@@ -373,10 +496,11 @@ impl Registry {
         &self,
         target: &str,
         initiator: &str,
-        slots: &[StoreSlot],
-        devs: &[Rc<LunDevice>],
+        slots: &[Option<StoreSlot>],
+        devs: &[Option<Rc<LunDevice>>],
     ) -> Option<LunTable> {
         let live = self.live();
+        let table = self.table();
         let t = live.targets.iter().find(|x| x.name == target)?;
         let acl = self.acl(t, initiator)?;
         let mask = acl.and_then(|a| a.luns.as_ref());
@@ -384,13 +508,16 @@ impl Registry {
             .luns
             .iter()
             .filter(|(lun, _)| mask.is_none_or(|m| m.contains(lun)))
-            .filter_map(|(lun, dev)| {
+            .filter_map(|(lun, id)| {
+                // A device this core has not bound yet is left out; the
+                // session rebuilds its table once the core has.
+                let e = table.get(*id)?.as_ref()?;
                 Some(LunEntry {
                     lun: lun_to_wire(*lun),
-                    dev: Rc::clone(devs.get(*dev)?),
-                    slot: *slots.get(*dev)?,
-                    shared: Arc::clone(self.lun_shared.get(*dev)?),
-                    sanitize: Arc::clone(self.lun_sanitize.get(*dev)?),
+                    dev: Rc::clone(devs.get(*id)?.as_ref()?),
+                    slot: (*slots.get(*id)?)?,
+                    shared: Arc::clone(&e.shared),
+                    sanitize: Arc::clone(&e.sanitize),
                 })
             })
             .collect();
@@ -404,14 +531,6 @@ impl Registry {
             luns,
             ids,
         })
-    }
-
-    /// SCSI descriptions of the devices as they are now, by index.
-    pub(super) fn lun_devices(&self) -> Vec<LunDevice> {
-        self.lun_devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
     }
 
     /// Registers a session at the end of login, reinstating (ending) an
@@ -464,22 +583,5 @@ impl Registry {
             s.by_key
                 .retain(|_, e| !(e.tsih == tsih && Arc::ptr_eq(&e.kill, kill)));
         }
-    }
-}
-
-/// WRITE ATOMIC (16) unit in blocks for a store whose untorn write unit is
-/// `unit` bytes: a whole number of blocks within one command's transfer
-/// limit (`max_blocks`, 0 = none); 0 when the store has no atomic writes.
-fn atomic_unit_blocks(unit: Option<u32>, block_size: u32, max_blocks: u32) -> u32 {
-    match unit {
-        Some(u) if block_size > 0 && u.is_multiple_of(block_size) => {
-            let blocks = u / block_size;
-            if max_blocks == 0 || blocks <= max_blocks {
-                blocks
-            } else {
-                0
-            }
-        }
-        _ => 0,
     }
 }
