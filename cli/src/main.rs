@@ -110,8 +110,10 @@ pub struct DeviceCreate {
     /// Its size (1GiB, 512MiB, bytes).
     #[arg(long, value_parser = parse_size_arg)]
     pub size: u64,
-    /// An absolute file or block device path on the serving member; memory
-    /// when absent.
+    /// Where the blocks live, on storage every member reaches: a file or
+    /// block device path, absolute or relative to each member's storage_dir;
+    /// `memory` for a per-member, unshared demo device. Default: NAME.img
+    /// in the storage directory.
     #[arg(long)]
     pub backing: Option<String>,
     /// Logical block size.

@@ -347,3 +347,35 @@ pub fn iscsi_tool(tool: &str, args: &[&str]) -> Result<String> {
     }
     Ok(stdout)
 }
+
+/// fio built with the libiscsi engine: `FIO`, else where the test script
+/// builds it (`~/.cache/trellis/fio/fio`).
+pub fn fio_bin() -> PathBuf {
+    let path = std::env::var_os("FIO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/trellis/fio/fio")
+        });
+    assert!(
+        path.exists(),
+        "fio with libiscsi not found at {} (run benches/fio/build-fio.sh or scripts/test-all.sh)",
+        path.display()
+    );
+    path
+}
+
+/// Runs fio with `args`; panics unless it succeeds with no errors. Its
+/// output.
+pub fn fio_run(args: &[String]) -> String {
+    let out = run(Command::new(fio_bin()).args(args), Duration::from_secs(300)).expect("run fio");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fio failed: {text}");
+    assert!(text.contains("err= 0"), "fio reported errors: {text}");
+    text
+}
+
+/// `url` (`iscsi://host:port/iqn/lun`) as fio's `filename`, colons escaped.
+pub fn fio_filename(url: &str) -> String {
+    url.replace(':', "\\:")
+}

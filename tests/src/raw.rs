@@ -96,6 +96,19 @@ impl Conn {
         Self::login_conn(c)
     }
 
+    /// Connects and logs in to `target` as `initiator`.
+    pub fn login_to(portal: SocketAddr, target: &str, initiator: &str) -> Result<Self> {
+        let mut c = Self::connect(portal)?;
+        c.negotiate(vec![
+            ("InitiatorName".to_owned(), initiator.to_owned()),
+            ("TargetName".to_owned(), target.to_owned()),
+            ("SessionType".to_owned(), "Normal".to_owned()),
+            ("HeaderDigest".to_owned(), "None".to_owned()),
+            ("DataDigest".to_owned(), "None".to_owned()),
+        ])?;
+        Ok(c)
+    }
+
     fn login_conn(mut c: Self) -> Result<Self> {
         let keys = vec![
             ("InitiatorName".to_owned(), c.initiator_name()),

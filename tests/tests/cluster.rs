@@ -6,27 +6,38 @@
 //! killed with SIGKILL is declared failed by the others. The management API
 //! answers on every member through the `trellis` CLI (which skips a dead
 //! endpoint): three members, both links up; a device created through one
-//! member reaches every replica; with the Raft leader SIGKILLed the others
-//! take writes, and the restarted leader catches up; all three restarted
-//! keep the configuration; a wrong token is refused.
+//! member reaches every replica and is served by every member's portal
+//! (libiscsi's iscsi-ls and iscsi-inq: the same NAA everywhere, each member
+//! its own port ids; SendTargets lists every live member's portal); fio
+//! writes with verification through one member and reads back through
+//! another; with the Raft leader SIGKILLed the others take writes, and the
+//! restarted leader catches up and serves what was created meanwhile; all
+//! three restarted keep the configuration and the data; a wrong token is
+//! refused.
 //!
-//! Cutting one link of one member needs network namespaces; that test comes
-//! with the namespace fixtures.
+//! Cutting one link of one member needs network namespaces: `links.rs`.
 
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use trellis_tests::{free_control_port, free_port, trellis_cli, Trellisd};
+use trellis_tests::raw::Conn;
+use trellis_tests::{
+    fio_filename, fio_run, free_control_port, free_port, iscsi_tool, trellis_cli, Trellisd,
+};
 
 const KEY: &str = "cluster-test-key-0123456789";
 
 const TOKEN: &str = "cluster-test-api-token";
 
+/// The target the test creates, and the initiator it lets in.
+const TARGET: &str = "iqn.2026-12.io.trellis:cluster-test";
+const HOST: &str = "iqn.2026-12.io.trellis:cluster-test-host";
+
 /// The `[cluster]` lines that start the replicated configuration and the
 /// API of member `i` (voters m1..m3 on `raft_ports`).
-fn control_lines(i: u8, raft_ports: &[u16; 3], api_port: u16) -> String {
+fn control_lines(i: u8, raft_ports: &[u16; 3], api_port: u16, storage: &str) -> String {
     let mut voters = String::new();
     for (j, p) in raft_ports.iter().enumerate() {
         voters.push_str(&format!(
@@ -35,7 +46,7 @@ fn control_lines(i: u8, raft_ports: &[u16; 3], api_port: u16) -> String {
         ));
     }
     format!(
-        "node_id = {i}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\napi_token = \"{TOKEN}\"\nvoters = [\n{voters}]\n",
+        "storage_dir = \"{storage}\"\nnode_id = {i}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\napi_token = \"{TOKEN}\"\nvoters = [\n{voters}]\n",
         raft_ports[usize::from(i) - 1]
     )
 }
@@ -49,8 +60,6 @@ fn member_config(i: u8, port: u16, key: &str, peers: &[u8]) -> String {
     }
     format!(
         "portals = [\"127.0.0.1:3260\"]\n\
-         [[device]]\nname = \"disk0\"\nsize = \"16MiB\"\nmemory = true\n\
-         [[target]]\nname = \"iqn.2026-11.io.trellis:cluster-test\"\nluns = [{{ lun = 0, device = \"disk0\" }}]\n\
          [cluster]\nid = \"test\"\nmember = \"m{i}\"\nkey = \"{key}\"\n\
          links = [\n  {{ name = \"a\", addr = \"127.0.1.{i}:{port}\" }},\n  {{ name = \"b\", addr = \"127.0.2.{i}:{port}\" }},\n]\n\
          seeds = [\n{seeds}]\n"
@@ -79,12 +88,15 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let all = [1u8, 2, 3];
     let raft_ports = [free_port(), free_port(), free_port()];
     let api_ports = [free_port(), free_port(), free_port()];
+    // The shared storage every member reaches (one machine: one directory).
+    let storage = tempfile::tempdir().unwrap();
+    let storage_dir = storage.path().display().to_string();
     let texts: Vec<String> = all
         .iter()
         .map(|&i| {
             let peers: Vec<u8> = all.iter().copied().filter(|&p| p != i).collect();
             member_config(i, port, KEY, &peers)
-                + &control_lines(i, &raft_ports, api_ports[usize::from(i) - 1])
+                + &control_lines(i, &raft_ports, api_ports[usize::from(i) - 1], &storage_dir)
         })
         .collect();
     let mut members: Vec<Trellisd> = texts
@@ -148,6 +160,74 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    // The data path: a target made through m2 is served by every member's
+    // portal, with one identity, and one member's writes are another's
+    // reads.
+    for args in [
+        vec!["device", "create", "vol1", "--size", "64MiB", "--thin"],
+        vec!["target", "create", TARGET],
+        vec!["target", "map", TARGET, "vol1", "--lun", "0"],
+        vec!["acl", "allow", TARGET, HOST],
+    ] {
+        let (code, out) = trellis_cli(&ep(1), TOKEN, &args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+    }
+    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "device", "list"]);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let uuid: uuid::Uuid = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "vol1")
+        .and_then(|d| d["uuid"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let naa = trellis_datapath::device::naa_from_uuid(&uuid);
+    let mut inq_naa = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        // SendTargets on each member lists all three portals.
+        wait_served(m, 0, &members);
+        let out = iscsi_tool(
+            "iscsi-inq",
+            &["-i", HOST, "-e", "1", "-c", "131", &url(m, 0)],
+        )
+        .unwrap();
+        inq_naa.push(designator_after(&out, "Designator Type:(3) NAA"));
+        let name = designator_after(&out, "Designator Type:(8) SCSI_NAME_STRING");
+        assert_eq!(name, format!("[{TARGET},t,0x{:04x}]", i + 1), "{out}");
+        // The exact designators, read with a raw initiator.
+        let ids = vpd83(m);
+        assert_eq!(ids.naa, naa, "m{}: NAA from the device UUID", i + 1);
+        assert_eq!(
+            (ids.tpg, ids.relative_port),
+            (i as u16 + 1, i as u16 + 1),
+            "m{}: its own port ids",
+            i + 1
+        );
+    }
+    assert!(
+        inq_naa.iter().all(|n| *n == inq_naa[0]) && inq_naa[0].len() > 2,
+        "iscsi-inq shows one NAA on every member: {inq_naa:?}"
+    );
+    assert!(
+        storage.path().join("vol1.img").exists(),
+        "the device lives on the shared storage"
+    );
+    // fio writes with crc32c verification through m1 and reads it back
+    // through m3.
+    fio_run(&fio_args(&members[0], "write", "write"));
+    fio_run(&fio_args(&members[2], "read", "read-verify"));
+    let metrics = http_get(api_ports[0], "/metrics");
+    let written = metrics
+        .lines()
+        .find(|l| l.starts_with("trellis_device_write_bytes_total{device=\"vol1\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no write counter for vol1:\n{metrics}"));
+    assert!(written >= 32 << 20, "m1 counted its writes: {written}");
+
     // SIGKILL the Raft leader: the two others take config changes within
     // seconds; restarted, it catches up with what was done meanwhile.
     let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "status"]);
@@ -167,6 +247,12 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
             &["device", "create", "d2", "--size", "32MiB"],
         );
         if code == 0 {
+            let (code, out) = trellis_cli(
+                &survivors,
+                TOKEN,
+                &["target", "map", TARGET, "d2", "--lun", "1"],
+            );
+            assert_eq!(code, 0, "{out}");
             break;
         }
         assert!(
@@ -189,6 +275,8 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+    // ... and serves what was created while it was down.
+    wait_served(&members[leader], 1, &members);
 
     // All three restarted: the configuration is intact on each.
     for (i, m) in members.iter_mut().enumerate() {
@@ -215,6 +303,9 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     for m in &members {
         wait_log(m, &["link up", "link=b"], "links after the restart");
     }
+    // The data is on the shared storage: read back through m2.
+    wait_served(&members[1], 1, &members);
+    fio_run(&fio_args(&members[1], "read", "read-verify"));
 
     // Without the right token: refused.
     let (code, out) = trellis_cli(&ep(0), "not-the-api-token-at-all", &["device", "list"]);
@@ -265,4 +356,129 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    // SendTargets stops listing the failed member's portal.
+    let dead = m3.portal.to_string();
+    for m in &members {
+        let start = Instant::now();
+        loop {
+            let out = iscsi_tool("iscsi-ls", &["-i", HOST, &m.portal_url()]).unwrap();
+            if !out.contains(&dead) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "SendTargets still lists failed m3:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// iSCSI URL of `lun` of the test target on `m`.
+fn url(m: &Trellisd, lun: u16) -> String {
+    format!("iscsi://{}/{TARGET}/{lun}", m.portal)
+}
+
+/// Waits until `m` serves `lun` of the test target to libiscsi's iscsi-ls
+/// and its SendTargets answer lists the portal of every member of `all`.
+fn wait_served(m: &Trellisd, lun: u16, all: &[Trellisd]) {
+    let start = Instant::now();
+    loop {
+        let out = iscsi_tool("iscsi-ls", &["-i", HOST, "-s", &m.portal_url()]).unwrap_or_default();
+        let portals_ok = all
+            .iter()
+            .all(|p| out.contains(&format!("Target:{TARGET} Portal:{},", p.portal)));
+        if portals_ok && out.contains(&format!("Lun:{lun} ")) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} does not serve LUN {lun} with every portal:\n{out}",
+            m.portal
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The designator iscsi-inq prints after the line `after`.
+fn designator_after(out: &str, after: &str) -> String {
+    let mut lines = out.lines().skip_while(|l| !l.contains(after));
+    lines.next();
+    lines
+        .next()
+        .and_then(|l| l.strip_prefix("Designator:"))
+        .unwrap_or_else(|| panic!("no designator after {after:?} in:\n{out}"))
+        .to_owned()
+}
+
+/// Device identification (VPD 83h) as a raw initiator reads it.
+struct Identity {
+    naa: [u8; 16],
+    tpg: u16,
+    relative_port: u16,
+}
+
+fn vpd83(m: &Trellisd) -> Identity {
+    let mut c = Conn::login_to(m.portal, TARGET, HOST).unwrap();
+    c.clear_unit_attentions().unwrap();
+    let r = c.scsi(&[0x12, 1, 0x83, 0, 255, 0], &[], 255).unwrap();
+    assert_eq!(r.status, 0, "INQUIRY VPD 83h: {:02x?}", r.sense);
+    let page = &r.data;
+    let end = 4 + usize::from(u16::from_be_bytes([page[2], page[3]]));
+    let mut id = Identity {
+        naa: [0; 16],
+        tpg: 0,
+        relative_port: 0,
+    };
+    let mut at = 4;
+    while at + 4 <= end.min(page.len()) {
+        let (kind, len) = (page[at + 1] & 0x0F, usize::from(page[at + 3]));
+        let d = &page[at + 4..at + 4 + len];
+        match kind {
+            3 => id.naa.copy_from_slice(d),
+            4 => id.relative_port = u16::from_be_bytes([d[2], d[3]]),
+            5 => id.tpg = u16::from_be_bytes([d[2], d[3]]),
+            _ => {}
+        }
+        at += 4 + len;
+    }
+    id
+}
+
+/// fio on LUN 0 of the test target through `m`: 32 MiB in 64 KiB blocks,
+/// written with crc32c verification (`write`) or only verified (`read`).
+fn fio_args(m: &Trellisd, rw: &str, name: &str) -> Vec<String> {
+    let mut args = vec![
+        format!("--name={name}"),
+        "--ioengine=libiscsi".into(),
+        format!("--initiator={HOST}"),
+        format!("--filename={}", fio_filename(&url(m, 0))),
+        format!("--rw={rw}"),
+        "--bs=64k".into(),
+        "--size=32m".into(),
+        "--iodepth=8".into(),
+        "--verify=crc32c".into(),
+        "--verify_fatal=1".into(),
+        "--verify_state_save=0".into(),
+    ];
+    if rw == "read" {
+        args.push("--verify_only=1".into());
+    } else {
+        args.push("--do_verify=1".into());
+    }
+    args
+}
+
+/// GET `path` from the management API on `port` with the token; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
 }

@@ -2,37 +2,10 @@
 //! with crc32c verification and read back, then read back again through a
 //! fresh session to prove the data is on the device, not in one session.
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::Duration;
-
-use trellis_tests::{run, Trellisd, DEFAULT_TARGET};
-
-fn fio() -> PathBuf {
-    let path = std::env::var_os("FIO")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/trellis/fio/fio")
-        });
-    assert!(
-        path.exists(),
-        "fio with libiscsi not found at {} (run benches/fio/build-fio.sh or scripts/test-all.sh)",
-        path.display()
-    );
-    path
-}
+use trellis_tests::{fio_filename, fio_run, Trellisd, DEFAULT_TARGET};
 
 fn fio_url(d: &Trellisd) -> String {
-    d.url(DEFAULT_TARGET, 0).replace(':', "\\:")
-}
-
-fn fio_run(args: &[String]) -> String {
-    let out = run(Command::new(fio()).args(args), Duration::from_secs(300)).expect("run fio");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fio failed: {text}");
-    assert!(text.contains("err= 0"), "fio reported errors: {text}");
-    text
+    fio_filename(&d.url(DEFAULT_TARGET, 0))
 }
 
 #[test]

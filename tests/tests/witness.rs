@@ -1,15 +1,18 @@
 //! Two data members and a witness (a Raft voter with no portals and no data
-//! path): killing either data member leaves the cluster writable, and the
-//! killed member catches up when it comes back.
+//! path): killing either data member leaves the cluster writable (and the
+//! survivor serves what is created meanwhile), and the killed member
+//! catches up when it comes back.
 
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use trellis_tests::{free_control_port, free_port, trellis_cli, Trellisd};
+use trellis_tests::{free_control_port, free_port, iscsi_tool, trellis_cli, Trellisd};
 
 const TOKEN: &str = "witness-test-api-token";
+const TARGET: &str = "iqn.2026-12.io.trellis:witness-test";
+const HOST: &str = "iqn.2026-12.io.trellis:witness-test-host";
 
 fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
     let name = if i == 3 {
@@ -37,9 +40,7 @@ fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
     let data = if i == 3 {
         String::new()
     } else {
-        "portals = [\"127.0.0.1:3260\"]\n[[device]]\nname = \"disk0\"\nsize = \"16MiB\"\nmemory = true\n\
-         [[target]]\nname = \"iqn.2026-11.io.trellis:witness-test\"\nluns = [{ lun = 0, device = \"disk0\" }]\n"
-            .to_owned()
+        "portals = [\"127.0.0.1:3260\"]\n".to_owned()
     };
     format!(
         "{data}[cluster]\nid = \"wt\"\nmember = \"{name}\"\nkey = \"witness-test-cluster-key\"\n\
@@ -112,9 +113,30 @@ fn either_data_member_can_die_with_a_witness() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
-    // m1 dies: m2 and the witness still take writes.
+    // m1 dies: m2 and the witness still take writes, and m2 serves them.
     m1.kill();
     create(&format!("{},{}", url(2), url(3)), "while-m1-down");
+    let survivors = format!("{},{}", url(2), url(3));
+    for args in [
+        vec!["target", "create", TARGET],
+        vec!["target", "map", TARGET, "while-m1-down", "--lun", "0"],
+        vec!["acl", "allow", TARGET, HOST],
+    ] {
+        let (code, out) = cli(&survivors, &args);
+        assert_eq!(code, 0, "{args:?}: {out}");
+    }
+    let start = Instant::now();
+    loop {
+        let out = iscsi_tool("iscsi-ls", &["-i", HOST, "-s", &m2.portal_url()]).unwrap_or_default();
+        if out.contains(&format!("Target:{TARGET}")) && out.contains("Lun:0") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "m2 does not serve it: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let dir = std::mem::replace(&mut m1.dir, tempfile::tempdir().unwrap());
     m1 = Trellisd::start_in(dir, Some(&texts[0]), &[]).unwrap();
     wait_listed(&url(1), "while-m1-down");

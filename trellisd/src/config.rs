@@ -88,6 +88,21 @@ struct ClusterSection {
     /// A witness: a Raft voter with no portals and no data path.
     #[serde(default)]
     witness: bool,
+    /// Where this member reaches the cluster's shared storage: device
+    /// backings with relative paths live here (default: the data
+    /// directory).
+    storage_dir: Option<PathBuf>,
+}
+
+impl ClusterSection {
+    /// Whether this member runs the replicated configuration (and so takes
+    /// its devices and targets from it).
+    fn replicated(&self) -> bool {
+        self.node_id.is_some()
+            || self.raft.is_some()
+            || self.api.is_some()
+            || self.api_token.is_some()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +125,8 @@ pub struct ControlSettings {
     pub api_token: String,
     /// Initial voters.
     pub voters: std::collections::BTreeMap<u64, SocketAddr>,
+    /// Where relative device backings live (shared storage).
+    pub storage_dir: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,6 +304,39 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
         portals.push(parse_portal(p).with_context(|| format!("{at}: bad portal {p:?}"))?);
     }
 
+    // A member of a cluster with the replicated configuration takes its
+    // devices, targets and discovery CHAP from it, and its port ids from
+    // its node id.
+    let replicated = file.cluster.as_ref().filter(|c| c.replicated());
+    if let Some(c) = replicated {
+        let at = src.at(&c.id);
+        let local = [
+            (!file.devices.is_empty(), "[[device]]"),
+            (!file.targets.is_empty(), "[[target]]"),
+            (file.discovery.is_some(), "[discovery]"),
+        ];
+        if let Some((_, what)) = local.iter().find(|(present, _)| *present) {
+            bail!(
+                "{at}: this member runs the replicated configuration ([cluster] with node_id, raft, api, api_token), which holds the cluster's devices, targets and CHAP: remove {what} from {name} and create them with `trellis device create`, `trellis target create`, ..."
+            );
+        }
+        let i = &file.iscsi;
+        if i.target_portal_group_tag.is_some()
+            || i.target_port_group.is_some()
+            || i.relative_target_port.is_some()
+        {
+            bail!(
+                "{name}: [iscsi] target_portal_group_tag, target_port_group and relative_target_port are set from node_id in a cluster member (unique cluster-wide); remove them"
+            );
+        }
+    }
+    let port_id = match replicated.and_then(|c| c.node_id) {
+        Some(id) => Some(u16::try_from(id).ok().filter(|&id| id != 0).ok_or_else(|| {
+            anyhow!("{name}: [cluster] node_id {id} must be 1..=65535 (it is also this member's target port group id)")
+        })?),
+        None => None,
+    };
+
     let mut devices = Vec::new();
     let mut names = Vec::new();
     for d in &file.devices {
@@ -396,7 +446,7 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
     if let Some(v) = i.cmdsn_window {
         l.cmdsn_window = v;
     }
-    if let Some(v) = i.target_portal_group_tag {
+    if let Some(v) = i.target_portal_group_tag.or(port_id) {
         l.target_portal_group_tag = v;
     }
     if !(512..=16_777_215).contains(&l.max_recv_data_segment_length) {
@@ -413,8 +463,8 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
         targets,
         portals,
         discovery_chap,
-        tpg_id: i.target_port_group.unwrap_or(1),
-        relative_port_id: i.relative_target_port.unwrap_or(1),
+        tpg_id: i.target_port_group.or(port_id).unwrap_or(1),
+        relative_port_id: i.relative_target_port.or(port_id).unwrap_or(1),
         conn,
         cores: over.cores.unwrap_or(file.cores),
         ring: RingConfig::default(),
@@ -461,7 +511,7 @@ pub fn data_dir(name: &str, text: &str, over: &Overrides) -> Result<PathBuf> {
 
 /// The Raft and API settings of `[cluster]`, if it has `node_id`, `raft`,
 /// `api` and `api_token` (all four or none); errors name the file and line.
-pub fn load_control(name: &str, text: &str) -> Result<Option<ControlSettings>> {
+pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<ControlSettings>> {
     let src = Source { name, text };
     let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
     let Some(c) = file.cluster else {
@@ -503,12 +553,32 @@ pub fn load_control(name: &str, text: &str) -> Result<Option<ControlSettings>> {
             .map_err(|_| anyhow!("{at}: voter {}: bad raft address {:?}", v.id, v.raft))?;
         voters.insert(v.id, a);
     }
+    if !c.witness && !(1..=u64::from(u16::MAX)).contains(&node_id) {
+        bail!(
+            "{}: node_id {node_id} must be 1..=65535 (it is also this member's target port group id)",
+            src.at(&c.id)
+        );
+    }
+    let data_dir = over
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./trellis-data"));
+    let storage_dir = match &c.storage_dir {
+        Some(dir) if dir.is_relative() => std::env::current_dir()
+            .map(|cwd| cwd.join(dir))
+            .unwrap_or_else(|_| dir.clone()),
+        Some(dir) => dir.clone(),
+        None => data_dir,
+    };
+
     Ok(Some(ControlSettings {
         node_id,
         raft: addr(raft, "raft")?,
         api: addr(api, "api")?,
         api_token: token.get_ref().clone(),
         voters,
+        storage_dir,
     }))
 }
 
@@ -773,14 +843,14 @@ mod tests {
             let text = std::fs::read_to_string(&path).unwrap();
             assert_eq!(is_witness(&path, &text).unwrap(), witness, "{file}");
             assert!(load_cluster(&path, &text).unwrap().is_some(), "{file}");
-            let c = load_control(&path, &text)
+            let c = load_control(&path, &text, &Overrides::default())
                 .unwrap()
                 .expect("raft and api settings");
             assert_eq!(c.voters.len(), 3, "{file}");
         }
         let e = format!(
             "{:#}",
-            load_control("t.toml", "[cluster]\nid = \"c\"\nmember = \"m\"\nkey = \"0123456789abcdefg\"\nlinks = []\nnode_id = 1\n")
+            load_control("t.toml", "[cluster]\nid = \"c\"\nmember = \"m\"\nkey = \"0123456789abcdefg\"\nlinks = []\nnode_id = 1\n", &Overrides::default())
                 .unwrap_err()
         );
         assert!(

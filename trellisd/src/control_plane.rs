@@ -1,10 +1,9 @@
 //! The replicated configuration and the management API of a cluster member:
 //! a Raft node on `DATA_DIR/control.redb`, this member registering itself in
-//! the configuration once there is a leader, and the HTTP API on its own
-//! thread.
-//!
-//! Applying the replicated configuration to this member's exports is the
-//! next step; for now the API changes the replicated configuration only.
+//! the configuration once there is a leader, the HTTP API on its own
+//! thread, and (on a data member) a thread applying the configuration to
+//! the exports as Raft applies it, and the other members' portals as the
+//! failure detector sees them.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -19,7 +18,16 @@ use trellis_control::config::{Command, ConfigStore, Member};
 use trellis_control::node::{Node, NodeConfig};
 use trellis_control::service::ClusterService;
 
+use trellis_iscsi::target::Registry;
+
 use crate::config::ControlSettings;
+use crate::exports::{peer_portals, Applier};
+
+/// How often the exports thread looks for a newly applied configuration
+/// and for changed member states.
+const EXPORTS_POLL: Duration = Duration::from_millis(200);
+/// How often devices that could not be opened are tried again.
+const EXPORTS_RETRY: Duration = Duration::from_secs(5);
 
 /// This member as the replicated configuration lists it; a member without
 /// portals is a witness.
@@ -42,12 +50,15 @@ pub struct ControlPlane {
 }
 
 /// Starts the Raft node (forming the cluster from `voters` if it is new),
-/// the API on `settings.api`, and a thread that registers `me`.
+/// the API on `settings.api`, a thread that registers `me`, and with a
+/// `registry` (a data member) the thread that keeps its exports those of
+/// the replicated configuration.
 pub fn start(
     settings: &ControlSettings,
     node: &Node,
     me: &Member,
     data_dir: &Path,
+    registry: Option<Arc<Registry>>,
 ) -> Result<ControlPlane> {
     let path = data_dir.join("control.redb");
     let store = ConfigStore::open(&path)
@@ -90,13 +101,49 @@ pub fn start(
             .context("cannot start a thread")?,
     );
 
-    // The management API.
+    // The exports of a data member follow the replicated configuration.
+    if let Some(reg) = &registry {
+        let (reader, members, me_id, stop4) = (
+            service.reader(),
+            node.members_source(),
+            me.id.clone(),
+            Arc::clone(&stop),
+        );
+        let mut applier = Applier::new(Arc::clone(reg), settings.storage_dir.clone());
+        let reg = Arc::clone(reg);
+        threads.push(
+            std::thread::Builder::new()
+                .name("trellis-exports".into())
+                .spawn(move || {
+                    let mut applied = None;
+                    let mut cfg = reader.config();
+                    let mut last_try = std::time::Instant::now();
+                    let mut first = true;
+                    while !stop4.load(Ordering::Relaxed) {
+                        let index = reader.applied_index();
+                        let retry = applier.has_failures() && last_try.elapsed() >= EXPORTS_RETRY;
+                        if first || index != applied || retry {
+                            cfg = reader.config();
+                            applier.apply(&cfg);
+                            applied = index;
+                            last_try = std::time::Instant::now();
+                            first = false;
+                        }
+                        reg.set_peer_portals(peer_portals(&cfg, &me_id, &members()));
+                        std::thread::sleep(EXPORTS_POLL);
+                    }
+                })
+                .context("cannot start a thread")?,
+        );
+    }
+
+    // The management API, with the data path's counters on /metrics.
     let dyn_service: Arc<dyn ClusterService> = Arc::clone(&service) as Arc<dyn ClusterService>;
-    let router = trellis_control::api::router(
-        dyn_service,
-        settings.api_token.clone(),
-        Arc::new(String::new),
-    );
+    let metrics: trellis_control::api::MetricsSource = match registry {
+        Some(reg) => Arc::new(move || crate::metrics::render(&reg.device_io())),
+        None => Arc::new(String::new),
+    };
+    let router = trellis_control::api::router(dyn_service, settings.api_token.clone(), metrics);
     let addr = settings.api;
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen for the management API on {addr}"))?;

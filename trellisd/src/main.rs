@@ -10,6 +10,8 @@
 
 mod config;
 mod control_plane;
+mod exports;
+mod metrics;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,7 +107,17 @@ fn run(args: Args) -> Result<()> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("cannot install signal handlers")?;
     let cluster = config::load_cluster(&name, &text)?;
-    let control = config::load_control(&name, &text)?;
+    let control = config::load_control(&name, &text, &over)?;
+    if let Some(c) = &control {
+        // Not created here: a missing directory is more likely shared
+        // storage that is not mounted than one to make on the local disk.
+        if !c.storage_dir.is_dir() {
+            anyhow::bail!(
+                "{name}: [cluster] storage_dir {} is not a directory (is the shared storage mounted? create it first)",
+                c.storage_dir.display()
+            );
+        }
+    }
     // This member as the replicated configuration lists it.
     let cluster_self = match (&cluster, &control) {
         (Some(n), Some(c)) => Some(control_plane::member(n, c, cfg.portals.clone())),
@@ -124,7 +136,13 @@ fn run(args: Args) -> Result<()> {
         None => None,
     };
     let plane = match (&control, &node, &cluster_self) {
-        (Some(c), Some(n), Some(me)) => Some(control_plane::start(c, n, me, &data_dir)?),
+        (Some(c), Some(n), Some(me)) => Some(control_plane::start(
+            c,
+            n,
+            me,
+            &data_dir,
+            Some(Arc::clone(target.registry())),
+        )?),
         _ => None,
     };
     tracing::info!(
@@ -136,7 +154,11 @@ fn run(args: Args) -> Result<()> {
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::SeqCst) {
-            reload(args.config.as_deref(), &over, &target);
+            if plane.is_some() {
+                tracing::warn!("SIGHUP: this member's devices and targets come from the replicated configuration (change them with `trellis`); nothing to reload");
+            } else {
+                reload(args.config.as_deref(), &over, &target);
+            }
         }
     }
     tracing::info!("signal received: stopping");
@@ -185,7 +207,7 @@ fn reload(path: Option<&std::path::Path>, over: &config::Overrides, target: &Tar
 fn run_witness(name: &str, text: &str, over: &config::Overrides) -> Result<()> {
     let (Some(cluster), Some(control)) = (
         config::load_cluster(name, text)?,
-        config::load_control(name, text)?,
+        config::load_control(name, text, over)?,
     ) else {
         anyhow::bail!("{name}: a witness needs [cluster] with node_id, raft, api and api_token");
     };
@@ -199,7 +221,7 @@ fn run_witness(name: &str, text: &str, over: &config::Overrides) -> Result<()> {
     let me = control_plane::member(&cluster, &control, Vec::new());
     let node = trellis_control::node::Node::start(cluster)
         .context("cannot start the cluster control node")?;
-    let plane = control_plane::start(&control, &node, &me, &data_dir)?;
+    let plane = control_plane::start(&control, &node, &me, &data_dir, None)?;
     tracing::info!(member = %me.id, data_dir = %data_dir.display(), "trellisd serving as a witness (Raft voter, no data path)");
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));

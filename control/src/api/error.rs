@@ -119,6 +119,9 @@ impl ApiError {
                 C::InvalidChapUser { .. } => (StatusCode::BAD_REQUEST, "invalid_chap_user"),
                 C::ChapSecretLength { .. } => (StatusCode::BAD_REQUEST, "chap_secret_length"),
                 C::MutualSecretReused => (StatusCode::BAD_REQUEST, "mutual_secret_reused"),
+                C::InvalidBacking { .. } => (StatusCode::BAD_REQUEST, "invalid_backing"),
+                C::BackingTaken { .. } => (StatusCode::CONFLICT, "backing_taken"),
+                C::NodeIdRange { .. } => (StatusCode::BAD_REQUEST, "node_id_range"),
             },
         }
     }

@@ -143,7 +143,8 @@ async fn device_lifecycle() {
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     let created = a.json();
     assert_eq!(created["name"], "d1");
-    assert_eq!(created["backing"], "memory");
+    // Without a backing: NAME.img in the members' storage directory.
+    assert_eq!(created["backing"], "d1.img");
     assert_eq!(created["block_size"], 512);
     assert_eq!(created["thin"], true);
     let uuid = created["uuid"].as_str().expect("uuid generated").to_owned();
@@ -212,9 +213,19 @@ async fn config_errors_map_to_statuses() {
             "invalid_block_size",
         ),
         (
-            json!({"name": "d3", "size": 4096, "backing": "relative.img"}),
+            json!({"name": "d3", "size": 4096, "backing": ""}),
             StatusCode::BAD_REQUEST,
             "invalid_field",
+        ),
+        (
+            json!({"name": "d3", "size": 4096, "backing": "../escape.img"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_backing",
+        ),
+        (
+            json!({"name": "d3", "size": 4096, "backing": "d1.img"}),
+            StatusCode::CONFLICT,
+            "backing_taken",
         ),
     ];
     for (body, status, code) in cases {

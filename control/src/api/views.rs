@@ -49,8 +49,9 @@ pub struct CreateDevice {
     pub name: String,
     /// Its size in bytes.
     pub size: u64,
-    /// An absolute path on the serving member, or `"memory"`; memory when
-    /// absent.
+    /// A path on shared storage (absolute, or relative to each member's
+    /// storage directory), or `"memory"` (one copy per member, not shared:
+    /// tests and demos); `NAME.img` in the storage directory when absent.
     #[serde(default)]
     pub backing: Option<String>,
     /// 512 (the default) or 4096.
@@ -74,14 +75,15 @@ impl CreateDevice {
     /// The device to create (validated by the configuration when applied).
     pub fn into_device(self) -> Result<Device, ApiError> {
         let backing = match self.backing.as_deref() {
-            None | Some("memory") => Backing::Memory,
-            Some(path) if path.starts_with('/') => Backing::Path(PathBuf::from(path)),
-            Some(path) => {
+            None => Backing::default_for(&self.name),
+            Some("memory") => Backing::Memory,
+            Some("") => {
                 return Err(ApiError::InvalidField {
                     field: "backing",
-                    reason: format!("{path:?} is neither an absolute path nor \"memory\""),
+                    reason: "is empty: give a path or \"memory\"".to_owned(),
                 })
             }
+            Some(path) => Backing::Path(PathBuf::from(path)),
         };
         Ok(Device {
             name: self.name,

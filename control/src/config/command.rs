@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::model::{
-    check_iscsi_name, check_size, AclEntry, ChapAuth, ClusterConfig, Device, Member, Object,
-    Target, MAX_LUN,
+    check_iscsi_name, check_size, AclEntry, Backing, ChapAuth, ClusterConfig, Device, Member,
+    Object, Target, MAX_LUN,
 };
 use crate::MemberId;
 
@@ -251,6 +251,34 @@ pub enum ConfigError {
     /// Mutual CHAP must use another secret than the initiator's.
     #[error("mutual CHAP reuses the initiator's secret")]
     MutualSecretReused,
+    /// A backing path is empty, or a relative one leaves the storage
+    /// directory.
+    #[error("device {device}: backing path {path:?} {reason}")]
+    InvalidBacking {
+        /// The device.
+        device: String,
+        /// The path given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Another device has these blocks already.
+    #[error("backing {path:?} is used by device {device} already")]
+    BackingTaken {
+        /// The path.
+        path: String,
+        /// Who has it.
+        device: String,
+    },
+    /// A data member's node id is also its target port group id and
+    /// relative target port id, 16-bit in SCSI.
+    #[error("member {member}: node id {node_id} must be 1..=65535 (it is also the member's target port group id)")]
+    NodeIdRange {
+        /// The member.
+        member: String,
+        /// The id given.
+        node_id: u64,
+    },
 }
 
 fn not_found(object: Object, name: &str) -> ConfigError {
@@ -412,6 +440,14 @@ impl ClusterConfig {
                 device: other.name.clone(),
             });
         }
+        if let Backing::Path(path) = &device.backing {
+            if let Some(other) = self.devices.values().find(|d| d.backing == device.backing) {
+                return Err(ConfigError::BackingTaken {
+                    path: path.display().to_string(),
+                    device: other.name.clone(),
+                });
+            }
+        }
         self.devices.insert(device.name.clone(), device.clone());
         Ok(Response::Changed)
     }
@@ -550,7 +586,10 @@ mod tests {
         for cmd in [
             Command::UpsertMember(member("m1", 1)),
             Command::CreateDevice(device("d1", 1, 1 << 20)),
-            Command::CreateDevice(device("d2", 2, 1 << 20)),
+            Command::CreateDevice(Device {
+                backing: Backing::default_for("d2"),
+                ..device("d2", 2, 1 << 20)
+            }),
             Command::CreateTarget {
                 iqn: T1.into(),
                 alias: None,
@@ -603,6 +642,8 @@ mod tests {
             ("node id taken", Command::UpsertMember(member("m2", 1)), err(ConfigError::NodeIdTaken { node_id: 1, member: "m1".into() })),
             ("bad member name", Command::UpsertMember(member("-m", 2)), Box::new(name_err(Object::Member))),
             ("member without links", Command::UpsertMember(no_links), err(ConfigError::NoLinks { member: "m3".into() })),
+            ("node id beyond port ids", Command::UpsertMember(member("m3", 65536)), err(ConfigError::NodeIdRange { member: "m3".into(), node_id: 65536 })),
+            ("node id 0", Command::UpsertMember(member("m3", 0)), err(ConfigError::NodeIdRange { member: "m3".into(), node_id: 0 })),
             ("witness", Command::UpsertMember(witness), Box::new(ok)),
             ("witness with portals", Command::UpsertMember(bad_witness), err(ConfigError::WitnessWithPortals { member: "w".into() })),
             ("remove member", Command::RemoveMember { id: MemberId("m1".into()) }, Box::new(ok)),
@@ -614,6 +655,11 @@ mod tests {
             ("zero size", Command::CreateDevice(device("d3", 3, 0)), err(ConfigError::InvalidSize { device: "d3".into(), size: 0, block_size: 512 })),
             ("unaligned size", Command::CreateDevice(device("d3", 3, 1000)), err(ConfigError::InvalidSize { device: "d3".into(), size: 1000, block_size: 512 })),
             ("odd block size", Command::CreateDevice(big_block), err(ConfigError::InvalidBlockSize { device: "d4".into(), block_size: 1024 })),
+            ("file device", Command::CreateDevice(Device { backing: Backing::default_for("d3"), ..device("d3", 3, 4096) }), Box::new(ok)),
+            ("absolute path", Command::CreateDevice(Device { backing: Backing::Path("/srv/d3.img".into()), ..device("d3", 3, 4096) }), Box::new(ok)),
+            ("path leaves the storage dir", Command::CreateDevice(Device { backing: Backing::Path("a/../../d3.img".into()), ..device("d3", 3, 4096) }), err(ConfigError::InvalidBacking { device: "d3".into(), path: "a/../../d3.img".into(), reason: "leaves the storage directory (a relative path may hold no '..' or '.')".into() })),
+            ("empty path", Command::CreateDevice(Device { backing: Backing::Path("".into()), ..device("d3", 3, 4096) }), err(ConfigError::InvalidBacking { device: "d3".into(), path: "".into(), reason: "is empty".into() })),
+            ("backing taken", Command::CreateDevice(Device { backing: Backing::default_for("d2"), ..device("d3", 3, 4096) }), err(ConfigError::BackingTaken { path: "d2.img".into(), device: "d2".into() })),
             ("grow", Command::ResizeDevice { name: "d1".into(), size: 2 << 20 }, Box::new(ok)),
             ("same size", Command::ResizeDevice { name: "d1".into(), size: 1 << 20 }, Box::new(same)),
             ("shrink", Command::ResizeDevice { name: "d1".into(), size: 512 }, err(ConfigError::Shrink { device: "d1".into(), size: 1 << 20, requested: 512 })),

@@ -89,10 +89,21 @@ pub struct Device {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Backing {
-    /// A file or block device at this path on the serving member.
+    /// A file or block device reachable from every member that serves the
+    /// device (shared storage): an absolute path, or a path relative to
+    /// each member's storage directory (`[cluster] storage_dir`).
     Path(PathBuf),
-    /// Memory (lost when the member stops; for tests and demos).
+    /// Memory of each serving member, one copy per member, not shared:
+    /// lost when the member stops; for tests and demos only.
     Memory,
+}
+
+impl Backing {
+    /// The backing of a device created without one: `NAME.img` in the
+    /// members' storage directory.
+    pub fn default_for(device: &str) -> Backing {
+        Backing::Path(PathBuf::from(format!("{device}.img")))
+    }
 }
 
 /// An iSCSI target and what it exposes.
@@ -322,14 +333,48 @@ impl Member {
                 member: self.id.0.clone(),
             });
         }
+        if !self.witness && self.port_id().is_none() {
+            return Err(ConfigError::NodeIdRange {
+                member: self.id.0.clone(),
+                node_id: self.node_id,
+            });
+        }
         Ok(())
+    }
+
+    /// The member's target port group id, which is also its relative target
+    /// port id and its portals' target portal group tag: its node id, when
+    /// that fits in 16 bits and is not 0. Unique in the cluster because
+    /// node ids are.
+    pub fn port_id(&self) -> Option<u16> {
+        u16::try_from(self.node_id).ok().filter(|&id| id != 0)
     }
 }
 
 impl Device {
-    /// Checks the device on its own: name, block size, size.
+    /// Checks the device on its own: name, block size, size, and that a
+    /// relative backing path stays inside the storage directory.
     pub fn check(&self) -> Result<(), ConfigError> {
         check_name(Object::Device, &self.name)?;
+        if let Backing::Path(path) = &self.backing {
+            let bad = |reason: &str| ConfigError::InvalidBacking {
+                device: self.name.clone(),
+                path: path.display().to_string(),
+                reason: reason.to_owned(),
+            };
+            if path.as_os_str().is_empty() {
+                return Err(bad("is empty"));
+            }
+            if path.is_relative()
+                && !path
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+            {
+                return Err(bad(
+                    "leaves the storage directory (a relative path may hold no '..' or '.')",
+                ));
+            }
+        }
         if !BLOCK_SIZES.contains(&self.block_size) {
             return Err(ConfigError::InvalidBlockSize {
                 device: self.name.clone(),

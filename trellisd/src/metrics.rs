@@ -1,0 +1,122 @@
+//! The data path's Prometheus metrics, appended to the control plane's on
+//! `/metrics`: per device, operations and bytes read and written, flushes,
+//! unmaps and errors since the member started, and its size.
+//!
+//! Device names are `[A-Za-z0-9._-]` and UUIDs hex with dashes, so label
+//! values need no escaping.
+
+use std::fmt::Write;
+
+use trellis_iscsi::target::DeviceIo;
+
+/// Prometheus text for `devices`.
+pub fn render(devices: &[DeviceIo]) -> String {
+    type Field = fn(&DeviceIo) -> u64;
+    let families: [(&str, &str, &str, Field); 8] = [
+        (
+            "trellis_device_read_ops_total",
+            "counter",
+            "Reads submitted to the backing store.",
+            |d| d.io.read_ops,
+        ),
+        (
+            "trellis_device_read_bytes_total",
+            "counter",
+            "Bytes read from the backing store.",
+            |d| d.io.read_bytes,
+        ),
+        (
+            "trellis_device_write_ops_total",
+            "counter",
+            "Writes (and write zeroes) submitted to the backing store.",
+            |d| d.io.write_ops,
+        ),
+        (
+            "trellis_device_write_bytes_total",
+            "counter",
+            "Bytes written to the backing store.",
+            |d| d.io.write_bytes,
+        ),
+        (
+            "trellis_device_flush_ops_total",
+            "counter",
+            "Cache flushes of the backing store.",
+            |d| d.io.flush_ops,
+        ),
+        (
+            "trellis_device_unmap_ops_total",
+            "counter",
+            "Unmaps (hole punches) of the backing store.",
+            |d| d.io.unmap_ops,
+        ),
+        (
+            "trellis_device_io_errors_total",
+            "counter",
+            "Backing store operations that failed.",
+            |d| d.io.errors,
+        ),
+        (
+            "trellis_device_size_bytes",
+            "gauge",
+            "The device's size.",
+            |d| d.size,
+        ),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, field) in families {
+        // Writing to a String cannot fail.
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for d in devices {
+            let _ = writeln!(
+                out,
+                "{name}{{device=\"{}\",uuid=\"{}\"}} {}",
+                d.name,
+                d.uuid,
+                field(d)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use trellis_datapath::IoTotals;
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn every_device_has_every_family() {
+        let io = IoTotals {
+            read_ops: 3,
+            read_bytes: 12288,
+            write_ops: 2,
+            write_bytes: 1024,
+            flush_ops: 1,
+            unmap_ops: 4,
+            errors: 0,
+        };
+        let text = render(&[DeviceIo {
+            name: "d1".into(),
+            uuid: Uuid::from_u128(1),
+            size: 1 << 20,
+            io,
+        }]);
+        let u = "00000000-0000-0000-0000-000000000001";
+        for line in [
+            format!("trellis_device_read_ops_total{{device=\"d1\",uuid=\"{u}\"}} 3"),
+            format!("trellis_device_read_bytes_total{{device=\"d1\",uuid=\"{u}\"}} 12288"),
+            format!("trellis_device_write_ops_total{{device=\"d1\",uuid=\"{u}\"}} 2"),
+            format!("trellis_device_write_bytes_total{{device=\"d1\",uuid=\"{u}\"}} 1024"),
+            format!("trellis_device_flush_ops_total{{device=\"d1\",uuid=\"{u}\"}} 1"),
+            format!("trellis_device_unmap_ops_total{{device=\"d1\",uuid=\"{u}\"}} 4"),
+            format!("trellis_device_io_errors_total{{device=\"d1\",uuid=\"{u}\"}} 0"),
+            format!("trellis_device_size_bytes{{device=\"d1\",uuid=\"{u}\"}} 1048576"),
+            "# TYPE trellis_device_read_ops_total counter".to_owned(),
+            "# TYPE trellis_device_size_bytes gauge".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+}
