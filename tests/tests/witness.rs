@@ -1,7 +1,8 @@
 //! Two data members and a witness (a Raft voter with no portals and no data
 //! path): killing either data member leaves the cluster writable (and the
 //! survivor serves what is created meanwhile), and the killed member
-//! catches up when it comes back.
+//! catches up when it comes back. A member that is not a voter joins as a
+//! learner and serves the devices too.
 
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,14 +15,16 @@ const TOKEN: &str = "witness-test-api-token";
 const TARGET: &str = "iqn.2026-12.io.trellis:witness-test";
 const HOST: &str = "iqn.2026-12.io.trellis:witness-test-host";
 
-fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
+/// Member `i`: m1, m2 (data members and voters), the witness w (3, a
+/// voter), m4 (a data member that is not a voter: it joins as a learner).
+fn config(i: usize, port: u16, raft: &[u16; 4], api: &[u16; 4]) -> String {
     let name = if i == 3 {
         "w".to_owned()
     } else {
         format!("m{i}")
     };
     let mut seeds = String::new();
-    for p in (1..=3).filter(|&p| p != i) {
+    for p in (1..=4).filter(|&p| p != i) {
         for net in [1, 2] {
             let l = if net == 1 { 'a' } else { 'b' };
             seeds.push_str(&format!(
@@ -31,7 +34,7 @@ fn config(i: usize, port: u16, raft: &[u16; 3], api: &[u16; 3]) -> String {
         }
     }
     let mut voters = String::new();
-    for (j, r) in raft.iter().enumerate() {
+    for (j, r) in raft.iter().take(3).enumerate() {
         voters.push_str(&format!(
             "  {{ id = {}, raft = \"127.0.0.1:{r}\" }},\n",
             j + 1
@@ -89,11 +92,11 @@ fn wait_listed(endpoint: &str, name: &str) {
 
 #[test]
 fn either_data_member_can_die_with_a_witness() {
-    let port = free_control_port(21..=23);
-    let raft = [free_port(), free_port(), free_port()];
-    let api = [free_port(), free_port(), free_port()];
+    let port = free_control_port(21..=24);
+    let raft = [free_port(), free_port(), free_port(), free_port()];
+    let api = [free_port(), free_port(), free_port(), free_port()];
     let url = |i: usize| format!("http://127.0.0.1:{}", api[i - 1]);
-    let texts: Vec<String> = (1..=3).map(|i| config(i, port, &raft, &api)).collect();
+    let texts: Vec<String> = (1..=4).map(|i| config(i, port, &raft, &api)).collect();
     let mut m1 = Trellisd::start_with(Some(&texts[0]), &[]).unwrap();
     let mut m2 = Trellisd::start_with(Some(&texts[1]), &[]).unwrap();
     let _w = Trellisd::start_witness(tempfile::tempdir().unwrap(), &texts[2]).unwrap();
@@ -147,5 +150,35 @@ fn either_data_member_can_die_with_a_witness() {
     let dir = std::mem::replace(&mut m2.dir, tempfile::tempdir().unwrap());
     m2 = Trellisd::start_in(dir, Some(&texts[1]), &[]).unwrap();
     wait_listed(&url(2), "while-m2-down");
-    drop((m1, m2));
+
+    // A fourth member, not among the voters, joins as a learner: it holds
+    // the configuration and serves the target like the others.
+    let m4 = Trellisd::start_with(Some(&texts[3]), &[]).unwrap();
+    wait_listed(&url(4), "while-m2-down");
+    let start = Instant::now();
+    loop {
+        let (_, out) = cli(&url(4), &["--json", "status"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        if v["raft"]["learners"] == serde_json::json!([4])
+            && v["raft"]["voters"] == serde_json::json!([1, 2, 3])
+        {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "status: {out}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let start = Instant::now();
+    loop {
+        let out = iscsi_tool("iscsi-ls", &["-i", HOST, "-s", &m4.portal_url()]).unwrap_or_default();
+        if out.contains(&format!("Target:{TARGET} Portal:{},4", m4.portal)) && out.contains("Lun:0")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "m4 does not serve it: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    drop((m1, m2, m4));
 }

@@ -82,7 +82,8 @@ struct ClusterSection {
     /// The token API clients must present.
     api_token: Option<Spanned<String>>,
     /// The initial voters, to form a new cluster (every voter lists the
-    /// same set; ignored once the cluster exists).
+    /// same set; ignored once the cluster exists). A member not among them
+    /// joins the cluster through them as a learner.
     #[serde(default)]
     voters: Vec<Spanned<VoterSection>>,
     /// A witness: a Raft voter with no portals and no data path.

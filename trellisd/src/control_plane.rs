@@ -71,7 +71,10 @@ pub fn start(
     )
     .context("cannot start the Raft node")?
     .with_members(node.members_source());
-    if !settings.voters.is_empty() {
+    // A member among the voters forms the cluster with them (a no-op once
+    // it exists); any other joins it as a learner through them.
+    let learner = !settings.voters.is_empty() && !settings.voters.contains_key(&settings.node_id);
+    if !learner && !settings.voters.is_empty() {
         service
             .initialize(settings.voters.clone())
             .context("cannot form the cluster from `voters`")?;
@@ -81,12 +84,31 @@ pub fn start(
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
 
-    // Register (or refresh) this member once a leader accepts writes.
+    // Join as a learner if this member is not a voter, then register (or
+    // refresh) this member once a leader accepts writes.
     let (svc, who, stop2) = (Arc::clone(&service), me.clone(), Arc::clone(&stop));
+    let voters: Vec<SocketAddr> = settings.voters.values().copied().collect();
     threads.push(
         std::thread::Builder::new()
             .name("trellis-register".into())
             .spawn(move || {
+                let mut said = String::new();
+                while learner && !stop2.load(Ordering::Relaxed) {
+                    match svc.join(&voters) {
+                        Ok(()) => {
+                            tracing::info!(member = %who.id, "joined the cluster as a learner (non-voting replica)");
+                            break;
+                        }
+                        Err(e) => {
+                            let why = e.to_string();
+                            if why != said {
+                                tracing::warn!(error = %why, "cannot join the cluster yet; retrying");
+                                said = why;
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
                 while !stop2.load(Ordering::Relaxed) {
                     match svc.write_blocking(Command::UpsertMember(who.clone())) {
                         Ok(_) => {

@@ -327,6 +327,32 @@ impl ConfigService {
         self.submit_blocking(forwarded).map(|_| ())
     }
 
+    /// Whether this node is in the cluster's membership (voter or
+    /// learner), as far as its own log tells.
+    pub fn is_member(&self) -> bool {
+        self.shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.shared.id)
+            .is_some()
+    }
+
+    /// Joins an existing cluster as a learner (a non-voting member that
+    /// replicates the configuration), asking through any of `peers` (Raft
+    /// addresses of members; a follower passes the request to the leader).
+    /// Returns once the leader has added this node and it has caught up;
+    /// does nothing when this node is a member already.
+    pub fn join(&self, peers: &[SocketAddr]) -> Result<(), ServiceError> {
+        if self.is_member() {
+            return Ok(());
+        }
+        run_blocking(&self.handle, join(self.shared.clone(), peers.to_vec()))
+            .map_err(|e| ServiceError::Internal(e.to_string()))?
+    }
+
     /// Makes `voters` the voting members (each already a member or a
     /// learner); voters left out leave the cluster.
     pub fn change_membership(&self, voters: BTreeSet<u64>) -> Result<(), ServiceError> {
@@ -469,6 +495,43 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
         }
     }
     Err(ServiceError::NoLeader)
+}
+
+/// Asks each of `peers` in turn to add this node as a learner, following
+/// leader hints.
+async fn join(shared: Arc<Shared>, peers: Vec<SocketAddr>) -> Result<(), ServiceError> {
+    let deadline = Instant::now() + shared.settings.write_timeout;
+    let request = Forwarded::AddLearner {
+        id: shared.id,
+        addr: shared.addr.to_string(),
+    };
+    let mut why = String::from("no peer to ask");
+    for peer in peers.iter().filter(|&&p| p != shared.addr) {
+        let mut addr = peer.to_string();
+        for _ in 0..MAX_HOPS {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match transport::forward(&addr, request.clone(), remaining).await {
+                Ok(Outcome::Applied(_)) => return Ok(()),
+                Ok(Outcome::NotLeader {
+                    leader: Some((_, leader)),
+                }) => addr = leader,
+                Ok(Outcome::Refused(e)) => {
+                    return Err(ServiceError::Internal(format!(
+                        "{addr} refused to add this member: {e}"
+                    )))
+                }
+                Ok(other) => {
+                    why = format!("{addr}: {other:?}");
+                    break;
+                }
+                Err(e) => {
+                    why = format!("{addr}: {}", chain(&e));
+                    break;
+                }
+            }
+        }
+    }
+    Err(ServiceError::Unavailable(why))
 }
 
 impl ClusterService for ConfigService {

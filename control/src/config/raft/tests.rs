@@ -258,6 +258,56 @@ fn a_learner_joins_and_becomes_a_voter() {
 }
 
 #[test]
+fn a_new_node_joins_as_a_learner_through_any_member() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.initialize_all();
+    let leader = cluster.leader();
+    assert_eq!(
+        write_eventually(&cluster.nodes[&leader], create_target(1)),
+        Ok(Response::Changed)
+    );
+    // Asked through a follower (and a dead address first): the follower
+    // passes it to the leader.
+    let follower = *cluster
+        .addrs
+        .keys()
+        .find(|&&id| id != leader)
+        .expect("a follower");
+    cluster.start(4, loopback());
+    let node4 = &cluster.nodes[&4];
+    assert!(!node4.is_member());
+    let dead = SocketAddr::from(([127, 0, 0, 1], 1));
+    node4
+        .join(&[dead, cluster.addrs[&follower]])
+        .expect("join as a learner");
+    assert!(node4.is_member());
+    wait_until("node 4 to be a learner everywhere", || {
+        cluster
+            .nodes
+            .values()
+            .all(|n| n.raft().learners == vec![4] && n.raft().voters == vec![1, 2, 3])
+            .then_some(())
+    });
+    cluster.wait_all_have(&[1]);
+    // A learner's writes go to the leader; it applies what others write.
+    assert_eq!(
+        cluster.nodes[&4].write_blocking(create_target(2)),
+        Ok(Response::Changed)
+    );
+    cluster.wait_all_have(&[1, 2]);
+    // Joining again is a no-op; with no reachable peer it says so.
+    cluster.nodes[&4].join(&[dead]).expect("a member already");
+    cluster.start(5, loopback());
+    let err = cluster.nodes[&5]
+        .join(&[dead])
+        .expect_err("no peer answers");
+    assert!(matches!(err, ServiceError::Unavailable(_)), "{err:?}");
+    for id in [1, 2, 3, 4, 5] {
+        cluster.stop(id);
+    }
+}
+
+#[test]
 fn a_new_member_far_behind_gets_a_snapshot() {
     let mut cluster = Cluster::new(&[]);
     let store = ConfigStore::open(cluster.path(1)).expect("open store");
