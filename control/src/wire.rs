@@ -39,6 +39,11 @@ impl ClusterKey {
         Ok(Self(secret.to_vec()))
     }
 
+    /// The secret bytes, for keys derived from it (Raft connections).
+    pub(crate) fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC takes keys of any length; new_from_slice cannot fail for it.
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!())

@@ -315,12 +315,20 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         "{out}"
     );
 
-    // A member with another cluster key is refused, with the reason.
-    let intruder = Trellisd::start_with(
-        Some(&member_config(4, port, "not-the-cluster-key-at-all", &[1])),
-        &[],
-    )
-    .unwrap();
+    // A member with another cluster key is refused, with the reason: its
+    // control datagrams, and its Raft connections when it tries to join.
+    let voters: String = raft_ports
+        .iter()
+        .enumerate()
+        .map(|(j, p)| format!("{{ id = {}, raft = \"127.0.0.1:{p}\" }},", j + 1))
+        .collect();
+    let intruder_text = member_config(4, port, "not-the-cluster-key-at-all", &[1])
+        + &format!(
+            "node_id = 4\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\napi_token = \"{TOKEN}\"\nvoters = [{voters}]\n",
+            free_port(),
+            free_port()
+        );
+    let intruder = Trellisd::start_with(Some(&intruder_text), &[]).unwrap();
     wait_log(
         &members[0],
         &[
@@ -329,7 +337,23 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         ],
         "wrong key",
     );
+    wait_log(
+        &intruder,
+        &["cannot join the cluster yet", "authentication failed"],
+        "the intruder's Raft join",
+    );
+    let refused = |m: &Trellisd| {
+        m.log_text()
+            .lines()
+            .any(|l| l.contains("Raft connection refused") && l.contains("authentication failed"))
+    };
+    assert!(
+        members.iter().any(refused),
+        "some member logs the refused Raft connection"
+    );
     assert!(!members[0].log_text().contains("member admitted member=m4"));
+    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "member", "list"]);
+    assert!(!out.contains("\"m4\""), "m4 never registered: {out}");
     drop(intruder);
 
     // m3 dies: the others see it suspect, then failed.

@@ -128,6 +128,8 @@ pub struct ControlSettings {
     pub voters: std::collections::BTreeMap<u64, SocketAddr>,
     /// Where relative device backings live (shared storage).
     pub storage_dir: PathBuf,
+    /// The cluster key, which authenticates Raft connections too.
+    pub key: ClusterKey,
 }
 
 #[derive(Debug, Deserialize)]
@@ -573,7 +575,10 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         None => data_dir,
     };
 
+    let key = ClusterKey::new(c.key.get_ref().as_bytes())
+        .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
     Ok(Some(ControlSettings {
+        key,
         node_id,
         raft: addr(raft, "raft")?,
         api: addr(api, "api")?,

@@ -67,6 +67,7 @@ pub fn start(
         settings.node_id,
         settings.raft,
         store,
+        settings.key.clone(),
         RaftSettings::default(),
     )
     .context("cannot start the Raft node")?

@@ -18,6 +18,7 @@
 //! [`ClusterService::write`], whose future runs on that runtime and can be
 //! awaited from any executor.
 
+mod auth;
 mod execute;
 mod transport;
 
@@ -45,6 +46,7 @@ use super::store::{NodeId, TypeConfig};
 use super::{Command, ConfigReader, ConfigStore, Response};
 use crate::membership::MemberStatus;
 use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
+use crate::wire::ClusterKey;
 
 /// How many members a write may be passed along (a leader that lost its
 /// role naming the next one) before giving up.
@@ -150,6 +152,8 @@ pub type MembersSource = Arc<dyn Fn() -> Vec<MemberStatus> + Send + Sync>;
 struct Shared {
     id: NodeId,
     addr: SocketAddr,
+    /// Authenticates Raft connections, made and accepted.
+    key: ClusterKey,
     raft: Raft<TypeConfig>,
     reader: ConfigReader,
     settings: RaftSettings,
@@ -220,6 +224,7 @@ impl ConfigService {
         node_id: u64,
         raft_addr: SocketAddr,
         store: ConfigStore,
+        key: ClusterKey,
         settings: RaftSettings,
     ) -> Result<ConfigService, RaftError> {
         let config = Arc::new(settings.openraft()?);
@@ -237,7 +242,10 @@ impl ConfigService {
         };
         let reader = store.reader();
         let (log, state_machine) = store.into_raft_parts();
-        let network = transport::Network { id: node_id };
+        let network = transport::Network {
+            id: node_id,
+            key: key.clone(),
+        };
         let (listener, addr, raft) = run_blocking(&handle, async move {
             let listener =
                 TcpListener::bind(raft_addr)
@@ -259,12 +267,14 @@ impl ConfigService {
             listener,
             raft.clone(),
             settings.write_timeout,
+            key.clone(),
         ));
         tracing::info!(node_id, %addr, "Raft node started");
         Ok(ConfigService {
             shared: Arc::new(Shared {
                 id: node_id,
                 addr,
+                key,
                 raft,
                 reader,
                 settings,
@@ -455,7 +465,7 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
         let outcome = if leader == shared.id {
             execute(&shared.raft, forwarded.clone(), remaining).await
         } else {
-            match transport::forward(&addr, forwarded.clone(), remaining).await {
+            match transport::forward(&addr, &shared.key, forwarded.clone(), remaining).await {
                 Ok(outcome) => outcome,
                 Err(TransportError::Connect { .. }) => {
                     // Nothing was sent: wait for another leader and retry.
@@ -510,7 +520,7 @@ async fn join(shared: Arc<Shared>, peers: Vec<SocketAddr>) -> Result<(), Service
         let mut addr = peer.to_string();
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match transport::forward(&addr, request.clone(), remaining).await {
+            match transport::forward(&addr, &shared.key, request.clone(), remaining).await {
                 Ok(Outcome::Applied(_)) => return Ok(()),
                 Ok(Outcome::NotLeader {
                     leader: Some((_, leader)),

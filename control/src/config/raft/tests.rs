@@ -23,6 +23,11 @@ fn settings() -> RaftSettings {
     }
 }
 
+/// The cluster key of the test clusters.
+fn key() -> ClusterKey {
+    ClusterKey::new(b"raft-test-cluster-key").expect("key")
+}
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -75,7 +80,7 @@ impl Cluster {
 
     fn start(&mut self, id: u64, addr: SocketAddr) {
         let store = ConfigStore::open(self.path(id)).expect("open store");
-        let node = ConfigService::start(id, addr, store, settings()).expect("start");
+        let node = ConfigService::start(id, addr, store, key(), settings()).expect("start");
         self.addrs.insert(id, node.raft_addr());
         self.nodes.insert(id, node);
     }
@@ -308,6 +313,27 @@ fn a_new_node_joins_as_a_learner_through_any_member() {
 }
 
 #[test]
+fn a_node_with_another_cluster_key_is_refused() {
+    let mut cluster = Cluster::new(&[1]);
+    cluster.initialize_all();
+    cluster.leader();
+    let store = ConfigStore::open(cluster.path(9)).expect("open store");
+    let other = ClusterKey::new(b"not-the-cluster-key").expect("key");
+    let intruder = ConfigService::start(9, loopback(), store, other, settings()).expect("start");
+    let err = intruder
+        .join(&[cluster.addrs[&1]])
+        .expect_err("a wrong key cannot join");
+    assert!(
+        matches!(&err, ServiceError::Unavailable(why) if why.contains("authentication failed")),
+        "{err:?}"
+    );
+    assert!(!intruder.is_member());
+    assert_eq!(intruder.config(), ClusterConfig::default());
+    intruder.shutdown().expect("clean shutdown");
+    cluster.stop(1);
+}
+
+#[test]
 fn a_new_member_far_behind_gets_a_snapshot() {
     let mut cluster = Cluster::new(&[]);
     let store = ConfigStore::open(cluster.path(1)).expect("open store");
@@ -316,7 +342,7 @@ fn a_new_member_far_behind_gets_a_snapshot() {
         logs_kept_after_snapshot: 0,
         ..settings()
     };
-    let node = ConfigService::start(1, loopback(), store, eager).expect("start");
+    let node = ConfigService::start(1, loopback(), store, key(), eager).expect("start");
     cluster.addrs.insert(1, node.raft_addr());
     cluster.nodes.insert(1, node);
     cluster.initialize_all();
@@ -353,7 +379,7 @@ fn an_uninitialized_node_has_no_leader_and_lists_its_members_source() {
         leader_wait: Duration::from_millis(50),
         ..settings()
     };
-    let node = ConfigService::start(7, loopback(), store, settings)
+    let node = ConfigService::start(7, loopback(), store, key(), settings)
         .expect("start")
         .with_members(Arc::new(Vec::new));
     assert_eq!(
@@ -381,7 +407,13 @@ fn settings_are_checked() {
         election_timeout_max: Duration::from_millis(1000),
         ..settings()
     };
-    let err = ConfigService::start(1, loopback(), ConfigStore::in_memory().expect("store"), bad)
-        .expect_err("min above max");
+    let err = ConfigService::start(
+        1,
+        loopback(),
+        ConfigStore::in_memory().expect("store"),
+        key(),
+        bad,
+    )
+    .expect_err("min above max");
     assert!(matches!(err, RaftError::Settings(_)));
 }

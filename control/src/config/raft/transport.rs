@@ -1,5 +1,6 @@
 //! Raft RPCs over TCP: length-prefixed JSON frames, one request and one
-//! reply at a time on a connection.
+//! reply at a time on a connection, each connection authenticated with the
+//! cluster key and each frame carrying an HMAC (`auth`).
 //!
 //! ```text
 //!  openraft replication ─> Peer (RaftNetwork) ──frame──> server task ─> Raft::append_entries
@@ -9,10 +10,11 @@
 //!                                                                        membership changes)
 //! ```
 //!
-//! A frame is a big-endian `u32` length then that many bytes of JSON. A
-//! [`Peer`] keeps one connection to its target and drops it on any error or
-//! timeout, so the next call reconnects; a forwarded write opens a
-//! connection of its own.
+//! A frame is a big-endian `u32` length, that many bytes of JSON, and a
+//! 32-byte tag. A [`Peer`] keeps one connection to its target and drops it
+//! on any error or timeout, so the next call reconnects; a forwarded write
+//! opens a connection of its own. A connection whose peer does not prove
+//! the cluster key is closed before anything is read from it.
 
 use std::io;
 use std::time::Duration;
@@ -32,8 +34,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::auth::{self, Direction, Session, TAG};
 use super::execute::{execute, Forwarded, Outcome};
 use crate::config::store::{NodeId, TypeConfig};
+use crate::wire::ClusterKey;
+
+/// How long a peer may take to authenticate a new connection.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest frame accepted (a snapshot chunk or a batch of entries is
 /// far smaller).
@@ -69,6 +76,15 @@ pub enum TransportError {
     /// The peer replied to a different kind of request.
     #[error("the peer's reply does not match the request")]
     Mismatch,
+    /// The peer does not speak the authenticated Raft transport.
+    #[error("Raft handshake failed: {0}")]
+    Handshake(&'static str),
+    /// The peer did not prove the cluster key, or refused ours.
+    #[error("Raft connection refused: authentication failed (cluster key mismatch?)")]
+    Refused,
+    /// A frame's tag did not check (altered, replayed or out of order).
+    #[error("a Raft frame failed authentication")]
+    BadFrame,
 }
 
 /// What a member asks another.
@@ -99,7 +115,7 @@ pub(super) enum Reply {
     Forward(Outcome),
 }
 
-async fn write_frame<W, T>(w: &mut W, value: &T) -> Result<(), TransportError>
+async fn write_frame<W, T>(w: &mut W, dir: &mut Direction, value: &T) -> Result<(), TransportError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
@@ -109,17 +125,18 @@ where
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
         .ok_or(TransportError::TooLarge(body.len()))?;
-    let mut frame = Vec::with_capacity(4 + body.len());
+    let mut frame = Vec::with_capacity(4 + body.len() + TAG);
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&body);
+    frame.extend_from_slice(&dir.seal(&body));
     w.write_all(&frame).await?;
     w.flush().await?;
     Ok(())
 }
 
-/// Reads one frame; `Ok(None)` when the peer closed the connection
-/// between frames.
-async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, TransportError>
+/// Reads one frame and checks its tag; `Ok(None)` when the peer closed the
+/// connection between frames.
+async fn read_frame<R, T>(r: &mut R, dir: &mut Direction) -> Result<Option<T>, TransportError>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
@@ -136,25 +153,36 @@ where
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
+    let mut tag = [0u8; TAG];
+    r.read_exact(&mut tag).await?;
+    dir.open(&body, &tag)?;
     serde_json::from_slice(&body)
         .map(Some)
         .map_err(TransportError::Decode)
 }
 
-async fn connect(addr: &str) -> Result<TcpStream, TransportError> {
-    let stream = TcpStream::connect(addr)
+/// An authenticated connection to a peer.
+#[derive(Debug)]
+pub(super) struct Conn {
+    stream: TcpStream,
+    session: Session,
+}
+
+async fn connect(addr: &str, key: &ClusterKey) -> Result<Conn, TransportError> {
+    let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|source| TransportError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
     stream.set_nodelay(true)?;
-    Ok(stream)
+    let session = auth::client(&mut stream, key).await?;
+    Ok(Conn { stream, session })
 }
 
-async fn round_trip(stream: &mut TcpStream, request: &Request) -> Result<Reply, TransportError> {
-    write_frame(stream, request).await?;
-    read_frame(stream)
+async fn round_trip(conn: &mut Conn, request: &Request) -> Result<Reply, TransportError> {
+    write_frame(&mut conn.stream, &mut conn.session.send, request).await?;
+    read_frame(&mut conn.stream, &mut conn.session.recv)
         .await?
         .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof).into())
 }
@@ -163,12 +191,13 @@ async fn round_trip(stream: &mut TcpStream, request: &Request) -> Result<Reply, 
 /// member knows) on a connection of its own and waits for the outcome.
 pub(super) async fn forward(
     addr: &str,
+    key: &ClusterKey,
     forwarded: Forwarded,
     ttl: Duration,
 ) -> Result<Outcome, TransportError> {
     let call = async {
-        let mut stream = connect(addr).await?;
-        round_trip(&mut stream, &Request::Forward(forwarded)).await
+        let mut conn = connect(addr, key).await?;
+        round_trip(&mut conn, &Request::Forward(forwarded)).await
     };
     match tokio::time::timeout(ttl, call).await {
         Err(_) => Err(TransportError::Timeout(ttl)),
@@ -180,14 +209,23 @@ pub(super) async fn forward(
 
 /// Accepts connections on `listener` and serves each on a task of its own,
 /// until the task running this is aborted.
-pub(super) async fn serve(listener: TcpListener, raft: Raft<TypeConfig>, write_timeout: Duration) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    raft: Raft<TypeConfig>,
+    write_timeout: Duration,
+    key: ClusterKey,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let raft = raft.clone();
+                let (raft, key) = (raft.clone(), key.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = serve_connection(stream, &raft, write_timeout).await {
-                        tracing::debug!(%peer, error = %e, "Raft connection closed");
+                    match serve_connection(stream, &raft, write_timeout, &key).await {
+                        Err(e @ (TransportError::Refused | TransportError::Handshake(_))) => {
+                            tracing::warn!(%peer, error = %e, "Raft connection refused")
+                        }
+                        Err(e) => tracing::debug!(%peer, error = %e, "Raft connection closed"),
+                        Ok(()) => {}
                     }
                 });
             }
@@ -204,9 +242,13 @@ async fn serve_connection(
     mut stream: TcpStream,
     raft: &Raft<TypeConfig>,
     write_timeout: Duration,
+    key: &ClusterKey,
 ) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
-    while let Some(request) = read_frame::<_, Request>(&mut stream).await? {
+    let mut session = tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, key))
+        .await
+        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
+    while let Some(request) = read_frame::<_, Request>(&mut stream, &mut session.recv).await? {
         let reply = match request {
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
             Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
@@ -217,7 +259,7 @@ async fn serve_connection(
                 Reply::Forward(execute(raft, forwarded, write_timeout).await)
             }
         };
-        write_frame(&mut stream, &reply).await?;
+        write_frame(&mut stream, &mut session.send, &reply).await?;
     }
     Ok(())
 }
@@ -227,6 +269,8 @@ async fn serve_connection(
 pub(super) struct Network {
     /// This member's node id, for error reports.
     pub(super) id: NodeId,
+    /// The cluster key connections are authenticated with.
+    pub(super) key: ClusterKey,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -237,7 +281,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             id: self.id,
             target,
             addr: node.addr.clone(),
-            stream: None,
+            key: self.key.clone(),
+            conn: None,
         }
     }
 }
@@ -248,23 +293,24 @@ pub(super) struct Peer {
     id: NodeId,
     target: NodeId,
     addr: String,
-    stream: Option<TcpStream>,
+    key: ClusterKey,
+    conn: Option<Conn>,
 }
 
 impl Peer {
     async fn call(&mut self, request: Request, ttl: Duration) -> Result<Reply, TransportError> {
         let result = tokio::time::timeout(ttl, async {
-            let stream = match &mut self.stream {
-                Some(stream) => stream,
-                None => self.stream.insert(connect(&self.addr).await?),
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                None => self.conn.insert(connect(&self.addr, &self.key).await?),
             };
-            round_trip(stream, &request).await
+            round_trip(conn, &request).await
         })
         .await
         .unwrap_or(Err(TransportError::Timeout(ttl)));
         if result.is_err() {
             // The stream may be mid-frame: start over on the next call.
-            self.stream = None;
+            self.conn = None;
         }
         result
     }
@@ -353,26 +399,45 @@ mod tests {
     use crate::config::Command;
 
     #[tokio::test]
-    async fn frames_round_trip_and_oversized_ones_are_refused() {
+    async fn frames_round_trip_and_bad_ones_are_refused() {
+        let key = ClusterKey::new(b"transport-test-key").expect("key");
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let (c, s) = tokio::join!(auth::client(&mut a, &key), auth::server(&mut b, &key));
+        let (mut c, mut s) = (c.expect("client"), s.expect("server"));
         let request = Request::Forward(Forwarded::Write(Command::CreateTarget {
             iqn: "iqn.2024-01.org.example:t1".to_owned(),
             alias: None,
         }));
-        write_frame(&mut a, &request).await.expect("write");
-        let back: Request = read_frame(&mut b).await.expect("read").expect("a frame");
+        write_frame(&mut a, &mut c.send, &request)
+            .await
+            .expect("write");
+        let back: Request = read_frame(&mut b, &mut s.recv)
+            .await
+            .expect("read")
+            .expect("a frame");
         assert_eq!(format!("{back:?}"), format!("{request:?}"));
+
+        // A frame whose body was altered on the way fails its tag.
+        let body = b"{}";
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(b"[]");
+        frame.extend_from_slice(&c.send.seal(body));
+        a.write_all(&frame).await.expect("write");
+        let err = read_frame::<_, Request>(&mut b, &mut s.recv)
+            .await
+            .expect_err("altered");
+        assert!(matches!(err, TransportError::BadFrame), "{err:?}");
 
         a.write_all(&(MAX_FRAME as u32 + 1).to_be_bytes())
             .await
             .expect("write");
-        let err = read_frame::<_, Request>(&mut b)
+        let err = read_frame::<_, Request>(&mut b, &mut s.recv)
             .await
             .expect_err("too large");
         assert!(matches!(err, TransportError::TooLarge(_)));
 
         drop(a);
-        assert!(read_frame::<_, Request>(&mut b)
+        assert!(read_frame::<_, Request>(&mut b, &mut s.recv)
             .await
             .expect("clean EOF")
             .is_none());
