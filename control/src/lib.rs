@@ -26,6 +26,7 @@
 pub mod api;
 pub mod config;
 pub mod discovery;
+pub mod mdns;
 pub mod membership;
 pub mod node;
 pub mod service;

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! link a socket ─ recv thread ─┐                       ┌─> Discovery  ─> Send / Admitted / Rejected
-//! link b socket ─ recv thread ─┴─> channel ─> state ───┤
-//!                                  (timeout = next      └─> Membership ─> link / member events
+//! link b socket ─ recv thread ─┼─> channel ─> state ───┤
+//! mDNS browser (optional) ─────┘  (timeout = next      └─> Membership ─> link / member events
 //!                                   deadline)         every interval: heartbeats on every link
 //! ```
 //!
@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::discovery::{self, Discovery, Identity, Output};
+use crate::mdns::{Found, Mdns};
 use crate::membership::{self, Event, MemberStatus, Membership};
 use crate::wire::{self, Header, Message, Role};
 use crate::{LinkName, MemberId};
@@ -43,6 +44,18 @@ pub struct NodeConfig {
     pub discovery: discovery::Config,
     /// Failure detector timers.
     pub membership: membership::Config,
+    /// Advertise and browse with DNS-SD over mDNS on the links (besides
+    /// the seeds).
+    pub mdns: bool,
+}
+
+/// What the state thread is told.
+#[derive(Debug)]
+enum Input {
+    /// A datagram arrived on a link.
+    Datagram(LinkName, SocketAddr, Vec<u8>),
+    /// The mDNS browser found a candidate.
+    Found(Found),
 }
 
 /// Starting a node failed.
@@ -86,6 +99,7 @@ pub struct Node {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     member: MemberId,
+    mdns: Option<Mdns>,
 }
 
 impl Node {
@@ -119,7 +133,27 @@ impl Node {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(Status::default()));
-        let (tx, rx) = mpsc::channel::<(LinkName, SocketAddr, Vec<u8>)>();
+        let (tx, rx) = mpsc::channel::<Input>();
+        let mdns = if cfg.mdns {
+            let tx = tx.clone();
+            match Mdns::start(&cfg.identity, &cfg.links, move |f| {
+                let _ = tx.send(Input::Found(f));
+            }) {
+                Ok(m) => {
+                    tracing::info!(
+                        service = discovery::SERVICE_TYPE,
+                        "mDNS: advertising and browsing on the links"
+                    );
+                    Some(m)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "mDNS unavailable; discovery uses the seeds only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut threads = Vec::new();
         for (link, sock) in &sockets {
             let (link, sock, tx, stop) = (
@@ -155,6 +189,7 @@ impl Node {
             stop,
             threads,
             member,
+            mdns,
         })
     }
 
@@ -184,8 +219,12 @@ impl Node {
             .clone()
     }
 
-    /// Stops the threads (the sockets close with them).
+    /// Stops the threads (the sockets close with them) and withdraws the
+    /// mDNS records.
     pub fn shutdown(self) {
+        if let Some(m) = self.mdns {
+            m.shutdown();
+        }
         self.stop.store(true, Ordering::SeqCst);
         for t in self.threads {
             let _ = t.join();
@@ -193,17 +232,15 @@ impl Node {
     }
 }
 
-fn receive(
-    link: &LinkName,
-    sock: &UdpSocket,
-    tx: &mpsc::Sender<(LinkName, SocketAddr, Vec<u8>)>,
-    stop: &AtomicBool,
-) {
+fn receive(link: &LinkName, sock: &UdpSocket, tx: &mpsc::Sender<Input>, stop: &AtomicBool) {
     let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
     while !stop.load(Ordering::Relaxed) {
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => {
-                if tx.send((link.clone(), from, buf[..n].to_vec())).is_err() {
+                if tx
+                    .send(Input::Datagram(link.clone(), from, buf[..n].to_vec()))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -232,7 +269,7 @@ struct State {
 }
 
 impl State {
-    fn run(mut self, rx: &mpsc::Receiver<(LinkName, SocketAddr, Vec<u8>)>, stop: &AtomicBool) {
+    fn run(mut self, rx: &mpsc::Receiver<Input>, stop: &AtomicBool) {
         let interval = self.cfg.membership.heartbeat_interval;
         let start = Instant::now();
         let mut next_beat = start;
@@ -244,7 +281,18 @@ impl State {
                 deadline = deadline.min(d);
             }
             match rx.recv_timeout(deadline.saturating_duration_since(now)) {
-                Ok((link, from, data)) => self.datagram(Instant::now(), &link, from, &data),
+                Ok(Input::Datagram(link, from, data)) => {
+                    self.datagram(Instant::now(), &link, from, &data)
+                }
+                Ok(Input::Found(f)) => {
+                    let out = self.disc.found(
+                        Instant::now(),
+                        &f.link,
+                        Some(&f.member),
+                        &f.addr.to_string(),
+                    );
+                    self.outputs(Instant::now(), out);
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -400,10 +448,20 @@ mod tests {
     }
 
     fn node(name: &str, links: &[SocketAddr; 2], seeds: Vec<(LinkName, String)>) -> Node {
+        node_with(name, "test", links, seeds, false)
+    }
+
+    fn node_with(
+        name: &str,
+        cluster: &str,
+        links: &[SocketAddr; 2],
+        seeds: Vec<(LinkName, String)>,
+        mdns: bool,
+    ) -> Node {
         Node::start(NodeConfig {
             identity: Identity {
                 member: MemberId(name.into()),
-                cluster: ClusterId("test".into()),
+                cluster: ClusterId(cluster.into()),
                 key: ClusterKey::new(b"a cluster key of some length").expect("key"),
                 software: "test".into(),
                 protocol: ProtocolVersion::CURRENT,
@@ -419,8 +477,43 @@ mod tests {
                 ..discovery::Config::default()
             },
             membership: membership::Config::default(),
+            mdns,
         })
         .expect("node starts")
+    }
+
+    fn up(n: &Node, peer: &str) -> bool {
+        n.status().members.iter().any(|m| {
+            m.member.0 == peer
+                && m.state == membership::MemberState::Alive
+                && m.links.len() == 2
+                && m.links.iter().all(|l| l.state == membership::LinkState::Up)
+        })
+    }
+
+    /// Two nodes with no seeds find each other by DNS-SD over mDNS on
+    /// loopback, and admit each other on both links.
+    #[test]
+    fn two_nodes_find_each_other_by_mdns() {
+        // A cluster name of this run alone: other runs on the machine
+        // advertise on the same loopback.
+        let cluster = format!("mdns-{}", std::process::id());
+        let a = [free_addr("127.0.0.1"), free_addr("127.0.0.1")];
+        let b = [free_addr("127.0.0.1"), free_addr("127.0.0.1")];
+        let n1 = node_with("n1", &cluster, &a, Vec::new(), true);
+        let n2 = node_with("n2", &cluster, &b, Vec::new(), true);
+        let start = Instant::now();
+        while !(up(&n1, "n2") && up(&n2, "n1")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "not found by mDNS: {:?} / {:?}",
+                n1.status(),
+                n2.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        n1.shutdown();
+        n2.shutdown();
     }
 
     /// Two nodes on real loopback sockets find each other from one seed and
@@ -438,14 +531,6 @@ mod tests {
                 (LinkName("b".into()), a[1].to_string()),
             ],
         );
-        let up = |n: &Node, peer: &str| {
-            n.status().members.iter().any(|m| {
-                m.member.0 == peer
-                    && m.state == membership::MemberState::Alive
-                    && m.links.len() == 2
-                    && m.links.iter().all(|l| l.state == membership::LinkState::Up)
-            })
-        };
         let start = Instant::now();
         while !(up(&n1, "n2") && up(&n2, "n1")) {
             assert!(

@@ -10,10 +10,13 @@
 //!   veth b 10.202.0.1 ── bridge b ── 10.202.0.2 veth b
 //! ```
 //!
+//! A namespace with no trellisd in it is a host: with a veth on each
+//! network it is a multipath initiator (`Lab::exec` runs clients there).
+//!
 //! Needs root and iproute2. Names carry a per-lab tag, so labs of tests
 //! running at the same time do not meet; everything is deleted on drop.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -116,6 +119,18 @@ impl Lab {
     /// Plugs member `i` back into network `l`.
     pub fn restore(&self, i: usize, l: char) -> Result<()> {
         ip(&["link", "set", &self.outer(i, l), "up"])
+    }
+
+    /// Runs `program` with `args` in namespace `i` (at most 60 s); its
+    /// output.
+    pub fn exec(&self, i: usize, program: &std::path::Path, args: &[&str]) -> Result<Output> {
+        crate::run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns(i)])
+                .arg(program)
+                .args(args),
+            Duration::from_secs(60),
+        )
     }
 
     /// Starts trellisd in member `i`'s namespace with `config`, in data

@@ -72,6 +72,9 @@ struct ClusterSection {
     /// Static addresses of other members, for networks without multicast.
     #[serde(default)]
     seeds: Vec<Spanned<SeedSection>>,
+    /// Advertise and browse with DNS-SD over mDNS on the links.
+    #[serde(default = "yes")]
+    mdns: bool,
     /// This member's Raft node id (with `raft`, `api`, `api_token`: the
     /// replicated configuration and the management API run here).
     node_id: Option<u64>,
@@ -648,6 +651,7 @@ pub fn load_cluster(name: &str, text: &str) -> Result<Option<NodeConfig>> {
         seeds,
         discovery: trellis_control::discovery::Config::default(),
         membership: trellis_control::membership::Config::default(),
+        mdns: c.mdns,
     }))
 }
 
