@@ -13,7 +13,8 @@
 //! another; with the Raft leader SIGKILLed the others take writes, and the
 //! restarted leader catches up and serves what was created meanwhile; all
 //! three restarted keep the configuration and the data; a wrong token is
-//! refused.
+//! refused; members with a wrong key or an incompatible control protocol
+//! are refused, by discovery and by Raft, with the reason in the logs.
 //!
 //! Cutting one link of one member needs network namespaces: `links.rs`.
 
@@ -84,7 +85,7 @@ fn wait_log(d: &Trellisd, parts: &[&str], what: &str) {
 
 #[test]
 fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
-    let port = free_control_port(1..=4);
+    let port = free_control_port(1..=5);
     let all = [1u8, 2, 3];
     let raft_ports = [free_port(), free_port(), free_port()];
     let api_ports = [free_port(), free_port(), free_port()];
@@ -322,12 +323,15 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         .enumerate()
         .map(|(j, p)| format!("{{ id = {}, raft = \"127.0.0.1:{p}\" }},", j + 1))
         .collect();
-    let intruder_text = member_config(4, port, "not-the-cluster-key-at-all", &[1])
-        + &format!(
-            "node_id = 4\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\napi_token = \"{TOKEN}\"\nvoters = [{voters}]\n",
+    // The [cluster] lines of a would-be member that joins as a learner.
+    let joiner = |id: u8| {
+        format!(
+            "node_id = {id}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\napi_token = \"{TOKEN}\"\nvoters = [{voters}]\n",
             free_port(),
             free_port()
-        );
+        )
+    };
+    let intruder_text = member_config(4, port, "not-the-cluster-key-at-all", &[1]) + &joiner(4);
     let intruder = Trellisd::start_with(Some(&intruder_text), &[]).unwrap();
     wait_log(
         &members[0],
@@ -355,6 +359,34 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "member", "list"]);
     assert!(!out.contains("\"m4\""), "m4 never registered: {out}");
     drop(intruder);
+
+    // A member speaking an incompatible control protocol (the right key)
+    // is refused with the reason, by discovery and by Raft.
+    let newer = Trellisd::start_with(
+        Some(&(member_config(5, port, KEY, &[1]) + &joiner(5))),
+        &["--control-protocol", "2.0"],
+    )
+    .unwrap();
+    wait_log(
+        &members[0],
+        &[
+            "refused a control datagram",
+            "member m5 speaks control protocol 2.0, incompatible with our 1.0",
+        ],
+        "incompatible protocol",
+    );
+    wait_log(
+        &newer,
+        &[
+            "cannot join the cluster yet",
+            "speaks control protocol 1.0, incompatible with our 2.0",
+        ],
+        "the newer member's Raft join",
+    );
+    assert!(!members[0].log_text().contains("member admitted member=m5"));
+    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "member", "list"]);
+    assert!(!out.contains("\"m5\""), "m5 never registered: {out}");
+    drop(newer);
 
     // m3 dies: the others see it suspect, then failed.
     let count = |d: &Trellisd, what: &str| {

@@ -133,6 +133,8 @@ pub struct ControlSettings {
     pub storage_dir: PathBuf,
     /// The cluster key, which authenticates Raft connections too.
     pub key: ClusterKey,
+    /// The control protocol spoken (Raft refuses other majors too).
+    pub protocol: ProtocolVersion,
 }
 
 #[derive(Debug, Deserialize)]
@@ -582,6 +584,7 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
     Ok(Some(ControlSettings {
         key,
+        protocol: ProtocolVersion::CURRENT,
         node_id,
         raft: addr(raft, "raft")?,
         api: addr(api, "api")?,
@@ -653,6 +656,21 @@ pub fn load_cluster(name: &str, text: &str) -> Result<Option<NodeConfig>> {
         membership: trellis_control::membership::Config::default(),
         mdns: c.mdns,
     }))
+}
+
+/// Parses a control protocol version, `MAJOR.MINOR`.
+pub fn parse_protocol(s: &str) -> Result<ProtocolVersion> {
+    let (major, minor) = s
+        .split_once('.')
+        .ok_or_else(|| anyhow!("control protocol {s:?}: expected MAJOR.MINOR, e.g. 1.0"))?;
+    let num = |t: &str| {
+        t.parse::<u16>()
+            .map_err(|_| anyhow!("control protocol {s:?}: {t:?} is not a number 0..=65535"))
+    };
+    Ok(ProtocolVersion {
+        major: num(major)?,
+        minor: num(minor)?,
+    })
 }
 
 /// Parses "1GiB", "512MiB", "4096", "10G".
@@ -915,6 +933,18 @@ mod tests {
         );
         assert!(e.contains("t.toml:5: ACL for \"iqn.i\""), "{e}");
         assert!(e.contains("12 to 255"), "{e}");
+    }
+
+    #[test]
+    fn protocol_versions() {
+        assert_eq!(
+            parse_protocol("2.1").unwrap(),
+            ProtocolVersion { major: 2, minor: 1 }
+        );
+        for bad in ["2", "a.b", "1.70000", ""] {
+            let e = format!("{:#}", parse_protocol(bad).unwrap_err());
+            assert!(e.contains("control protocol"), "{e}");
+        }
     }
 
     #[test]

@@ -68,7 +68,10 @@ pub fn start(
         settings.raft,
         store,
         settings.key.clone(),
-        RaftSettings::default(),
+        RaftSettings {
+            protocol: settings.protocol,
+            ..RaftSettings::default()
+        },
     )
     .context("cannot start the Raft node")?
     .with_members(node.members_source());

@@ -55,6 +55,11 @@ struct Args {
     /// api_token. Same as `witness = true` in `[cluster]`.
     #[arg(long)]
     witness: bool,
+    /// Speak this control protocol version (MAJOR.MINOR) instead of this
+    /// build's: rehearses a mixed-version cluster, where members of another
+    /// major version are refused.
+    #[arg(long, value_name = "MAJOR.MINOR", hide = true)]
+    control_protocol: Option<String>,
 }
 
 fn main() {
@@ -90,12 +95,12 @@ fn run(args: Args) -> Result<()> {
         ),
     };
     let over = config::Overrides {
-        data_dir: args.data_dir,
-        portals: args.portals,
+        data_dir: args.data_dir.clone(),
+        portals: args.portals.clone(),
         cores: args.cores,
     };
     if args.witness || config::is_witness(&name, &text)? {
-        return run_witness(&name, &text, &over);
+        return run_witness(&args, &name, &text, &over);
     }
     let (cfg, data_dir) = config::load(&name, &text, &over)?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -106,8 +111,7 @@ fn run(args: Args) -> Result<()> {
     let hup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .context("cannot install signal handlers")?;
-    let cluster = config::load_cluster(&name, &text)?;
-    let control = config::load_control(&name, &text, &over)?;
+    let (cluster, control) = cluster_settings(&args, &name, &text, &over)?;
     if let Some(c) = &control {
         // Not created here: a missing directory is more likely shared
         // storage that is not mounted than one to make on the local disk.
@@ -203,12 +207,33 @@ fn reload(path: Option<&std::path::Path>, over: &config::Overrides, target: &Tar
     }
 }
 
+/// `[cluster]`'s control node and Raft settings, with `--control-protocol`.
+fn cluster_settings(
+    args: &Args,
+    name: &str,
+    text: &str,
+    over: &config::Overrides,
+) -> Result<(
+    Option<trellis_control::node::NodeConfig>,
+    Option<config::ControlSettings>,
+)> {
+    let mut cluster = config::load_cluster(name, text)?;
+    let mut control = config::load_control(name, text, over)?;
+    if let Some(p) = &args.control_protocol {
+        let p = config::parse_protocol(p).context("--control-protocol")?;
+        if let Some(c) = &mut cluster {
+            c.identity.protocol = p;
+        }
+        if let Some(c) = &mut control {
+            c.protocol = p;
+        }
+    }
+    Ok((cluster, control))
+}
+
 /// A witness: the control node, the Raft voter and the API, no target.
-fn run_witness(name: &str, text: &str, over: &config::Overrides) -> Result<()> {
-    let (Some(cluster), Some(control)) = (
-        config::load_cluster(name, text)?,
-        config::load_control(name, text, over)?,
-    ) else {
+fn run_witness(args: &Args, name: &str, text: &str, over: &config::Overrides) -> Result<()> {
+    let (Some(cluster), Some(control)) = cluster_settings(args, name, text, over)? else {
         anyhow::bail!("{name}: a witness needs [cluster] with node_id, raft, api and api_token");
     };
     let data_dir = config::data_dir(name, text, over)?;

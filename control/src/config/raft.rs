@@ -47,6 +47,7 @@ use super::{Command, ConfigReader, ConfigStore, Response};
 use crate::membership::MemberStatus;
 use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
 use crate::wire::ClusterKey;
+use crate::ProtocolVersion;
 
 /// How many members a write may be passed along (a leader that lost its
 /// role naming the next one) before giving up.
@@ -75,6 +76,9 @@ pub struct RaftSettings {
     pub logs_kept_after_snapshot: u64,
     /// Worker threads of the node's runtime.
     pub worker_threads: usize,
+    /// The control protocol spoken: peers of another major version are
+    /// refused at the Raft handshake.
+    pub protocol: ProtocolVersion,
 }
 
 impl Default for RaftSettings {
@@ -89,6 +93,7 @@ impl Default for RaftSettings {
             snapshot_every: 1000,
             logs_kept_after_snapshot: 1000,
             worker_threads: 2,
+            protocol: ProtocolVersion::CURRENT,
         }
     }
 }
@@ -245,6 +250,7 @@ impl ConfigService {
         let network = transport::Network {
             id: node_id,
             key: key.clone(),
+            protocol: settings.protocol,
         };
         let (listener, addr, raft) = run_blocking(&handle, async move {
             let listener =
@@ -268,6 +274,7 @@ impl ConfigService {
             raft.clone(),
             settings.write_timeout,
             key.clone(),
+            settings.protocol,
         ));
         tracing::info!(node_id, %addr, "Raft node started");
         Ok(ConfigService {
@@ -465,7 +472,10 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
         let outcome = if leader == shared.id {
             execute(&shared.raft, forwarded.clone(), remaining).await
         } else {
-            match transport::forward(&addr, &shared.key, forwarded.clone(), remaining).await {
+            let protocol = shared.settings.protocol;
+            match transport::forward(&addr, &shared.key, protocol, forwarded.clone(), remaining)
+                .await
+            {
                 Ok(outcome) => outcome,
                 Err(TransportError::Connect { .. }) => {
                     // Nothing was sent: wait for another leader and retry.
@@ -520,7 +530,9 @@ async fn join(shared: Arc<Shared>, peers: Vec<SocketAddr>) -> Result<(), Service
         let mut addr = peer.to_string();
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match transport::forward(&addr, &shared.key, request.clone(), remaining).await {
+            let protocol = shared.settings.protocol;
+            match transport::forward(&addr, &shared.key, protocol, request.clone(), remaining).await
+            {
                 Ok(Outcome::Applied(_)) => return Ok(()),
                 Ok(Outcome::NotLeader {
                     leader: Some((_, leader)),

@@ -5,9 +5,11 @@
 //! nor replay, reorder or alter what it overhears.
 //!
 //! ```text
-//!  server -> client: "TRFT" v1 | server nonce (32)
-//!  client -> server: "TRFT" v1 | client nonce (32) | HMAC(key, "client" | sn | cn)
-//!  server -> client:                                 HMAC(key, "server" | cn | sn)
+//!  both, at once:    "TRFT" v1 | protocol major u16, minor u16
+//!  (either side closes when the other's control protocol major differs)
+//!  server -> client: server nonce (32)
+//!  client -> server: client nonce (32) | HMAC(key, "client" | sn | cn)
+//!  server -> client: HMAC(key, "server" | cn | sn)
 //!  session key = HMAC(key, "session" | sn | cn)
 //!  frame = body length u32 | body | HMAC(session key, direction | seq u64 | body)
 //! ```
@@ -19,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::transport::TransportError;
 use crate::wire::ClusterKey;
+use crate::ProtocolVersion;
 
 const MAGIC: &[u8; 4] = b"TRFT";
 const VERSION: u8 = 1;
@@ -115,29 +118,56 @@ fn session(key: &ClusterKey, sn: &[u8], cn: &[u8], client: bool) -> Session {
     }
 }
 
-async fn read_hello<S: AsyncRead + Unpin>(s: &mut S) -> Result<(), TransportError> {
-    let mut head = [0u8; 5];
+fn hello(protocol: ProtocolVersion) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + NONCE + TAG);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.extend_from_slice(&protocol.major.to_be_bytes());
+    out.extend_from_slice(&protocol.minor.to_be_bytes());
+    out
+}
+
+/// Reads the other side's hello; refuses another framing or an
+/// incompatible control protocol.
+async fn read_hello<S: AsyncRead + Unpin>(
+    s: &mut S,
+    ours: ProtocolVersion,
+) -> Result<(), TransportError> {
+    let mut head = [0u8; 9];
     s.read_exact(&mut head).await?;
     if &head[..4] != MAGIC || head[4] != VERSION {
         return Err(TransportError::Handshake(
-            "not a Trellis Raft peer (or another version of it)",
+            "not a Trellis Raft peer (or another version of it)".to_owned(),
         ));
+    }
+    let peer = ProtocolVersion {
+        major: u16::from_be_bytes([head[5], head[6]]),
+        minor: u16::from_be_bytes([head[7], head[8]]),
+    };
+    if !ours.compatible_with(peer) {
+        return Err(TransportError::Handshake(format!(
+            "the peer speaks control protocol {peer}, incompatible with our {ours}"
+        )));
     }
     Ok(())
 }
 
 /// The connecting side: proves it holds the key and checks the server does.
-pub(super) async fn client<S>(s: &mut S, key: &ClusterKey) -> Result<Session, TransportError>
+pub(super) async fn client<S>(
+    s: &mut S,
+    key: &ClusterKey,
+    protocol: ProtocolVersion,
+) -> Result<Session, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    read_hello(s).await?;
+    s.write_all(&hello(protocol)).await?;
+    s.flush().await?;
+    read_hello(s, protocol).await?;
     let mut sn = [0u8; NONCE];
     s.read_exact(&mut sn).await?;
     let cn = nonce();
-    let mut out = Vec::with_capacity(5 + NONCE + TAG);
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    let mut out = Vec::with_capacity(NONCE + TAG);
     out.extend_from_slice(&cn);
     out.extend_from_slice(&tag(key.secret(), &[b"client", &sn, &cn]));
     s.write_all(&out).await?;
@@ -159,18 +189,20 @@ where
 
 /// The accepting side: challenges the client, and proves itself only to a
 /// client that answered with the key.
-pub(super) async fn server<S>(s: &mut S, key: &ClusterKey) -> Result<Session, TransportError>
+pub(super) async fn server<S>(
+    s: &mut S,
+    key: &ClusterKey,
+    protocol: ProtocolVersion,
+) -> Result<Session, TransportError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let sn = nonce();
-    let mut out = Vec::with_capacity(5 + NONCE);
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
+    let mut out = hello(protocol);
     out.extend_from_slice(&sn);
     s.write_all(&out).await?;
     s.flush().await?;
-    read_hello(s).await?;
+    read_hello(s, protocol).await?;
     let mut cn = [0u8; NONCE];
     s.read_exact(&mut cn).await?;
     let mut proof = [0u8; TAG];
@@ -191,6 +223,8 @@ mod tests {
 
     use super::*;
 
+    const V1: ProtocolVersion = ProtocolVersion::CURRENT;
+
     fn key(s: &str) -> ClusterKey {
         ClusterKey::new(s.as_bytes()).unwrap()
     }
@@ -199,7 +233,7 @@ mod tests {
     async fn both_ends_with_the_key_agree_on_a_session() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let k = key("the-cluster-key-0123");
-        let (c, s) = tokio::join!(client(&mut a, &k), server(&mut b, &k));
+        let (c, s) = tokio::join!(client(&mut a, &k, V1), server(&mut b, &k, V1));
         let (mut c, mut s) = (c.unwrap(), s.unwrap());
         // Frames go one way and the other, in order.
         for body in [&b"one"[..], b"two"] {
@@ -223,8 +257,8 @@ mod tests {
     async fn a_wrong_key_is_refused_on_both_sides() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let (ours, theirs) = (key("the-cluster-key-0123"), key("another-key-456789"));
-        let (c, s) = tokio::join!(client(&mut a, &ours), async {
-            let r = server(&mut b, &theirs).await;
+        let (c, s) = tokio::join!(client(&mut a, &ours, V1), async {
+            let r = server(&mut b, &theirs, V1).await;
             drop(b);
             r
         });
@@ -238,7 +272,44 @@ mod tests {
         b.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             .await
             .unwrap();
-        let c = client(&mut a, &key("the-cluster-key-0123")).await;
+        let c = client(&mut a, &key("the-cluster-key-0123"), V1).await;
         assert!(matches!(c, Err(TransportError::Handshake(_))), "{c:?}");
+    }
+
+    #[tokio::test]
+    async fn an_incompatible_protocol_is_refused_on_both_sides_saying_so() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let k = key("the-cluster-key-0123");
+        let v2 = ProtocolVersion { major: 2, minor: 0 };
+        // Each side hangs up when it refuses, as a connection's owner does.
+        let (c, s) = tokio::join!(
+            async {
+                let r = client(&mut a, &k, v2).await;
+                drop(a);
+                r
+            },
+            async {
+                let r = server(&mut b, &k, V1).await;
+                drop(b);
+                r
+            }
+        );
+        let why = |r: Result<Session, TransportError>| match r {
+            Err(TransportError::Handshake(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            why(c),
+            "the peer speaks control protocol 1.0, incompatible with our 2.0"
+        );
+        assert_eq!(
+            why(s),
+            "the peer speaks control protocol 2.0, incompatible with our 1.0"
+        );
+        // Another minor is fine.
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let v1_3 = ProtocolVersion { major: 1, minor: 3 };
+        let (c, s) = tokio::join!(client(&mut a, &k, v1_3), server(&mut b, &k, V1));
+        assert!(c.is_ok() && s.is_ok());
     }
 }

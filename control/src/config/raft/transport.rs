@@ -38,6 +38,7 @@ use super::auth::{self, Direction, Session, TAG};
 use super::execute::{execute, Forwarded, Outcome};
 use crate::config::store::{NodeId, TypeConfig};
 use crate::wire::ClusterKey;
+use crate::ProtocolVersion;
 
 /// How long a peer may take to authenticate a new connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,9 +77,10 @@ pub enum TransportError {
     /// The peer replied to a different kind of request.
     #[error("the peer's reply does not match the request")]
     Mismatch,
-    /// The peer does not speak the authenticated Raft transport.
+    /// The peer does not speak the authenticated Raft transport, or
+    /// speaks an incompatible control protocol.
     #[error("Raft handshake failed: {0}")]
-    Handshake(&'static str),
+    Handshake(String),
     /// The peer did not prove the cluster key, or refused ours.
     #[error("Raft connection refused: authentication failed (cluster key mismatch?)")]
     Refused,
@@ -168,7 +170,11 @@ pub(super) struct Conn {
     session: Session,
 }
 
-async fn connect(addr: &str, key: &ClusterKey) -> Result<Conn, TransportError> {
+async fn connect(
+    addr: &str,
+    key: &ClusterKey,
+    protocol: ProtocolVersion,
+) -> Result<Conn, TransportError> {
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|source| TransportError::Connect {
@@ -176,7 +182,7 @@ async fn connect(addr: &str, key: &ClusterKey) -> Result<Conn, TransportError> {
             source,
         })?;
     stream.set_nodelay(true)?;
-    let session = auth::client(&mut stream, key).await?;
+    let session = auth::client(&mut stream, key, protocol).await?;
     Ok(Conn { stream, session })
 }
 
@@ -192,11 +198,12 @@ async fn round_trip(conn: &mut Conn, request: &Request) -> Result<Reply, Transpo
 pub(super) async fn forward(
     addr: &str,
     key: &ClusterKey,
+    protocol: ProtocolVersion,
     forwarded: Forwarded,
     ttl: Duration,
 ) -> Result<Outcome, TransportError> {
     let call = async {
-        let mut conn = connect(addr, key).await?;
+        let mut conn = connect(addr, key, protocol).await?;
         round_trip(&mut conn, &Request::Forward(forwarded)).await
     };
     match tokio::time::timeout(ttl, call).await {
@@ -214,13 +221,14 @@ pub(super) async fn serve(
     raft: Raft<TypeConfig>,
     write_timeout: Duration,
     key: ClusterKey,
+    protocol: ProtocolVersion,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let (raft, key) = (raft.clone(), key.clone());
                 tokio::spawn(async move {
-                    match serve_connection(stream, &raft, write_timeout, &key).await {
+                    match serve_connection(stream, &raft, write_timeout, &key, protocol).await {
                         Err(e @ (TransportError::Refused | TransportError::Handshake(_))) => {
                             tracing::warn!(%peer, error = %e, "Raft connection refused")
                         }
@@ -243,11 +251,13 @@ async fn serve_connection(
     raft: &Raft<TypeConfig>,
     write_timeout: Duration,
     key: &ClusterKey,
+    protocol: ProtocolVersion,
 ) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
-    let mut session = tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, key))
-        .await
-        .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
+    let mut session =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, key, protocol))
+            .await
+            .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
     while let Some(request) = read_frame::<_, Request>(&mut stream, &mut session.recv).await? {
         let reply = match request {
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
@@ -271,6 +281,8 @@ pub(super) struct Network {
     pub(super) id: NodeId,
     /// The cluster key connections are authenticated with.
     pub(super) key: ClusterKey,
+    /// The control protocol this member speaks.
+    pub(super) protocol: ProtocolVersion,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -282,6 +294,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             key: self.key.clone(),
+            protocol: self.protocol,
             conn: None,
         }
     }
@@ -294,6 +307,7 @@ pub(super) struct Peer {
     target: NodeId,
     addr: String,
     key: ClusterKey,
+    protocol: ProtocolVersion,
     conn: Option<Conn>,
 }
 
@@ -302,7 +316,9 @@ impl Peer {
         let result = tokio::time::timeout(ttl, async {
             let conn = match &mut self.conn {
                 Some(conn) => conn,
-                None => self.conn.insert(connect(&self.addr, &self.key).await?),
+                None => self
+                    .conn
+                    .insert(connect(&self.addr, &self.key, self.protocol).await?),
             };
             round_trip(conn, &request).await
         })
@@ -402,7 +418,8 @@ mod tests {
     async fn frames_round_trip_and_bad_ones_are_refused() {
         let key = ClusterKey::new(b"transport-test-key").expect("key");
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let (c, s) = tokio::join!(auth::client(&mut a, &key), auth::server(&mut b, &key));
+        let v = ProtocolVersion::CURRENT;
+        let (c, s) = tokio::join!(auth::client(&mut a, &key, v), auth::server(&mut b, &key, v));
         let (mut c, mut s) = (c.expect("client"), s.expect("server"));
         let request = Request::Forward(Forwarded::Write(Command::CreateTarget {
             iqn: "iqn.2024-01.org.example:t1".to_owned(),
