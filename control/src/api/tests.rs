@@ -533,6 +533,64 @@ async fn metrics_status_and_members() {
 }
 
 #[test]
+fn this_members_own_links_show_what_its_peers_hear() {
+    let mut config = crate::config::ClusterConfig::default();
+    let addr = |s: &str| s.parse().expect("address");
+    let me = crate::config::Member {
+        id: MemberId("m1".into()),
+        node_id: 1,
+        links: ["a", "b", "c", "d"]
+            .iter()
+            .map(|l| (LinkName((*l).into()), addr("127.0.1.1:7401")))
+            .collect(),
+        api: addr("127.0.0.1:8081"),
+        portals: vec![addr("127.0.0.1:3261")],
+        witness: false,
+    };
+    config
+        .apply(&crate::config::Command::UpsertMember(me))
+        .expect("member");
+    let raft = RaftStatus {
+        node_id: 1,
+        ..RaftStatus::default()
+    };
+    let peers = [
+        peer(
+            "m2",
+            MemberState::Alive,
+            &[
+                ("a", LinkState::Up),
+                ("b", LinkState::Down),
+                ("d", LinkState::Down),
+            ],
+        ),
+        peer(
+            "m3",
+            MemberState::Alive,
+            &[("a", LinkState::Down), ("b", LinkState::Flapping)],
+        ),
+    ];
+    let list = views::MemberList::new(&config, &raft, &peers);
+    let local = list.members.iter().find(|m| m.local).expect("this member");
+    assert_eq!(local.state, "alive");
+    let states: Vec<(&str, &str)> = local
+        .links
+        .iter()
+        .map(|l| (l.link.as_str(), l.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", "up"),
+            ("b", "flapping"),
+            ("c", "unknown"),
+            ("d", "down")
+        ],
+        "up if any peer hears it, else flapping, else down; unknown with nobody on it"
+    );
+}
+
+#[test]
 fn label_values_are_escaped() {
     let text = metrics::render(
         &RaftStatus::default(),

@@ -512,6 +512,36 @@ pub struct MemberList {
     pub members: Vec<MemberView>,
 }
 
+/// This member's own link `link` as its peers' heartbeats show it: up when
+/// any peer is heard on it, else flapping when one flaps, else down; unknown
+/// with no peer to hear.
+fn own_link(link: &crate::LinkName, peers: &[MemberStatus]) -> LinkView {
+    let on: Vec<&crate::membership::LinkStatus> = peers
+        .iter()
+        .flat_map(|p| p.links.iter().filter(|l| &l.link == link))
+        .collect();
+    let state = if on.iter().any(|l| l.state == LinkState::Up) {
+        link_state_name(LinkState::Up)
+    } else if on.iter().any(|l| l.state == LinkState::Flapping) {
+        link_state_name(LinkState::Flapping)
+    } else if on.is_empty() {
+        "unknown"
+    } else {
+        link_state_name(LinkState::Down)
+    };
+    LinkView {
+        link: link.0.clone(),
+        state: state.to_owned(),
+        since_ms: on
+            .iter()
+            .filter(|l| link_state_name(l.state) == state)
+            .map(|l| millis(l.since))
+            .min()
+            .unwrap_or(0),
+        last_heard_ms: on.iter().filter_map(|l| l.last_heard.map(millis)).min(),
+    }
+}
+
 impl MemberList {
     /// Configured members (this one marked `local`), then peers the failure
     /// detector watches that are not configured.
@@ -552,6 +582,7 @@ impl MemberList {
                 view.local = local;
                 if local {
                     "alive".clone_into(&mut view.state);
+                    view.links = m.links.keys().map(|l| own_link(l, peers)).collect();
                 }
                 view
             })
