@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use self::execute::{execute, Forwarded, Outcome};
 pub use self::transport::TransportError;
-use super::store::{NodeId, TypeConfig};
+use super::store::{LogStore, NodeId, TypeConfig};
 use super::{Command, ConfigReader, ConfigStore, Response};
 use crate::membership::MemberStatus;
 use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
@@ -161,6 +161,8 @@ struct Shared {
     key: ClusterKey,
     raft: Raft<TypeConfig>,
     reader: ConfigReader,
+    /// The log store, for the commit index it saves.
+    log: LogStore,
     settings: RaftSettings,
 }
 
@@ -247,6 +249,7 @@ impl ConfigService {
         };
         let reader = store.reader();
         let (log, state_machine) = store.into_raft_parts();
+        let log_handle = log.clone();
         let network = transport::Network {
             id: node_id,
             key: key.clone(),
@@ -284,6 +287,7 @@ impl ConfigService {
                 key,
                 raft,
                 reader,
+                log: log_handle,
                 settings,
             }),
             handle,
@@ -572,9 +576,8 @@ impl ClusterService for ConfigService {
         self.shared.reader.config()
     }
 
-    /// `commit_index` is the applied index: openraft 0.9 does not publish
-    /// the commit index, and entries are applied as soon as they are known
-    /// committed, so it is a lower bound that trails it briefly.
+    /// `commit_index` is what the log store last saved as committed
+    /// (openraft 0.9 does not publish it in its metrics).
     fn raft(&self) -> RaftStatus {
         let metrics = self.shared.raft.metrics();
         let m = metrics.borrow();
@@ -584,7 +587,7 @@ impl ClusterService for ConfigService {
             node_id: m.id,
             term: m.current_term,
             leader: m.current_leader,
-            commit_index: applied,
+            commit_index: self.shared.log.committed_index(),
             applied_index: applied,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),

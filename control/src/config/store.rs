@@ -174,10 +174,17 @@ fn split(db: Database) -> Result<(LogStore, StateMachineStore), StoreError> {
         Some(v) => decode("the applied state", v.value())?,
         None => Applied::default(),
     };
+    let committed = match txn.open_table(META)?.get(COMMITTED)? {
+        Some(v) => decode::<Option<LogId<NodeId>>>(COMMITTED, v.value())?,
+        None => None,
+    };
     txn.commit()?;
     let db = Arc::new(db);
     Ok((
-        LogStore { db: db.clone() },
+        LogStore {
+            db: db.clone(),
+            committed: Arc::new(AtomicU64::new(committed.map_or(0, |c| c.index + 1))),
+        },
         StateMachineStore {
             db,
             state: Arc::new(RwLock::new(applied)),
@@ -190,9 +197,17 @@ fn split(db: Database) -> Result<(LogStore, StateMachineStore), StoreError> {
 #[derive(Debug, Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    /// The highest index known committed, plus one (0: none), as last
+    /// saved: for metrics.
+    committed: Arc<AtomicU64>,
 }
 
 impl LogStore {
+    /// The highest log index known committed, as last saved.
+    pub fn committed_index(&self) -> Option<u64> {
+        self.committed.load(Ordering::Acquire).checked_sub(1)
+    }
+
     fn meta<T: DeserializeOwned>(&self, key: &'static str) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(META)?;
@@ -336,7 +351,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
         self.set_meta(COMMITTED, committed.as_ref())
-            .map_err(write_logs)
+            .map_err(write_logs)?;
+        self.committed
+            .store(committed.map_or(0, |c| c.index + 1), Ordering::Release);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {

@@ -300,6 +300,18 @@ fn a_new_node_joins_as_a_learner_through_any_member() {
         Ok(Response::Changed)
     );
     cluster.wait_all_have(&[1, 2]);
+    // Every replica knows what is committed (the log store saves it), at
+    // least as far as it has applied.
+    wait_until("the commit index everywhere", || {
+        cluster
+            .nodes
+            .values()
+            .all(|n| {
+                let r = n.raft();
+                r.commit_index.is_some() && r.commit_index >= r.applied_index
+            })
+            .then_some(())
+    });
     // Joining again is a no-op; with no reachable peer it says so.
     cluster.nodes[&4].join(&[dead]).expect("a member already");
     cluster.start(5, loopback());
