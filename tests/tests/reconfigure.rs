@@ -249,3 +249,35 @@ fn devices_are_added_removed_and_switched_read_only_while_running() {
     assert!(!unit_attentions_on(&mut c, 1).is_empty());
     assert_eq!(read_block(&mut c, 1, 3), vec![0x22; 512]);
 }
+
+#[test]
+fn revoked_access_ends_sessions_and_other_blocks_are_refused() {
+    let d = Trellisd::start_with(Some(&config_with(false, false)), &[]).unwrap();
+    let mut c = Conn::login(d.portal).unwrap();
+    c.clear_unit_attentions().unwrap();
+    assert_eq!(write_block(&mut c, 0, 1, 0x5A).0, 0);
+
+    // disk0 pointed at another file under the same name (and so the same
+    // persisted UUID): refused, nothing changes, the session goes on.
+    let moved = config_with(false, false).replace("disk0.img", "elsewhere.img");
+    let line = reload(&d, &moved, 1);
+    assert!(line.contains("backing changed"), "{line}");
+    assert_eq!(read_block(&mut c, 0, 1), vec![0x5A; 512]);
+
+    // The target now admits another initiator only: this session ends.
+    let only_other = format!(
+        "{}[[target.acl]]\ninitiator = \"iqn.2026-12.org.example:someone-else\"\n",
+        config_with(false, false)
+    );
+    let line = reload(&d, &only_other, 2);
+    assert!(line.contains("access changed"), "{line}");
+    let r = c.scsi(&[0u8; 6], &[], 0);
+    assert!(r.is_err(), "the session was not ended: {r:?}");
+    let log = d.log_text();
+    assert!(
+        log.contains("no longer admits this initiator: ending its session"),
+        "{log}"
+    );
+    // And a new login is refused.
+    assert!(Conn::login(d.portal).is_err());
+}

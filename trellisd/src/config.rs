@@ -582,11 +582,18 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
 
     let key = ClusterKey::new(c.key.get_ref().as_bytes())
         .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
+    let raft_addr = addr(raft, "raft")?;
+    if raft_addr.ip().is_unspecified() {
+        bail!(
+            "{}: raft address {raft_addr} is a wildcard; give the address the other members reach this one at",
+            src.at(raft)
+        );
+    }
     Ok(Some(ControlSettings {
         key,
         protocol: ProtocolVersion::CURRENT,
         node_id,
-        raft: addr(raft, "raft")?,
+        raft: raft_addr,
         api: addr(api, "api")?,
         api_token: token.get_ref().clone(),
         voters,

@@ -102,6 +102,9 @@ pub struct Applier {
     storage_dir: PathBuf,
     /// Devices that could not be opened, with why (logged once each).
     failed: BTreeMap<String, String>,
+    /// Something did not apply (a device not opened or not grown, the
+    /// target refusing the change): try again.
+    retry: bool,
 }
 
 impl Applier {
@@ -111,16 +114,18 @@ impl Applier {
             registry,
             storage_dir,
             failed: BTreeMap::new(),
+            retry: false,
         }
     }
 
-    /// Whether some device could not be opened last time (worth a retry).
+    /// Whether something did not apply last time (worth a retry).
     pub fn has_failures(&self) -> bool {
-        !self.failed.is_empty()
+        self.retry
     }
 
     /// Makes this member's exports those of `cfg`.
     pub fn apply(&mut self, cfg: &ClusterConfig) {
+        self.retry = false;
         let current = self.registry.devices();
         let mut devices = Vec::new();
         let mut failed = BTreeMap::new();
@@ -141,6 +146,7 @@ impl Applier {
                 tracing::info!(device = %name, "device served now");
             }
         }
+        self.retry |= !failed.is_empty();
         self.failed = failed;
         let served: Vec<String> = devices.iter().map(|d| d.spec().name.clone()).collect();
         let new = GatewayConfig {
@@ -155,14 +161,15 @@ impl Applier {
                 tracing::info!(?changes, "replicated configuration applied to the exports")
             }
             Err(e) => {
-                tracing::error!(error = %e, "replicated configuration not applied; exports unchanged")
+                self.retry = true;
+                tracing::error!(error = %e, "replicated configuration not applied; exports unchanged (retrying)")
             }
         }
     }
 
     /// Device `d` bound to a store: the one served now if it is the same
     /// device (grown as needed), else opened.
-    fn device(&self, d: &Device, current: &[VirtualDevice]) -> Result<VirtualDevice> {
+    fn device(&mut self, d: &Device, current: &[VirtualDevice]) -> Result<VirtualDevice> {
         let mut spec = DeviceSpec {
             name: d.name.clone(),
             uuid: d.uuid,
@@ -176,9 +183,11 @@ impl Applier {
             .find(|c| c.spec().name == d.name && c.spec().uuid == d.uuid)
         {
             if let Err(e) = cur.store().grow(d.size) {
-                // Keep serving it at the size it has rather than drop it.
-                tracing::error!(device = %d.name, size = d.size, error = %e, "cannot grow the device; it keeps its size");
+                // Keep serving it at the size it has rather than drop it,
+                // and try again later.
+                tracing::error!(device = %d.name, size = d.size, error = %e, "cannot grow the device; it keeps its size (retrying)");
                 spec.size = cur.spec().size;
+                self.retry = true;
             }
             return VirtualDevice::new(spec, Arc::clone(cur.store()))
                 .with_context(|| format!("device {}", d.name));

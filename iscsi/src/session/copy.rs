@@ -48,6 +48,12 @@ impl CopyJob {
     }
 }
 
+/// A copy whose source or destination left the session's LUN table: COPY
+/// ABORTED, COPY TARGET DEVICE NOT REACHABLE (SPC-4).
+fn copy_target_gone() -> TaskStatus {
+    TaskStatus::check(Sense::new(SenseKey::CopyAborted, 0x0D, 0x02))
+}
+
 impl Connection {
     /// The parameter list of EXTENDED COPY task `id` parsed as `list`:
     /// resolve it, then wait for a buffer (or answer at once).
@@ -141,6 +147,8 @@ impl Connection {
             exclusive: false,
         };
         let Some(dst) = luns.luns.get(st.dst) else {
+            t.buf = Some(buf);
+            self.finish_copy(id, copy_target_gone());
             return;
         };
         if !s.holds.lock(span, &dst.shared) {
@@ -149,12 +157,18 @@ impl Connection {
             t.stage = Stage::RangeWait;
             return;
         }
+        let Some(src) = luns.luns.get(st.src) else {
+            s.holds.release(id);
+            t.buf = Some(buf);
+            self.finish_copy(id, copy_target_gone());
+            return;
+        };
         job.reading = true;
         buf.set_len(job.chunk as usize * bs as usize);
         let offset = (st.src_lba + u64::from(job.done)) * u64::from(bs);
         self.disk.push_back(DiskRequest {
             task: id,
-            slot: luns.luns[st.src].slot,
+            slot: src.slot,
             offset,
             op: DiskOp::Read(buf),
         });
@@ -190,10 +204,16 @@ impl Connection {
         };
         if job.reading {
             job.reading = false;
+            let Some(dst) = luns.luns.get(st.dst) else {
+                t.buf = Some(buf);
+                s.holds.release(id);
+                self.finish_copy(id, copy_target_gone());
+                return;
+            };
             let offset = (st.dst_lba + u64::from(job.done)) * u64::from(bs);
             self.disk.push_back(DiskRequest {
                 task: id,
-                slot: luns.luns[st.dst].slot,
+                slot: dst.slot,
                 offset,
                 op: DiskOp::Write { buf, fua: false },
             });

@@ -184,6 +184,9 @@ pub enum CloseReason {
     Timeout,
     /// The target is shutting down or the session was reinstated.
     Shutdown,
+    /// The session's target was removed, or its initiator is no longer
+    /// allowed on it.
+    AccessRevoked,
 }
 
 enum Phase {

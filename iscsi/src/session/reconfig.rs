@@ -6,13 +6,17 @@
 //!
 //! Entries keep their positions (tasks refer to LUNs by index): units still
 //! mapped stay where they were, new ones are appended. A rebuild that would
-//! move a unit with tasks in flight (one before it was unmapped) waits until
-//! those tasks are done.
+//! move or replace a unit a task in flight uses (its own LUN, or the source
+//! or destination of an EXTENDED COPY) waits until those tasks are done.
+//!
+//! A session whose target is gone, or whose initiator the target no longer
+//! admits, is ended: revoked access takes effect on sessions already logged
+//! in, not only on new logins.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::{Connection, Host, LunEntry, LunTable};
+use super::{CloseReason, Connection, Host, LunEntry, LunTable};
 use crate::scsi::{self, NexusState, UnitAttention};
 
 impl Connection {
@@ -23,17 +27,31 @@ impl Connection {
         if s.generation == generation {
             return;
         }
-        let (Some(old), Some(target)) = (s.luns.clone(), s.params.target_name.clone()) else {
+        // Discovery sessions have no LUNs.
+        let Some(target) = s.params.target_name.clone() else {
             s.generation = generation;
             return;
         };
         let initiator = s.params.initiator_name.clone();
-        // A target removed, or this initiator no longer allowed: the session
-        // keeps what it has until it ends (new logins are refused).
         let Some(fresh) = host.luns(&target, &initiator) else {
-            s.generation = generation;
+            tracing::warn!(
+                target = %target,
+                initiator = %initiator,
+                "the target is gone or no longer admits this initiator: ending its session"
+            );
+            self.close(CloseReason::AccessRevoked);
             return;
         };
+        let Some(s) = self.session() else { return };
+        // A session that logged in before its core had the target's LUNs
+        // starts from an empty table.
+        let old = s.luns.clone().unwrap_or_else(|| {
+            Rc::new(LunTable {
+                port: fresh.port.clone(),
+                luns: Vec::new(),
+                ids: Vec::new(),
+            })
+        });
         let mut luns: Vec<LunEntry> = old
             .luns
             .iter()
@@ -46,8 +64,17 @@ impl Connection {
                 .filter(|f| old.luns.iter().all(|e| e.lun != f.lun))
                 .cloned(),
         );
+        // The same unit at the same index: same LUN number, same device.
+        let kept = |i: usize| match (luns.get(i), old.luns.get(i)) {
+            (Some(n), Some(o)) => n.lun == o.lun && Arc::ptr_eq(&n.shared, &o.shared),
+            (None, None) => true,
+            _ => false,
+        };
         let moved = s.tasks.values().any(|t| {
-            luns.get(t.lun_index).map(|e| e.lun) != old.luns.get(t.lun_index).map(|e| e.lun)
+            !kept(t.lun_index)
+                || t.copy
+                    .as_ref()
+                    .is_some_and(|j| j.steps.iter().any(|st| !kept(st.src) || !kept(st.dst)))
         });
         if moved {
             return; // again at the next PDU, once those tasks are done

@@ -39,6 +39,8 @@ const ENOSPC: i32 = 28;
 
 struct FakeHost {
     luns: Rc<LunTable>,
+    /// The target no longer admits the initiator (or is gone).
+    revoked: bool,
     generation: u64,
     allocated: Vec<SessionRequest>,
     ended: Vec<u16>,
@@ -80,6 +82,7 @@ impl FakeHost {
         };
         Self {
             luns: Rc::new(luns),
+            revoked: false,
             generation: 0,
             allocated: Vec::new(),
             ended: Vec::new(),
@@ -111,7 +114,7 @@ impl Host for FakeHost {
         self
     }
     fn luns(&mut self, target: &str, _initiator: &str) -> Option<Rc<LunTable>> {
-        (target == TGT).then(|| Rc::clone(&self.luns))
+        (target == TGT && !self.revoked).then(|| Rc::clone(&self.luns))
     }
     fn send_targets(&self, _initiator: &str, _only: Option<&str>) -> Vec<(String, Vec<String>)> {
         Vec::new()
@@ -345,6 +348,8 @@ struct Rig {
     /// Next StatSN the target must use.
     statsn: u32,
     next_itt: u32,
+    /// LUN field of the SCSI commands sent.
+    lun: u64,
 }
 
 impl Drop for Rig {
@@ -375,6 +380,7 @@ impl Rig {
             cmdsn: first_cmdsn,
             statsn: 0,
             next_itt: 0x100,
+            lun: LUN0,
         }
     }
 
@@ -499,6 +505,24 @@ impl Rig {
         itt
     }
 
+    /// [`Rig::scsi`] on wire LUN `lun`.
+    #[allow(clippy::too_many_arguments)]
+    fn scsi_lun(
+        &mut self,
+        lun: u64,
+        cdb: [u8; 16],
+        edtl: u32,
+        read: bool,
+        write: bool,
+        data: &[u8],
+        final_bit: bool,
+    ) -> u32 {
+        let before = std::mem::replace(&mut self.lun, lun);
+        let itt = self.scsi(cdb, edtl, read, write, data, final_bit);
+        self.lun = before;
+        itt
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn scsi_raw(
         &mut self,
@@ -521,7 +545,7 @@ impl Rig {
                 attr: 1,
                 total_ahs_len: 0,
                 data_segment_len: data.len() as u32,
-                lun: LUN0,
+                lun: self.lun,
                 itt,
                 expected_data_transfer_length: edtl,
                 cmdsn,

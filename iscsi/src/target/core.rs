@@ -10,6 +10,7 @@
 //!       drive(conn): disk requests ─> ring, outbox ─> ring send, recv again
 //! ```
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 use trellis_datapath::ring::{Payload, RecvBuf};
 use trellis_datapath::{IoKind, IoStats, Ring, RingError, StoreSlot, Waker, WriteFlags};
 
+use super::registry::{CoreDevice, Snapshot};
 use super::Registry;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
 use crate::scsi::LunDevice;
@@ -69,7 +71,9 @@ struct CoreHost<'a> {
     core: usize,
     slots: &'a [Option<StoreSlot>],
     devs: &'a [Option<Rc<LunDevice>>],
-    /// The configuration generation this core has bound its devices at.
+    /// The configuration this core serves.
+    snap: &'a Snapshot,
+    /// Moves on with this core's bindings.
     generation: u64,
     kill: &'a Arc<AtomicBool>,
     local: Option<SocketAddr>,
@@ -99,7 +103,7 @@ impl Host for CoreHost<'_> {
     }
     fn luns(&mut self, target: &str, initiator: &str) -> Option<Rc<LunTable>> {
         self.reg
-            .lun_table(target, initiator, self.slots, self.devs)
+            .lun_table(self.snap, target, initiator, self.slots, self.devs)
             .map(Rc::new)
     }
     fn send_targets(&self, initiator: &str, only: Option<&str>) -> Vec<(String, Vec<String>)> {
@@ -128,8 +132,13 @@ struct Core<'a> {
     slot_stats: Vec<Option<Arc<IoStats>>>,
     /// Slots of removed devices, released once no connection names them.
     retired: Vec<StoreSlot>,
-    /// Registry generation `devs` and `slots` were built at.
-    devs_gen: u64,
+    /// Devices whose store could not be registered (retried every tick).
+    failed: BTreeSet<usize>,
+    /// The configuration this core serves.
+    snap: Snapshot,
+    /// Moves on whenever this core's bindings change: sessions rebuild
+    /// their LUN tables then.
+    bound: u64,
     conns: Vec<Option<Conn>>,
     listeners: Vec<Rc<dyn AsRawFd>>,
     accepting: Vec<bool>,
@@ -218,87 +227,110 @@ impl<'a> Core<'a> {
         listeners: &[Arc<TcpListener>],
     ) -> Result<Self, RingError> {
         let cfg = reg.config();
-        let mut ring = Ring::new(&cfg.ring)?;
-        let devs_gen = reg.generation();
-        let mut slots = Vec::new();
-        let mut devs = Vec::new();
-        let mut slot_stats = Vec::new();
-        for d in reg.core_devices() {
-            let Some(d) = d else {
-                slots.push(None);
-                devs.push(None);
-                continue;
-            };
-            let slot = ring.register_store(d.store)?;
-            set_slot(&mut slot_stats, slot, Some(d.stats));
-            slots.push(Some(slot));
-            devs.push(Some(Rc::new(d.lun)));
-        }
+        let ring = Ring::new(&cfg.ring)?;
         let listeners: Vec<Rc<dyn AsRawFd>> = listeners
             .iter()
             .map(|l| Rc::new(Arc::clone(l)) as Rc<dyn AsRawFd>)
             .collect();
         let accepting = vec![false; listeners.len()];
-        Ok(Self {
+        let mut core = Self {
             id,
             reg,
             ring,
             cfg: Rc::new(cfg.conn.clone()),
-            slots,
-            devs,
-            slot_stats,
+            slots: Vec::new(),
+            devs: Vec::new(),
+            slot_stats: Vec::new(),
             retired: Vec::new(),
-            devs_gen,
+            failed: BTreeSet::new(),
+            snap: Snapshot::default(),
+            bound: 0,
             conns: Vec::new(),
             listeners,
             accepting,
             stopping: None,
             seed: (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now_nanos(),
-        })
+        };
+        core.bind(reg.snapshot());
+        Ok(core)
     }
 
-    /// Binds the registry's devices to this ring when the configuration
-    /// moved on: stores of new devices are registered, slots of removed
-    /// ones retired.
+    /// Binds the registry's configuration to this ring when it moved on:
+    /// stores of new devices are registered, slots of removed ones retired.
     fn refresh_devs(&mut self) {
-        let now = self.reg.generation();
-        if now == self.devs_gen {
-            self.release_retired();
-            return;
+        if self.reg.generation() != self.snap.generation {
+            let snap = self.reg.snapshot();
+            self.bind(snap);
         }
-        let table = self.reg.core_devices();
-        let len = table.len().max(self.slots.len());
+        self.release_retired();
+    }
+
+    /// Makes `snap` the configuration this core serves.
+    fn bind(&mut self, snap: Snapshot) {
+        let len = snap.devices.len().max(self.slots.len());
         self.slots.resize(len, None);
         self.devs.resize(len, None);
-        let mut complete = true;
-        for (id, d) in table.into_iter().enumerate() {
-            match (self.slots[id], d) {
-                (None, Some(d)) => match self.ring.register_store(Arc::clone(&d.store)) {
-                    Ok(slot) => {
-                        set_slot(&mut self.slot_stats, slot, Some(d.stats));
-                        self.slots[id] = Some(slot);
-                        self.devs[id] = Some(Rc::new(d.lun));
-                    }
-                    Err(e) => {
-                        // Sessions keep their tables until this works (at
-                        // the next wake-up or tick).
-                        complete = false;
-                        tracing::error!(core = self.id, device = %d.lun.name, error = %e, "cannot register the device's store on this core's ring");
-                    }
-                },
-                (Some(_), Some(d)) => self.devs[id] = Some(Rc::new(d.lun)),
+        for id in 0..len {
+            match (
+                self.slots[id],
+                snap.devices.get(id).and_then(Option::as_ref),
+            ) {
+                (None, Some(d)) => self.register(id, d),
+                (Some(_), Some(d)) => self.devs[id] = Some(Rc::new(d.lun.clone())),
                 (Some(slot), None) => {
                     self.slots[id] = None;
                     self.devs[id] = None;
                     self.retired.push(slot);
                 }
-                (None, None) => {}
+                (None, None) => {
+                    self.failed.remove(&id);
+                }
             }
         }
-        if complete {
-            self.devs_gen = now;
+        self.snap = snap;
+        self.bound += 1;
+    }
+
+    /// Registers device `id`'s store on this ring; a failure leaves the
+    /// device out of this core's LUN tables until [`Core::retry_failed`]
+    /// manages (logged once).
+    fn register(&mut self, id: usize, d: &CoreDevice) {
+        match self.ring.register_store(Arc::clone(&d.store)) {
+            Ok(slot) => {
+                set_slot(&mut self.slot_stats, slot, Some(Arc::clone(&d.stats)));
+                self.slots[id] = Some(slot);
+                self.devs[id] = Some(Rc::new(d.lun.clone()));
+                if self.failed.remove(&id) {
+                    tracing::info!(core = self.id, device = %d.lun.name, "device store registered on this core's ring");
+                }
+            }
+            Err(e) => {
+                if self.failed.insert(id) {
+                    tracing::error!(core = self.id, device = %d.lun.name, error = %e, "cannot register the device's store on this core's ring; its LUNs are left out here, retrying");
+                }
+            }
         }
-        self.release_retired();
+    }
+
+    /// Tries again to register the stores that failed; sessions rebuild
+    /// their LUN tables if one now works.
+    fn retry_failed(&mut self) {
+        if self.failed.is_empty() {
+            return;
+        }
+        let ids: Vec<usize> = self.failed.iter().copied().collect();
+        let mut any = false;
+        for id in ids {
+            if let Some(d) = self.snap.devices.get(id).and_then(Option::clone) {
+                self.register(id, &d);
+                any |= self.slots[id].is_some();
+            } else {
+                self.failed.remove(&id);
+            }
+        }
+        if any {
+            self.bound += 1;
+        }
     }
 
     /// Unregisters the retired slots no connection of this core names any
@@ -391,7 +423,8 @@ impl<'a> Core<'a> {
             core: self.id,
             slots: &self.slots,
             devs: &self.devs,
-            generation: self.devs_gen,
+            snap: &self.snap,
+            generation: self.bound,
             kill,
             local,
         }
@@ -482,6 +515,7 @@ impl<'a> Core<'a> {
     }
 
     fn tick(&mut self, now: Instant) {
+        self.retry_failed();
         for c in self.conns.iter_mut().flatten() {
             c.conn.tick(now);
         }

@@ -10,7 +10,8 @@
 //! ```text
 //!  new config's device ─ by name ─┬─ none here           ─> Add
 //!                                 ├─ other UUID          ─> Remove old, Add new
-//!                                 ├─ same, other store   ─> Swap (new id, same unit state)
+//!                                 ├─ same, other backing ─> refused
+//!                                 ├─ same file reopened  ─> Swap (new id, same unit state)
 //!                                 └─ same store          ─> Keep (grow, read-only flag)
 //!  device here not in the new config                     ─> Remove
 //! ```
@@ -112,9 +113,19 @@ pub(super) fn plan_device(
         ));
     }
     if same_store(old.dev.store(), os.read_only, new.store(), ns.read_only) {
-        Ok(DevicePlan::Keep(id))
-    } else {
-        Ok(DevicePlan::Swap(id))
+        return Ok(DevicePlan::Keep(id));
+    }
+    // The same file opened the other way (read-only or writable): the same
+    // unit on a reopened store. Other blocks under the same identity would
+    // swap a host's disk under it: refused.
+    match (old.dev.store().path(), new.store().path()) {
+        (Some(a), Some(b)) if same_path(a, b) => Ok(DevicePlan::Swap(id)),
+        _ => Err(format!(
+            "device `{}`: its backing changed ({} -> {}); a device keeps its blocks (give other blocks another name and UUID)",
+            ns.name,
+            old.dev.store().describe(),
+            new.store().describe()
+        )),
     }
 }
 
@@ -223,6 +234,14 @@ mod tests {
         let shared = Arc::clone(table[1].as_ref().unwrap().dev.store());
         let a4 = VirtualDevice::new(spec("a", 1, 1 << 20, true), shared).unwrap();
         assert!(matches!(plan(a4), Ok(DevicePlan::Keep(1))));
+        // Other blocks under the same identity: refused.
+        let other = dir.path().join("b.img");
+        let b: Arc<dyn BackingStore> =
+            Arc::new(FileStore::open_with(&other, false, Some(1 << 20), false).unwrap());
+        let a6 = VirtualDevice::new(spec("a", 1, 1 << 20, false), b).unwrap();
+        assert!(plan(a6).unwrap_err().contains("backing changed"));
+        let a7 = VirtualDevice::new(spec("a", 1, 1 << 20, false), Arc::clone(&mem)).unwrap();
+        assert!(plan(a7).unwrap_err().contains("backing changed"));
         // Another UUID under the same name: another device.
         let a5 = VirtualDevice::new(spec("a", 9, 1 << 20, false), file(false)).unwrap();
         assert!(matches!(plan(a5), Ok(DevicePlan::Replace)));

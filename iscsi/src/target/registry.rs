@@ -53,12 +53,28 @@ struct Live {
     discovery_chap: Option<ChapPolicy>,
 }
 
-/// A device as a core binds it: its description, store and counters.
+/// A device as a core binds it: its description, store, counters and
+/// logical-unit state.
 #[derive(Debug, Clone)]
 pub(super) struct CoreDevice {
     pub lun: LunDevice,
     pub store: Arc<dyn BackingStore>,
     pub stats: Arc<IoStats>,
+    pub shared: Arc<LunShared>,
+    pub sanitize: Arc<SanitizeState>,
+}
+
+/// The configuration at one generation, as a core binds it: targets and
+/// devices taken together, so a LUN table built from it never pairs a
+/// target with devices of another generation.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Snapshot {
+    /// The generation it was taken at.
+    pub generation: u64,
+    /// Targets, naming devices by id.
+    pub targets: Vec<TargetSpec>,
+    /// Devices by id.
+    pub devices: Vec<Option<CoreDevice>>,
 }
 
 /// A device's I/O so far, for metrics.
@@ -190,18 +206,28 @@ impl Registry {
         v
     }
 
-    /// The device table as a core binds it, by id.
-    pub(super) fn core_devices(&self) -> Vec<Option<CoreDevice>> {
-        self.table()
-            .iter()
-            .map(|e| {
-                e.as_ref().map(|e| CoreDevice {
-                    lun: e.lun.clone(),
-                    store: Arc::clone(e.dev.store()),
-                    stats: Arc::clone(&e.stats),
+    /// The configuration as it is now, for a core to bind. The device
+    /// table's lock is taken first, as [`Registry::reconfigure`] does, and
+    /// held while the generation is read: the three belong together.
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let table = self.table();
+        let live = self.live();
+        Snapshot {
+            generation: self.generation(),
+            targets: live.targets.clone(),
+            devices: table
+                .iter()
+                .map(|e| {
+                    e.as_ref().map(|e| CoreDevice {
+                        lun: e.lun.clone(),
+                        store: Arc::clone(e.dev.store()),
+                        stats: Arc::clone(&e.stats),
+                        shared: Arc::clone(&e.shared),
+                        sanitize: Arc::clone(&e.sanitize),
+                    })
                 })
-            })
-            .collect()
+                .collect(),
+        }
     }
 
     /// The other members' portals, each `"addr:port,tpgt"`, listed after
@@ -330,9 +356,11 @@ impl Registry {
                         e.lun.num_blocks = blocks;
                         e.lun.read_only = spec.read_only;
                         // The store was grown above, so it is large enough.
-                        if let Ok(dev) = VirtualDevice::new(spec.clone(), Arc::clone(e.dev.store()))
-                        {
-                            e.dev = dev;
+                        match VirtualDevice::new(spec.clone(), Arc::clone(e.dev.store())) {
+                            Ok(dev) => e.dev = dev,
+                            Err(err) => {
+                                tracing::error!(device = %spec.name, error = %err, "device description not updated")
+                            }
                         }
                     }
                     id
@@ -396,8 +424,13 @@ impl Registry {
             }
             *live = next;
         }
-        drop(table);
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        // Bumped before the table's lock is released: a snapshot never
+        // pairs the new configuration with the old generation.
         self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(table);
         for w in &self.wakers {
             w.wake();
         }
@@ -490,18 +523,18 @@ impl Registry {
         }
     }
 
-    /// The LUN table `initiator` sees on `target`, bound to a core's store
-    /// slots (`slots[i]` for device `i`) and shared device descriptions.
+    /// The LUN table `initiator` sees on `target` in the configuration a
+    /// core has bound (`snap`), with that core's store slots (`slots[i]`
+    /// for device `i`) and shared device descriptions.
     pub(super) fn lun_table(
         &self,
+        snap: &Snapshot,
         target: &str,
         initiator: &str,
         slots: &[Option<StoreSlot>],
         devs: &[Option<Rc<LunDevice>>],
     ) -> Option<LunTable> {
-        let live = self.live();
-        let table = self.table();
-        let t = live.targets.iter().find(|x| x.name == target)?;
+        let t = snap.targets.iter().find(|x| x.name == target)?;
         let acl = self.acl(t, initiator)?;
         let mask = acl.and_then(|a| a.luns.as_ref());
         let mut luns: Vec<LunEntry> = t
@@ -509,9 +542,9 @@ impl Registry {
             .iter()
             .filter(|(lun, _)| mask.is_none_or(|m| m.contains(lun)))
             .filter_map(|(lun, id)| {
-                // A device this core has not bound yet is left out; the
-                // session rebuilds its table once the core has.
-                let e = table.get(*id)?.as_ref()?;
+                // A device whose store this core could not register is left
+                // out; the session rebuilds its table once it is.
+                let e = snap.devices.get(*id)?.as_ref()?;
                 Some(LunEntry {
                     lun: lun_to_wire(*lun),
                     dev: Rc::clone(devs.get(*id)?.as_ref()?),

@@ -5,12 +5,14 @@
 //! nor replay, reorder or alter what it overhears.
 //!
 //! ```text
-//!  both, at once:    "TRFT" v1 | protocol major u16, minor u16
+//!  both, at once:    hello = "TRFT" v1 | protocol major u16, minor u16
 //!  (either side closes when the other's control protocol major differs)
 //!  server -> client: server nonce (32)
-//!  client -> server: client nonce (32) | HMAC(key, "client" | sn | cn)
-//!  server -> client: HMAC(key, "server" | cn | sn)
-//!  session key = HMAC(key, "session" | sn | cn)
+//!  client -> server: client nonce (32) | HMAC(key, "client" | sh | ch | sn | cn)
+//!  server -> client: HMAC(key, "server" | ch | sh | cn | sn)
+//!  session key = HMAC(key, "session" | sh | ch | sn | cn)
+//!  (sh, ch: the server's and the client's hello as sent, so neither
+//!   version can be rewritten on the way)
 //!  frame = body length u32 | body | HMAC(session key, direction | seq u64 | body)
 //! ```
 
@@ -97,8 +99,8 @@ pub(super) struct Session {
     pub(super) recv: Direction,
 }
 
-fn session(key: &ClusterKey, sn: &[u8], cn: &[u8], client: bool) -> Session {
-    let k = tag(key.secret(), &[b"session", sn, cn]);
+fn session(key: &ClusterKey, hellos: &[u8], sn: &[u8], cn: &[u8], client: bool) -> Session {
+    let k = tag(key.secret(), &[b"session", hellos, sn, cn]);
     let (out, inp) = if client {
         (CLIENT, SERVER)
     } else {
@@ -127,12 +129,12 @@ fn hello(protocol: ProtocolVersion) -> Vec<u8> {
     out
 }
 
-/// Reads the other side's hello; refuses another framing or an
-/// incompatible control protocol.
+/// Reads the other side's hello (returned as received); refuses another
+/// framing or an incompatible control protocol.
 async fn read_hello<S: AsyncRead + Unpin>(
     s: &mut S,
     ours: ProtocolVersion,
-) -> Result<(), TransportError> {
+) -> Result<[u8; 9], TransportError> {
     let mut head = [0u8; 9];
     s.read_exact(&mut head).await?;
     if &head[..4] != MAGIC || head[4] != VERSION {
@@ -149,7 +151,7 @@ async fn read_hello<S: AsyncRead + Unpin>(
             "the peer speaks control protocol {peer}, incompatible with our {ours}"
         )));
     }
-    Ok(())
+    Ok(head)
 }
 
 /// The connecting side: proves it holds the key and checks the server does.
@@ -161,15 +163,19 @@ pub(super) async fn client<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    s.write_all(&hello(protocol)).await?;
+    let ch = hello(protocol);
+    s.write_all(&ch).await?;
     s.flush().await?;
-    read_hello(s, protocol).await?;
+    let sh = read_hello(s, protocol).await?;
+    // The server's hello then ours: what both proofs and the session key
+    // cover.
+    let hellos = [&sh[..], &ch[..]].concat();
     let mut sn = [0u8; NONCE];
     s.read_exact(&mut sn).await?;
     let cn = nonce();
     let mut out = Vec::with_capacity(NONCE + TAG);
     out.extend_from_slice(&cn);
-    out.extend_from_slice(&tag(key.secret(), &[b"client", &sn, &cn]));
+    out.extend_from_slice(&tag(key.secret(), &[b"client", &hellos, &sn, &cn]));
     s.write_all(&out).await?;
     s.flush().await?;
     let mut proof = [0u8; TAG];
@@ -181,10 +187,10 @@ where
         }
         Err(e) => return Err(e.into()),
     }
-    if !verify(key.secret(), &[b"server", &cn, &sn], &proof) {
+    if !verify(key.secret(), &[b"server", &ch, &sh, &cn, &sn], &proof) {
         return Err(TransportError::Refused);
     }
-    Ok(session(key, &sn, &cn, true))
+    Ok(session(key, &hellos, &sn, &cn, true))
 }
 
 /// The accepting side: challenges the client, and proves itself only to a
@@ -198,22 +204,22 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let sn = nonce();
-    let mut out = hello(protocol);
-    out.extend_from_slice(&sn);
-    s.write_all(&out).await?;
+    let sh = hello(protocol);
+    s.write_all(&[&sh[..], &sn[..]].concat()).await?;
     s.flush().await?;
-    read_hello(s, protocol).await?;
+    let ch = read_hello(s, protocol).await?;
+    let hellos = [&sh[..], &ch[..]].concat();
     let mut cn = [0u8; NONCE];
     s.read_exact(&mut cn).await?;
     let mut proof = [0u8; TAG];
     s.read_exact(&mut proof).await?;
-    if !verify(key.secret(), &[b"client", &sn, &cn], &proof) {
+    if !verify(key.secret(), &[b"client", &hellos, &sn, &cn], &proof) {
         return Err(TransportError::Refused);
     }
-    s.write_all(&tag(key.secret(), &[b"server", &cn, &sn]))
+    s.write_all(&tag(key.secret(), &[b"server", &ch, &sh, &cn, &sn]))
         .await?;
     s.flush().await?;
-    Ok(session(key, &sn, &cn, false))
+    Ok(session(key, &hellos, &sn, &cn, false))
 }
 
 #[cfg(test)]
@@ -245,7 +251,7 @@ mod tests {
         // Replayed, altered or reflected frames fail.
         let t = c.send.seal(b"three");
         assert!(s.recv.open(b"thrEE", &t).is_err());
-        let mut s2 = session(&k, &[0; 32], &[0; 32], false);
+        let mut s2 = session(&k, &[], &[0; 32], &[0; 32], false);
         let replay = c.send.seal(b"x");
         s2.recv.seq = 99;
         assert!(s2.recv.open(b"x", &replay).is_err());
@@ -264,6 +270,45 @@ mod tests {
         });
         assert!(matches!(s, Err(TransportError::Refused)), "{s:?}");
         assert!(matches!(c, Err(TransportError::Refused)), "{c:?}");
+    }
+
+    /// A machine in the middle that rewrites the client's advertised
+    /// version (here its minor, which alone would pass the check) breaks
+    /// the proofs: the hellos are covered by them.
+    #[tokio::test]
+    async fn a_rewritten_hello_fails_the_handshake() {
+        let k = key("the-cluster-key-0123");
+        let (mut client_end, mut mitm_c) = tokio::io::duplex(4096);
+        let (mut mitm_s, mut server_end) = tokio::io::duplex(4096);
+        let relay = async move {
+            // Client hello: forward with the minor version changed.
+            let mut ch = [0u8; 9];
+            mitm_c.read_exact(&mut ch).await.unwrap();
+            ch[8] ^= 1;
+            mitm_s.write_all(&ch).await.unwrap();
+            // Then copy both ways as they are (a hang-up passed on).
+            let _ = tokio::io::copy_bidirectional(&mut mitm_c, &mut mitm_s).await;
+            std::future::pending::<()>().await;
+        };
+        let (c, s) = tokio::select! {
+            r = async {
+                tokio::join!(
+                    async {
+                        let r = client(&mut client_end, &k, V1).await;
+                        drop(client_end);
+                        r
+                    },
+                    async {
+                        let r = server(&mut server_end, &k, V1).await;
+                        drop(server_end);
+                        r
+                    }
+                )
+            } => r,
+            () = relay => unreachable!("the relay ends only when both ends are gone"),
+        };
+        assert!(matches!(s, Err(TransportError::Refused)), "{s:?}");
+        assert!(c.is_err(), "{c:?}");
     }
 
     #[tokio::test]

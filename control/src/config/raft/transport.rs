@@ -17,6 +17,7 @@
 //! the cluster key is closed before anything is read from it.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -33,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{self, Direction, Session, TAG};
 use super::execute::{execute, Forwarded, Outcome};
@@ -42,6 +44,9 @@ use crate::ProtocolVersion;
 
 /// How long a peer may take to authenticate a new connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections authenticating at once; more are closed at once, so an
+/// unauthenticated flood holds a bounded number of tasks and descriptors.
+const MAX_HANDSHAKES: usize = 64;
 
 /// The largest frame accepted (a snapshot chunk or a batch of entries is
 /// far smaller).
@@ -223,12 +228,19 @@ pub(super) async fn serve(
     key: ClusterKey,
     protocol: ProtocolVersion,
 ) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many Raft connections authenticating; closed");
+                    continue;
+                };
                 let (raft, key) = (raft.clone(), key.clone());
                 tokio::spawn(async move {
-                    match serve_connection(stream, &raft, write_timeout, &key, protocol).await {
+                    let served =
+                        serve_connection(stream, &raft, write_timeout, &key, protocol, permit);
+                    match served.await {
                         Err(e @ (TransportError::Refused | TransportError::Handshake(_))) => {
                             tracing::warn!(%peer, error = %e, "Raft connection refused")
                         }
@@ -252,12 +264,14 @@ async fn serve_connection(
     write_timeout: Duration,
     key: &ClusterKey,
     protocol: ProtocolVersion,
+    permit: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
     let mut session =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, key, protocol))
             .await
             .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
+    drop(permit);
     while let Some(request) = read_frame::<_, Request>(&mut stream, &mut session.recv).await? {
         let reply = match request {
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),

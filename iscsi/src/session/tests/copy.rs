@@ -179,3 +179,58 @@ fn a_copy_into_blocks_a_compare_and_write_holds_waits_for_it() {
     let r = a.disk();
     assert_eq!((r.slot, r.offset), (1, 0), "the copy reads LUN 1 block 0");
 }
+
+/// The destination LUN is remapped to another unit while a copy runs: the
+/// session keeps its table (and so the copy keeps its units) until the copy
+/// is done, and only then picks up the new unit.
+#[test]
+fn a_copy_keeps_its_units_across_a_reconfiguration() {
+    let mut r = two_luns();
+    let p = params(&r, 6, 300, 10, 20);
+    let itt = r.scsi(xcopy(p.len() as u32), p.len() as u32, false, true, &p, true);
+    let first = r.disk();
+    assert_eq!(first.slot, 0);
+    // LUN 1 now names another unit, on another store slot.
+    let mut table = (*r.host.luns).clone();
+    table.luns[1].slot = 2;
+    table.luns[1].shared = std::sync::Arc::new(LunShared::new());
+    r.host.luns = Rc::new(table);
+    r.host.generation += 1;
+    // A command arrives meanwhile (the rebuild is tried there).
+    let t = r.scsi([0; 16], 0, false, false, &[], true);
+    assert_eq!(status(&mut r, t), GOOD);
+    // Every write of the copy still goes to the unit it started with.
+    let mut next = Some(first);
+    let mut chunks = 0;
+    while let Some(req) = next.take() {
+        let DiskOp::Read(buf) = req.op else {
+            panic!("a read: {:?}", req.op)
+        };
+        let n = buf.len();
+        r.disk_done(req.task, n as i32, Some(buf));
+        let w = r.disk();
+        assert_eq!(w.slot, 1, "the destination the copy started with");
+        let DiskOp::Write { buf, .. } = w.op else {
+            panic!("a write: {:?}", w.op)
+        };
+        r.disk_done(w.task, n as i32, Some(buf));
+        chunks += 1;
+        next = r.conn.next_disk();
+    }
+    assert_eq!(chunks, 2);
+    let resp = r.one().response();
+    r.statsn_is(resp.statsn);
+    assert_eq!((resp.itt, resp.status), (itt, 0));
+    // Done: the next command sees the new unit, whose nexus starts fresh.
+    let mut c = [0u8; 16];
+    c[0] = 0x28;
+    c[8] = 1;
+    let t = r.scsi_lun(1 << 48, c, 512, true, false, &[], true);
+    assert_eq!(
+        status(&mut r, t).1.map(|s| s.0),
+        Some(0x06),
+        "POWER ON for the new unit"
+    );
+    r.scsi_lun(1 << 48, c, 512, true, false, &[], true);
+    assert_eq!(r.disk().slot, 2, "reads go to the new unit now");
+}

@@ -59,3 +59,23 @@ fn an_unchanged_generation_rebuilds_nothing() {
     let t = r.scsi([0; 16], 0, false, false, &[], true);
     assert_eq!(status(&mut r, t), GOOD);
 }
+
+#[test]
+fn a_session_whose_access_is_revoked_ends() {
+    let mut r = Rig::ready(&Keys::default());
+    // A read is on the disk when the initiator loses access.
+    r.scsi(read10(0, 8), 4096, true, false, &[], true);
+    let req = r.disk();
+    r.host.revoked = true;
+    r.host.generation += 1;
+    // Whatever arrives next (even nothing) finds the session ended.
+    let used = r.conn.receive(&[], &mut r.host, &r.pool, r.now);
+    assert_eq!(used, 0);
+    assert_eq!(r.conn.closing(), Some(&CloseReason::AccessRevoked));
+    // Nothing more is answered; the read in flight is let go.
+    let DiskOp::Read(buf) = req.op else {
+        panic!("read")
+    };
+    r.disk_done(req.task, 4096, Some(buf));
+    assert!(r.output().iter().all(|p| p.bhs[0] & 0x3F != 0x21));
+}
