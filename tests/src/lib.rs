@@ -379,3 +379,20 @@ pub fn fio_run(args: &[String]) -> String {
 pub fn fio_filename(url: &str) -> String {
     url.replace(':', "\\:")
 }
+
+/// Polls `probe` every 300 ms until it gives `Ok`, for at most `limit`;
+/// then panics with `what` and the last `Err`.
+pub fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if start.elapsed() > limit => panic!("{what}: {last}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use trellis_tests::raw::Conn;
 use trellis_tests::{
-    fio_filename, fio_run, free_control_port, free_port, iscsi_tool, trellis_cli, Trellisd,
+    eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool, trellis_cli,
+    Trellisd,
 };
 
 const KEY: &str = "cluster-test-key-0123456789";
@@ -416,18 +417,14 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     // SendTargets stops listing the failed member's portal.
     let dead = m3.portal.to_string();
     for m in &members {
-        let start = Instant::now();
-        loop {
-            let out = iscsi_tool("iscsi-ls", &["-i", HOST, &m.portal_url()]).unwrap();
-            if !out.contains(&dead) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "SendTargets still lists failed m3:\n{out}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eventually(
+            "SendTargets still lists failed m3",
+            Duration::from_secs(10),
+            || {
+                let out = iscsi_tool("iscsi-ls", &["-i", HOST, &m.portal_url()]).unwrap();
+                (!out.contains(&dead)).then_some(()).ok_or(out)
+            },
+        );
     }
 }
 
@@ -439,22 +436,16 @@ fn url(m: &Trellisd, lun: u16) -> String {
 /// Waits until `m` serves `lun` of the test target to libiscsi's iscsi-ls
 /// and its SendTargets answer lists the portal of every member of `all`.
 fn wait_served(m: &Trellisd, lun: u16, all: &[Trellisd]) {
-    let start = Instant::now();
-    loop {
+    let what = format!("{} does not serve LUN {lun} with every portal", m.portal);
+    eventually(&what, Duration::from_secs(30), || {
         let out = iscsi_tool("iscsi-ls", &["-i", HOST, "-s", &m.portal_url()]).unwrap_or_default();
         let portals_ok = all
             .iter()
             .all(|p| out.contains(&format!("Target:{TARGET} Portal:{},", p.portal)));
-        if portals_ok && out.contains(&format!("Lun:{lun} ")) {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{} does not serve LUN {lun} with every portal:\n{out}",
-            m.portal
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        (portals_ok && out.contains(&format!("Lun:{lun} ")))
+            .then_some(())
+            .ok_or(out)
+    });
 }
 
 /// The designator iscsi-inq prints after the line `after`.

@@ -12,10 +12,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_tests::netns::{Lab, Member};
-use trellis_tests::{require_tool, trellis_cli_bin};
+use trellis_tests::{eventually, require_tool, trellis_cli_bin};
 
 const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "links-test-api-token";
@@ -67,18 +67,6 @@ fn cli(lab: &Lab, args: &[&str]) -> (bool, String) {
     let mut all = vec!["--endpoints", endpoints.as_str(), "--token", TOKEN];
     all.extend_from_slice(args);
     on_host(lab, "trellis", &all)
-}
-
-/// Polls `probe` until it gives `Some`, for at most [`WAIT`].
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let start = Instant::now();
-    loop {
-        match probe() {
-            Ok(v) => return v,
-            Err(last) if start.elapsed() > WAIT => panic!("{what}: {last}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
 }
 
 /// SendTargets from the host through `portal`: the portals listed for the
@@ -166,9 +154,11 @@ fn one_cut_network_is_an_alarm_and_two_fail_the_member() {
         vec!["target", "map", TARGET, "vol1", "--lun", "0"],
         vec!["acl", "allow", TARGET, HOST],
     ] {
-        eventually(&format!("trellis {args:?}"), || match cli(&lab, &args) {
-            (true, _) => Ok(()),
-            (false, out) => Err(out),
+        eventually(&format!("trellis {args:?}"), WAIT, || {
+            match cli(&lab, &args) {
+                (true, _) => Ok(()),
+                (false, out) => Err(out),
+            }
         });
     }
     let six = all_portals(&lab, &[1, 2, 3]);
@@ -176,11 +166,15 @@ fn one_cut_network_is_an_alarm_and_two_fail_the_member() {
     for i in 1..=MEMBERS {
         for l in ['a', 'b'] {
             let portal = format!("{}:3260", lab.ip(i, l));
-            eventually("SendTargets with every member on both networks", || {
-                let listed = portals_listed(&lab, &portal)?;
-                (listed == six).then_some(()).ok_or(format!("{listed:?}"))
-            });
-            naa.push(eventually("iscsi-inq", || naa_through(&lab, &portal)));
+            eventually(
+                "SendTargets with every member on both networks",
+                WAIT,
+                || {
+                    let listed = portals_listed(&lab, &portal)?;
+                    (listed == six).then_some(()).ok_or(format!("{listed:?}"))
+                },
+            );
+            naa.push(eventually("iscsi-inq", WAIT, || naa_through(&lab, &portal)));
         }
     }
     assert!(
@@ -237,7 +231,7 @@ fn one_cut_network_is_an_alarm_and_two_fail_the_member() {
     assert_eq!(m2.count(&["member failed", "member=m3"]), 0);
     assert_eq!(m3.count(&["member failed", "member=m2"]), 0);
     let four = all_portals(&lab, &[2, 3]);
-    eventually("SendTargets without the failed member", || {
+    eventually("SendTargets without the failed member", WAIT, || {
         let listed = portals_listed(&lab, &format!("{}:3260", lab.ip(3, 'a')))?;
         (listed == four).then_some(()).ok_or(format!("{listed:?}"))
     });
@@ -248,7 +242,7 @@ fn one_cut_network_is_an_alarm_and_two_fail_the_member() {
         m.wait_for(&["member alive", "member=m1"], 1, WAIT).unwrap();
         assert_eq!(m.count(&["member restarted", "member=m1"]), 0);
     }
-    eventually("SendTargets with m1 again", || {
+    eventually("SendTargets with m1 again", WAIT, || {
         let listed = portals_listed(&lab, &format!("{}:3260", lab.ip(2, 'a')))?;
         (listed == six).then_some(()).ok_or(format!("{listed:?}"))
     });

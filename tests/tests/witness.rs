@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use trellis_tests::{free_control_port, free_port, iscsi_tool, trellis_cli, Trellisd};
+use trellis_tests::{eventually, free_control_port, free_port, iscsi_tool, trellis_cli, Trellisd};
 
 const TOKEN: &str = "witness-test-api-token";
 const TARGET: &str = "iqn.2026-12.io.trellis:witness-test";
@@ -128,18 +128,12 @@ fn either_data_member_can_die_with_a_witness() {
         let (code, out) = cli(&survivors, &args);
         assert_eq!(code, 0, "{args:?}: {out}");
     }
-    let start = Instant::now();
-    loop {
+    eventually("m2 does not serve it", Duration::from_secs(20), || {
         let out = iscsi_tool("iscsi-ls", &["-i", HOST, "-s", &m2.portal_url()]).unwrap_or_default();
-        if out.contains(&format!("Target:{TARGET}")) && out.contains("Lun:0") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "m2 does not serve it: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        (out.contains(&format!("Target:{TARGET}")) && out.contains("Lun:0"))
+            .then_some(())
+            .ok_or(out)
+    });
     let dir = std::mem::replace(&mut m1.dir, tempfile::tempdir().unwrap());
     m1 = Trellisd::start_in(dir, Some(&texts[0]), &[]).unwrap();
     wait_listed(&url(1), "while-m1-down");
@@ -155,30 +149,19 @@ fn either_data_member_can_die_with_a_witness() {
     // the configuration and serves the target like the others.
     let m4 = Trellisd::start_with(Some(&texts[3]), &[]).unwrap();
     wait_listed(&url(4), "while-m2-down");
-    let start = Instant::now();
-    loop {
+    eventually("status", Duration::from_secs(20), || {
         let (_, out) = cli(&url(4), &["--json", "status"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
-        if v["raft"]["learners"] == serde_json::json!([4])
-            && v["raft"]["voters"] == serde_json::json!([1, 2, 3])
-        {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "status: {out}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let start = Instant::now();
-    loop {
+        (v["raft"]["learners"] == serde_json::json!([4])
+            && v["raft"]["voters"] == serde_json::json!([1, 2, 3]))
+        .then_some(())
+        .ok_or(out)
+    });
+    eventually("m4 does not serve it", Duration::from_secs(20), || {
         let out = iscsi_tool("iscsi-ls", &["-i", HOST, "-s", &m4.portal_url()]).unwrap_or_default();
-        if out.contains(&format!("Target:{TARGET} Portal:{},4", m4.portal)) && out.contains("Lun:0")
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "m4 does not serve it: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        (out.contains(&format!("Target:{TARGET} Portal:{},4", m4.portal)) && out.contains("Lun:0"))
+            .then_some(())
+            .ok_or(out)
+    });
     drop((m1, m2, m4));
 }

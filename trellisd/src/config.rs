@@ -99,6 +99,25 @@ struct ClusterSection {
 }
 
 impl ClusterSection {
+    /// This data member's port id (target port group, relative target port,
+    /// portal group tag): its `node_id`, which must fit 1..=65535; `None`
+    /// without a node id.
+    fn port_id(&self, src: &Source<'_>) -> Result<Option<u16>> {
+        match self.node_id {
+            None => Ok(None),
+            Some(id) => u16::try_from(id)
+                .ok()
+                .filter(|&id| id != 0)
+                .map(Some)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{}: node_id {id} must be 1..=65535 (it is also this member's target port group id)",
+                        src.at(&self.id)
+                    )
+                }),
+        }
+    }
+
     /// Whether this member runs the replicated configuration (and so takes
     /// its devices and targets from it).
     fn replicated(&self) -> bool {
@@ -283,11 +302,7 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
             .unwrap_or_default();
         anyhow!("{name}{line}: {}", e.message())
     })?;
-    let data_dir = over
-        .data_dir
-        .clone()
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from("./trellis-data"));
+    let data_dir = chosen_data_dir(file.data_dir.clone(), over);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
 
@@ -338,10 +353,8 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
             );
         }
     }
-    let port_id = match replicated.and_then(|c| c.node_id) {
-        Some(id) => Some(u16::try_from(id).ok().filter(|&id| id != 0).ok_or_else(|| {
-            anyhow!("{name}: [cluster] node_id {id} must be 1..=65535 (it is also this member's target port group id)")
-        })?),
+    let port_id = match replicated {
+        Some(c) => c.port_id(&src)?,
         None => None,
     };
 
@@ -503,15 +516,19 @@ pub fn is_witness(name: &str, text: &str) -> Result<bool> {
     Ok(file.cluster.is_some_and(|c| c.witness))
 }
 
+/// `--data-dir`, else the file's `data_dir`, else ./trellis-data.
+fn chosen_data_dir(from_file: Option<PathBuf>, over: &Overrides) -> PathBuf {
+    over.data_dir
+        .clone()
+        .or(from_file)
+        .unwrap_or_else(|| PathBuf::from("./trellis-data"))
+}
+
 /// The data directory (`--data-dir`, else `data_dir`, else ./trellis-data),
 /// created if missing.
 pub fn data_dir(name: &str, text: &str, over: &Overrides) -> Result<PathBuf> {
     let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
-    let dir = over
-        .data_dir
-        .clone()
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from("./trellis-data"));
+    let dir = chosen_data_dir(file.data_dir, over);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     Ok(dir)
@@ -528,7 +545,7 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
     let (Some(node_id), Some(raft), Some(api), Some(token)) =
         (c.node_id, &c.raft, &c.api, &c.api_token)
     else {
-        if c.node_id.is_some() || c.raft.is_some() || c.api.is_some() || c.api_token.is_some() {
+        if c.replicated() {
             bail!(
                 "{}: [cluster] needs all of node_id, raft, api and api_token for the replicated configuration, or none",
                 src.at(&c.id)
@@ -561,17 +578,10 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
             .map_err(|_| anyhow!("{at}: voter {}: bad raft address {:?}", v.id, v.raft))?;
         voters.insert(v.id, a);
     }
-    if !c.witness && !(1..=u64::from(u16::MAX)).contains(&node_id) {
-        bail!(
-            "{}: node_id {node_id} must be 1..=65535 (it is also this member's target port group id)",
-            src.at(&c.id)
-        );
+    if !c.witness {
+        c.port_id(&src)?;
     }
-    let data_dir = over
-        .data_dir
-        .clone()
-        .or(file.data_dir)
-        .unwrap_or_else(|| PathBuf::from("./trellis-data"));
+    let data_dir = chosen_data_dir(file.data_dir, over);
     let storage_dir = match &c.storage_dir {
         Some(dir) if dir.is_relative() => std::env::current_dir()
             .map(|cwd| cwd.join(dir))

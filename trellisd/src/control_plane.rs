@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use trellis_control::config::raft::{ConfigService, RaftSettings};
-use trellis_control::config::{Command, ConfigStore, Member};
+use trellis_control::config::{ClusterConfig, Command, ConfigStore, Member};
 use trellis_control::node::{Node, NodeConfig};
 use trellis_control::service::ClusterService;
 
@@ -141,19 +141,19 @@ pub fn start(
             std::thread::Builder::new()
                 .name("trellis-exports".into())
                 .spawn(move || {
-                    let mut applied = None;
-                    let mut cfg = reader.config();
+                    // What was applied last: none yet, so the first round
+                    // applies whatever the replica holds.
+                    let mut applied: Option<Option<u64>> = None;
+                    let mut cfg = ClusterConfig::default();
                     let mut last_try = std::time::Instant::now();
-                    let mut first = true;
                     while !stop4.load(Ordering::Relaxed) {
                         let index = reader.applied_index();
                         let retry = applier.has_failures() && last_try.elapsed() >= EXPORTS_RETRY;
-                        if first || index != applied || retry {
+                        if applied != Some(index) || retry {
                             cfg = reader.config();
                             applier.apply(&cfg);
-                            applied = index;
+                            applied = Some(index);
                             last_try = std::time::Instant::now();
-                            first = false;
                         }
                         reg.set_peer_portals(peer_portals(&cfg, &me_id, &members()));
                         std::thread::sleep(EXPORTS_POLL);

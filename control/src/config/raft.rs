@@ -419,6 +419,17 @@ impl Drop for ConfigService {
 }
 
 impl Shared {
+    /// Sends `forwarded` to the member at `addr` over an authenticated
+    /// connection of its own.
+    async fn forward(
+        &self,
+        addr: &str,
+        forwarded: Forwarded,
+        ttl: Duration,
+    ) -> Result<Outcome, TransportError> {
+        transport::forward(addr, &self.key, self.settings.protocol, forwarded, ttl).await
+    }
+
     /// The leader's id and Raft address, waiting for one to be known
     /// (and, with `not`, to differ from a leader found unreachable) at
     /// most `leader_wait` and until `deadline`.
@@ -476,10 +487,7 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
         let outcome = if leader == shared.id {
             execute(&shared.raft, forwarded.clone(), remaining).await
         } else {
-            let protocol = shared.settings.protocol;
-            match transport::forward(&addr, &shared.key, protocol, forwarded.clone(), remaining)
-                .await
-            {
+            match shared.forward(&addr, forwarded.clone(), remaining).await {
                 Ok(outcome) => outcome,
                 Err(TransportError::Connect { .. }) => {
                     // Nothing was sent: wait for another leader and retry.
@@ -534,9 +542,7 @@ async fn join(shared: Arc<Shared>, peers: Vec<SocketAddr>) -> Result<(), Service
         let mut addr = peer.to_string();
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let protocol = shared.settings.protocol;
-            match transport::forward(&addr, &shared.key, protocol, request.clone(), remaining).await
-            {
+            match shared.forward(&addr, request.clone(), remaining).await {
                 Ok(Outcome::Applied(_)) => return Ok(()),
                 Ok(Outcome::NotLeader {
                     leader: Some((_, leader)),

@@ -19,7 +19,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use trellis_datapath::{BackingStore, IoStats, VirtualDevice};
+use trellis_datapath::{IoStats, VirtualDevice};
 
 use crate::scsi::{LunDevice, LunShared, SanitizeState};
 
@@ -52,25 +52,6 @@ pub(super) enum DevicePlan {
     /// A device of the same name but another identity is served: it goes,
     /// and the new one is added.
     Replace,
-}
-
-/// Whether two stores hold the same blocks opened the same way: the same
-/// object, the same path, or both in memory (a memory device given again
-/// is the one already there).
-pub(super) fn same_store(
-    old: &Arc<dyn BackingStore>,
-    old_read_only: bool,
-    new: &Arc<dyn BackingStore>,
-    new_read_only: bool,
-) -> bool {
-    if Arc::ptr_eq(old, new) {
-        return true;
-    }
-    match (old.path(), new.path()) {
-        (Some(a), Some(b)) => same_path(a, b) && old_read_only == new_read_only,
-        (None, None) => true,
-        _ => false,
-    }
 }
 
 fn same_path(a: &Path, b: &Path) -> bool {
@@ -112,19 +93,26 @@ pub(super) fn plan_device(
             ns.name, ns.size
         ));
     }
-    if same_store(old.dev.store(), os.read_only, new.store(), ns.read_only) {
-        return Ok(DevicePlan::Keep(id));
-    }
-    // The same file opened the other way (read-only or writable): the same
-    // unit on a reopened store. Other blocks under the same identity would
-    // swap a host's disk under it: refused.
-    match (old.dev.store().path(), new.store().path()) {
-        (Some(a), Some(b)) if same_path(a, b) => Ok(DevicePlan::Swap(id)),
+    let (old_store, new_store) = (old.dev.store(), new.store());
+    match (old_store.path(), new_store.path()) {
+        // The very store served now, or memory given again (the memory
+        // already there).
+        _ if Arc::ptr_eq(old_store, new_store) => Ok(DevicePlan::Keep(id)),
+        (None, None) => Ok(DevicePlan::Keep(id)),
+        // The same file: kept when opened the same way, else the same
+        // unit on a store reopened read-only or writable.
+        (Some(a), Some(b)) if same_path(a, b) => Ok(if os.read_only == ns.read_only {
+            DevicePlan::Keep(id)
+        } else {
+            DevicePlan::Swap(id)
+        }),
+        // Other blocks under the same identity would swap a host's disk
+        // under it: refused.
         _ => Err(format!(
             "device `{}`: its backing changed ({} -> {}); a device keeps its blocks (give other blocks another name and UUID)",
             ns.name,
-            old.dev.store().describe(),
-            new.store().describe()
+            old_store.describe(),
+            new_store.describe()
         )),
     }
 }
@@ -182,7 +170,7 @@ mod tests {
     // Test helpers: a panic is the test failing.
     #![allow(clippy::unwrap_used)]
 
-    use trellis_datapath::{DeviceSpec, FileStore, MemoryStore};
+    use trellis_datapath::{BackingStore, DeviceSpec, FileStore, MemoryStore};
     use uuid::Uuid;
 
     use super::*;

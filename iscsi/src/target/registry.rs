@@ -479,7 +479,7 @@ impl Registry {
         local: Option<SocketAddr>,
     ) -> Vec<(String, Vec<String>)> {
         let tpgt = self.cfg.conn.limits.target_portal_group_tag;
-        let addrs: Vec<String> = self
+        let mut addrs: Vec<String> = self
             .portals
             .iter()
             .map(|p| {
@@ -490,7 +490,6 @@ impl Registry {
                 format!("{},{tpgt}", SocketAddr::new(ip, p.port()))
             })
             .collect();
-        let mut addrs = addrs;
         addrs.extend(
             self.peers
                 .read()

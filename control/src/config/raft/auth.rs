@@ -231,15 +231,44 @@ mod tests {
 
     const V1: ProtocolVersion = ProtocolVersion::CURRENT;
 
+    type Outcome = Result<Session, TransportError>;
+
+    /// A client handshake on `c` and a server handshake on `s`, run against
+    /// each other; each end hangs up when it is done, as a connection's
+    /// owner does (a refusing end closes).
+    async fn handshake<C, S>(
+        mut c: C,
+        (client_key, client_v): (&ClusterKey, ProtocolVersion),
+        mut s: S,
+        (server_key, server_v): (&ClusterKey, ProtocolVersion),
+    ) -> (Outcome, Outcome)
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        tokio::join!(
+            async move { client(&mut c, client_key, client_v).await },
+            async move { server(&mut s, server_key, server_v).await }
+        )
+    }
+
+    /// [`handshake`] over a fresh in-memory connection.
+    async fn over_duplex(
+        client_side: (&ClusterKey, ProtocolVersion),
+        server_side: (&ClusterKey, ProtocolVersion),
+    ) -> (Outcome, Outcome) {
+        let (a, b) = tokio::io::duplex(4096);
+        handshake(a, client_side, b, server_side).await
+    }
+
     fn key(s: &str) -> ClusterKey {
         ClusterKey::new(s.as_bytes()).unwrap()
     }
 
     #[tokio::test]
     async fn both_ends_with_the_key_agree_on_a_session() {
-        let (mut a, mut b) = tokio::io::duplex(4096);
         let k = key("the-cluster-key-0123");
-        let (c, s) = tokio::join!(client(&mut a, &k, V1), server(&mut b, &k, V1));
+        let (c, s) = over_duplex((&k, V1), (&k, V1)).await;
         let (mut c, mut s) = (c.unwrap(), s.unwrap());
         // Frames go one way and the other, in order.
         for body in [&b"one"[..], b"two"] {
@@ -261,13 +290,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_key_is_refused_on_both_sides() {
-        let (mut a, mut b) = tokio::io::duplex(4096);
         let (ours, theirs) = (key("the-cluster-key-0123"), key("another-key-456789"));
-        let (c, s) = tokio::join!(client(&mut a, &ours, V1), async {
-            let r = server(&mut b, &theirs, V1).await;
-            drop(b);
-            r
-        });
+        let (c, s) = over_duplex((&ours, V1), (&theirs, V1)).await;
         assert!(matches!(s, Err(TransportError::Refused)), "{s:?}");
         assert!(matches!(c, Err(TransportError::Refused)), "{c:?}");
     }
@@ -278,8 +302,8 @@ mod tests {
     #[tokio::test]
     async fn a_rewritten_hello_fails_the_handshake() {
         let k = key("the-cluster-key-0123");
-        let (mut client_end, mut mitm_c) = tokio::io::duplex(4096);
-        let (mut mitm_s, mut server_end) = tokio::io::duplex(4096);
+        let (client_end, mut mitm_c) = tokio::io::duplex(4096);
+        let (mut mitm_s, server_end) = tokio::io::duplex(4096);
         let relay = async move {
             // Client hello: forward with the minor version changed.
             let mut ch = [0u8; 9];
@@ -291,20 +315,7 @@ mod tests {
             std::future::pending::<()>().await;
         };
         let (c, s) = tokio::select! {
-            r = async {
-                tokio::join!(
-                    async {
-                        let r = client(&mut client_end, &k, V1).await;
-                        drop(client_end);
-                        r
-                    },
-                    async {
-                        let r = server(&mut server_end, &k, V1).await;
-                        drop(server_end);
-                        r
-                    }
-                )
-            } => r,
+            r = handshake(client_end, (&k, V1), server_end, (&k, V1)) => r,
             () = relay => unreachable!("the relay ends only when both ends are gone"),
         };
         assert!(matches!(s, Err(TransportError::Refused)), "{s:?}");
@@ -323,23 +334,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_incompatible_protocol_is_refused_on_both_sides_saying_so() {
-        let (mut a, mut b) = tokio::io::duplex(4096);
         let k = key("the-cluster-key-0123");
         let v2 = ProtocolVersion { major: 2, minor: 0 };
-        // Each side hangs up when it refuses, as a connection's owner does.
-        let (c, s) = tokio::join!(
-            async {
-                let r = client(&mut a, &k, v2).await;
-                drop(a);
-                r
-            },
-            async {
-                let r = server(&mut b, &k, V1).await;
-                drop(b);
-                r
-            }
-        );
-        let why = |r: Result<Session, TransportError>| match r {
+        let (c, s) = over_duplex((&k, v2), (&k, V1)).await;
+        let why = |r: Outcome| match r {
             Err(TransportError::Handshake(why)) => why,
             other => panic!("{other:?}"),
         };
@@ -352,9 +350,8 @@ mod tests {
             "the peer speaks control protocol 2.0, incompatible with our 1.0"
         );
         // Another minor is fine.
-        let (mut a, mut b) = tokio::io::duplex(4096);
         let v1_3 = ProtocolVersion { major: 1, minor: 3 };
-        let (c, s) = tokio::join!(client(&mut a, &k, v1_3), server(&mut b, &k, V1));
+        let (c, s) = over_duplex((&k, v1_3), (&k, V1)).await;
         assert!(c.is_ok() && s.is_ok());
     }
 }
