@@ -60,23 +60,54 @@ pub fn trellis_cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String)
 }
 
 /// A UDP port free on 127.0.1.`h` and 127.0.2.`h` (the two loopback
-/// "networks" of the cluster tests) for every host `h` in `hosts`.
+/// "networks" of the cluster tests) for every host `h` in `hosts`; outside
+/// the ephemeral range, like [`stable_port`].
 pub fn free_control_port(hosts: std::ops::RangeInclusive<u8>) -> u16 {
-    'search: for _ in 0..50 {
-        let probe = std::net::UdpSocket::bind((format!("127.0.1.{}", hosts.start()).as_str(), 0))
-            .expect("bind a probe socket");
-        let port = probe.local_addr().expect("probe address").port();
-        drop(probe);
-        for h in hosts.clone() {
-            for net in [1, 2] {
-                if std::net::UdpSocket::bind(format!("127.0.{net}.{h}:{port}")).is_err() {
-                    continue 'search;
-                }
-            }
+    for _ in 0..200 {
+        let port = below_ephemeral_range();
+        let free = hosts.clone().all(|h| {
+            [1, 2].iter().all(|net| {
+                std::net::UdpSocket::bind(format!("127.0.{net}.{h}:{port}")).is_ok()
+                    && TcpListener::bind(format!("127.0.{net}.{h}:{port}")).is_ok()
+            })
+        });
+        if free {
+            return port;
         }
-        return port;
     }
-    panic!("no free control port");
+    panic!("no free control port below the ephemeral range");
+}
+
+/// A TCP port free on loopback for a daemon that must bind the same port
+/// again when it restarts (its Raft and API addresses are in its config).
+///
+/// It lies below the kernel's ephemeral range: a port from that range can
+/// be taken meanwhile as the local port of any client connection, and that
+/// connection's TIME_WAIT then refuses the restarted daemon's bind for a
+/// minute (even with SO_REUSEADDR), which made restart tests flaky on a
+/// busy machine.
+pub fn stable_port() -> u16 {
+    for _ in 0..200 {
+        let port = below_ephemeral_range();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port below the ephemeral range");
+}
+
+/// A random port in [10000, start of the ephemeral range).
+fn below_ephemeral_range() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .filter(|&low| low > 11000)
+        .unwrap_or(32768);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let span = u64::from(low - 10000);
+    10000 + u16::try_from(h.finish() % span).unwrap_or(0)
 }
 
 /// Whether a libiscsi tool is installed.
@@ -224,7 +255,11 @@ impl Trellisd {
                     bail!("trellisd exited early with {status}");
                 }
             }
-            if TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_ok() {
+            // Serving once the portal opens and the daemon says so (a
+            // cluster member logs it after its Raft and API listeners).
+            if TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_ok()
+                && self.log_text().contains("trellisd serving")
+            {
                 return Ok(());
             }
             if start.elapsed() > limit {
@@ -251,6 +286,21 @@ impl Trellisd {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// The last `lines` lines of the daemon's log, headed by its portal:
+    /// what a failing cluster test shows of each member.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.log_text();
+        let all: Vec<&str> = text.lines().collect();
+        let from = all.len().saturating_sub(lines);
+        format!(
+            "--- trellisd {} (pid {:?}), last {} lines ---\n{}\n",
+            self.portal,
+            self.pid(),
+            all.len() - from,
+            all[from..].join("\n")
+        )
     }
 
     /// Process id.

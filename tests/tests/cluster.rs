@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use trellis_tests::raw::Conn;
 use trellis_tests::{
-    eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool, trellis_cli,
-    Trellisd,
+    eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool, stable_port,
+    trellis_cli, Trellisd,
 };
 
 const KEY: &str = "cluster-test-key-0123456789";
@@ -88,8 +88,8 @@ fn wait_log(d: &Trellisd, parts: &[&str], what: &str) {
 fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let port = free_control_port(1..=5);
     let all = [1u8, 2, 3];
-    let raft_ports = [free_port(), free_port(), free_port()];
-    let api_ports = [free_port(), free_port(), free_port()];
+    let raft_ports = [stable_port(), stable_port(), stable_port()];
+    let api_ports = [stable_port(), stable_port(), stable_port()];
     // The shared storage every member reaches (one machine: one directory).
     let storage = tempfile::tempdir().unwrap();
     let storage_dir = storage.path().display().to_string();

@@ -9,7 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use trellis_tests::{eventually, free_control_port, free_port, iscsi_tool, trellis_cli, Trellisd};
+use trellis_tests::{
+    eventually, free_control_port, iscsi_tool, stable_port, trellis_cli, Trellisd,
+};
 
 const TOKEN: &str = "witness-test-api-token";
 const TARGET: &str = "iqn.2026-12.io.trellis:witness-test";
@@ -76,16 +78,19 @@ fn create(endpoints: &str, name: &str) {
     }
 }
 
-fn wait_listed(endpoint: &str, name: &str) {
+/// Waits until `endpoint` lists device `name`; a failure shows the last
+/// answer and the logs of `members`.
+fn wait_listed(endpoint: &str, name: &str, members: &[&Trellisd]) {
     let start = Instant::now();
-    while !cli(endpoint, &["--json", "device", "list"])
-        .1
-        .contains(&format!("\"{name}\""))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "{name} not on {endpoint}"
-        );
+    loop {
+        let (code, out) = cli(endpoint, &["--json", "device", "list"]);
+        if code == 0 && out.contains(&format!("\"{name}\"")) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            let logs: String = members.iter().map(|m| m.log_tail(60)).collect();
+            panic!("{name} not on {endpoint}: exit {code}: {out}\n{logs}");
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -93,13 +98,13 @@ fn wait_listed(endpoint: &str, name: &str) {
 #[test]
 fn either_data_member_can_die_with_a_witness() {
     let port = free_control_port(21..=24);
-    let raft = [free_port(), free_port(), free_port(), free_port()];
-    let api = [free_port(), free_port(), free_port(), free_port()];
+    let raft = [stable_port(), stable_port(), stable_port(), stable_port()];
+    let api = [stable_port(), stable_port(), stable_port(), stable_port()];
     let url = |i: usize| format!("http://127.0.0.1:{}", api[i - 1]);
     let texts: Vec<String> = (1..=4).map(|i| config(i, port, &raft, &api)).collect();
     let mut m1 = Trellisd::start_with(Some(&texts[0]), &[]).unwrap();
     let mut m2 = Trellisd::start_with(Some(&texts[1]), &[]).unwrap();
-    let _w = Trellisd::start_witness(tempfile::tempdir().unwrap(), &texts[2]).unwrap();
+    let w = Trellisd::start_witness(tempfile::tempdir().unwrap(), &texts[2]).unwrap();
     create(&format!("{},{},{}", url(1), url(2), url(3)), "first");
     // The witness is a configured voter with no portals.
     let start = Instant::now();
@@ -136,19 +141,19 @@ fn either_data_member_can_die_with_a_witness() {
     });
     let dir = std::mem::replace(&mut m1.dir, tempfile::tempdir().unwrap());
     m1 = Trellisd::start_in(dir, Some(&texts[0]), &[]).unwrap();
-    wait_listed(&url(1), "while-m1-down");
+    wait_listed(&url(1), "while-m1-down", &[&m1, &m2, &w]);
 
     // m2 dies: m1 and the witness still take writes.
     m2.kill();
     create(&format!("{},{}", url(1), url(3)), "while-m2-down");
     let dir = std::mem::replace(&mut m2.dir, tempfile::tempdir().unwrap());
     m2 = Trellisd::start_in(dir, Some(&texts[1]), &[]).unwrap();
-    wait_listed(&url(2), "while-m2-down");
+    wait_listed(&url(2), "while-m2-down", &[&m1, &m2, &w]);
 
     // A fourth member, not among the voters, joins as a learner: it holds
     // the configuration and serves the target like the others.
     let m4 = Trellisd::start_with(Some(&texts[3]), &[]).unwrap();
-    wait_listed(&url(4), "while-m2-down");
+    wait_listed(&url(4), "while-m2-down", &[&m1, &m2, &w, &m4]);
     eventually("status", Duration::from_secs(20), || {
         let (_, out) = cli(&url(4), &["--json", "status"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
@@ -163,5 +168,5 @@ fn either_data_member_can_die_with_a_witness() {
             .then_some(())
             .ok_or(out)
     });
-    drop((m1, m2, m4));
+    drop((m1, m2, m4, w));
 }

@@ -430,6 +430,33 @@ impl Shared {
         transport::forward(addr, &self.key, self.settings.protocol, forwarded, ttl).await
     }
 
+    /// Waits until this node's own log holds a membership that includes it:
+    /// the leader reports a learner added once it has replicated to it, and
+    /// this node's view follows a moment later.
+    async fn until_member(&self, deadline: Instant) -> Result<(), ServiceError> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let member = metrics
+                .borrow_and_update()
+                .membership_config
+                .membership()
+                .get_node(&self.id)
+                .is_some();
+            if member {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Err(_) | Ok(Err(_)) => {
+                    return Err(ServiceError::Unavailable(
+                        "the leader added this member, but its membership has not reached it yet"
+                            .to_owned(),
+                    ))
+                }
+            }
+        }
+    }
+
     /// The leader's id and Raft address, waiting for one to be known
     /// (and, with `not`, to differ from a leader found unreachable) at
     /// most `leader_wait` and until `deadline`.
@@ -543,7 +570,7 @@ async fn join(shared: Arc<Shared>, peers: Vec<SocketAddr>) -> Result<(), Service
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match shared.forward(&addr, request.clone(), remaining).await {
-                Ok(Outcome::Applied(_)) => return Ok(()),
+                Ok(Outcome::Applied(_)) => return shared.until_member(deadline).await,
                 Ok(Outcome::NotLeader {
                     leader: Some((_, leader)),
                 }) => addr = leader,
