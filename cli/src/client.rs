@@ -1,8 +1,10 @@
 //! The management API client: one request tried on each endpoint in turn,
 //! starting at a random one so that several clients spread their load, and
-//! moving on when an endpoint is down (no connection, or 503 while it has no
-//! Raft leader). Writes are safe to resend: a refused connection carried
-//! nothing, and a 503 applied nothing.
+//! moving on when an endpoint is down (no connection, no answer in time, or
+//! 503 while it has no Raft leader or its write did not commit in time).
+//! Writes are safe to resend: each carries an `Idempotency-Key` header, the
+//! same on every attempt, so a write that did apply behind a lost answer is
+//! answered again, not applied twice.
 //!
 //! ```text
 //!  request ─> endpoint[start] ─ down/503 ─> endpoint[start+1] ─ ... ─> Unreachable(every failure)
@@ -119,6 +121,8 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, ClientError> {
+        // One key for every attempt of this write.
+        let key = (method != Method::Get).then(|| format!("{:032x}", rand::random::<u128>()));
         let mut failures = Vec::new();
         for i in order(self.start, self.endpoints.len()) {
             let endpoint = &self.endpoints[i];
@@ -127,6 +131,10 @@ impl Client {
                 .request(method.as_str(), &format!("{endpoint}{path}"))
                 .set("Authorization", &format!("Bearer {}", self.token))
                 .set("Accept", "application/json");
+            let request = match &key {
+                Some(key) => request.set("Idempotency-Key", key),
+                None => request,
+            };
             let result = match body {
                 Some(b) => request.send_json(b),
                 None => request.call(),

@@ -17,7 +17,12 @@ const I1: &str = "iqn.1998-01.com.vmware:host1";
 /// Starts the API on 127.0.0.1 in a background runtime; returns its URL.
 fn start_api() -> (String, Arc<MemoryService>) {
     let service = Arc::new(MemoryService::default());
-    let router = api::router(service.clone(), TOKEN.to_owned(), Arc::new(String::new));
+    (serve(service.clone()), service)
+}
+
+/// Serves the API over `service` on an ephemeral port; returns its URL.
+fn serve(service: Arc<MemoryService>) -> String {
+    let router = api::router(service, TOKEN.to_owned(), Arc::new(String::new));
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");
@@ -33,7 +38,7 @@ fn start_api() -> (String, Arc<MemoryService>) {
                 .expect("serve");
         });
     });
-    (format!("http://{addr}"), service)
+    format!("http://{addr}")
 }
 
 /// A local port nothing listens on.
@@ -134,6 +139,32 @@ fn falls_over_to_a_live_endpoint() {
     let out = ok(run(&["status"]));
     assert!(out.contains("raft term") && out.contains("node 1"), "{out}");
     ok(run(&["member", "list"]));
+}
+
+#[test]
+fn a_write_whose_answer_was_lost_is_answered_again_not_applied_twice() {
+    // Two endpoints of one cluster: the first one tried applies each write
+    // but its answer is lost (503), so the CLI resends it to the other.
+    let service = Arc::new(MemoryService::default());
+    let endpoints = format!("{},{}", serve(service.clone()), serve(service.clone()));
+    let run = |args: &[&str]| {
+        service.lose_answers(1);
+        let out = ok(trellis(&endpoints, TOKEN, args));
+        assert_eq!(service.lost_answers(), 0, "the write was not sent");
+        out
+    };
+    let out = run(&["device", "create", "d1", "--size", "1MiB"]);
+    let uuid = service.config().devices["d1"].uuid;
+    assert!(out.contains(&uuid.to_string()), "{out}");
+    run(&["target", "create", T1]);
+    run(&["acl", "allow", T1, I1]);
+    run(&["acl", "deny", T1, I1]);
+    run(&["target", "delete", T1]);
+    run(&["device", "delete", "d1"]);
+    let config = service.config();
+    assert!(config.devices.is_empty() && config.targets.is_empty());
+    // Each write was proposed twice and applied once.
+    assert_eq!(config.recent_writes.len(), 6);
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //!  request ─> auth (Bearer token, constant time) ─> extract (JSON body, path) ─> handler
 //!                                                                                 │
 //!     reads:  ClusterService::config / raft / members ─> views (JSON, no secrets) │
-//!     writes: request body ─> Command ─> ClusterService::write ─> {"result": ...} │
+//!     writes: request body (+ Idempotency-Key) ─> Command ─> ClusterService::write ─> {"result": ...}
 //!  every failure ─> ApiError ─> {"error": {"code", "message"}} + HTTP status (error.rs only)
 //! ```
 //!
@@ -35,6 +35,12 @@
 //! | `DELETE /v1/targets/{iqn}/luns/{lun}`      | unmap                                  |
 //! | `GET, POST /v1/targets/{iqn}/acl`          | list (no CHAP secrets), allow          |
 //! | `DELETE /v1/targets/{iqn}/acl/{initiator}` | deny                                   |
+//!
+//! Every write (POST, DELETE) takes an optional `Idempotency-Key` header:
+//! the write is applied at most once under that key, and sending it again,
+//! to this member or another, answers what the first attempt did (see
+//! [`crate::config::once`]). A client resends a write whose answer it lost
+//! with the same key; a new write needs a new key.
 
 mod auth;
 mod error;

@@ -164,6 +164,24 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         }
     }
 
+    // A write resent with its idempotency key through another member (its
+    // first answer lost) is answered again from the replicated log, not
+    // applied twice.
+    let key = "Idempotency-Key: cluster-test-keyed-write";
+    let body = r#"{"name": "kd", "size": 1048576, "backing": "memory"}"#;
+    let first = http(api_ports[0], "POST", "/v1/devices", key, Some(body));
+    let again = http(api_ports[2], "POST", "/v1/devices", key, Some(body));
+    let (status, created) = status_and_body(&first);
+    assert!(status.contains(" 201 "), "{first}");
+    assert_eq!(status_and_body(&again), (status, created), "{again}");
+    let unkeyed = http(api_ports[1], "POST", "/v1/devices", "", Some(body));
+    assert!(status_and_body(&unkeyed).0.contains(" 409 "), "{unkeyed}");
+    let key = "Idempotency-Key: cluster-test-keyed-delete";
+    for port in [api_ports[1], api_ports[0]] {
+        let deleted = http(port, "DELETE", "/v1/devices/kd", key, None);
+        assert!(status_and_body(&deleted).0.contains(" 200 "), "{deleted}");
+    }
+
     // The data path: a target made through m2 is served by every member's
     // portal, with one identity, and one member's writes are another's
     // reads.
@@ -517,16 +535,41 @@ fn fio_args(m: &Trellisd, rw: &str, name: &str) -> Vec<String> {
     args
 }
 
-/// GET `path` from the management API on `port` with the token; the body.
+/// GET `path` from the management API on `port` with the token; the
+/// whole answer.
 fn http_get(port: u16, path: &str) -> String {
+    http(port, "GET", path, "", None)
+}
+
+/// One request to the management API on `port` with the token, an extra
+/// header line `header` (or none) and a JSON body; the whole answer.
+fn http(port: u16, method: &str, path: &str, header: &str, body: Option<&str>) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"
+    );
+    if !header.is_empty() {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(body.unwrap_or(""));
+    s.write_all(head.as_bytes()).unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// The status line and the body of an answer from [`http`].
+fn status_and_body(answer: &str) -> (&str, &str) {
+    let status = answer.lines().next().unwrap_or_default();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body)
 }

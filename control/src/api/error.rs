@@ -122,6 +122,7 @@ impl ApiError {
                 C::InvalidBacking { .. } => (StatusCode::BAD_REQUEST, "invalid_backing"),
                 C::BackingTaken { .. } => (StatusCode::CONFLICT, "backing_taken"),
                 C::NodeIdRange { .. } => (StatusCode::BAD_REQUEST, "node_id_range"),
+                C::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
             },
         }
     }

@@ -7,19 +7,25 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::extract::{Body, PathParams};
+use super::extract::{Body, IdempotencyKey, PathParams};
 use super::views::{
     AclList, AclView, AllowInitiator, CreateDevice, CreateTarget, DeviceList, DeviceView, MapLun,
     MemberList, ResizeDevice, StatusView, TargetList, TargetView, WriteResult,
 };
 use super::{metrics as prom, ApiError, AppState};
-use crate::config::{Command, ConfigError, Object};
+use crate::config::{Command, ConfigError, Object, Response};
 
 type ApiResult<T> = Result<T, ApiError>;
 
 impl AppState {
-    async fn write(&self, cmd: Command) -> ApiResult<Json<WriteResult>> {
-        let result = self.service.write(cmd).await?;
+    /// Applies `cmd` through Raft, at most once under `key`.
+    async fn apply(&self, key: &IdempotencyKey, cmd: Command) -> ApiResult<Response> {
+        Ok(self.service.write(key.wrap(cmd)).await?)
+    }
+
+    /// [`AppState::apply`], answering what the command did.
+    async fn write(&self, key: &IdempotencyKey, cmd: Command) -> ApiResult<Json<WriteResult>> {
+        let result = self.apply(key, cmd).await?;
         Ok(Json(WriteResult { result }))
     }
 }
@@ -78,14 +84,15 @@ pub(super) async fn list_devices(State(st): State<AppState>) -> Json<DeviceList>
 }
 
 /// `POST /v1/devices`: 201 with the device (its uuid generated when not
-/// given).
+/// given: from the idempotency key when there is one, so that a resent
+/// request names the same device).
 pub(super) async fn create_device(
     State(st): State<AppState>,
+    key: IdempotencyKey,
     Body(req): Body<CreateDevice>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = req.into_device()?;
-    st.service
-        .write(Command::CreateDevice(device.clone()))
+    let device = req.into_device(key.0.as_deref())?;
+    st.apply(&key, Command::CreateDevice(device.clone()))
         .await?;
     let config = st.service.config();
     Ok((StatusCode::CREATED, Json(DeviceView::new(&device, &config))))
@@ -95,12 +102,16 @@ pub(super) async fn create_device(
 pub(super) async fn resize_device(
     State(st): State<AppState>,
     PathParams(name): PathParams<String>,
+    key: IdempotencyKey,
     Body(req): Body<ResizeDevice>,
 ) -> ApiResult<Json<WriteResult>> {
-    st.write(Command::ResizeDevice {
-        name,
-        size: req.size,
-    })
+    st.write(
+        &key,
+        Command::ResizeDevice {
+            name,
+            size: req.size,
+        },
+    )
     .await
 }
 
@@ -108,8 +119,9 @@ pub(super) async fn resize_device(
 pub(super) async fn delete_device(
     State(st): State<AppState>,
     PathParams(name): PathParams<String>,
+    key: IdempotencyKey,
 ) -> ApiResult<Json<WriteResult>> {
-    st.write(Command::DeleteDevice { name }).await
+    st.write(&key, Command::DeleteDevice { name }).await
 }
 
 /// `GET /v1/targets`.
@@ -123,14 +135,14 @@ pub(super) async fn list_targets(State(st): State<AppState>) -> Json<TargetList>
 /// `POST /v1/targets`: 201 with the target.
 pub(super) async fn create_target(
     State(st): State<AppState>,
+    key: IdempotencyKey,
     Body(req): Body<CreateTarget>,
 ) -> ApiResult<impl IntoResponse> {
-    st.service
-        .write(Command::CreateTarget {
-            iqn: req.iqn.clone(),
-            alias: req.alias.clone(),
-        })
-        .await?;
+    let create = Command::CreateTarget {
+        iqn: req.iqn.clone(),
+        alias: req.alias.clone(),
+    };
+    st.apply(&key, create).await?;
     let config = st.service.config();
     let view = config.targets.get(&req.iqn).map_or_else(
         || TargetView {
@@ -148,21 +160,26 @@ pub(super) async fn create_target(
 pub(super) async fn delete_target(
     State(st): State<AppState>,
     PathParams(iqn): PathParams<String>,
+    key: IdempotencyKey,
 ) -> ApiResult<Json<WriteResult>> {
-    st.write(Command::DeleteTarget { iqn }).await
+    st.write(&key, Command::DeleteTarget { iqn }).await
 }
 
 /// `POST /v1/targets/{iqn}/luns`.
 pub(super) async fn map_lun(
     State(st): State<AppState>,
     PathParams(target): PathParams<String>,
+    key: IdempotencyKey,
     Body(req): Body<MapLun>,
 ) -> ApiResult<Json<WriteResult>> {
-    st.write(Command::MapLun {
-        target,
-        lun: req.lun,
-        device: req.device,
-    })
+    st.write(
+        &key,
+        Command::MapLun {
+            target,
+            lun: req.lun,
+            device: req.device,
+        },
+    )
     .await
 }
 
@@ -170,8 +187,9 @@ pub(super) async fn map_lun(
 pub(super) async fn unmap_lun(
     State(st): State<AppState>,
     PathParams((target, lun)): PathParams<(String, u16)>,
+    key: IdempotencyKey,
 ) -> ApiResult<Json<WriteResult>> {
-    st.write(Command::UnmapLun { target, lun }).await
+    st.write(&key, Command::UnmapLun { target, lun }).await
 }
 
 /// `GET /v1/targets/{iqn}/acl`: without CHAP secrets.
@@ -194,15 +212,19 @@ pub(super) async fn list_acl(
 pub(super) async fn allow_initiator(
     State(st): State<AppState>,
     PathParams(target): PathParams<String>,
+    key: IdempotencyKey,
     Body(mut req): Body<AllowInitiator>,
 ) -> ApiResult<Json<WriteResult>> {
     let auth = req.auth()?;
-    st.write(Command::AllowInitiator {
-        target,
-        initiator: req.initiator,
-        luns: req.luns,
-        auth,
-    })
+    st.write(
+        &key,
+        Command::AllowInitiator {
+            target,
+            initiator: req.initiator,
+            luns: req.luns,
+            auth,
+        },
+    )
     .await
 }
 
@@ -210,8 +232,10 @@ pub(super) async fn allow_initiator(
 pub(super) async fn deny_initiator(
     State(st): State<AppState>,
     PathParams((target, initiator)): PathParams<(String, String)>,
+    key: IdempotencyKey,
 ) -> ApiResult<Json<WriteResult>> {
-    st.write(Command::DenyInitiator { target, initiator }).await
+    st.write(&key, Command::DenyInitiator { target, initiator })
+        .await
 }
 
 /// Any path that is not an endpoint.

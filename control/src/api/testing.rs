@@ -4,7 +4,9 @@
 //!
 //! Its Raft status is that of a one-node cluster led by itself, whose
 //! indexes count the commands applied; tests can replace the status, the
-//! peers' states, or make every write fail (to act out a lost quorum).
+//! peers' states, make every write fail (to act out a lost quorum), or
+//! apply writes and lose their answers (a leader that committed a write
+//! its client timed out on).
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -18,6 +20,7 @@ struct Inner {
     raft: RaftStatus,
     members: Vec<MemberStatus>,
     fail_writes: Option<ServiceError>,
+    lost_answers: usize,
 }
 
 /// A [`ClusterService`] holding the configuration in memory.
@@ -68,6 +71,18 @@ impl MemoryService {
         self.lock().members = members;
     }
 
+    /// Makes the next `n` writes apply but answer 503 as if their answer
+    /// had not come back in time.
+    pub fn lose_answers(&self, n: usize) {
+        self.lock().lost_answers = n;
+    }
+
+    /// How many of the answers [`MemoryService::lose_answers`] asked to
+    /// lose are still to be lost.
+    pub fn lost_answers(&self) -> usize {
+        self.lock().lost_answers
+    }
+
     /// Makes every write fail with `error` (`None` to accept them again).
     pub fn fail_writes(&self, error: Option<ServiceError>) {
         self.lock().fail_writes = error;
@@ -85,7 +100,14 @@ impl ClusterService for MemoryService {
                     let next = inner.raft.commit_index.unwrap_or(0) + 1;
                     inner.raft.commit_index = Some(next);
                     inner.raft.applied_index = Some(next);
-                    r
+                    if inner.lost_answers > 0 {
+                        inner.lost_answers -= 1;
+                        Err(ServiceError::Unavailable(
+                            "not committed in time; it may still apply".to_owned(),
+                        ))
+                    } else {
+                        r
+                    }
                 }
             }
         };

@@ -60,9 +60,24 @@ async fn send(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
+    send_with(r, method, uri, token, &[], body).await
+}
+
+/// [`send`] with extra request headers.
+async fn send_with(
+    r: &Router,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let req = match body {
         Some(b) => req
@@ -94,6 +109,13 @@ async fn post(r: &Router, uri: &str, body: Value) -> Answer {
 
 async fn del(r: &Router, uri: &str) -> Answer {
     send(r, Method::DELETE, uri, Some(TOKEN), None).await
+}
+
+/// [`post`] with an `Idempotency-Key`.
+async fn post_keyed(r: &Router, uri: &str, key: &str, body: Value) -> Answer {
+    let headers = [("Idempotency-Key", key)];
+    let body = body.to_string();
+    send_with(r, Method::POST, uri, Some(TOKEN), &headers, Some(&body)).await
 }
 
 #[tokio::test]
@@ -184,6 +206,58 @@ async fn device_lifecycle() {
     assert_eq!(a.status, StatusCode::NOT_FOUND);
     assert_eq!(a.error_code(), "not_found");
     assert_eq!(a.json()["error"]["message"], "no device d1");
+}
+
+#[tokio::test]
+async fn a_keyed_write_sent_twice_applies_once() {
+    let (service, r) = setup();
+    let body = json!({"name": "d1", "size": 1 << 20});
+    let key = "4b0f2c1e-7d3a-4c55-9a0e-2f4d5c6b7a81";
+    let first = post_keyed(&r, "/v1/devices", key, body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    // Resent (its answer lost): the same answer, the same device, and it
+    // was applied once.
+    let again = post_keyed(&r, "/v1/devices", key, body.clone()).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(again.json(), first.json());
+    let uuid = service.config().devices["d1"].uuid;
+    assert_eq!(first.json()["uuid"], uuid.to_string());
+    assert_eq!(service.config().recent_writes.len(), 1);
+    // Without a key the same request is a second, refused, create.
+    let unkeyed = post(&r, "/v1/devices", body).await;
+    assert_eq!(unkeyed.status, StatusCode::CONFLICT);
+    // The key on another request is refused.
+    let other = post_keyed(
+        &r,
+        "/v1/devices",
+        key,
+        json!({"name": "d2", "size": 1 << 20}),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.error_code(), "idempotency_key_reused");
+    assert!(!service.config().devices.contains_key("d2"));
+    // Other writes take keys too.
+    let target = json!({"iqn": T1});
+    for _ in 0..2 {
+        let a = post_keyed(&r, "/v1/targets", "t-1", target.clone()).await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    }
+    assert_eq!(service.config().recent_writes.len(), 2);
+    // A malformed key is refused before anything is written.
+    for bad in ["has space", &"k".repeat(129)] {
+        let a = post_keyed(
+            &r,
+            "/v1/devices",
+            bad,
+            json!({"name": "d3", "size": 1 << 20}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+        assert_eq!(a.error_code(), "invalid_field");
+        assert!(a.text.contains("Idempotency-Key"), "{}", a.text);
+    }
+    assert!(!service.config().devices.contains_key("d3"));
 }
 
 #[tokio::test]

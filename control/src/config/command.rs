@@ -102,6 +102,16 @@ pub enum Command {
         /// The credentials; `None` lets discovery in without CHAP.
         auth: Option<ChapAuth>,
     },
+    /// `command`, applied at most once under the client's idempotency key:
+    /// sent again, it answers what it answered the first time (see
+    /// [`once`](super::once)).
+    Once {
+        /// The client's name for this write (checked by
+        /// [`check_key`](super::once::check_key)).
+        key: String,
+        /// The write.
+        command: Box<Command>,
+    },
 }
 
 /// What an applied command did.
@@ -270,6 +280,15 @@ pub enum ConfigError {
         /// Who has it.
         device: String,
     },
+    /// An idempotency key came back with another request than the one it
+    /// named first.
+    #[error(
+        "idempotency key {key:?} was used for another request; use a new key for each request"
+    )]
+    KeyReused {
+        /// The key.
+        key: String,
+    },
     /// A data member's node id is also its target port group id and
     /// relative target port id, 16-bit in SCSI.
     #[error("member {member}: node id {node_id} must be 1..=65535 (it is also the member's target port group id)")]
@@ -301,6 +320,14 @@ impl ClusterConfig {
     /// and changes the configuration only when it is valid.
     pub fn apply(&mut self, command: &Command) -> Result<Response, ConfigError> {
         match command {
+            Command::Once { key, command } => {
+                if let Some(result) = self.recent_writes.replay(key, command) {
+                    return result;
+                }
+                let result = self.apply(command);
+                self.recent_writes.record(key, command, &result);
+                result
+            }
             Command::UpsertMember(member) => self.upsert_member(member),
             Command::RemoveMember { id } => {
                 self.members

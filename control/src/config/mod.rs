@@ -11,6 +11,7 @@
 //! - [`model`]: the data — [`ClusterConfig`] and what it holds.
 //! - [`command`]: the writes — [`Command`], validated by
 //!   [`ClusterConfig::apply`] into a [`Response`] or a [`ConfigError`].
+//! - [`once`]: idempotency keys, so that a write sent twice applies once.
 //! - [`store`]: openraft's storage traits on redb.
 //! - [`raft`]: the Raft node on that store, its TCP transport, and
 //!   [`ConfigService`], the cluster service built on them.
@@ -22,6 +23,7 @@
 
 pub mod command;
 pub mod model;
+pub mod once;
 pub mod raft;
 pub mod store;
 

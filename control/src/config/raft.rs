@@ -546,7 +546,7 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
             }
             Outcome::TimedOut => {
                 return Err(ServiceError::Unavailable(format!(
-                    "not committed within {:?} (no quorum?); it may still apply",
+                    "not committed within {:?} (no quorum?); it may still apply: resend it with the same Idempotency-Key to learn its outcome",
                     shared.settings.write_timeout
                 )))
             }
