@@ -66,10 +66,9 @@ pub fn free_control_port(hosts: std::ops::RangeInclusive<u8>) -> u16 {
     for _ in 0..200 {
         let port = below_ephemeral_range();
         let free = hosts.clone().all(|h| {
-            [1, 2].iter().all(|net| {
-                std::net::UdpSocket::bind(format!("127.0.{net}.{h}:{port}")).is_ok()
-                    && TcpListener::bind(format!("127.0.{net}.{h}:{port}")).is_ok()
-            })
+            [1, 2]
+                .iter()
+                .all(|net| std::net::UdpSocket::bind(format!("127.0.{net}.{h}:{port}")).is_ok())
         });
         if free {
             return port;

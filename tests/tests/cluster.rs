@@ -347,8 +347,8 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let joiner = |id: u8| {
         format!(
             "node_id = {id}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\napi_token = \"{TOKEN}\"\nvoters = [{voters}]\n",
-            free_port(),
-            free_port()
+            stable_port(),
+            stable_port()
         )
     };
     let intruder_text = member_config(4, port, "not-the-cluster-key-at-all", &[1]) + &joiner(4);
