@@ -4,7 +4,9 @@
 //! 503 while it has no Raft leader or its write did not commit in time).
 //! Writes are safe to resend: each carries an `Idempotency-Key` header, the
 //! same on every attempt, so a write that did apply behind a lost answer is
-//! answered again, not applied twice.
+//! answered again, not applied twice. When no endpoint answers and one may
+//! have taken the write, the error gives the key, for the admin to run the
+//! command again with `--idempotency-key`.
 //!
 //! ```text
 //!  request ─> endpoint[start] ─ down/503 ─> endpoint[start+1] ─ ... ─> Unreachable(every failure)
@@ -32,8 +34,23 @@ pub enum ClientError {
         message: String,
     },
     /// Every endpoint failed.
-    #[error("no endpoint could serve the request:{}", list(.0))]
-    Unreachable(Vec<(String, String)>),
+    #[error("no endpoint could serve the request:{}{}", list(failures), resend(key.as_deref()))]
+    Unreachable {
+        /// Each endpoint and why it failed.
+        failures: Vec<(String, String)>,
+        /// The idempotency key of a write that may have applied all the
+        /// same (one an endpoint took but did not answer in time).
+        key: Option<String>,
+    },
+}
+
+fn resend(key: Option<&str>) -> String {
+    key.map(|k| {
+        format!(
+            "\nthe write may still have applied; to learn its outcome without applying it twice, run the same command again with --idempotency-key {k}"
+        )
+    })
+    .unwrap_or_default()
 }
 
 fn list(failures: &[(String, String)]) -> String {
@@ -91,6 +108,7 @@ pub struct Client {
     token: String,
     agent: ureq::Agent,
     start: usize,
+    key: Option<String>,
 }
 
 /// The order in which endpoints are tried: all of them, from `start` on.
@@ -111,7 +129,15 @@ impl Client {
             token,
             agent,
             start,
+            key: None,
         }
+    }
+
+    /// Writes carry `key` as their idempotency key instead of a random one
+    /// (to resend a write whose outcome is unknown).
+    pub fn with_idempotency_key(mut self, key: Option<String>) -> Self {
+        self.key = key;
+        self
     }
 
     /// Sends one request; `path` starts with `/`.
@@ -122,7 +148,13 @@ impl Client {
         body: Option<&Value>,
     ) -> Result<Answer, ClientError> {
         // One key for every attempt of this write.
-        let key = (method != Method::Get).then(|| format!("{:032x}", rand::random::<u128>()));
+        let key = (method != Method::Get).then(|| {
+            self.key
+                .clone()
+                .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+        });
+        // Whether an endpoint may have taken the write without answering.
+        let mut in_doubt = false;
         let mut failures = Vec::new();
         for i in order(self.start, self.endpoints.len()) {
             let endpoint = &self.endpoints[i];
@@ -155,6 +187,10 @@ impl Client {
                         Err(_) => (String::from("unknown"), text.trim().to_owned()),
                     };
                     if status == 503 {
+                        // No leader: nothing was proposed. Anything else
+                        // (the write did not commit in time, the leader
+                        // stopped answering) may still apply.
+                        in_doubt |= code != "no_leader";
                         failures.push((endpoint.clone(), format!("{message} (HTTP 503 {code})")));
                         continue;
                     }
@@ -166,6 +202,10 @@ impl Client {
                     });
                 }
                 Err(ureq::Error::Transport(t)) => {
+                    // A refused connection carried nothing; a timeout or a
+                    // dropped connection may have carried the write.
+                    in_doubt |= t.kind() != ureq::ErrorKind::ConnectionFailed
+                        && t.kind() != ureq::ErrorKind::Dns;
                     // Its Display starts with the URL, which the list shows already.
                     let why = t.to_string();
                     let why = why
@@ -176,7 +216,10 @@ impl Client {
                 }
             }
         }
-        Err(ClientError::Unreachable(failures))
+        Err(ClientError::Unreachable {
+            failures,
+            key: key.filter(|_| in_doubt),
+        })
     }
 }
 

@@ -49,6 +49,12 @@ pub struct Cli {
     /// Seconds to wait for each endpoint's answer.
     #[arg(long, env = "TRELLIS_TIMEOUT", default_value_t = 30)]
     timeout: u64,
+    /// Send a write with this idempotency key instead of a random one: the
+    /// cluster applies a key's write at most once, so running a command
+    /// whose outcome is unknown again with the key the error gave answers
+    /// what it did (1-128 letters, digits, '-', '_', '.', ':').
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -228,7 +234,8 @@ fn main() -> ExitCode {
         cli.token.clone(),
         start,
         Duration::from_secs(cli.timeout.max(1)),
-    );
+    )
+    .with_idempotency_key(cli.idempotency_key.clone());
     match commands::run(&client, &cli.command, cli.json) {
         Ok(out) => {
             print!("{out}");
@@ -242,7 +249,9 @@ fn main() -> ExitCode {
                 );
             }
             ExitCode::from(match e {
-                commands::CommandError::Client(ClientError::Unreachable(_)) => exit::UNREACHABLE,
+                commands::CommandError::Client(ClientError::Unreachable { .. }) => {
+                    exit::UNREACHABLE
+                }
                 _ => exit::REFUSED,
             })
         }

@@ -168,6 +168,44 @@ fn a_write_whose_answer_was_lost_is_answered_again_not_applied_twice() {
 }
 
 #[test]
+fn a_write_in_doubt_names_its_key_and_the_key_learns_its_outcome() {
+    let service = Arc::new(MemoryService::default());
+    let endpoints = format!("{},{}", serve(service.clone()), serve(service.clone()));
+    // Every endpoint takes the write and loses the answer: exit 3, and the
+    // error names the key to resend it with.
+    service.lose_answers(2);
+    let create = ["device", "create", "d1", "--size", "1MiB"];
+    let o = trellis(&endpoints, TOKEN, &create);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    let key = err
+        .split_once("--idempotency-key ")
+        .map(|(_, k)| k.trim())
+        .unwrap_or_else(|| panic!("no key in: {err}"));
+    // It had applied, once. Run again with the key: its outcome, not a
+    // second create (which would be refused: d1 exists).
+    let uuid = service.config().devices["d1"].uuid;
+    let mut args = vec!["--idempotency-key", key];
+    args.extend(create);
+    let out = ok(trellis(&endpoints, TOKEN, &args));
+    assert!(out.contains(&uuid.to_string()), "{out}");
+    assert_eq!(service.config().recent_writes.len(), 1);
+    // A malformed key is refused by the cluster with the reason.
+    let o = trellis(
+        &endpoints,
+        TOKEN,
+        &["--idempotency-key", "a b", "target", "create", T1],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("Idempotency-Key"), "{}", stderr(&o));
+    // Without a leader nothing was proposed: no key to resend with.
+    service.fail_writes(Some(ServiceError::NoLeader));
+    let o = trellis(&endpoints, TOKEN, &["target", "create", T1]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("--idempotency-key"), "{}", stderr(&o));
+}
+
+#[test]
 fn refusals_exit_1_with_the_api_message() {
     let (live, _service) = start_api();
     let o = trellis(&live, "wrong-token", &["device", "list"]);

@@ -12,6 +12,7 @@ use std::pin::Pin;
 
 use crate::config::{ClusterConfig, Command, ConfigError, Response};
 use crate::membership::MemberStatus;
+use uuid::Uuid;
 
 /// A boxed future, for a trait usable as `dyn ClusterService`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -64,4 +65,9 @@ pub trait ClusterService: Send + Sync + 'static {
     /// The other members as the failure detector sees them (this member not
     /// included).
     fn members(&self) -> Vec<MemberStatus>;
+    /// The uuid of device `name` created under idempotency key `key`
+    /// without a uuid of its own: the same on every member of this cluster,
+    /// another on any other cluster (see
+    /// [`keyed_device_uuid`](crate::config::once::keyed_device_uuid)).
+    fn keyed_device_uuid(&self, key: &str, name: &str) -> Uuid;
 }

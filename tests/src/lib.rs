@@ -64,7 +64,9 @@ pub fn trellis_cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String)
 /// the ephemeral range, like [`stable_port`].
 pub fn free_control_port(hosts: std::ops::RangeInclusive<u8>) -> u16 {
     for _ in 0..200 {
-        let port = below_ephemeral_range();
+        let Some(port) = below_ephemeral_range() else {
+            continue;
+        };
         let free = hosts.clone().all(|h| {
             [1, 2]
                 .iter()
@@ -87,7 +89,9 @@ pub fn free_control_port(hosts: std::ops::RangeInclusive<u8>) -> u16 {
 /// busy machine.
 pub fn stable_port() -> u16 {
     for _ in 0..200 {
-        let port = below_ephemeral_range();
+        let Some(port) = below_ephemeral_range() else {
+            continue;
+        };
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -95,9 +99,14 @@ pub fn stable_port() -> u16 {
     panic!("no free TCP port below the ephemeral range");
 }
 
-/// A random port in [10000, start of the ephemeral range).
-fn below_ephemeral_range() -> u16 {
+/// A random port in [10000, start of the ephemeral range) not handed out
+/// before by this process (a test asks for several before any is bound);
+/// `None` when the draw was one handed out already.
+fn below_ephemeral_range() -> Option<u16> {
     use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    // Where the kernel's range starts; a machine configured with ephemeral
+    // ports below 11000 gets 32768, Linux's default (and may then collide).
     let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
@@ -106,7 +115,15 @@ fn below_ephemeral_range() -> u16 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());
     let span = u64::from(low - 10000);
-    10000 + u16::try_from(h.finish() % span).unwrap_or(0)
+    let port = 10000 + u16::try_from(h.finish() % span).unwrap_or(0);
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if handed.contains(&port) {
+        return None;
+    }
+    handed.push(port);
+    Some(port)
 }
 
 /// Whether a libiscsi tool is installed.
@@ -132,6 +149,16 @@ pub fn require_tool(name: &str) {
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
+}
+
+/// The daemon's log filter: `RUST_LOG`, or `info`, always with trellisd's
+/// own info lines (the fixtures wait for some of them).
+fn log_filter() -> String {
+    match std::env::var("RUST_LOG") {
+        Ok(v) if !v.contains("trellisd") => format!("{v},trellisd=info"),
+        Ok(v) => v,
+        Err(_) => "info".to_owned(),
+    }
 }
 
 /// A running trellisd.
@@ -176,10 +203,7 @@ impl Trellisd {
                 .arg("--portal")
                 .arg(portal.to_string())
                 .args(extra)
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                )
+                .env("RUST_LOG", log_filter())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log)?);
             if let Some(text) = config {
@@ -220,7 +244,7 @@ impl Trellisd {
             .arg("--config")
             .arg(&path)
             .arg("--witness")
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -256,12 +280,17 @@ impl Trellisd {
             }
             // Serving once the portal opens and the daemon says so (a
             // cluster member logs it after its Raft and API listeners).
-            if TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_ok()
-                && self.log_text().contains("trellisd serving")
-            {
+            let open = TcpStream::connect_timeout(&self.portal, Duration::from_millis(200)).is_ok();
+            if open && self.log_text().contains("trellisd serving") {
                 return Ok(());
             }
             if start.elapsed() > limit {
+                if open {
+                    bail!(
+                        "portal {} opened, but trellisd did not log \"trellisd serving\" within {limit:?}",
+                        self.portal
+                    );
+                }
                 bail!("portal {} did not open within {limit:?}", self.portal);
             }
             std::thread::sleep(Duration::from_millis(50));

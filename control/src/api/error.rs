@@ -123,6 +123,7 @@ impl ApiError {
                 C::BackingTaken { .. } => (StatusCode::CONFLICT, "backing_taken"),
                 C::NodeIdRange { .. } => (StatusCode::BAD_REQUEST, "node_id_range"),
                 C::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+                C::NestedOnce => (StatusCode::BAD_REQUEST, "nested_once"),
             },
         }
     }

@@ -91,7 +91,11 @@ pub(super) async fn create_device(
     key: IdempotencyKey,
     Body(req): Body<CreateDevice>,
 ) -> ApiResult<impl IntoResponse> {
-    let device = req.into_device(key.0.as_deref())?;
+    let keyed = key
+        .0
+        .as_deref()
+        .map(|k| st.service.keyed_device_uuid(k, &req.name));
+    let device = req.into_device(keyed)?;
     st.apply(&key, Command::CreateDevice(device.clone()))
         .await?;
     let config = st.service.config();

@@ -10,6 +10,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::config::once::keyed_device_uuid;
 use crate::config::{ClusterConfig, Command, Response};
 use crate::membership::MemberStatus;
 use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
@@ -27,6 +28,9 @@ struct Inner {
 #[derive(Debug)]
 pub struct MemoryService {
     inner: Mutex<Inner>,
+    /// Stands for the cluster key in keyed device uuids: each service is
+    /// a cluster of its own.
+    salt: uuid::Uuid,
 }
 
 impl Default for MemoryService {
@@ -53,6 +57,7 @@ impl MemoryService {
                 raft,
                 ..Inner::default()
             }),
+            salt: uuid::Uuid::new_v4(),
         }
     }
 
@@ -124,5 +129,9 @@ impl ClusterService for MemoryService {
 
     fn members(&self) -> Vec<MemberStatus> {
         self.lock().members.clone()
+    }
+
+    fn keyed_device_uuid(&self, key: &str, name: &str) -> uuid::Uuid {
+        keyed_device_uuid(self.salt.as_bytes(), key, name)
     }
 }

@@ -223,6 +223,13 @@ async fn a_keyed_write_sent_twice_applies_once() {
     let uuid = service.config().devices["d1"].uuid;
     assert_eq!(first.json()["uuid"], uuid.to_string());
     assert_eq!(service.config().recent_writes.len(), 1);
+    // The uuid comes from the key, the name and the cluster: another
+    // cluster creating d1 under the same key gets another identity.
+    assert_eq!(uuid, service.keyed_device_uuid(key, "d1"));
+    let (elsewhere, r2) = setup();
+    let there = post_keyed(&r2, "/v1/devices", key, body.clone()).await;
+    assert_eq!(there.status, StatusCode::CREATED, "{}", there.text);
+    assert_ne!(elsewhere.config().devices["d1"].uuid, uuid);
     // Without a key the same request is a second, refused, create.
     let unkeyed = post(&r, "/v1/devices", body).await;
     assert_eq!(unkeyed.status, StatusCode::CONFLICT);

@@ -73,10 +73,10 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 512;
 
 impl CreateDevice {
     /// The device to create (validated by the configuration when applied).
-    /// Without a uuid in the request, one is drawn at random, or derived
-    /// from the request's idempotency `key` and the name when there is one
-    /// (a resent request then proposes the very same device).
-    pub fn into_device(self, key: Option<&str>) -> Result<Device, ApiError> {
+    /// Without a uuid in the request it gets `keyed` (derived from the
+    /// request's idempotency key, so that a resent request proposes the
+    /// very same device), or else a random one.
+    pub fn into_device(self, keyed: Option<Uuid>) -> Result<Device, ApiError> {
         let backing = match self.backing.as_deref() {
             None => Backing::default_for(&self.name),
             Some("memory") => Backing::Memory,
@@ -88,12 +88,9 @@ impl CreateDevice {
             }
             Some(path) => Backing::Path(PathBuf::from(path)),
         };
-        let uuid = self
-            .uuid
-            .unwrap_or_else(|| key.map_or_else(Uuid::new_v4, |k| keyed_uuid(k, &self.name)));
         Ok(Device {
             name: self.name,
-            uuid,
+            uuid: self.uuid.or(keyed).unwrap_or_else(Uuid::new_v4),
             size: self.size,
             backing,
             block_size: self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
@@ -101,20 +98,6 @@ impl CreateDevice {
             read_only: self.read_only,
         })
     }
-}
-
-/// A random-looking (version 4) UUID that only `key` and `name` decide.
-fn keyed_uuid(key: &str, name: &str) -> Uuid {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in ["trellis device uuid", key, name] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    let digest = h.finalize();
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
 }
 
 /// `POST /v1/devices/{name}/resize`.

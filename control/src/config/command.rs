@@ -289,6 +289,9 @@ pub enum ConfigError {
         /// The key.
         key: String,
     },
+    /// A keyed write holds another keyed write.
+    #[error("a keyed write cannot hold another keyed write")]
+    NestedOnce,
     /// A data member's node id is also its target port group id and
     /// relative target port id, 16-bit in SCSI.
     #[error("member {member}: node id {node_id} must be 1..=65535 (it is also the member's target port group id)")]
@@ -320,6 +323,9 @@ impl ClusterConfig {
     /// and changes the configuration only when it is valid.
     pub fn apply(&mut self, command: &Command) -> Result<Response, ConfigError> {
         match command {
+            Command::Once { command, .. } if matches!(**command, Command::Once { .. }) => {
+                Err(ConfigError::NestedOnce)
+            }
             Command::Once { key, command } => {
                 if let Some(result) = self.recent_writes.replay(key, command) {
                     return result;

@@ -12,15 +12,27 @@
 //! The table is part of the replicated state (a field of
 //! [`ClusterConfig`](super::ClusterConfig), so snapshots carry it) and
 //! every member decides the same way. It keeps the last [`RECENT_WRITES`]
-//! keys: far more than the writes a client can have in doubt at once.
+//! keyed writes of the whole cluster (refused ones included): a resend
+//! after a lost answer comes within seconds, thousands of writes sooner
+//! than its key is forgotten. A write is remembered by a digest of its
+//! command, not the command, so CHAP secrets do not linger in it.
+//!
+//! A device created under a key without a uuid of its own gets one derived
+//! from the key, its name and the cluster key ([`keyed_device_uuid`]), so
+//! that a resent create proposes the very same device, while the same key
+//! and name on another cluster give another identity.
 
 use std::collections::VecDeque;
 
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::command::{Command, ConfigError, Response};
 
-/// How many keyed writes are remembered.
+/// How many keyed writes are remembered. Part of the replicated state's
+/// rules: every member must use the same value.
 pub const RECENT_WRITES: usize = 1024;
 
 /// The longest idempotency key accepted.
@@ -46,11 +58,38 @@ pub fn check_key(key: &str) -> Result<(), String> {
     }
 }
 
+/// A version-4-shaped UUID that only `secret` (the cluster key), `key` and
+/// `name` decide.
+pub fn keyed_device_uuid(secret: &[u8], key: &str, name: &str) -> Uuid {
+    // HMAC takes keys of any length; new_from_slice cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    for part in ["trellis device uuid", key, name] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part.as_bytes());
+    }
+    let tag = mac.finalize().into_bytes();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&tag[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+/// SHA-256 of a command's JSON, in hex: what a remembered write is compared
+/// by.
+fn digest(command: &Command) -> String {
+    // Commands always serialize (string keys, no floats).
+    let json = serde_json::to_vec(command).unwrap_or_default();
+    Sha256::digest(&json)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// One remembered write.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Done {
     key: String,
-    command: Command,
+    /// [`digest`] of the command.
+    command: String,
     result: Result<Response, ConfigError>,
 }
 
@@ -80,7 +119,7 @@ impl RecentWrites {
         command: &Command,
     ) -> Option<Result<Response, ConfigError>> {
         let done = self.0.iter().rev().find(|d| d.key == key)?;
-        Some(if done.command == *command {
+        Some(if done.command == digest(command) {
             done.result.clone()
         } else {
             Err(ConfigError::KeyReused {
@@ -97,12 +136,12 @@ impl RecentWrites {
         command: &Command,
         result: &Result<Response, ConfigError>,
     ) {
-        if self.0.len() == RECENT_WRITES {
+        while self.0.len() >= RECENT_WRITES {
             self.0.pop_front();
         }
         self.0.push_back(Done {
             key: key.to_owned(),
-            command: command.clone(),
+            command: digest(command),
             result: result.clone(),
         });
     }
@@ -202,6 +241,60 @@ mod tests {
         let mut back: ClusterConfig = serde_json::from_str(&text).expect("decode");
         assert_eq!(back, c);
         assert_eq!(back.apply(&once("k1", create(T1))), Ok(Response::Changed));
+    }
+
+    #[test]
+    fn nested_keyed_writes_are_refused_and_not_remembered() {
+        let mut c = ClusterConfig::default();
+        let nested = once("k1", once("k2", create(T1)));
+        assert_eq!(c.apply(&nested), Err(ConfigError::NestedOnce));
+        assert!(c.recent_writes.is_empty() && c.targets.is_empty());
+    }
+
+    #[test]
+    fn secrets_are_not_remembered() {
+        use crate::config::{ChapAuth, ChapCredentials};
+        let mut c = ClusterConfig::default();
+        c.apply(&create(T1)).expect("target");
+        let secret = "a-chap-secret-to-forget";
+        let allow = Command::AllowInitiator {
+            target: T1.to_owned(),
+            initiator: "iqn.1998-01.com.vmware:host1".to_owned(),
+            luns: None,
+            auth: Some(ChapAuth {
+                chap: ChapCredentials {
+                    user: "host1".to_owned(),
+                    secret: secret.to_owned(),
+                },
+                mutual: None,
+            }),
+        };
+        c.apply(&once("k1", allow.clone())).expect("allow");
+        let deny = Command::DenyInitiator {
+            target: T1.to_owned(),
+            initiator: "iqn.1998-01.com.vmware:host1".to_owned(),
+        };
+        c.apply(&once("k2", deny)).expect("deny");
+        let text = serde_json::to_string(&c).expect("encode");
+        assert!(!text.contains(secret), "{text}");
+        // Still recognized by its digest.
+        assert_eq!(c.apply(&once("k1", allow)), Ok(Response::Changed));
+    }
+
+    #[test]
+    fn keyed_device_uuids_are_per_cluster_key_and_name() {
+        let a = keyed_device_uuid(b"cluster-key-one-0123", "k1", "d1");
+        assert_eq!(a, keyed_device_uuid(b"cluster-key-one-0123", "k1", "d1"));
+        assert_eq!(a.get_version_num(), 4);
+        for other in [
+            keyed_device_uuid(b"cluster-key-two-0123", "k1", "d1"),
+            keyed_device_uuid(b"cluster-key-one-0123", "k2", "d1"),
+            keyed_device_uuid(b"cluster-key-one-0123", "k1", "d2"),
+            // The parts are length-prefixed: no shifting between them.
+            keyed_device_uuid(b"cluster-key-one-0123", "k1d", "1"),
+        ] {
+            assert_ne!(a, other);
+        }
     }
 
     #[test]

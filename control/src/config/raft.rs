@@ -546,7 +546,7 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
             }
             Outcome::TimedOut => {
                 return Err(ServiceError::Unavailable(format!(
-                    "not committed within {:?} (no quorum?); it may still apply: resend it with the same Idempotency-Key to learn its outcome",
+                    "not committed within {:?} (no quorum?); it may still apply (a write sent with an Idempotency-Key can be resent with the same key to learn its outcome)",
                     shared.settings.write_timeout
                 )))
             }
@@ -632,5 +632,9 @@ impl ClusterService for ConfigService {
             .as_ref()
             .map(|source| source())
             .unwrap_or_default()
+    }
+
+    fn keyed_device_uuid(&self, key: &str, name: &str) -> uuid::Uuid {
+        super::once::keyed_device_uuid(self.shared.key.secret(), key, name)
     }
 }

@@ -703,11 +703,18 @@ mod tests {
         let dir = TempDir::new().expect("tempdir");
         let path = dir.path().join("config.redb");
         let (_, mut leader) = open_in_memory().expect("leader");
+        // The second write is keyed: its key travels in the snapshot.
+        let keyed = |n: u32| {
+            let EntryPayload::Normal(command) = create_target(n) else {
+                unreachable!()
+            };
+            EntryPayload::Normal(Command::Once {
+                key: "k2".to_owned(),
+                command: Box::new(command),
+            })
+        };
         leader
-            .apply(vec![
-                entry(1, 1, create_target(1)),
-                entry(1, 2, create_target(2)),
-            ])
+            .apply(vec![entry(1, 1, create_target(1)), entry(1, 2, keyed(2))])
             .await
             .expect("apply");
         let built = leader
@@ -742,5 +749,13 @@ mod tests {
             .expect("read")
             .expect("a snapshot");
         assert_eq!(current.meta, built.meta);
+        // The keyed write resent after the snapshot is answered, not applied.
+        let results = follower
+            .apply(vec![entry(1, 3, keyed(2))])
+            .await
+            .expect("apply");
+        assert_eq!(results, vec![Ok(Response::Changed)]);
+        assert_eq!(read(&follower.state).config.targets.len(), 2);
+        assert_eq!(read(&follower.state).config.recent_writes.len(), 1);
     }
 }
