@@ -1,23 +1,21 @@
-//! A seeded simulation of members running [`Discovery`] over two networks
-//! (test-only): a deterministic event queue delivers datagrams by address,
-//! with per-link drop probability, delay and partitions.
+//! Members running [`Discovery`] over two networks (test-only), on the
+//! crate's seeded simulated network ([`crate::sim::Net`]: per-link drop,
+//! delay, jitter and partitions). Discovery sends to addresses; the
+//! simulation maps each address to the member owning it.
 //!
 //! ```text
-//! Output::Send ─> cut? drop? ─> queue at now + delay ─> received() on the member owning `to`
+//! Output::Send ─> member owning `to` ─> Net::send ─> Net::advance_to ─> received() on it
 //! every STEP: deliver what is due (in time, then send order), then tick() every member
 //! ```
 //!
-//! All randomness comes from one `StdRng` seeded by the test and every
-//! collection is ordered, so a seed replays exactly.
+//! All randomness comes from the network's generator, seeded by the test,
+//! and every collection is ordered, so a seed replays exactly.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-
 use super::{Config, Discovery, Identity, Output};
+use crate::sim::{Conditions, Net};
 use crate::wire::ClusterKey;
 use crate::{ClusterId, LinkName, MemberId, ProtocolVersion};
 
@@ -93,80 +91,89 @@ impl Log {
     }
 }
 
-/// A datagram on its way.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct InFlight {
-    to: usize,
-    link: LinkName,
-    from: String,
-    bytes: Vec<u8>,
+/// Member `i` as the network knows it (by index: two specs may share a
+/// member name).
+fn node(i: usize) -> MemberId {
+    MemberId(format!("node{i}"))
+}
+
+/// The index of a [`node`] name.
+fn index(m: &MemberId) -> usize {
+    m.0.strip_prefix("node")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(usize::MAX)
 }
 
 /// The simulated members and networks.
 #[derive(Debug)]
 pub(super) struct Sim {
     t0: Instant,
-    now: Duration,
-    rng: StdRng,
-    /// Probability that a datagram is lost.
-    pub drop: f64,
-    /// Delay is drawn uniformly from this range (milliseconds).
-    pub delay_ms: (u64, u64),
-    cut: BTreeSet<(usize, LinkName)>,
-    seq: u64,
-    queue: BinaryHeap<Reverse<(Duration, u64, InFlight)>>,
+    net: Net,
+    /// Datagrams sent to an address no member owns.
+    misaddressed: u64,
     specs: Vec<Spec>,
     /// Each member's service.
     pub nodes: Vec<Discovery>,
     /// Each member's reports.
     pub logs: Vec<Log>,
-    /// Datagrams sent, and lost to drop or partition.
-    pub sent: u64,
-    /// Datagrams lost.
-    pub lost: u64,
 }
 
 impl Sim {
-    /// Members as `specs` say, member `i` at [`addr`]`(i, link)`.
+    /// Members as `specs` say, member `i` at [`addr`]`(i, link)`; both
+    /// networks lossless with a delay of 1 to 20 ms.
     pub fn new(seed: u64, specs: Vec<Spec>) -> Self {
         let t0 = Instant::now();
         let nodes = specs.iter().enumerate().map(|(i, s)| build(i, s)).collect();
         let logs = specs.iter().map(|_| Log::default()).collect();
-        Self {
+        let mut sim = Self {
             t0,
-            now: Duration::ZERO,
-            rng: StdRng::seed_from_u64(seed),
-            drop: 0.0,
-            delay_ms: (1, 20),
-            cut: BTreeSet::new(),
-            seq: 0,
-            queue: BinaryHeap::new(),
+            net: Net::new(seed, t0),
+            misaddressed: 0,
             specs,
             nodes,
             logs,
-            sent: 0,
-            lost: 0,
+        };
+        sim.set_conditions(0.0, Duration::from_millis(1), Duration::from_millis(20));
+        sim
+    }
+
+    /// On both networks: datagrams lost with probability `drop`, delayed
+    /// by `min..=max` (so reordered).
+    pub fn set_conditions(&mut self, drop: f64, min: Duration, max: Duration) {
+        for link in links() {
+            let c = Conditions {
+                drop,
+                delay: min,
+                jitter: max.saturating_sub(min),
+            };
+            self.net.set_conditions(&link, c);
         }
+    }
+
+    /// Datagrams sent so far.
+    pub fn sent(&self) -> u64 {
+        self.net.stats().sent + self.misaddressed
+    }
+
+    /// Datagrams lost so far (dropped, cut off, or sent nowhere).
+    pub fn lost(&self) -> u64 {
+        let stats = self.net.stats();
+        stats.dropped + stats.cut + self.misaddressed
     }
 
     /// Simulated time since the start.
     pub fn elapsed(&self) -> Duration {
-        self.now
-    }
-
-    /// The instant `d` after the start.
-    pub fn at(&self, d: Duration) -> Instant {
-        self.t0 + d
+        self.net.now().duration_since(self.t0)
     }
 
     /// Cuts member `i` off `link` (both directions, in flight included).
     pub fn cut(&mut self, i: usize, link: &LinkName) {
-        self.cut.insert((i, link.clone()));
+        self.net.partition_link(&node(i), link);
     }
 
     /// Reconnects member `i` to `link`.
     pub fn heal(&mut self, i: usize, link: &LinkName) {
-        self.cut.remove(&(i, link.clone()));
+        self.net.heal_link(&node(i), link);
     }
 
     /// Restarts member `i` with the next incarnation (all its state lost).
@@ -177,7 +184,7 @@ impl Sim {
 
     /// Member `i`'s browser finds member `j` on `link`.
     pub fn browse(&mut self, i: usize, j: usize, link: &LinkName) {
-        let now = self.at(self.now);
+        let now = self.net.now();
         let hint = self.specs[j].member.clone();
         let outs = self.nodes[i].found(now, link, Some(&hint), &addr(j, link));
         self.handle(i, outs);
@@ -185,29 +192,22 @@ impl Sim {
 
     /// Runs the members and networks for `d`.
     pub fn run(&mut self, d: Duration) {
-        let end = self.now + d;
-        while self.now < end {
-            let step_end = self.now + STEP;
-            while let Some(Reverse((at, _, _))) = self.queue.peek() {
-                if *at > step_end {
-                    break;
+        let end = self.net.now() + d;
+        while self.net.now() < end {
+            let step_end = self.net.now() + STEP;
+            // One due time at a time, so that what a delivery sends is
+            // sent at that time and may be due within the step.
+            while let Some(due) = self.net.next_due().filter(|&t| t <= step_end) {
+                for (at, datagram) in self.net.advance_to(due) {
+                    let to = index(&datagram.to);
+                    let from = addr(index(&datagram.from), &datagram.link);
+                    let outs = self.nodes[to].received(at, &datagram.link, &from, &datagram.bytes);
+                    self.handle(to, outs);
                 }
-                let Some(Reverse((at, _, f))) = self.queue.pop() else {
-                    break;
-                };
-                self.now = at;
-                if self.cut.contains(&(f.to, f.link.clone())) {
-                    self.lost += 1;
-                    continue;
-                }
-                let now = self.at(at);
-                let outs = self.nodes[f.to].received(now, &f.link, &f.from, &f.bytes);
-                self.handle(f.to, outs);
             }
-            self.now = step_end;
-            let now = self.at(step_end);
+            self.net.advance_to(step_end);
             for i in 0..self.nodes.len() {
-                let outs = self.nodes[i].tick(now);
+                let outs = self.nodes[i].tick(step_end);
                 self.handle(i, outs);
             }
         }
@@ -223,6 +223,7 @@ impl Sim {
     }
 
     fn handle(&mut self, i: usize, outs: Vec<Output>) {
+        let now = self.elapsed();
         for o in outs {
             match o {
                 Output::Send { link, to, datagram } => self.send(i, link, to, datagram),
@@ -233,51 +234,27 @@ impl Sim {
                             member,
                             incarnation,
                             ..
-                        } => log.admitted.push((member.clone(), *incarnation, self.now)),
+                        } => log.admitted.push((member.clone(), *incarnation, now)),
                         Output::Confirmed { member, link } => {
                             log.confirmed.insert((member.clone(), link.clone()));
                         }
                         Output::Rejected { link, addr, reason } => {
-                            log.rejected.push((
-                                link.clone(),
-                                addr.clone(),
-                                reason.clone(),
-                                self.now,
-                            ));
+                            log.rejected
+                                .push((link.clone(), addr.clone(), reason.clone(), now));
                         }
                         _ => {}
                     }
-                    log.events.push((self.now, other));
+                    log.events.push((now, other));
                 }
             }
         }
     }
 
     fn send(&mut self, i: usize, link: LinkName, to: String, bytes: Vec<u8>) {
-        self.sent += 1;
-        let dest = (0..self.nodes.len()).find(|&j| addr(j, &link) == to);
-        let Some(j) = dest else {
-            self.lost += 1;
-            return;
-        };
-        if self.cut.contains(&(i, link.clone())) || self.cut.contains(&(j, link.clone())) {
-            self.lost += 1;
-            return;
+        match (0..self.nodes.len()).find(|&j| addr(j, &link) == to) {
+            Some(j) => self.net.send(&node(i), &node(j), &link, bytes),
+            None => self.misaddressed += 1,
         }
-        if self.drop > 0.0 && self.rng.gen_bool(self.drop) {
-            self.lost += 1;
-            return;
-        }
-        let (lo, hi) = self.delay_ms;
-        let delay = Duration::from_millis(self.rng.gen_range(lo..=hi));
-        self.seq += 1;
-        let f = InFlight {
-            to: j,
-            link: link.clone(),
-            from: addr(i, &link),
-            bytes,
-        };
-        self.queue.push(Reverse((self.now + delay, self.seq, f)));
     }
 }
 

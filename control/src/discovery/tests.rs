@@ -639,11 +639,10 @@ fn sim_thirty_percent_drop_still_converges() {
         let everyone = [0, 1, 2, 3, 4];
         let specs = (0..5).map(|i| Spec::good(i, &everyone)).collect();
         let mut sim = Sim::new(seed, specs);
-        sim.drop = 0.3;
-        sim.delay_ms = (1, 80);
+        sim.set_conditions(0.3, Duration::from_millis(1), Duration::from_millis(80));
         sim.run(secs(300));
         assert!(sim.all_admitted(&everyone), "seed {seed}");
-        assert!(sim.lost > 0);
+        assert!(sim.lost() > 0);
     }
 }
 
@@ -716,10 +715,10 @@ fn sim_a_seed_replays_exactly() {
         let everyone = [0, 1, 2, 3];
         let specs = (0..4).map(|i| Spec::good(i, &everyone)).collect();
         let mut sim = Sim::new(seed, specs);
-        sim.drop = 0.3;
+        sim.set_conditions(0.3, Duration::from_millis(1), Duration::from_millis(20));
         sim.run(secs(60));
         let events: Vec<_> = sim.logs.iter().map(|l| l.events.clone()).collect();
-        (events, sim.sent, sim.lost)
+        (events, sim.sent(), sim.lost())
     };
     assert_eq!(run(7), run(7));
 }
