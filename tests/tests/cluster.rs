@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use trellis_tests::raw::Conn;
 use trellis_tests::{
     eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool, stable_port,
-    trellis_cli, Trellisd,
+    trellis_cli, wait_devices_listed, Trellisd,
 };
 
 const KEY: &str = "cluster-test-key-0123456789";
@@ -149,19 +149,9 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         &["device", "create", "d1", "--size", "64MiB"],
     );
     assert_eq!(code, 0, "{out}");
+    let all_members: Vec<&Trellisd> = members.iter().collect();
     for i in [0, 2] {
-        let start = Instant::now();
-        while !trellis_cli(&ep(i), TOKEN, &["--json", "device", "list"])
-            .1
-            .contains("\"d1\"")
-        {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "d1 not replicated to m{}",
-                i + 1
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_devices_listed(&ep(i), TOKEN, &["d1"], &all_members);
     }
 
     // A write resent with its idempotency key through another member (its
@@ -285,17 +275,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let dir = std::mem::replace(&mut members[leader].dir, tempfile::tempdir().unwrap());
     members[leader] = Trellisd::start_in(dir, Some(&texts[leader]), &[]).unwrap();
     let own = format!("http://127.0.0.1:{}", api_ports[leader]);
-    let start = Instant::now();
-    while !trellis_cli(&own, TOKEN, &["--json", "device", "list"])
-        .1
-        .contains("\"d2\"")
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "the old leader did not catch up"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_devices_listed(&own, TOKEN, &["d2"], &members.iter().collect::<Vec<_>>());
     // ... and serves what was created while it was down.
     wait_served(&members[leader], 1, &members);
 
@@ -305,21 +285,14 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         let dir = std::mem::replace(&mut m.dir, tempfile::tempdir().unwrap());
         *m = Trellisd::start_in(dir, Some(&texts[i]), &[]).unwrap();
     }
-    for (i, port) in api_ports.iter().enumerate() {
+    for port in api_ports {
         let own = format!("http://127.0.0.1:{port}");
-        let start = Instant::now();
-        loop {
-            let list = trellis_cli(&own, TOKEN, &["--json", "device", "list"]).1;
-            if list.contains("\"d1\"") && list.contains("\"d2\"") {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "m{} lost its configuration: {list}",
-                i + 1
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        wait_devices_listed(
+            &own,
+            TOKEN,
+            &["d1", "d2"],
+            &members.iter().collect::<Vec<_>>(),
+        );
     }
     for m in &members {
         wait_log(m, &["link up", "link=b"], "links after the restart");

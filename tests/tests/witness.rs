@@ -10,7 +10,8 @@
 use std::time::{Duration, Instant};
 
 use trellis_tests::{
-    eventually, free_control_port, iscsi_tool, stable_port, trellis_cli, Trellisd,
+    eventually, free_control_port, iscsi_tool, stable_port, trellis_cli, wait_devices_listed,
+    Trellisd,
 };
 
 const TOKEN: &str = "witness-test-api-token";
@@ -78,23 +79,6 @@ fn create(endpoints: &str, name: &str) {
     }
 }
 
-/// Waits until `endpoint` lists device `name`; a failure shows the last
-/// answer and the logs of `members`.
-fn wait_listed(endpoint: &str, name: &str, members: &[&Trellisd]) {
-    let start = Instant::now();
-    loop {
-        let (code, out) = cli(endpoint, &["--json", "device", "list"]);
-        if code == 0 && out.contains(&format!("\"{name}\"")) {
-            return;
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            let logs: String = members.iter().map(|m| m.log_tail(60)).collect();
-            panic!("{name} not on {endpoint}: exit {code}: {out}\n{logs}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
-}
-
 #[test]
 fn either_data_member_can_die_with_a_witness() {
     let port = free_control_port(21..=24);
@@ -141,19 +125,19 @@ fn either_data_member_can_die_with_a_witness() {
     });
     let dir = std::mem::replace(&mut m1.dir, tempfile::tempdir().unwrap());
     m1 = Trellisd::start_in(dir, Some(&texts[0]), &[]).unwrap();
-    wait_listed(&url(1), "while-m1-down", &[&m1, &m2, &w]);
+    wait_devices_listed(&url(1), TOKEN, &["while-m1-down"], &[&m1, &m2, &w]);
 
     // m2 dies: m1 and the witness still take writes.
     m2.kill();
     create(&format!("{},{}", url(1), url(3)), "while-m2-down");
     let dir = std::mem::replace(&mut m2.dir, tempfile::tempdir().unwrap());
     m2 = Trellisd::start_in(dir, Some(&texts[1]), &[]).unwrap();
-    wait_listed(&url(2), "while-m2-down", &[&m1, &m2, &w]);
+    wait_devices_listed(&url(2), TOKEN, &["while-m2-down"], &[&m1, &m2, &w]);
 
     // A fourth member, not among the voters, joins as a learner: it holds
     // the configuration and serves the target like the others.
     let m4 = Trellisd::start_with(Some(&texts[3]), &[]).unwrap();
-    wait_listed(&url(4), "while-m2-down", &[&m1, &m2, &w, &m4]);
+    wait_devices_listed(&url(4), TOKEN, &["while-m2-down"], &[&m1, &m2, &w, &m4]);
     eventually("status", Duration::from_secs(20), || {
         let (_, out) = cli(&url(4), &["--json", "status"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
