@@ -45,9 +45,19 @@ impl ClusterKey {
     }
 
     fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length; new_from_slice cannot fail for it.
-        <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| unreachable!())
+        mac_over(&self.0, &[])
     }
+}
+
+/// HMAC-SHA256 under `key`, fed `parts` in order; finalize it for a tag or
+/// verify a tag against it.
+pub(crate) fn mac_over(key: &[u8], parts: &[&[u8]]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length; new_from_slice cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for p in parts {
+        mac.update(p);
+    }
+    mac
 }
 
 impl fmt::Debug for ClusterKey {

@@ -24,12 +24,13 @@
 
 use std::collections::VecDeque;
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::command::{Command, ConfigError, Response};
+use crate::wire::mac_over;
 
 /// How many keyed writes are remembered. Part of the replicated state's
 /// rules: every member must use the same value.
@@ -61,8 +62,7 @@ pub fn check_key(key: &str) -> Result<(), String> {
 /// A version-4-shaped UUID that only `secret` (the cluster key), `key` and
 /// `name` decide.
 pub fn keyed_device_uuid(secret: &[u8], key: &str, name: &str) -> Uuid {
-    // HMAC takes keys of any length; new_from_slice cannot fail for it.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!());
+    let mut mac = mac_over(secret, &[]);
     for part in ["trellis device uuid", key, name] {
         mac.update(&(part.len() as u64).to_be_bytes());
         mac.update(part.as_bytes());

@@ -16,13 +16,12 @@
 //!  frame = body length u32 | body | HMAC(session key, direction | seq u64 | body)
 //! ```
 
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use rand::RngCore;
-use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::transport::TransportError;
-use crate::wire::ClusterKey;
+use crate::wire::{mac_over, ClusterKey};
 use crate::ProtocolVersion;
 
 const MAGIC: &[u8; 4] = b"TRFT";
@@ -34,23 +33,12 @@ pub(super) const TAG: usize = 32;
 const CLIENT: u8 = b'c';
 const SERVER: u8 = b's';
 
-type HmacSha256 = Hmac<Sha256>;
-
 fn tag(key: &[u8], parts: &[&[u8]]) -> [u8; TAG] {
-    // HMAC takes keys of any length; new_from_slice cannot fail for it.
-    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    for p in parts {
-        mac.update(p);
-    }
-    mac.finalize().into_bytes().into()
+    mac_over(key, parts).finalize().into_bytes().into()
 }
 
 fn verify(key: &[u8], parts: &[&[u8]], expected: &[u8]) -> bool {
-    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    for p in parts {
-        mac.update(p);
-    }
-    mac.verify_slice(expected).is_ok()
+    mac_over(key, parts).verify_slice(expected).is_ok()
 }
 
 fn nonce() -> [u8; NONCE] {
