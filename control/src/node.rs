@@ -491,6 +491,20 @@ mod tests {
         })
     }
 
+    /// Waits until `n1` and `n2` see each other alive with both links up.
+    fn wait_both_up(n1: &Node, n2: &Node, what: &str) {
+        let start = Instant::now();
+        while !(up(n1, "n2") && up(n2, "n1")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{what}: {:?} / {:?}",
+                n1.status(),
+                n2.status()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Two nodes with no seeds find each other by DNS-SD over mDNS on
     /// loopback, and admit each other on both links.
     #[test]
@@ -502,16 +516,7 @@ mod tests {
         let b = [free_addr("127.0.0.1"), free_addr("127.0.0.1")];
         let n1 = node_with("n1", &cluster, &a, Vec::new(), true);
         let n2 = node_with("n2", &cluster, &b, Vec::new(), true);
-        let start = Instant::now();
-        while !(up(&n1, "n2") && up(&n2, "n1")) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "not found by mDNS: {:?} / {:?}",
-                n1.status(),
-                n2.status()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_both_up(&n1, &n2, "not found by mDNS");
         n1.shutdown();
         n2.shutdown();
     }
@@ -531,16 +536,7 @@ mod tests {
                 (LinkName("b".into()), a[1].to_string()),
             ],
         );
-        let start = Instant::now();
-        while !(up(&n1, "n2") && up(&n2, "n1")) {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "not admitted with both links up: {:?} / {:?}",
-                n1.status(),
-                n2.status()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_both_up(&n1, &n2, "not admitted with both links up");
         n1.shutdown();
         n2.shutdown();
     }

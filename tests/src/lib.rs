@@ -63,18 +63,15 @@ pub fn trellis_cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String)
 /// every device of `names`; a failure shows the last answer and the log
 /// tails of `members`.
 pub fn wait_devices_listed(endpoint: &str, token: &str, names: &[&str], members: &[&Trellisd]) {
-    let start = Instant::now();
-    loop {
+    let what = format!("{names:?} not all listed by {endpoint}");
+    eventually(&what, Duration::from_secs(30), || {
         let (code, out) = trellis_cli(endpoint, token, &["--json", "device", "list"]);
         if code == 0 && names.iter().all(|n| out.contains(&format!("\"{n}\""))) {
-            return;
+            return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(30) {
-            let logs: String = members.iter().map(|m| m.log_tail(60)).collect();
-            panic!("{names:?} not all listed by {endpoint}: exit {code}: {out}\n{logs}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        let logs: String = members.iter().map(|m| m.log_tail(60)).collect();
+        Err(format!("exit {code}: {out}\n{logs}"))
+    });
 }
 
 /// A UDP port free on 127.0.1.`h` and 127.0.2.`h` (the two loopback

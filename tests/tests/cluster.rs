@@ -21,7 +21,7 @@
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_tests::raw::Conn;
 use trellis_tests::{
@@ -70,18 +70,13 @@ fn member_config(i: u8, port: u16, key: &str, peers: &[u8]) -> String {
 
 /// Waits until `d`'s log has a line containing every one of `parts`.
 fn wait_log(d: &Trellisd, parts: &[&str], what: &str) {
-    let start = Instant::now();
-    loop {
+    eventually(what, Duration::from_secs(20), || {
         let log = d.log_text();
         if log.lines().any(|l| parts.iter().all(|p| l.contains(p))) {
-            return;
+            return Ok(());
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{what}: no log line with {parts:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err(format!("no log line with {parts:?}:\n{log}"))
+    });
 }
 
 #[test]
@@ -119,8 +114,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     // member's own links as its peers hear them).
     let dead = format!("http://127.0.0.1:{}", free_port());
     let ep = |i: usize| format!("{dead},http://127.0.0.1:{}", api_ports[i]);
-    let start = Instant::now();
-    loop {
+    eventually("member list", Duration::from_secs(30), || {
         let (code, out) = trellis_cli(&ep(1), TOKEN, &["--json", "member", "list"]);
         let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         let ok = code == 0
@@ -133,15 +127,8 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
                             .is_some_and(|l| l.len() == 2 && l.iter().all(|x| x["state"] == "up"))
                     })
             });
-        if ok {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "member list: {code} {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        ok.then_some(()).ok_or(format!("{code} {out}"))
+    });
     // A device created through member 2 is in every member's replica.
     let (code, out) = trellis_cli(
         &ep(1),
@@ -250,28 +237,24 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         .map(|i| format!("http://127.0.0.1:{}", api_ports[i]))
         .collect();
     let survivors = others.join(",");
-    let start = Instant::now();
-    loop {
-        let (code, out) = trellis_cli(
+    eventually(
+        "no write after the leader died",
+        Duration::from_secs(20),
+        || match trellis_cli(
             &survivors,
             TOKEN,
             &["device", "create", "d2", "--size", "32MiB"],
-        );
-        if code == 0 {
-            let (code, out) = trellis_cli(
-                &survivors,
-                TOKEN,
-                &["target", "map", TARGET, "d2", "--lun", "1"],
-            );
-            assert_eq!(code, 0, "{out}");
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "no write after the leader died: {code} {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        ) {
+            (0, _) => Ok(()),
+            (code, out) => Err(format!("{code} {out}")),
+        },
+    );
+    let (code, out) = trellis_cli(
+        &survivors,
+        TOKEN,
+        &["target", "map", TARGET, "d2", "--lun", "1"],
+    );
+    assert_eq!(code, 0, "{out}");
     let dir = std::mem::replace(&mut members[leader].dir, tempfile::tempdir().unwrap());
     members[leader] = Trellisd::start_in(dir, Some(&texts[leader]), &[]).unwrap();
     let own = format!("http://127.0.0.1:{}", api_ports[leader]);
@@ -395,15 +378,10 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let mut m3 = members.pop().unwrap();
     m3.kill();
     for (d, (suspect, failed)) in members.iter().zip(before) {
-        let start = Instant::now();
-        while count(d, "member suspect") <= suspect || count(d, "member failed") <= failed {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "m3 not failed:\n{}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        eventually("m3 not failed", Duration::from_secs(20), || {
+            let done = count(d, "member suspect") > suspect && count(d, "member failed") > failed;
+            done.then_some(()).ok_or_else(|| d.log_text())
+        });
     }
     // SendTargets stops listing the failed member's portal.
     let dead = m3.portal.to_string();

@@ -9,10 +9,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_tests::raw::Conn;
-use trellis_tests::{iscsi_tool, Trellisd, DEFAULT_TARGET};
+use trellis_tests::{eventually, iscsi_tool, Trellisd, DEFAULT_TARGET};
 
 const MIB: u64 = 1 << 20;
 
@@ -35,19 +35,14 @@ fn reload(d: &Trellisd, text: &str, n: usize) -> String {
         .status()
         .unwrap()
         .success());
-    let start = Instant::now();
-    loop {
+    eventually("no SIGHUP log line", Duration::from_secs(10), || {
         let log = d.log_text();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains("SIGHUP:")).collect();
-        if lines.len() >= n {
-            return lines[n - 1].to_owned();
+        match lines.get(n - 1) {
+            Some(line) => Ok((*line).to_owned()),
+            None => Err(log),
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no SIGHUP log line:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 /// Sense key, ASC and ASCQ of every unit attention until a TEST UNIT READY

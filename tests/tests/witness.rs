@@ -7,7 +7,7 @@
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use trellis_tests::{
     eventually, free_control_port, iscsi_tool, stable_port, trellis_cli, wait_devices_listed,
@@ -65,18 +65,14 @@ fn cli(endpoints: &str, args: &[&str]) -> (i32, String) {
 /// Creates device `name` through `endpoints`, retrying while there is no
 /// leader (an election after a kill).
 fn create(endpoints: &str, name: &str) {
-    let start = Instant::now();
-    loop {
-        let (code, out) = cli(endpoints, &["device", "create", name, "--size", "8MiB"]);
-        if code == 0 {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "cannot create {name}: {code} {out}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    eventually(
+        &format!("cannot create {name}"),
+        Duration::from_secs(20),
+        || match cli(endpoints, &["device", "create", name, "--size", "8MiB"]) {
+            (0, _) => Ok(()),
+            (code, out) => Err(format!("{code} {out}")),
+        },
+    );
 }
 
 #[test]
@@ -91,19 +87,14 @@ fn either_data_member_can_die_with_a_witness() {
     let w = Trellisd::start_witness(tempfile::tempdir().unwrap(), &texts[2]).unwrap();
     create(&format!("{},{},{}", url(1), url(2), url(3)), "first");
     // The witness is a configured voter with no portals.
-    let start = Instant::now();
-    loop {
+    eventually("members", Duration::from_secs(20), || {
         let (_, out) = cli(&url(3), &["--json", "member", "list"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         let witness_ok = v["members"].as_array().is_some_and(|m| {
             m.len() == 3 && m.iter().any(|x| x["id"] == "w" && x["witness"] == true)
         });
-        if witness_ok {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "members: {out}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+        witness_ok.then_some(()).ok_or(out)
+    });
 
     // m1 dies: m2 and the witness still take writes, and m2 serves them.
     m1.kill();
