@@ -145,11 +145,15 @@ pub fn dispatch_data_out(
 ) -> Action {
     match cdb.first() {
         Some(0x15) | Some(0x55) => Action::Complete(mode_select(cdb, data, dev, lu, nexus)),
-        Some(0x5F) => Action::PersistentReserve(PrRequest::Out {
-            sa: cdb[1] & 0x1F,
-            scope_type: cdb.get(2).copied().unwrap_or(0),
-            params: data.to_vec(),
-        }),
+        Some(0x5F) => {
+            // Short CDBs read their missing bytes as zero, as everywhere else.
+            let c = pad(cdb);
+            Action::PersistentReserve(PrRequest::Out {
+                sa: c[1] & 0x1F,
+                scope_type: c[2],
+                params: data.to_vec(),
+            })
+        }
         Some(0x83) => parse_copy_list(data)
             .map(Action::ExtendedCopy)
             .unwrap_or_else(|s| Action::Complete(Completion::check(s))),
@@ -447,6 +451,35 @@ pub(crate) mod tests {
             dispatch_data_out(&TUR, &[], &dev, &crate::scsi::LunShared::new(), &mut n),
             Action::Complete(Completion::check(Sense::internal_target_failure()))
         );
+    }
+
+    #[test]
+    fn short_cdbs_in_data_out_read_missing_bytes_as_zero() {
+        // The proptest found this: a one-byte PERSISTENT RESERVE OUT CDB
+        // indexed past its end.
+        let dev = disk(512, 1000);
+        let mut n = NexusState::empty();
+        let lu = crate::scsi::LunShared::new();
+        let params = vec![7u8; 24];
+        assert_eq!(
+            dispatch_data_out(&[0x5F], &params, &dev, &lu, &mut n),
+            Action::PersistentReserve(PrRequest::Out {
+                sa: 0,
+                scope_type: 0,
+                params: params.clone()
+            })
+        );
+        assert_eq!(
+            dispatch_data_out(&[0x5F, 0x21, 0x13], &params, &dev, &lu, &mut n),
+            Action::PersistentReserve(PrRequest::Out {
+                sa: 1,
+                scope_type: 0x13,
+                params
+            })
+        );
+        for op in [0x15u8, 0x55, 0x83, 0x48, 0x42] {
+            let _ = dispatch_data_out(&[op], &[0; 8], &dev, &lu, &mut n);
+        }
     }
 
     #[test]
