@@ -332,7 +332,15 @@ impl ConfigService {
             .map(|(id, addr)| (id, BasicNode::new(addr.to_string())))
             .collect();
         let raft = self.shared.raft.clone();
-        match run_blocking(&self.handle, async move { raft.initialize(nodes).await })? {
+        let result = run_blocking(&self.handle, async move {
+            // A restarted member is formed already: asking again would be
+            // refused, and openraft logs that refusal as an error.
+            if raft.is_initialized().await.unwrap_or(false) {
+                return Ok(());
+            }
+            raft.initialize(nodes).await
+        })?;
+        match result {
             Ok(()) | Err(OpenRaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(RaftError::Initialize(Box::new(e))),
         }
