@@ -22,7 +22,7 @@ fn start_api() -> (String, Arc<MemoryService>) {
 
 /// Serves the API over `service` on an ephemeral port; returns its URL.
 fn serve(service: Arc<MemoryService>) -> String {
-    let router = api::router(service, TOKEN.to_owned(), Arc::new(String::new));
+    let router = api::router(service, TOKEN.to_owned(), api::Local::default());
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
     let addr = listener.local_addr().expect("addr");

@@ -26,7 +26,7 @@
 //! | `GET /metrics`                             | Prometheus text                        |
 //! | `GET /v1/status`                           | Raft and cluster summary               |
 //! | `GET /v1/members`                          | members and their links                |
-//! | `GET, POST /v1/devices`                    | list, create                           |
+//! | `GET, POST /v1/devices`                    | list, create (backing checked here)    |
 //! | `POST /v1/devices/{name}/resize`           | grow                                   |
 //! | `DELETE /v1/devices/{name}`                | delete an unmapped device              |
 //! | `GET, POST /v1/targets`                    | list, create                           |
@@ -61,17 +61,52 @@ use tokio::net::TcpListener;
 pub use auth::Token;
 pub use error::ApiError;
 
+use crate::config::{ConfigError, Device};
 use crate::service::ClusterService;
 
 /// Produces Prometheus text lines (the data path's counters) appended to
 /// `/metrics`.
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Checks, before a device is created, that this member reaches its
+/// backing; a refusal is [`ConfigError::InvalidBacking`] and nothing is
+/// written.
+pub type BackingCheck = Arc<dyn Fn(&Device) -> Result<(), ConfigError> + Send + Sync>;
+
+/// What the member serving the API adds to the replicated state: its data
+/// path's view. A witness (no data path) has [`Local::default`]: no extra
+/// metrics, every backing accepted.
+#[derive(Clone)]
+pub struct Local {
+    /// Lines appended to `/metrics`.
+    pub metrics: MetricsSource,
+    /// Run on `POST /v1/devices`. Every data member opens a device's
+    /// backing at the same path (shared storage), so one that the member
+    /// taking the request cannot reach is a typo or an unmounted share:
+    /// refusing it beats a device that no member serves.
+    pub check_backing: BackingCheck,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Self {
+            metrics: Arc::new(String::new),
+            check_backing: Arc::new(|_| Ok(())),
+        }
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub(crate) struct AppState {
     service: Arc<dyn ClusterService>,
-    metrics: MetricsSource,
+    local: Local,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,14 +116,11 @@ impl std::fmt::Debug for AppState {
 }
 
 /// The management API over `service`, requiring `token` on every endpoint
-/// but `/health`; `metrics` adds its lines to `/metrics`. An empty token
-/// refuses every authenticated request.
-pub fn router(
-    service: Arc<dyn ClusterService>,
-    token: String,
-    metrics: Arc<dyn Fn() -> String + Send + Sync>,
-) -> Router {
-    let state = AppState { service, metrics };
+/// but `/health`, with `local` for this member's own part (its metrics,
+/// its check of new devices' backings). An empty token refuses every
+/// authenticated request.
+pub fn router(service: Arc<dyn ClusterService>, token: String, local: Local) -> Router {
+    let state = AppState { service, local };
     let token = Token::new(&token);
     let authenticated = Router::new()
         .route("/metrics", get(handlers::metrics))

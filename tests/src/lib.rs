@@ -59,6 +59,40 @@ pub fn trellis_cli(endpoints: &str, token: &str, args: &[&str]) -> (i32, String)
     (out.status.code().unwrap_or(-1), text)
 }
 
+/// One HTTP/1.1 request to the management API on 127.0.0.1:`port` with
+/// bearer `token`, an extra header line `header` (or none) and a JSON
+/// body; the whole answer, status line and headers included.
+pub fn api_request(
+    port: u16,
+    token: &str,
+    method: &str,
+    path: &str,
+    header: &str,
+    body: Option<&str>,
+) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n"
+    );
+    if !header.is_empty() {
+        head.push_str(header);
+        head.push_str("\r\n");
+    }
+    if let Some(b) = body {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    head.push_str("\r\n");
+    head.push_str(body.unwrap_or(""));
+    s.write_all(head.as_bytes()).expect("send to the API");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the API's answer");
+    out
+}
+
 /// Waits (up to 30 s) until `trellis device list` through `endpoint` lists
 /// every device of `names`; a failure shows the last answer and the log
 /// tails of `members`.

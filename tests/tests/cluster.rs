@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use trellis_tests::raw::Conn;
 use trellis_tests::{
-    eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool, stable_port,
-    trellis_cli, wait_devices_listed, Trellisd,
+    api_request, eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool,
+    stable_port, trellis_cli, wait_devices_listed, Trellisd,
 };
 
 const KEY: &str = "cluster-test-key-0123456789";
@@ -140,6 +140,31 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     for i in [0, 2] {
         wait_devices_listed(&ep(i), TOKEN, &["d1"], &all_members);
     }
+
+    // A backing the member taking the request cannot reach (a typo, an
+    // unmounted share) is refused with the reason, and nothing is written.
+    let (code, out) = trellis_cli(
+        &ep(2),
+        TOKEN,
+        &[
+            "device",
+            "create",
+            "typo",
+            "--size",
+            "1MiB",
+            "--backing",
+            "/nonexistent-share/typo.img",
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("/nonexistent-share")
+            && out.contains("member m3")
+            && out.contains("invalid_backing"),
+        "{out}"
+    );
+    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "device", "list"]);
+    assert!(!out.contains("typo"), "{out}");
 
     // A write resent with its idempotency key through another member (its
     // first answer lost) is answered again from the replicated log, not
@@ -492,30 +517,9 @@ fn http_get(port: u16, path: &str) -> String {
     http(port, "GET", path, "", None)
 }
 
-/// One request to the management API on `port` with the token, an extra
-/// header line `header` (or none) and a JSON body; the whole answer.
+/// [`api_request`] with this test's token.
 fn http(port: u16, method: &str, path: &str, header: &str, body: Option<&str>) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n"
-    );
-    if !header.is_empty() {
-        head.push_str(header);
-        head.push_str("\r\n");
-    }
-    if let Some(b) = body {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
-    }
-    head.push_str("\r\n");
-    head.push_str(body.unwrap_or(""));
-    s.write_all(head.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    api_request(port, TOKEN, method, path, header, body)
 }
 
 /// The status line and the body of an answer from [`http`].

@@ -2,7 +2,9 @@
 //! path): killing either data member leaves the cluster writable (and the
 //! survivor serves what is created meanwhile), and the killed member
 //! catches up when it comes back. A member that is not a voter joins as a
-//! learner and serves the devices too.
+//! learner and serves the devices too. The witness has no storage to check
+//! a new device's backing against: one that no data member reaches is
+//! taken, and each data member reports it unserved on `/metrics`.
 
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,8 +12,8 @@
 use std::time::Duration;
 
 use trellis_tests::{
-    eventually, free_control_port, iscsi_tool, stable_port, trellis_cli, wait_devices_listed,
-    Trellisd,
+    api_request, eventually, free_control_port, iscsi_tool, stable_port, trellis_cli,
+    wait_devices_listed, Trellisd,
 };
 
 const TOKEN: &str = "witness-test-api-token";
@@ -95,6 +97,45 @@ fn either_data_member_can_die_with_a_witness() {
         });
         witness_ok.then_some(()).ok_or(out)
     });
+
+    // Created through the witness, a device whose backing no data member
+    // reaches is taken (the witness has no storage to check it against);
+    // each data member counts it unserved on /metrics until it is deleted.
+    let (code, out) = cli(
+        &url(3),
+        &[
+            "device",
+            "create",
+            "orphan",
+            "--size",
+            "1MiB",
+            "--backing",
+            "/nonexistent-share/orphan.img",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    // Both data members report `orphan` unserved (or no longer).
+    let wait_unserved = |orphan: bool| {
+        let (line, count) = ("trellis_device_unserved{device=\"orphan\"} 1", orphan as u8);
+        for i in [1, 2] {
+            eventually(
+                &format!("m{i}: orphan unserved {orphan}"),
+                Duration::from_secs(20),
+                || {
+                    let metrics = api_request(api[i - 1], TOKEN, "GET", "/metrics", "", None);
+                    let named = metrics.lines().any(|l| l == line);
+                    let counted = metrics
+                        .lines()
+                        .any(|l| l == format!("trellis_devices_unserved {count}"));
+                    (named == orphan && counted).then_some(()).ok_or(metrics)
+                },
+            );
+        }
+    };
+    wait_unserved(true);
+    let (code, out) = cli(&url(1), &["device", "delete", "orphan"]);
+    assert_eq!(code, 0, "{out}");
+    wait_unserved(false);
 
     // m1 dies: m2 and the witness still take writes, and m2 serves them.
     m1.kill();

@@ -128,6 +128,7 @@ pub fn start(
     );
 
     // The exports of a data member follow the replicated configuration.
+    let mut unserved = crate::exports::Unserved::default();
     if let Some(reg) = &registry {
         let (reader, members, me_id, stop4) = (
             service.reader(),
@@ -136,6 +137,7 @@ pub fn start(
             Arc::clone(&stop),
         );
         let mut applier = Applier::new(Arc::clone(reg), settings.storage_dir.clone());
+        unserved = applier.unserved();
         let reg = Arc::clone(reg);
         threads.push(
             std::thread::Builder::new()
@@ -163,13 +165,26 @@ pub fn start(
         );
     }
 
-    // The management API, with the data path's counters on /metrics.
+    // The management API, with this member's data path: its counters on
+    // /metrics, and its view of the storage checking new devices' backings.
     let dyn_service: Arc<dyn ClusterService> = Arc::clone(&service) as Arc<dyn ClusterService>;
-    let metrics: trellis_control::api::MetricsSource = match registry {
-        Some(reg) => Arc::new(move || crate::metrics::render(&reg.device_io())),
-        None => Arc::new(String::new),
+    let local = match registry {
+        Some(reg) => {
+            let (dir, who) = (settings.storage_dir.clone(), me.id.to_string());
+            trellis_control::api::Local {
+                metrics: Arc::new(move || {
+                    let unserved = unserved
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    crate::metrics::render(&reg.device_io(), &unserved)
+                }),
+                check_backing: Arc::new(move |d| crate::exports::check_backing(&dir, &who, d)),
+            }
+        }
+        None => trellis_control::api::Local::default(),
     };
-    let router = trellis_control::api::router(dyn_service, settings.api_token.clone(), metrics);
+    let router = trellis_control::api::router(dyn_service, settings.api_token.clone(), local);
     let addr = settings.api;
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot listen for the management API on {addr}"))?;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use trellis_control::config::{Backing, ChapAuth, ClusterConfig, Device};
+use trellis_control::config::{Backing, ChapAuth, ClusterConfig, ConfigError, Device};
 use trellis_control::membership::{MemberState, MemberStatus};
 use trellis_control::MemberId;
 use trellis_datapath::{BackingStore, DeviceSpec, FileStore, MemoryStore, VirtualDevice};
@@ -105,7 +105,13 @@ pub struct Applier {
     /// Something did not apply (a device not opened or not grown, the
     /// target refusing the change): try again.
     retry: bool,
+    /// The names of `failed`, for `/metrics`.
+    unserved: Unserved,
 }
+
+/// The devices of the replicated configuration this member cannot serve
+/// now (their backing could not be opened), by name.
+pub type Unserved = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl Applier {
     /// An applier for `registry`; relative backings live in `storage_dir`.
@@ -115,7 +121,14 @@ impl Applier {
             storage_dir,
             failed: BTreeMap::new(),
             retry: false,
+            unserved: Unserved::default(),
         }
+    }
+
+    /// The devices not served after the last [`Applier::apply`], kept
+    /// current by it.
+    pub fn unserved(&self) -> Unserved {
+        Arc::clone(&self.unserved)
     }
 
     /// Whether something did not apply last time (worth a retry).
@@ -147,6 +160,10 @@ impl Applier {
             }
         }
         self.retry |= !failed.is_empty();
+        *self
+            .unserved
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failed.keys().cloned().collect();
         self.failed = failed;
         let served: Vec<String> = devices.iter().map(|d| d.spec().name.clone()).collect();
         let new = GatewayConfig {
@@ -206,6 +223,52 @@ impl Applier {
             }
         };
         VirtualDevice::new(spec, store).with_context(|| format!("device {}", d.name))
+    }
+}
+
+/// Whether this member (`member`, relative backings under `storage_dir`)
+/// can serve `d`'s backing: a memory backing, an existing regular file or
+/// block device, or a file to be created in an existing directory. Run by
+/// the API before a device is created; every data member opens the same
+/// path, so a refusal here is a typo or an unmounted share, caught before
+/// the cluster holds a device that no member serves.
+pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(), ConfigError> {
+    use std::io::ErrorKind;
+    use std::os::unix::fs::FileTypeExt;
+    let Backing::Path(p) = &d.backing else {
+        return Ok(());
+    };
+    let path = resolve(storage_dir, p);
+    let refuse = |reason: String| ConfigError::InvalidBacking {
+        device: d.name.clone(),
+        path: p.display().to_string(),
+        reason,
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(m) if m.is_dir() => Err(refuse(format!(
+            "is the directory {} on member {member}, not a file or block device",
+            path.display()
+        ))),
+        Ok(_) => Err(refuse(format!(
+            "is {} on member {member}, neither a regular file nor a block device",
+            path.display()
+        ))),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+            let dir = path.parent().unwrap_or(storage_dir);
+            if dir.is_dir() {
+                Ok(())
+            } else {
+                Err(refuse(format!(
+                    "would be created in {}, which is not a directory on member {member} (every data member opens this path: mount the shared storage there or fix the path)",
+                    dir.display()
+                )))
+            }
+        }
+        Err(e) => Err(refuse(format!(
+            "cannot be examined on member {member}: {e} ({})",
+            path.display()
+        ))),
     }
 }
 
@@ -386,5 +449,51 @@ mod tests {
             peer_portals(&c, &MemberId("m2".into()), &all),
             vec!["127.0.0.1:3261,1"]
         );
+    }
+
+    #[test]
+    fn backings_this_member_cannot_reach_are_refused_with_the_reason() {
+        let storage = tempfile::tempdir().unwrap();
+        let dir = storage.path();
+        std::fs::write(dir.join("there.img"), [0u8; 512]).unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let dev = |backing: Backing| Device {
+            name: "d".into(),
+            uuid: Uuid::from_u128(7),
+            size: 1 << 20,
+            backing,
+            block_size: 512,
+            thin: true,
+            read_only: false,
+        };
+        let path = |p: &str| Backing::Path(p.into());
+        let abs = |p: &str| Backing::Path(dir.join(p));
+        for ok in [
+            Backing::Memory,
+            path("there.img"),
+            path("new.img"),
+            path("sub/new.img"),
+            abs("there.img"),
+            abs("new.img"),
+        ] {
+            assert_eq!(check_backing(dir, "m1", &dev(ok.clone())), Ok(()), "{ok:?}");
+        }
+        let refused = |b: Backing| match check_backing(dir, "m1", &dev(b.clone())) {
+            Err(ConfigError::InvalidBacking { device, reason, .. }) => {
+                assert_eq!(device, "d");
+                assert!(reason.contains("member m1"), "{b:?}: {reason}");
+                reason
+            }
+            other => panic!("{b:?}: {other:?}"),
+        };
+        assert!(refused(path("sub")).contains("directory"));
+        assert!(refused(path("nowhere/new.img")).contains("not a directory"));
+        assert!(
+            refused(Backing::Path("/nonexistent-trellis/d.img".into())).contains("shared storage")
+        );
+        // A file where a directory should be.
+        assert!(refused(path("there.img/d.img")).contains("not a directory"));
+        // A character device is neither a file nor a block device.
+        assert!(refused(Backing::Path("/dev/null".into())).contains("neither"));
     }
 }

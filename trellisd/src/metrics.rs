@@ -1,6 +1,8 @@
 //! The data path's Prometheus metrics, appended to the control plane's on
 //! `/metrics`: per device, operations and bytes read and written, flushes,
-//! unmaps and errors since the member started, and its size.
+//! unmaps and errors since the member started, and its size; and the
+//! devices of the configuration this member cannot serve (an alert:
+//! `trellis_devices_unserved > 0`).
 //!
 //! Device names are `[A-Za-z0-9._-]` and UUIDs hex with dashes, so label
 //! values need no escaping.
@@ -9,8 +11,9 @@ use std::fmt::Write;
 
 use trellis_iscsi::target::DeviceIo;
 
-/// Prometheus text for `devices`.
-pub fn render(devices: &[DeviceIo]) -> String {
+/// Prometheus text for `devices`, served here, and `unserved`, the names
+/// of the configuration's devices this member cannot serve.
+pub fn render(devices: &[DeviceIo], unserved: &[String]) -> String {
     type Field = fn(&DeviceIo) -> u64;
     let families: [(&str, &str, &str, Field); 8] = [
         (
@@ -76,6 +79,18 @@ pub fn render(devices: &[DeviceIo]) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP trellis_devices_unserved Devices of the configuration this member cannot serve (their backing does not open; the log says why).\n# TYPE trellis_devices_unserved gauge\ntrellis_devices_unserved {}",
+        unserved.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP trellis_device_unserved 1 for each device this member cannot serve.\n# TYPE trellis_device_unserved gauge"
+    );
+    for name in unserved {
+        let _ = writeln!(out, "trellis_device_unserved{{device=\"{name}\"}} 1");
+    }
     out
 }
 
@@ -97,12 +112,15 @@ mod tests {
             unmap_ops: 4,
             errors: 0,
         };
-        let text = render(&[DeviceIo {
-            name: "d1".into(),
-            uuid: Uuid::from_u128(1),
-            size: 1 << 20,
-            io,
-        }]);
+        let text = render(
+            &[DeviceIo {
+                name: "d1".into(),
+                uuid: Uuid::from_u128(1),
+                size: 1 << 20,
+                io,
+            }],
+            &[],
+        );
         let u = "00000000-0000-0000-0000-000000000001";
         for line in [
             format!("trellis_device_read_ops_total{{device=\"d1\",uuid=\"{u}\"}} 3"),
@@ -115,6 +133,21 @@ mod tests {
             format!("trellis_device_size_bytes{{device=\"d1\",uuid=\"{u}\"}} 1048576"),
             "# TYPE trellis_device_read_ops_total counter".to_owned(),
             "# TYPE trellis_device_size_bytes gauge".to_owned(),
+            "trellis_devices_unserved 0".to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("trellis_device_unserved{"), "{text}");
+    }
+
+    #[test]
+    fn unserved_devices_are_counted_and_named() {
+        let text = render(&[], &["orphan".to_owned(), "typo".to_owned()]);
+        for line in [
+            "# TYPE trellis_devices_unserved gauge",
+            "trellis_devices_unserved 2",
+            "trellis_device_unserved{device=\"orphan\"} 1",
+            "trellis_device_unserved{device=\"typo\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -29,6 +29,9 @@ pub enum ApiError {
     /// names the field).
     #[error("invalid request body: {0}")]
     Body(String),
+    /// The body is larger than the API takes.
+    #[error("the request body is too large ({0})")]
+    TooLarge(String),
     /// The body lacks a JSON content type.
     #[error("the request body must be JSON (Content-Type: application/json)")]
     NotJson,
@@ -61,6 +64,9 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::MissingJsonContentType(_) => ApiError::NotJson,
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::TooLarge(strip_axum_prefix(&other.body_text()))
+            }
             other => ApiError::Body(strip_axum_prefix(&other.body_text())),
         }
     }
@@ -88,6 +94,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_body"),
             ApiError::NotJson => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::InvalidField { .. } => (StatusCode::BAD_REQUEST, "invalid_field"),
             ApiError::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),

@@ -46,7 +46,7 @@ pub(super) async fn health() -> impl IntoResponse {
 /// `GET /metrics`.
 pub(super) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let mut text = prom::render(&st.service.raft(), &st.service.members());
-    let extra = (st.metrics)();
+    let extra = (st.local.metrics)();
     text.push_str(&extra);
     if !text.ends_with('\n') {
         text.push('\n');
@@ -96,6 +96,7 @@ pub(super) async fn create_device(
         .as_deref()
         .map(|k| st.service.keyed_device_uuid(k, &req.name));
     let device = req.into_device(keyed)?;
+    (st.local.check_backing)(&device)?;
     st.apply(&key, Command::CreateDevice(device.clone()))
         .await?;
     let config = st.service.config();

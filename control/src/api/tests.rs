@@ -11,6 +11,7 @@ use tower::ServiceExt;
 
 use super::testing::MemoryService;
 use super::*;
+use crate::config::Backing;
 use crate::membership::{LinkState, LinkStatus, MemberState, MemberStatus};
 use crate::service::{RaftStatus, ServiceError};
 use crate::{LinkName, MemberId};
@@ -23,7 +24,11 @@ fn setup() -> (Arc<MemoryService>, Router) {
     let service = Arc::new(MemoryService::default());
     let metrics: MetricsSource =
         Arc::new(|| "trellis_device_read_ops_total{device=\"d1\"} 42\n".to_owned());
-    let r = router(service.clone(), TOKEN.to_owned(), metrics);
+    let local = Local {
+        metrics,
+        ..Local::default()
+    };
+    let r = router(service.clone(), TOKEN.to_owned(), local);
     (service, r)
 }
 
@@ -364,6 +369,14 @@ async fn bad_bodies_name_the_field() {
         (StatusCode::BAD_REQUEST, "invalid_body")
     );
 
+    // Past axum's body limit (2 MB): 413, not a parse error.
+    let huge = format!(r#"{{"name": "{}", "size": 4096}}"#, "a".repeat(3 << 20));
+    let a = send(&r, Method::POST, "/v1/devices", Some(TOKEN), Some(&huge)).await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+
     let req = Request::builder()
         .method(Method::POST)
         .uri("/v1/devices")
@@ -386,6 +399,59 @@ async fn bad_bodies_name_the_field() {
     let a = send(&r, Method::PUT, "/v1/devices", Some(TOKEN), None).await;
     assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
     a.error_code();
+}
+
+#[tokio::test]
+async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_written() {
+    let service = Arc::new(MemoryService::default());
+    let checked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&checked);
+    let local = Local {
+        check_backing: Arc::new(move |d: &Device| {
+            seen.lock().expect("lock").push(d.name.clone());
+            match &d.backing {
+                Backing::Path(p) if p.starts_with("/unmounted") => {
+                    Err(ConfigError::InvalidBacking {
+                        device: d.name.clone(),
+                        path: p.display().to_string(),
+                        reason: "is not reachable on member m1".into(),
+                    })
+                }
+                _ => Ok(()),
+            }
+        }),
+        ..Local::default()
+    };
+    let r = router(service.clone(), TOKEN.to_owned(), local);
+    let a = post(
+        &r,
+        "/v1/devices",
+        json!({"name": "d1", "size": 4096, "backing": "/unmounted/d1.img"}),
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_backing")
+    );
+    let message = a.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(
+        message.contains("/unmounted/d1.img") && message.contains("member m1"),
+        "{message}"
+    );
+    assert!(
+        service.config().devices.is_empty(),
+        "a refused device was written"
+    );
+    // The check sees the device as it would be written: the default
+    // backing of a device created without one.
+    let a = post(&r, "/v1/devices", json!({"name": "d2", "size": 4096})).await;
+    assert_eq!(a.status, StatusCode::CREATED);
+    assert_eq!(a.json()["backing"], "d2.img");
+    assert_eq!(*checked.lock().expect("lock"), ["d1", "d2"]);
+    assert!(service.config().devices.contains_key("d2"));
 }
 
 #[tokio::test]
