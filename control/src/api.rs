@@ -85,6 +85,10 @@ pub struct Local {
     /// taking the request cannot reach is a typo or an unmounted share:
     /// refusing it beats a device that no member serves.
     pub check_backing: BackingCheck,
+    /// How long `check_backing` may take before the device is refused (it
+    /// runs off the API's thread: a stat on a hung network share may
+    /// block for ever, and must not take the API with it).
+    pub check_timeout: std::time::Duration,
 }
 
 impl Default for Local {
@@ -92,6 +96,7 @@ impl Default for Local {
         Self {
             metrics: Arc::new(String::new),
             check_backing: Arc::new(|_| Ok(())),
+            check_timeout: std::time::Duration::from_secs(5),
         }
     }
 }

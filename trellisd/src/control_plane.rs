@@ -180,6 +180,7 @@ pub fn start(
                     crate::metrics::render(&reg.device_io(), &unserved)
                 }),
                 check_backing: Arc::new(move |d| crate::exports::check_backing(&dir, &who, d)),
+                ..trellis_control::api::Local::default()
             }
         }
         None => trellis_control::api::Local::default(),

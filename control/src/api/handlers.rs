@@ -13,7 +13,8 @@ use super::views::{
     MemberList, ResizeDevice, StatusView, TargetList, TargetView, WriteResult,
 };
 use super::{metrics as prom, ApiError, AppState};
-use crate::config::{Command, ConfigError, Object, Response};
+use crate::config::{Backing, Command, ConfigError, Device, Object, Response};
+use crate::service::ServiceError;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -96,11 +97,34 @@ pub(super) async fn create_device(
         .as_deref()
         .map(|k| st.service.keyed_device_uuid(k, &req.name));
     let device = req.into_device(keyed)?;
-    (st.local.check_backing)(&device)?;
+    check_backing(&st, &device).await?;
     st.apply(&key, Command::CreateDevice(device.clone()))
         .await?;
     let config = st.service.config();
     Ok((StatusCode::CREATED, Json(DeviceView::new(&device, &config))))
+}
+
+/// Runs this member's backing check off the API's thread, within its
+/// time limit.
+async fn check_backing(st: &AppState, device: &Device) -> ApiResult<()> {
+    let limit = st.local.check_timeout;
+    let (check, d) = (st.local.check_backing.clone(), device.clone());
+    let run = tokio::task::spawn_blocking(move || check(&d));
+    let slow = || ConfigError::InvalidBacking {
+        device: device.name.clone(),
+        path: match &device.backing {
+            Backing::Path(p) => p.display().to_string(),
+            Backing::Memory => "memory".to_owned(),
+        },
+        reason: format!("could not be examined within {limit:?} on this member (a hung share?)"),
+    };
+    match tokio::time::timeout(limit, run).await {
+        Ok(Ok(checked)) => Ok(checked?),
+        Ok(Err(join)) => {
+            Err(ServiceError::Internal(format!("backing check failed: {join}")).into())
+        }
+        Err(_) => Err(slow().into()),
+    }
 }
 
 /// `POST /v1/devices/{name}/resize`.

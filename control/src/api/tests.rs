@@ -401,6 +401,18 @@ async fn bad_bodies_name_the_field() {
     a.error_code();
 }
 
+/// The message of `a`, a 400 `invalid_backing` answer.
+fn refused_backing(a: &Answer) -> String {
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::BAD_REQUEST, "invalid_backing")
+    );
+    a.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned()
+}
+
 #[tokio::test]
 async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_written() {
     let service = Arc::new(MemoryService::default());
@@ -429,14 +441,7 @@ async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_writte
         json!({"name": "d1", "size": 4096, "backing": "/unmounted/d1.img"}),
     )
     .await;
-    assert_eq!(
-        (a.status, a.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "invalid_backing")
-    );
-    let message = a.json()["error"]["message"]
-        .as_str()
-        .expect("message")
-        .to_owned();
+    let message = refused_backing(&a);
     assert!(
         message.contains("/unmounted/d1.img") && message.contains("member m1"),
         "{message}"
@@ -452,6 +457,48 @@ async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_writte
     assert_eq!(a.json()["backing"], "d2.img");
     assert_eq!(*checked.lock().expect("lock"), ["d1", "d2"]);
     assert!(service.config().devices.contains_key("d2"));
+}
+
+#[tokio::test]
+async fn a_hung_backing_check_is_cut_short_and_does_not_stall_the_api() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let service = Arc::new(MemoryService::default());
+    let (release, hung) = std::sync::mpsc::channel::<()>();
+    let hung = Arc::new(std::sync::Mutex::new(hung));
+    let returned = Arc::new(AtomicBool::new(false));
+    let done = Arc::clone(&returned);
+    let local = Local {
+        // Blocks like a stat on a dead NFS server (for 2 s at most, so
+        // that a check run on the API's own thread fails this test
+        // instead of hanging it).
+        check_backing: Arc::new(move |_: &Device| {
+            let _ = hung
+                .lock()
+                .expect("lock")
+                .recv_timeout(Duration::from_secs(2));
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        }),
+        check_timeout: Duration::from_millis(300),
+        ..Local::default()
+    };
+    let r = router(service.clone(), TOKEN.to_owned(), local);
+    let create = post(&r, "/v1/devices", json!({"name": "d1", "size": 4096}));
+    let meanwhile = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let listed = get(&r, "/v1/devices").await;
+        // Answered while the check still hangs.
+        (listed.status, returned.load(Ordering::SeqCst))
+    };
+    let (a, listed) = tokio::join!(create, meanwhile);
+    assert_eq!(listed, (StatusCode::OK, false));
+    let message = refused_backing(&a);
+    assert!(
+        message.contains("could not be examined within 300ms"),
+        "{message}"
+    );
+    assert!(service.config().devices.is_empty());
+    let _ = release.send(());
 }
 
 #[tokio::test]
