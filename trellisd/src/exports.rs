@@ -227,13 +227,14 @@ impl Applier {
 }
 
 /// Whether this member (`member`, relative backings under `storage_dir`)
-/// can serve `d`'s backing: a memory backing, an existing regular file or
-/// block device, or a file to be created in an existing directory. Run by
+/// can serve `d`'s backing: a memory backing, an existing regular file, a
+/// block device at least as large as the device, or a file to be created
+/// in an existing directory. Run by
 /// the API before a device is created; every data member opens the same
 /// path, so a refusal here is a typo or an unmounted share, caught before
 /// the cluster holds a device that no member serves.
 pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(), ConfigError> {
-    use std::io::ErrorKind;
+    use std::io::{ErrorKind, Seek, SeekFrom};
     use std::os::unix::fs::FileTypeExt;
     let Backing::Path(p) = &d.backing else {
         return Ok(());
@@ -245,7 +246,18 @@ pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(),
         reason,
     };
     match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() || m.file_type().is_block_device() => Ok(()),
+        Ok(m) if m.is_file() => Ok(()),
+        // A block device is not grown like a file: it must hold the device.
+        Ok(m) if m.file_type().is_block_device() => {
+            match std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::End(0))) {
+                Ok(size) if size >= d.size => Ok(()),
+                Ok(size) => Err(refuse(format!(
+                    "is a block device of {size} bytes on member {member}, smaller than the device ({} bytes)",
+                    d.size
+                ))),
+                Err(e) => Err(refuse(format!("cannot be opened on member {member}: {e}"))),
+            }
+        }
         Ok(m) if m.is_dir() => Err(refuse(format!(
             "is the directory {} on member {member}, not a file or block device",
             path.display()
@@ -495,5 +507,62 @@ mod tests {
         assert!(refused(path("there.img/d.img")).contains("not a directory"));
         // A character device is neither a file nor a block device.
         assert!(refused(Backing::Path("/dev/null".into())).contains("neither"));
+    }
+
+    /// A loop device over a file of `size` bytes, detached on drop.
+    struct Loop {
+        path: String,
+        // Removed after the device is detached.
+        _file: tempfile::NamedTempFile,
+    }
+
+    impl Loop {
+        fn new(size: u64) -> Self {
+            let file = tempfile::NamedTempFile::new().unwrap();
+            file.as_file().set_len(size).unwrap();
+            let out = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(file.path())
+                .output()
+                .expect("losetup (util-linux) runs");
+            assert!(out.status.success(), "losetup needs root: {out:?}");
+            Self {
+                path: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+                _file: file,
+            }
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.path])
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_block_device_backing_must_hold_the_device() {
+        let dev = Loop::new(4 << 20);
+        let device = |size: u64| Device {
+            name: "san".into(),
+            uuid: Uuid::from_u128(8),
+            size,
+            backing: Backing::Path(dev.path.clone().into()),
+            block_size: 512,
+            thin: false,
+            read_only: false,
+        };
+        let dir = Path::new("/");
+        assert_eq!(check_backing(dir, "m2", &device(4 << 20)), Ok(()));
+        assert_eq!(check_backing(dir, "m2", &device(1 << 20)), Ok(()));
+        match check_backing(dir, "m2", &device(8 << 20)) {
+            Err(ConfigError::InvalidBacking { reason, .. }) => assert!(
+                reason.contains("block device of 4194304 bytes on member m2")
+                    && reason.contains("smaller than the device (8388608 bytes)"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 }
