@@ -104,8 +104,8 @@ pub(super) async fn create_device(
     Ok((StatusCode::CREATED, Json(DeviceView::new(&device, &config))))
 }
 
-/// Runs this member's backing check off the API's thread, within its
-/// time limit.
+/// Runs this member's backing check of `device` (new, or grown) off the
+/// API's thread, within its time limit.
 async fn check_backing(st: &AppState, device: &Device) -> ApiResult<()> {
     let limit = st.local.check_timeout;
     let (check, d) = (st.local.check_backing.clone(), device.clone());
@@ -127,13 +127,24 @@ async fn check_backing(st: &AppState, device: &Device) -> ApiResult<()> {
     }
 }
 
-/// `POST /v1/devices/{name}/resize`.
+/// `POST /v1/devices/{name}/resize`: a grown device's backing is checked
+/// like a new one's.
 pub(super) async fn resize_device(
     State(st): State<AppState>,
     PathParams(name): PathParams<String>,
     key: IdempotencyKey,
     Body(req): Body<ResizeDevice>,
 ) -> ApiResult<Json<WriteResult>> {
+    // The backing must hold the new size too (a block device is not grown).
+    // An unknown device or a shrink is left to the command's own checks.
+    let current = st.service.config().devices.get(&name).cloned();
+    if let Some(d) = current.filter(|d| req.size > d.size) {
+        let grown = Device {
+            size: req.size,
+            ..d
+        };
+        check_backing(&st, &grown).await?;
+    }
     st.write(
         &key,
         Command::ResizeDevice {

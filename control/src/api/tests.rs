@@ -422,7 +422,8 @@ async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_writte
         check_backing: Arc::new(move |d: &Device| {
             seen.lock().expect("lock").push(d.name.clone());
             match &d.backing {
-                Backing::Path(p) if p.starts_with("/unmounted") => {
+                // Unreachable, or a block device of 1 MiB.
+                Backing::Path(p) if p.starts_with("/unmounted") || d.size > 1 << 20 => {
                     Err(ConfigError::InvalidBacking {
                         device: d.name.clone(),
                         path: p.display().to_string(),
@@ -457,6 +458,21 @@ async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_writte
     assert_eq!(a.json()["backing"], "d2.img");
     assert_eq!(*checked.lock().expect("lock"), ["d1", "d2"]);
     assert!(service.config().devices.contains_key("d2"));
+    // A grown device is checked at its new size (a block device must hold
+    // it); a shrink or an unknown device is refused by the command itself.
+    let a = post(&r, "/v1/devices/d2/resize", json!({"size": 8192})).await;
+    assert_eq!(a.status, StatusCode::OK);
+    for (path, size) in [
+        ("/v1/devices/d2/resize", 4096),
+        ("/v1/devices/nope/resize", 8192),
+    ] {
+        let a = post(&r, path, json!({"size": size})).await;
+        assert!(a.status.is_client_error(), "{path}");
+    }
+    let a = post(&r, "/v1/devices/d2/resize", json!({"size": 2 << 20})).await;
+    refused_backing(&a);
+    assert_eq!(*checked.lock().expect("lock"), ["d1", "d2", "d2", "d2"]);
+    assert_eq!(service.config().devices["d2"].size, 8192);
 }
 
 #[tokio::test]
