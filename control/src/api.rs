@@ -27,7 +27,7 @@
 //! | `GET /v1/status`                           | Raft and cluster summary               |
 //! | `GET /v1/members`                          | members and their links                |
 //! | `GET, POST /v1/devices`                    | list, create (backing checked here)    |
-//! | `POST /v1/devices/{name}/resize`           | grow                                   |
+//! | `POST /v1/devices/{name}/resize`           | grow (backing checked here)            |
 //! | `DELETE /v1/devices/{name}`                | delete an unmapped device              |
 //! | `GET, POST /v1/targets`                    | list, create                           |
 //! | `DELETE /v1/targets/{iqn}`                 | delete with its LUNs and ACL           |
@@ -68,8 +68,8 @@ use crate::service::ClusterService;
 /// `/metrics`.
 pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Checks, before a device is created, that this member reaches its
-/// backing; a refusal is [`ConfigError::InvalidBacking`] and nothing is
+/// Checks, before a device is created or grown, that this member reaches
+/// its backing; a refusal is [`ConfigError::InvalidBacking`] and nothing is
 /// written.
 pub type BackingCheck = Arc<dyn Fn(&Device) -> Result<(), ConfigError> + Send + Sync>;
 
@@ -80,15 +80,19 @@ pub type BackingCheck = Arc<dyn Fn(&Device) -> Result<(), ConfigError> + Send + 
 pub struct Local {
     /// Lines appended to `/metrics`.
     pub metrics: MetricsSource,
-    /// Run on `POST /v1/devices`. Every data member opens a device's
-    /// backing at the same path (shared storage), so one that the member
-    /// taking the request cannot reach is a typo or an unmounted share:
-    /// refusing it beats a device that no member serves.
+    /// Run on `POST /v1/devices` (a name not in the replica yet) and on a
+    /// resize that grows a device (as of this member's replica). Every
+    /// data member opens a device's backing at the same path (shared
+    /// storage), so one that the member taking the request cannot reach
+    /// is a typo or an unmounted share: refusing it beats a device that no
+    /// member serves.
     pub check_backing: BackingCheck,
-    /// How long `check_backing` may take before the device is refused (it
-    /// runs off the API's thread: a stat on a hung network share may
+    /// How long `check_backing` may take before the request gets 503 (it
+    /// runs on a thread of its own: a stat on a hung network share may
     /// block for ever, and must not take the API with it).
     pub check_timeout: std::time::Duration,
+    /// This member's id, for messages ("" for none).
+    pub member: String,
 }
 
 impl Default for Local {
@@ -97,6 +101,7 @@ impl Default for Local {
             metrics: Arc::new(String::new),
             check_backing: Arc::new(|_| Ok(())),
             check_timeout: std::time::Duration::from_secs(5),
+            member: String::new(),
         }
     }
 }

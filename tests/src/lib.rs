@@ -72,6 +72,9 @@ pub fn api_request(
 ) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    // A stuck API fails the test instead of hanging it.
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n"
     );

@@ -163,8 +163,6 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
             && out.contains("invalid_backing"),
         "{out}"
     );
-    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "device", "list"]);
-    assert!(!out.contains("typo"), "{out}");
 
     // A write resent with its idempotency key through another member (its
     // first answer lost) is answered again from the replicated log, not
@@ -176,6 +174,11 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     let (status, created) = status_and_body(&first);
     assert!(status.contains(" 201 "), "{first}");
     assert_eq!(status_and_body(&again), (status, created), "{again}");
+    // By now every replica holds kd, written after the refused typo: had
+    // the typo been written, it would be listed too.
+    wait_devices_listed(&ep(0), TOKEN, &["kd"], &all_members);
+    let (_, out) = trellis_cli(&ep(0), TOKEN, &["--json", "device", "list"]);
+    assert!(!out.contains("typo"), "{out}");
     let unkeyed = http(api_ports[1], "POST", "/v1/devices", "", Some(body));
     assert!(status_and_body(&unkeyed).0.contains(" 409 "), "{unkeyed}");
     let key = "Idempotency-Key: cluster-test-keyed-delete";

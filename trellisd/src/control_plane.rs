@@ -180,6 +180,7 @@ pub fn start(
                     crate::metrics::render(&reg.device_io(), &unserved)
                 }),
                 check_backing: Arc::new(move |d| crate::exports::check_backing(&dir, &who, d)),
+                member: me.id.to_string(),
                 ..trellis_control::api::Local::default()
             }
         }

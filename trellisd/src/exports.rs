@@ -227,9 +227,10 @@ impl Applier {
 }
 
 /// Whether this member (`member`, relative backings under `storage_dir`)
-/// can serve `d`'s backing: a memory backing, an existing regular file, a
-/// block device at least as large as the device, or a file to be created
-/// in an existing directory. Run by
+/// can serve `d`'s backing: a memory backing, an existing regular file or
+/// a block device at least as large as the device, either opened for
+/// reading and writing, or a file that can be created in an existing
+/// directory. Run by
 /// the API before a device is created; every data member opens the same
 /// path, so a refusal here is a typo or an unmounted share, caught before
 /// the cluster holds a device that no member serves.
@@ -246,16 +247,27 @@ pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(),
         reason,
     };
     match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() => Ok(()),
-        // A block device is not grown like a file: it must hold the device.
-        Ok(m) if m.file_type().is_block_device() => {
-            match std::fs::File::open(&path).and_then(|mut f| f.seek(SeekFrom::End(0))) {
-                Ok(size) if size >= d.size => Ok(()),
-                Ok(size) => Err(refuse(format!(
-                    "is a block device of {size} bytes on member {member}, smaller than the device ({} bytes)",
-                    d.size
+        Ok(m) if m.is_file() || m.file_type().is_block_device() => {
+            // Opened as the members open it (read-write, even for a
+            // read-only device), so a read-only mount is caught here too.
+            let size = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .and_then(|mut f| f.seek(SeekFrom::End(0)));
+            match size {
+                Err(e) => Err(refuse(format!(
+                    "cannot be opened for reading and writing on member {member}: {e}"
                 ))),
-                Err(e) => Err(refuse(format!("cannot be opened on member {member}: {e}"))),
+                // A block device is not grown like a file: it must hold the
+                // device.
+                Ok(size) if m.file_type().is_block_device() && size < d.size => {
+                    Err(refuse(format!(
+                        "is a block device of {size} bytes on member {member}, smaller than the device ({} bytes)",
+                        d.size
+                    )))
+                }
+                Ok(_) => Ok(()),
             }
         }
         Ok(m) if m.is_dir() => Err(refuse(format!(
@@ -268,20 +280,39 @@ pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(),
         ))),
         Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
             let dir = path.parent().unwrap_or(storage_dir);
-            if dir.is_dir() {
-                Ok(())
-            } else {
-                Err(refuse(format!(
+            if !dir.is_dir() {
+                return Err(refuse(format!(
                     "would be created in {}, which is not a directory on member {member} (every data member opens this path: mount the shared storage there or fix the path)",
                     dir.display()
-                )))
+                )));
             }
+            creatable_in(dir).map_err(|e| {
+                refuse(format!(
+                    "would be created in {}, where member {member} cannot create a file: {e}",
+                    dir.display()
+                ))
+            })
         }
         Err(e) => Err(refuse(format!(
             "cannot be examined on member {member}: {e} ({})",
             path.display()
         ))),
     }
+}
+
+/// Whether a file can be created in `dir`: creates and removes a hidden
+/// probe file (permissions alone do not tell: root passes them, a
+/// read-only mount does not).
+fn creatable_in(dir: &Path) -> std::io::Result<()> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = dir.join(format!(".trellis-probe-{}-{nanos}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// A backing path: absolute as given, relative under `storage_dir`.
@@ -507,6 +538,78 @@ mod tests {
         assert!(refused(path("there.img/d.img")).contains("not a directory"));
         // A character device is neither a file nor a block device.
         assert!(refused(Backing::Path("/dev/null".into())).contains("neither"));
+    }
+
+    /// `dir` bind-mounted read-only on a new directory, unmounted on drop.
+    struct ReadOnlyView(tempfile::TempDir);
+
+    impl ReadOnlyView {
+        fn of(dir: &Path) -> Self {
+            let at = tempfile::tempdir().unwrap();
+            let mount = |args: &[&std::ffi::OsStr]| {
+                let out = std::process::Command::new("mount")
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "mount needs root: {out:?}");
+            };
+            mount(&["--bind".as_ref(), dir.as_os_str(), at.path().as_os_str()]);
+            let view = Self(at);
+            mount(&[
+                "-o".as_ref(),
+                "remount,bind,ro".as_ref(),
+                view.0.path().as_os_str(),
+            ]);
+            view
+        }
+    }
+
+    impl Drop for ReadOnlyView {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_backing_members_cannot_write_is_refused_and_probes_leave_nothing() {
+        let storage = tempfile::tempdir().unwrap();
+        std::fs::write(storage.path().join("there.img"), [0u8; 512]).unwrap();
+        let view = ReadOnlyView::of(storage.path());
+        let dev = |p: PathBuf| Device {
+            name: "d".into(),
+            uuid: Uuid::from_u128(9),
+            size: 1 << 20,
+            backing: Backing::Path(p),
+            block_size: 512,
+            thin: true,
+            read_only: true,
+        };
+        let reason = |p: PathBuf| match check_backing(storage.path(), "m1", &dev(p)) {
+            Err(ConfigError::InvalidBacking { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        // Even a read-only device: members open the store read-write.
+        let existing = reason(view.0.path().join("there.img"));
+        assert!(
+            existing.contains("cannot be opened for reading and writing on member m1"),
+            "{existing}"
+        );
+        let new = reason(view.0.path().join("new.img"));
+        assert!(
+            new.contains("where member m1 cannot create a file"),
+            "{new}"
+        );
+        // Writable, the same paths pass, and the probe is gone again.
+        for p in ["there.img", "new.img"] {
+            assert_eq!(check_backing(storage.path(), "m1", &dev(p.into())), Ok(()));
+        }
+        let left: Vec<_> = std::fs::read_dir(storage.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["there.img"]);
     }
 
     /// A loop device over a file of `size` bytes, detached on drop.

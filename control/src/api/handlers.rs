@@ -97,33 +97,53 @@ pub(super) async fn create_device(
         .as_deref()
         .map(|k| st.service.keyed_device_uuid(k, &req.name));
     let device = req.into_device(keyed)?;
-    check_backing(&st, &device).await?;
+    // A name the replica holds already is answered by the command itself
+    // without a check: a resend of a keyed create that applied (its first
+    // answer again, even if the share is gone meanwhile) or a 409.
+    if !st.service.config().devices.contains_key(&device.name) {
+        check_backing(&st, &device).await?;
+    }
     st.apply(&key, Command::CreateDevice(device.clone()))
         .await?;
     let config = st.service.config();
     Ok((StatusCode::CREATED, Json(DeviceView::new(&device, &config))))
 }
 
-/// Runs this member's backing check of `device` (new, or grown) off the
-/// API's thread, within its time limit.
+/// Runs this member's backing check of `device` (new, or grown) on a
+/// thread of its own, within its time limit. Not on the runtime's
+/// blocking pool: a check stuck on a hung share must neither hold a pool
+/// slot nor keep the runtime (and so the daemon) from stopping. Running
+/// out of time is 503, worth another try or another member.
 async fn check_backing(st: &AppState, device: &Device) -> ApiResult<()> {
     let limit = st.local.check_timeout;
     let (check, d) = (st.local.check_backing.clone(), device.clone());
-    let run = tokio::task::spawn_blocking(move || check(&d));
-    let slow = || ConfigError::InvalidBacking {
-        device: device.name.clone(),
-        path: match &device.backing {
-            Backing::Path(p) => p.display().to_string(),
-            Backing::Memory => "memory".to_owned(),
-        },
-        reason: format!("could not be examined within {limit:?} on this member (a hung share?)"),
-    };
-    match tokio::time::timeout(limit, run).await {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("trellis-backing-check".into())
+        .spawn(move || {
+            let _ = tx.send(check(&d));
+        })
+        .map_err(|e| ServiceError::Internal(format!("cannot start the backing check: {e}")))?;
+    match tokio::time::timeout(limit, rx).await {
         Ok(Ok(checked)) => Ok(checked?),
-        Ok(Err(join)) => {
-            Err(ServiceError::Internal(format!("backing check failed: {join}")).into())
+        Ok(Err(_)) => {
+            Err(ServiceError::Internal("the backing check ended without an answer".into()).into())
         }
-        Err(_) => Err(slow().into()),
+        Err(_) => {
+            let path = match &device.backing {
+                Backing::Path(p) => p.display().to_string(),
+                Backing::Memory => "memory".to_owned(),
+            };
+            let member = match st.local.member.as_str() {
+                "" => "this member".to_owned(),
+                m => format!("member {m}"),
+            };
+            Err(ServiceError::Unavailable(format!(
+                "device {}: backing {path:?} could not be examined within {limit:?} on {member} (a hung share?); nothing was written",
+                device.name
+            ))
+            .into())
+        }
     }
 }
 

@@ -476,6 +476,59 @@ async fn a_backing_this_member_cannot_reach_is_refused_before_anything_is_writte
 }
 
 #[tokio::test]
+async fn a_resent_create_is_answered_without_the_backing_check() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let service = Arc::new(MemoryService::default());
+    let share_gone = Arc::new(AtomicBool::new(false));
+    let gone = Arc::clone(&share_gone);
+    let local = Local {
+        check_backing: Arc::new(move |d: &Device| {
+            if gone.load(Ordering::SeqCst) {
+                return Err(ConfigError::InvalidBacking {
+                    device: d.name.clone(),
+                    path: "d1.img".into(),
+                    reason: "is gone".into(),
+                });
+            }
+            Ok(())
+        }),
+        ..Local::default()
+    };
+    let r = router(service.clone(), TOKEN.to_owned(), local);
+    let body = r#"{"name": "d1", "size": 4096}"#;
+    let keyed = |key: &'static str| {
+        let r = r.clone();
+        async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri("/v1/devices")
+                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+                .header(header::CONTENT_TYPE, "application/json")
+                .header("Idempotency-Key", key)
+                .body(Body::from(body))
+                .expect("request");
+            let resp = r.oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    let first = keyed("resend-1").await;
+    assert_eq!(first.0, StatusCode::CREATED);
+    // The share goes away; the client, its answer lost, sends again.
+    share_gone.store(true, Ordering::SeqCst);
+    assert_eq!(keyed("resend-1").await, first);
+    // A new write of a name that exists is the command's 409, not the
+    // check's refusal.
+    let (status, text) = keyed("resend-2").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{text}");
+    assert!(text.contains("already_exists"), "{text}");
+    assert_eq!(service.config().devices.len(), 1);
+}
+
+#[tokio::test]
 async fn a_hung_backing_check_is_cut_short_and_does_not_stall_the_api() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let service = Arc::new(MemoryService::default());
@@ -496,6 +549,7 @@ async fn a_hung_backing_check_is_cut_short_and_does_not_stall_the_api() {
             Ok(())
         }),
         check_timeout: Duration::from_millis(300),
+        member: "m7".into(),
         ..Local::default()
     };
     let r = router(service.clone(), TOKEN.to_owned(), local);
@@ -508,9 +562,17 @@ async fn a_hung_backing_check_is_cut_short_and_does_not_stall_the_api() {
     };
     let (a, listed) = tokio::join!(create, meanwhile);
     assert_eq!(listed, (StatusCode::OK, false));
-    let message = refused_backing(&a);
+    // Worth another try, or another member: 503.
+    assert_eq!(
+        (a.status, a.error_code().as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    let message = a.json()["error"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
     assert!(
-        message.contains("could not be examined within 300ms"),
+        message.contains("could not be examined within 300ms on member m7"),
         "{message}"
     );
     assert!(service.config().devices.is_empty());

@@ -262,7 +262,8 @@ pub enum ConfigError {
     #[error("mutual CHAP reuses the initiator's secret")]
     MutualSecretReused,
     /// A backing path is empty, or a relative one leaves the storage
-    /// directory.
+    /// directory; or (refused by the API before any write) the member
+    /// taking the request cannot use it.
     #[error("device {device}: backing path {path:?} {reason}")]
     InvalidBacking {
         /// The device.
