@@ -179,8 +179,8 @@ pub fn start(
                         .clone();
                     crate::metrics::render(&reg.device_io(), &unserved)
                 }),
+                member: who.clone(),
                 check_backing: Arc::new(move |d| crate::exports::check_backing(&dir, &who, d)),
-                member: me.id.to_string(),
                 ..trellis_control::api::Local::default()
             }
         }

@@ -230,12 +230,12 @@ impl Applier {
 /// can serve `d`'s backing: a memory backing, an existing regular file or
 /// a block device at least as large as the device, either opened for
 /// reading and writing, or a file that can be created in an existing
-/// directory. Run by
-/// the API before a device is created; every data member opens the same
-/// path, so a refusal here is a typo or an unmounted share, caught before
-/// the cluster holds a device that no member serves.
+/// directory. Run by the API before a device is created or grown; every
+/// data member opens the same path, so a refusal here is a typo or an
+/// unmounted share, caught before the cluster holds a device that no
+/// member serves.
 pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(), ConfigError> {
-    use std::io::{ErrorKind, Seek, SeekFrom};
+    use std::io::ErrorKind;
     use std::os::unix::fs::FileTypeExt;
     let Backing::Path(p) = &d.backing else {
         return Ok(());
@@ -248,14 +248,10 @@ pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(),
     };
     match std::fs::metadata(&path) {
         Ok(m) if m.is_file() || m.file_type().is_block_device() => {
-            // Opened as the members open it (read-write, even for a
-            // read-only device), so a read-only mount is caught here too.
-            let size = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&path)
-                .and_then(|mut f| f.seek(SeekFrom::End(0)));
-            match size {
+            // Opened by the members' own opener, as they open it
+            // (read-write, even for a read-only device), so a read-only
+            // mount is caught here too.
+            match FileStore::open(&path, false).map(|s| s.size()) {
                 Err(e) => Err(refuse(format!(
                     "cannot be opened for reading and writing on member {member}: {e}"
                 ))),

@@ -13,7 +13,7 @@ use super::views::{
     MemberList, ResizeDevice, StatusView, TargetList, TargetView, WriteResult,
 };
 use super::{metrics as prom, ApiError, AppState};
-use crate::config::{Backing, Command, ConfigError, Device, Object, Response};
+use crate::config::{Command, ConfigError, Device, Object, Response};
 use crate::service::ServiceError;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -130,17 +130,14 @@ async fn check_backing(st: &AppState, device: &Device) -> ApiResult<()> {
             Err(ServiceError::Internal("the backing check ended without an answer".into()).into())
         }
         Err(_) => {
-            let path = match &device.backing {
-                Backing::Path(p) => p.display().to_string(),
-                Backing::Memory => "memory".to_owned(),
-            };
             let member = match st.local.member.as_str() {
                 "" => "this member".to_owned(),
                 m => format!("member {m}"),
             };
             Err(ServiceError::Unavailable(format!(
-                "device {}: backing {path:?} could not be examined within {limit:?} on {member} (a hung share?); nothing was written",
-                device.name
+                "device {}: backing {:?} could not be examined within {limit:?} on {member} (a hung share?); nothing was written",
+                device.name,
+                device.backing.to_string()
             ))
             .into())
         }

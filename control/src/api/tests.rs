@@ -495,36 +495,20 @@ async fn a_resent_create_is_answered_without_the_backing_check() {
         ..Local::default()
     };
     let r = router(service.clone(), TOKEN.to_owned(), local);
-    let body = r#"{"name": "d1", "size": 4096}"#;
-    let keyed = |key: &'static str| {
-        let r = r.clone();
-        async move {
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri("/v1/devices")
-                .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
-                .header(header::CONTENT_TYPE, "application/json")
-                .header("Idempotency-Key", key)
-                .body(Body::from(body))
-                .expect("request");
-            let resp = r.oneshot(req).await.expect("infallible");
-            let status = resp.status();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .expect("body");
-            (status, String::from_utf8_lossy(&bytes).into_owned())
-        }
-    };
-    let first = keyed("resend-1").await;
-    assert_eq!(first.0, StatusCode::CREATED);
+    let body = json!({"name": "d1", "size": 4096});
+    let first = post_keyed(&r, "/v1/devices", "resend-1", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
     // The share goes away; the client, its answer lost, sends again.
     share_gone.store(true, Ordering::SeqCst);
-    assert_eq!(keyed("resend-1").await, first);
+    let again = post_keyed(&r, "/v1/devices", "resend-1", body.clone()).await;
+    assert_eq!((again.status, again.json()), (first.status, first.json()));
     // A new write of a name that exists is the command's 409, not the
     // check's refusal.
-    let (status, text) = keyed("resend-2").await;
-    assert_eq!(status, StatusCode::CONFLICT, "{text}");
-    assert!(text.contains("already_exists"), "{text}");
+    let taken = post_keyed(&r, "/v1/devices", "resend-2", body).await;
+    assert_eq!(
+        (taken.status, taken.error_code().as_str()),
+        (StatusCode::CONFLICT, "already_exists")
+    );
     assert_eq!(service.config().devices.len(), 1);
 }
 

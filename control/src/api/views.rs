@@ -158,10 +158,7 @@ impl DeviceView {
             name: device.name.clone(),
             uuid: device.uuid,
             size: device.size,
-            backing: match &device.backing {
-                Backing::Memory => "memory".to_owned(),
-                Backing::Path(p) => p.display().to_string(),
-            },
+            backing: device.backing.to_string(),
             block_size: device.block_size,
             thin: device.thin,
             read_only: device.read_only,

@@ -112,6 +112,16 @@ impl Backing {
     }
 }
 
+/// As the API and the CLI show it: the path, or `memory`.
+impl std::fmt::Display for Backing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backing::Path(p) => write!(f, "{}", p.display()),
+            Backing::Memory => f.write_str("memory"),
+        }
+    }
+}
+
 /// An iSCSI target and what it exposes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
