@@ -26,4 +26,4 @@ pub use ring::{
     Completion, Payload, RecvBuf, Ring, RingConfig, SendMsg, SendSeg, StoreSlot, WriteFlags,
 };
 pub use stats::{IoKind, IoStats, IoTotals};
-pub use store::{BackingStore, Extent, FileStore, MemoryStore};
+pub use store::{BackingStore, Extent, FileOpen, FileStore, MemoryStore, OWNER_XATTR};

@@ -94,8 +94,14 @@ struct ClusterSection {
     witness: bool,
     /// Where this member reaches the cluster's shared storage: device
     /// backings with relative paths live here (default: the data
-    /// directory).
+    /// directory). The replicated configuration may put device files
+    /// nowhere else.
     storage_dir: Option<PathBuf>,
+    /// Block devices the replicated configuration may export (absolute
+    /// paths; `*` and `?` match within a component, e.g.
+    /// `/dev/disk/by-id/wwn-*`); none by default.
+    #[serde(default)]
+    block_devices: Vec<Spanned<PathBuf>>,
 }
 
 impl ClusterSection {
@@ -148,8 +154,11 @@ pub struct ControlSettings {
     pub api_token: String,
     /// Initial voters.
     pub voters: std::collections::BTreeMap<u64, SocketAddr>,
-    /// Where relative device backings live (shared storage).
+    /// Where relative device backings live (shared storage), and the only
+    /// place device files may be.
     pub storage_dir: PathBuf,
+    /// Patterns of the block devices devices may be backed by.
+    pub block_devices: Vec<PathBuf>,
     /// The cluster key, which authenticates Raft connections too.
     pub key: ClusterKey,
     /// The control protocol spoken (Raft refuses other majors too).
@@ -589,6 +598,11 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         Some(dir) => dir.clone(),
         None => data_dir,
     };
+    let mut block_devices = Vec::new();
+    for p in &c.block_devices {
+        crate::storage::check_pattern(p.get_ref()).map_err(|e| anyhow!("{}: {e}", src.at(p)))?;
+        block_devices.push(p.get_ref().clone());
+    }
 
     let key = ClusterKey::new(c.key.get_ref().as_bytes())
         .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
@@ -608,6 +622,7 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         api_token: token.get_ref().clone(),
         voters,
         storage_dir,
+        block_devices,
     }))
 }
 

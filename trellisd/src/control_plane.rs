@@ -22,6 +22,7 @@ use trellis_iscsi::target::Registry;
 
 use crate::config::ControlSettings;
 use crate::exports::{peer_portals, Applier};
+use crate::storage::Storage;
 
 /// How often the exports thread looks for a newly applied configuration
 /// and for changed member states.
@@ -127,6 +128,17 @@ pub fn start(
             .context("cannot start a thread")?,
     );
 
+    // Where a data member lets the configuration put device blocks.
+    let storage = match &registry {
+        Some(_) => Storage::new(&settings.storage_dir, settings.block_devices.clone())
+            .with_context(|| {
+                format!(
+                    "[cluster] storage_dir {} cannot be resolved",
+                    settings.storage_dir.display()
+                )
+            })?,
+        None => Storage::none(),
+    };
     // The exports of a data member follow the replicated configuration.
     let mut unserved = crate::exports::Unserved::default();
     if let Some(reg) = &registry {
@@ -136,7 +148,7 @@ pub fn start(
             me.id.clone(),
             Arc::clone(&stop),
         );
-        let mut applier = Applier::new(Arc::clone(reg), settings.storage_dir.clone());
+        let mut applier = Applier::new(Arc::clone(reg), storage.clone());
         unserved = applier.unserved();
         let reg = Arc::clone(reg);
         threads.push(
@@ -170,7 +182,8 @@ pub fn start(
     let dyn_service: Arc<dyn ClusterService> = Arc::clone(&service) as Arc<dyn ClusterService>;
     let local = match registry {
         Some(reg) => {
-            let (dir, who) = (settings.storage_dir.clone(), me.id.to_string());
+            let who = me.id.to_string();
+            let served = Arc::clone(&reg);
             trellis_control::api::Local {
                 metrics: Arc::new(move || {
                     let unserved = unserved
@@ -180,7 +193,17 @@ pub fn start(
                     crate::metrics::render(&reg.device_io(), &unserved)
                 }),
                 member: who.clone(),
-                check_backing: Arc::new(move |d| crate::exports::check_backing(&dir, &who, d)),
+                check_backing: Arc::new(move |d| {
+                    // The device this member serves from a path, if any.
+                    let owner = |p: &Path| {
+                        served
+                            .devices()
+                            .iter()
+                            .find(|v| v.store().path() == Some(p))
+                            .map(|v| v.spec().name.clone())
+                    };
+                    storage.check(&who, d, &owner)
+                }),
                 ..trellis_control::api::Local::default()
             }
         }

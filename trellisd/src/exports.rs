@@ -15,16 +15,17 @@
 //! [`Applier`] opens stores and remembers which failed, to retry them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use trellis_control::config::{Backing, ChapAuth, ClusterConfig, ConfigError, Device};
+use anyhow::{anyhow, Context, Result};
+use trellis_control::config::{Backing, ChapAuth, ClusterConfig, Device};
 use trellis_control::membership::{MemberState, MemberStatus};
 use trellis_control::MemberId;
-use trellis_datapath::{BackingStore, DeviceSpec, FileStore, MemoryStore, VirtualDevice};
+use trellis_datapath::{BackingStore, DeviceSpec, MemoryStore, VirtualDevice};
 use trellis_iscsi::login::ChapPolicy;
 use trellis_iscsi::target::{AclEntry, GatewayConfig, Registry, TargetSpec};
+
+use crate::storage::Storage;
 
 /// CHAP of the configuration in the target's terms.
 fn chap(auth: &ChapAuth) -> ChapPolicy {
@@ -99,7 +100,8 @@ pub fn peer_portals(cfg: &ClusterConfig, me: &MemberId, peers: &[MemberStatus]) 
 #[derive(Debug)]
 pub struct Applier {
     registry: Arc<Registry>,
-    storage_dir: PathBuf,
+    /// Where this member allows backings.
+    storage: Storage,
     /// Devices that could not be opened, with why (logged once each).
     failed: BTreeMap<String, String>,
     /// Something did not apply (a device not opened or not grown, the
@@ -114,11 +116,11 @@ pub struct Applier {
 pub type Unserved = Arc<std::sync::Mutex<Vec<String>>>;
 
 impl Applier {
-    /// An applier for `registry`; relative backings live in `storage_dir`.
-    pub fn new(registry: Arc<Registry>, storage_dir: PathBuf) -> Self {
+    /// An applier for `registry`, opening backings as `storage` allows.
+    pub fn new(registry: Arc<Registry>, storage: Storage) -> Self {
         Self {
             registry,
-            storage_dir,
+            storage,
             failed: BTreeMap::new(),
             retry: false,
             unserved: Unserved::default(),
@@ -212,111 +214,18 @@ impl Applier {
         let store: Arc<dyn BackingStore> = match &d.backing {
             Backing::Memory => Arc::new(MemoryStore::new(&d.name, d.size)?),
             Backing::Path(p) => {
-                let path = resolve(&self.storage_dir, p);
                 // Stores open read-write even for a read-only device: the
                 // flag is enforced in SCSI, so it can be switched without
                 // reopening.
-                let create = !path.exists() || path.is_file();
-                let s = FileStore::open_with(&path, false, create.then_some(d.size), true)?;
+                let s = self
+                    .storage
+                    .open(d)
+                    .map_err(|why| anyhow!("backing {}: {why}", p.display()))?;
                 tracing::info!(device = %d.name, store = %s.describe(), "backing store opened");
                 Arc::new(s)
             }
         };
         VirtualDevice::new(spec, store).with_context(|| format!("device {}", d.name))
-    }
-}
-
-/// Whether this member (`member`, relative backings under `storage_dir`)
-/// can serve `d`'s backing: a memory backing, an existing regular file or
-/// a block device at least as large as the device, either opened for
-/// reading and writing, or a file that can be created in an existing
-/// directory. Run by the API before a device is created or grown; every
-/// data member opens the same path, so a refusal here is a typo or an
-/// unmounted share, caught before the cluster holds a device that no
-/// member serves.
-pub fn check_backing(storage_dir: &Path, member: &str, d: &Device) -> Result<(), ConfigError> {
-    use std::io::ErrorKind;
-    use std::os::unix::fs::FileTypeExt;
-    let Backing::Path(p) = &d.backing else {
-        return Ok(());
-    };
-    let path = resolve(storage_dir, p);
-    let refuse = |reason: String| ConfigError::InvalidBacking {
-        device: d.name.clone(),
-        path: p.display().to_string(),
-        reason,
-    };
-    match std::fs::metadata(&path) {
-        Ok(m) if m.is_file() || m.file_type().is_block_device() => {
-            // Opened by the members' own opener, as they open it
-            // (read-write, even for a read-only device), so a read-only
-            // mount is caught here too.
-            match FileStore::open(&path, false).map(|s| s.size()) {
-                Err(e) => Err(refuse(format!(
-                    "cannot be opened for reading and writing on member {member}: {e}"
-                ))),
-                // A block device is not grown like a file: it must hold the
-                // device.
-                Ok(size) if m.file_type().is_block_device() && size < d.size => {
-                    Err(refuse(format!(
-                        "is a block device of {size} bytes on member {member}, smaller than the device ({} bytes)",
-                        d.size
-                    )))
-                }
-                Ok(_) => Ok(()),
-            }
-        }
-        Ok(m) if m.is_dir() => Err(refuse(format!(
-            "is the directory {} on member {member}, not a file or block device",
-            path.display()
-        ))),
-        Ok(_) => Err(refuse(format!(
-            "is {} on member {member}, neither a regular file nor a block device",
-            path.display()
-        ))),
-        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-            let dir = path.parent().unwrap_or(storage_dir);
-            if !dir.is_dir() {
-                return Err(refuse(format!(
-                    "would be created in {}, which is not a directory on member {member} (every data member opens this path: mount the shared storage there or fix the path)",
-                    dir.display()
-                )));
-            }
-            creatable_in(dir).map_err(|e| {
-                refuse(format!(
-                    "would be created in {}, where member {member} cannot create a file: {e}",
-                    dir.display()
-                ))
-            })
-        }
-        Err(e) => Err(refuse(format!(
-            "cannot be examined on member {member}: {e} ({})",
-            path.display()
-        ))),
-    }
-}
-
-/// Whether a file can be created in `dir`: creates and removes a hidden
-/// probe file (permissions alone do not tell: root passes them, a
-/// read-only mount does not).
-fn creatable_in(dir: &Path) -> std::io::Result<()> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let probe = dir.join(format!(".trellis-probe-{}-{nanos}", std::process::id()));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&probe)?;
-    std::fs::remove_file(&probe)
-}
-
-/// A backing path: absolute as given, relative under `storage_dir`.
-fn resolve(storage_dir: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        storage_dir.join(p)
     }
 }
 
@@ -488,180 +397,5 @@ mod tests {
             peer_portals(&c, &MemberId("m2".into()), &all),
             vec!["127.0.0.1:3261,1"]
         );
-    }
-
-    #[test]
-    fn backings_this_member_cannot_reach_are_refused_with_the_reason() {
-        let storage = tempfile::tempdir().unwrap();
-        let dir = storage.path();
-        std::fs::write(dir.join("there.img"), [0u8; 512]).unwrap();
-        std::fs::create_dir(dir.join("sub")).unwrap();
-        let dev = |backing: Backing| Device {
-            name: "d".into(),
-            uuid: Uuid::from_u128(7),
-            size: 1 << 20,
-            backing,
-            block_size: 512,
-            thin: true,
-            read_only: false,
-        };
-        let path = |p: &str| Backing::Path(p.into());
-        let abs = |p: &str| Backing::Path(dir.join(p));
-        for ok in [
-            Backing::Memory,
-            path("there.img"),
-            path("new.img"),
-            path("sub/new.img"),
-            abs("there.img"),
-            abs("new.img"),
-        ] {
-            assert_eq!(check_backing(dir, "m1", &dev(ok.clone())), Ok(()), "{ok:?}");
-        }
-        let refused = |b: Backing| match check_backing(dir, "m1", &dev(b.clone())) {
-            Err(ConfigError::InvalidBacking { device, reason, .. }) => {
-                assert_eq!(device, "d");
-                assert!(reason.contains("member m1"), "{b:?}: {reason}");
-                reason
-            }
-            other => panic!("{b:?}: {other:?}"),
-        };
-        assert!(refused(path("sub")).contains("directory"));
-        assert!(refused(path("nowhere/new.img")).contains("not a directory"));
-        assert!(
-            refused(Backing::Path("/nonexistent-trellis/d.img".into())).contains("shared storage")
-        );
-        // A file where a directory should be.
-        assert!(refused(path("there.img/d.img")).contains("not a directory"));
-        // A character device is neither a file nor a block device.
-        assert!(refused(Backing::Path("/dev/null".into())).contains("neither"));
-    }
-
-    /// `dir` bind-mounted read-only on a new directory, unmounted on drop.
-    struct ReadOnlyView(tempfile::TempDir);
-
-    impl ReadOnlyView {
-        fn of(dir: &Path) -> Self {
-            let at = tempfile::tempdir().unwrap();
-            let mount = |args: &[&std::ffi::OsStr]| {
-                let out = std::process::Command::new("mount")
-                    .args(args)
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "mount needs root: {out:?}");
-            };
-            mount(&["--bind".as_ref(), dir.as_os_str(), at.path().as_os_str()]);
-            let view = Self(at);
-            mount(&[
-                "-o".as_ref(),
-                "remount,bind,ro".as_ref(),
-                view.0.path().as_os_str(),
-            ]);
-            view
-        }
-    }
-
-    impl Drop for ReadOnlyView {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg(self.0.path())
-                .status();
-        }
-    }
-
-    #[test]
-    fn a_backing_members_cannot_write_is_refused_and_probes_leave_nothing() {
-        let storage = tempfile::tempdir().unwrap();
-        std::fs::write(storage.path().join("there.img"), [0u8; 512]).unwrap();
-        let view = ReadOnlyView::of(storage.path());
-        let dev = |p: PathBuf| Device {
-            name: "d".into(),
-            uuid: Uuid::from_u128(9),
-            size: 1 << 20,
-            backing: Backing::Path(p),
-            block_size: 512,
-            thin: true,
-            read_only: true,
-        };
-        let reason = |p: PathBuf| match check_backing(storage.path(), "m1", &dev(p)) {
-            Err(ConfigError::InvalidBacking { reason, .. }) => reason,
-            other => panic!("{other:?}"),
-        };
-        // Even a read-only device: members open the store read-write.
-        let existing = reason(view.0.path().join("there.img"));
-        assert!(
-            existing.contains("cannot be opened for reading and writing on member m1"),
-            "{existing}"
-        );
-        let new = reason(view.0.path().join("new.img"));
-        assert!(
-            new.contains("where member m1 cannot create a file"),
-            "{new}"
-        );
-        // Writable, the same paths pass, and the probe is gone again.
-        for p in ["there.img", "new.img"] {
-            assert_eq!(check_backing(storage.path(), "m1", &dev(p.into())), Ok(()));
-        }
-        let left: Vec<_> = std::fs::read_dir(storage.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, ["there.img"]);
-    }
-
-    /// A loop device over a file of `size` bytes, detached on drop.
-    struct Loop {
-        path: String,
-        // Removed after the device is detached.
-        _file: tempfile::NamedTempFile,
-    }
-
-    impl Loop {
-        fn new(size: u64) -> Self {
-            let file = tempfile::NamedTempFile::new().unwrap();
-            file.as_file().set_len(size).unwrap();
-            let out = std::process::Command::new("losetup")
-                .args(["--find", "--show"])
-                .arg(file.path())
-                .output()
-                .expect("losetup (util-linux) runs");
-            assert!(out.status.success(), "losetup needs root: {out:?}");
-            Self {
-                path: String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-                _file: file,
-            }
-        }
-    }
-
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("losetup")
-                .args(["-d", &self.path])
-                .status();
-        }
-    }
-
-    #[test]
-    fn a_block_device_backing_must_hold_the_device() {
-        let dev = Loop::new(4 << 20);
-        let device = |size: u64| Device {
-            name: "san".into(),
-            uuid: Uuid::from_u128(8),
-            size,
-            backing: Backing::Path(dev.path.clone().into()),
-            block_size: 512,
-            thin: false,
-            read_only: false,
-        };
-        let dir = Path::new("/");
-        assert_eq!(check_backing(dir, "m2", &device(4 << 20)), Ok(()));
-        assert_eq!(check_backing(dir, "m2", &device(1 << 20)), Ok(()));
-        match check_backing(dir, "m2", &device(8 << 20)) {
-            Err(ConfigError::InvalidBacking { reason, .. }) => assert!(
-                reason.contains("block device of 4194304 bytes on member m2")
-                    && reason.contains("smaller than the device (8388608 bytes)"),
-                "{reason}"
-            ),
-            other => panic!("{other:?}"),
-        }
     }
 }

@@ -12,6 +12,7 @@ mod config;
 mod control_plane;
 mod exports;
 mod metrics;
+mod storage;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

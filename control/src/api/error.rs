@@ -120,7 +120,9 @@ impl ApiError {
                 C::NoLinks { .. } => (StatusCode::BAD_REQUEST, "no_links"),
                 C::WitnessWithPortals { .. } => (StatusCode::BAD_REQUEST, "witness_with_portals"),
                 C::InvalidBlockSize { .. } => (StatusCode::BAD_REQUEST, "invalid_block_size"),
-                C::InvalidSize { .. } => (StatusCode::BAD_REQUEST, "invalid_size"),
+                C::InvalidSize { .. } | C::SizeTooLarge { .. } => {
+                    (StatusCode::BAD_REQUEST, "invalid_size")
+                }
                 C::Shrink { .. } => (StatusCode::BAD_REQUEST, "shrink"),
                 C::LunOutOfRange { .. } => (StatusCode::BAD_REQUEST, "lun_out_of_range"),
                 C::InvalidChapUser { .. } => (StatusCode::BAD_REQUEST, "invalid_chap_user"),

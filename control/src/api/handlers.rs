@@ -101,6 +101,9 @@ pub(super) async fn create_device(
     // without a check: a resend of a keyed create that applied (its first
     // answer again, even if the share is gone meanwhile) or a 409.
     if !st.service.config().devices.contains_key(&device.name) {
+        // The device's own rules (name, sizes) first: cheaper, and the
+        // clearer answer.
+        device.check()?;
         check_backing(&st, &device).await?;
     }
     st.apply(&key, Command::CreateDevice(device.clone()))
@@ -160,6 +163,7 @@ pub(super) async fn resize_device(
             size: req.size,
             ..d
         };
+        grown.check()?;
         check_backing(&st, &grown).await?;
     }
     st.write(

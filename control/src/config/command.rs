@@ -202,6 +202,16 @@ pub enum ConfigError {
         /// Its block size.
         block_size: u32,
     },
+    /// A size past the largest a device may have.
+    #[error("device {device}: size {size} is larger than the largest a device may have ({max} bytes, 8 EiB)")]
+    SizeTooLarge {
+        /// The device.
+        device: String,
+        /// The size asked for.
+        size: u64,
+        /// The largest size.
+        max: u64,
+    },
     /// Devices only grow.
     #[error("device {device}: cannot shrink from {size} to {requested} bytes")]
     Shrink {
@@ -566,7 +576,7 @@ mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::config::model::{Backing, ChapCredentials};
+    use crate::config::model::{Backing, ChapCredentials, MAX_DEVICE_SIZE};
     use crate::LinkName;
 
     const T1: &str = "iqn.2024-01.org.example:t1";
@@ -697,6 +707,8 @@ mod tests {
             ("grow", Command::ResizeDevice { name: "d1".into(), size: 2 << 20 }, Box::new(ok)),
             ("same size", Command::ResizeDevice { name: "d1".into(), size: 1 << 20 }, Box::new(same)),
             ("shrink", Command::ResizeDevice { name: "d1".into(), size: 512 }, err(ConfigError::Shrink { device: "d1".into(), size: 1 << 20, requested: 512 })),
+            ("absurd size", Command::CreateDevice(device("d3", 3, 1 << 63)), err(ConfigError::SizeTooLarge { device: "d3".into(), size: 1 << 63, max: MAX_DEVICE_SIZE })),
+            ("absurd grow", Command::ResizeDevice { name: "d1".into(), size: u64::MAX - 511 }, err(ConfigError::SizeTooLarge { device: "d1".into(), size: u64::MAX - 511, max: MAX_DEVICE_SIZE })),
             ("unaligned grow", Command::ResizeDevice { name: "d1".into(), size: (1 << 20) + 1 }, err(ConfigError::InvalidSize { device: "d1".into(), size: (1 << 20) + 1, block_size: 512 })),
             ("resize unknown", Command::ResizeDevice { name: "dx".into(), size: 4096 }, nf(Object::Device, "dx")),
             ("read-only", Command::SetDeviceReadOnly { name: "d1".into(), read_only: true }, Box::new(ok)),

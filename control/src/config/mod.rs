@@ -32,6 +32,7 @@ use std::path::Path;
 pub use command::{Command, ConfigError, Response};
 pub use model::{
     AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, Member, Object, Target,
+    MAX_DEVICE_SIZE,
 };
 pub use raft::{ConfigService, MembersSource, RaftError, RaftSettings};
 pub use store::StoreError;

@@ -401,8 +401,21 @@ impl Device {
     }
 }
 
-/// Checks that `size` is a non-zero multiple of `block_size`.
+/// The largest device size: the largest file offset Linux takes (`off_t`),
+/// rounded down to 4096-byte blocks. A member's filesystem or block device
+/// may hold less; the member taking the request checks that.
+pub const MAX_DEVICE_SIZE: u64 = (i64::MAX as u64) & !4095;
+
+/// Checks that `size` is a non-zero multiple of `block_size`, and not
+/// larger than [`MAX_DEVICE_SIZE`].
 pub(super) fn check_size(device: &str, size: u64, block_size: u32) -> Result<(), ConfigError> {
+    if size > MAX_DEVICE_SIZE {
+        return Err(ConfigError::SizeTooLarge {
+            device: device.to_owned(),
+            size,
+            max: MAX_DEVICE_SIZE,
+        });
+    }
     if size == 0 || !size.is_multiple_of(u64::from(block_size)) {
         return Err(ConfigError::InvalidSize {
             device: device.to_owned(),

@@ -21,6 +21,46 @@ pub struct FileStore {
     direct: bool,
     block_device: bool,
     atomic_unit: Option<u32>,
+    /// Whether [`BackingStore::grow`] may extend the file.
+    extend: bool,
+}
+
+/// The extended attribute that names the device a file was created for
+/// (its UUID): a member extends only a file that carries its device's tag.
+pub const OWNER_XATTR: &std::ffi::CStr = c"user.trellis.device";
+
+/// How [`FileStore::open_opts`] opens a path. The default opens an existing
+/// file or block device read-write, O_DIRECT where allowed, following
+/// symbolic links.
+#[derive(Debug, Clone, Copy)]
+pub struct FileOpen {
+    /// Open for reading only (never creates or extends).
+    pub read_only: bool,
+    /// Create a missing file (mode 0600, sparse) of this size, and extend a
+    /// smaller regular file to it.
+    pub create: Option<u64>,
+    /// With `create`: the file must not exist yet (O_EXCL).
+    pub create_new: bool,
+    /// Refuse a symbolic link as the last component (O_NOFOLLOW).
+    pub no_follow: bool,
+    /// Open a block device exclusively (O_EXCL): refused (EBUSY) while it
+    /// is mounted or held exclusively by another opener.
+    pub exclusive: bool,
+    /// Try O_DIRECT first (with a buffered fallback).
+    pub direct: bool,
+}
+
+impl Default for FileOpen {
+    fn default() -> Self {
+        Self {
+            read_only: false,
+            create: None,
+            create_new: false,
+            no_follow: false,
+            exclusive: false,
+            direct: true,
+        }
+    }
 }
 
 impl FileStore {
@@ -37,8 +77,8 @@ impl FileStore {
         Self::open_with(path, false, Some(size), true)
     }
 
-    /// Opens with every option: `create` as in [`FileStore::create`] (a
-    /// read-only store ignores it: the file must exist and be large
+    /// Opens with the common options: `create` as in [`FileStore::create`]
+    /// (a read-only store ignores it: the file must exist and be large
     /// enough); with `try_direct` false the store is buffered from the start.
     pub fn open_with(
         path: &Path,
@@ -46,32 +86,60 @@ impl FileStore {
         create: Option<u64>,
         try_direct: bool,
     ) -> Result<Self, StoreError> {
-        let open = |direct: bool| {
+        Self::open_opts(
+            path,
+            FileOpen {
+                read_only,
+                create,
+                direct: try_direct,
+                ..FileOpen::default()
+            },
+        )
+    }
+
+    /// Opens `path` as `opts` says.
+    pub fn open_opts(path: &Path, opts: FileOpen) -> Result<Self, StoreError> {
+        let create = opts.create.filter(|_| !opts.read_only);
+        let open = |direct: bool, create_new: bool| {
             let mut o = OpenOptions::new();
-            o.read(true).write(!read_only);
+            o.read(true).write(!opts.read_only);
             // A read-only store opens what exists; it never creates or
             // extends.
-            if create.is_some() && !read_only {
-                o.create(true);
+            if create.is_some() {
+                if create_new {
+                    o.create_new(true);
+                } else {
+                    o.create(true);
+                }
+                o.mode(0o600);
             }
+            let mut flags = 0;
             if direct {
-                o.custom_flags(libc::O_DIRECT);
+                flags |= libc::O_DIRECT;
             }
+            if opts.no_follow {
+                flags |= libc::O_NOFOLLOW;
+            }
+            // O_EXCL without O_CREAT: exclusive on a block device.
+            if opts.exclusive && create.is_none() {
+                flags |= libc::O_EXCL;
+            }
+            o.custom_flags(flags);
             o.open(path)
         };
         let err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
         };
-        let first = if try_direct { open(true) } else { open(false) };
-        let (file, direct) = match first {
-            Ok(f) => (f, try_direct),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+        let (file, direct) = match open(opts.direct, opts.create_new) {
+            Ok(f) => (f, opts.direct),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && opts.direct => {
                 tracing::warn!(
                     path = %path.display(),
                     "filesystem refuses O_DIRECT; using buffered I/O for this store"
                 );
-                (open(false).map_err(err)?, false)
+                // The refused try created a new file already.
+                (open(false, false).map_err(err)?, false)
             }
             Err(e) => return Err(err(e)),
         };
@@ -81,7 +149,7 @@ impl FileStore {
             source,
         };
         let (mut size, block_device) = fd_size(&fd).map_err(size_err)?;
-        if let Some(want) = create.filter(|_| !read_only) {
+        if let Some(want) = create {
             if !block_device && size < want {
                 use std::os::fd::AsRawFd;
                 // SAFETY: plain syscall on the descriptor we just opened.
@@ -97,7 +165,55 @@ impl FileStore {
             direct,
             block_device,
             atomic_unit,
+            extend: true,
         })
+    }
+
+    /// Whether [`BackingStore::grow`] may extend the file (it may unless
+    /// told otherwise).
+    pub fn set_extend(&mut self, extend: bool) {
+        self.extend = extend;
+    }
+
+    /// Whether the store is a block device (else a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// The device tag ([`OWNER_XATTR`]) the file carries, if any; `None`
+    /// also where the filesystem keeps no extended attributes.
+    pub fn owner_tag(&self) -> Option<String> {
+        use std::os::fd::AsRawFd;
+        let mut buf = [0u8; 128];
+        // SAFETY: fgetxattr writes at most `buf.len()` bytes into `buf`,
+        // which lives across the call; the name is a NUL-terminated C string.
+        let n = unsafe {
+            libc::fgetxattr(
+                self.fd.as_raw_fd(),
+                OWNER_XATTR.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let n = usize::try_from(n).ok()?;
+        String::from_utf8(buf[..n].to_vec()).ok()
+    }
+
+    /// Tags the file as created for device `tag` ([`OWNER_XATTR`]).
+    pub fn set_owner_tag(&self, tag: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fsetxattr reads `tag.len()` bytes from `tag`, which lives
+        // across the call; the name is a NUL-terminated C string.
+        let r = unsafe {
+            libc::fsetxattr(
+                self.fd.as_raw_fd(),
+                OWNER_XATTR.as_ptr(),
+                tag.as_ptr().cast(),
+                tag.len(),
+                0,
+            )
+        };
+        cvt(r)
     }
 }
 
@@ -131,6 +247,13 @@ impl BackingStore for FileStore {
                 )));
             }
         } else if size > self.size() {
+            if !self.extend {
+                return Err(std::io::Error::other(format!(
+                    "{} was not created by Trellis for this device (no {} tag): it is never extended; grow it yourself, or tag it",
+                    self.path.display(),
+                    OWNER_XATTR.to_string_lossy()
+                )));
+            }
             // Other members may share the file and have grown it further
             // already: extend it only where it is shorter, never truncate.
             let (now, _) = fd_size(&self.fd)?;

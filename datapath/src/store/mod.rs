@@ -13,7 +13,7 @@ use std::fmt::Debug;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-pub use file::FileStore;
+pub use file::{FileOpen, FileStore, OWNER_XATTR};
 pub use memory::MemoryStore;
 
 /// A store of blocks addressed by byte offset.
