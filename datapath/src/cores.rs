@@ -94,3 +94,34 @@ impl std::os::fd::AsRawFd for Waker {
         self.fd.as_raw_fd()
     }
 }
+
+/// The process's open-file limit (RLIMIT_NOFILE): `(soft, hard)`.
+pub fn nofile_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid out-pointer for getrlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((r.rlim_cur, r.rlim_max))
+}
+
+/// Raises the soft open-file limit to the hard one; the limits before,
+/// `(soft, hard)`, and the soft limit now.
+pub fn raise_nofile_limit() -> io::Result<((u64, u64), u64)> {
+    let (soft, hard) = nofile_limit()?;
+    if soft >= hard {
+        return Ok(((soft, hard), soft));
+    }
+    let r = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: `r` is a valid rlimit for setrlimit to read.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(((soft, hard), hard))
+}

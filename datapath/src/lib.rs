@@ -19,7 +19,7 @@ pub mod stats;
 pub mod store;
 
 pub use buf::{Buf, BufPool, PoolConfig, ALIGN};
-pub use cores::{available_cores, spawn_cores, Waker};
+pub use cores::{available_cores, nofile_limit, raise_nofile_limit, spawn_cores, Waker};
 pub use device::{DeviceSpec, VirtualDevice};
 pub use error::{DeviceError, RingError, StoreError};
 pub use ring::{

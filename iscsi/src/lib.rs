@@ -10,6 +10,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod damp;
 pub mod login;
 pub mod pdu;
 pub mod scsi;

@@ -40,6 +40,8 @@ fn config(devices: Vec<VirtualDevice>, luns: Vec<(u16, usize)>) -> GatewayConfig
             acl: None,
         }],
         portals: vec![([127, 0, 0, 1], 0).into()],
+        max_connections: trellis_iscsi::target::DEFAULT_MAX_CONNECTIONS,
+        max_logins_per_address: trellis_iscsi::target::DEFAULT_MAX_LOGINS_PER_ADDRESS,
         discovery_chap: None,
         tpg_id: 1,
         relative_port_id: 1,

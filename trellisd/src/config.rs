@@ -191,6 +191,9 @@ struct IscsiSection {
     cmdsn_window: Option<u32>,
     nop_interval_secs: Option<u64>,
     nop_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_logins_per_address: Option<usize>,
+    max_protocol_errors: Option<u32>,
     target_portal_group_tag: Option<u16>,
     target_port_group: Option<u16>,
     relative_target_port: Option<u16>,
@@ -488,9 +491,24 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
     if let Some(s) = i.nop_timeout_secs {
         conn.nop_timeout = std::time::Duration::from_secs(s.max(1));
     }
+    if let Some(n) = i.max_protocol_errors {
+        conn.max_protocol_errors = n;
+    }
+    let max_connections = match i.max_connections {
+        Some(0) => bail!("{name}: [iscsi] max_connections must be at least 1"),
+        Some(n) => n,
+        None => default_max_connections(portals.len()),
+    };
+    let max_logins_per_address = match i.max_logins_per_address {
+        Some(0) => bail!("{name}: [iscsi] max_logins_per_address must be at least 1"),
+        Some(n) => n,
+        None => trellis_iscsi::target::DEFAULT_MAX_LOGINS_PER_ADDRESS,
+    };
     let cfg = GatewayConfig {
         devices,
         targets,
+        max_connections,
+        max_logins_per_address,
         portals,
         discovery_chap,
         tpg_id: i.target_port_group.or(port_id).unwrap_or(1),
@@ -501,6 +519,33 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
         state_dir: Some(data_dir.clone()),
     };
     Ok((cfg, data_dir))
+}
+
+/// Descriptors kept out of the portals' budget: stores, Raft, the API's
+/// connections, logs.
+const FD_RESERVE: u64 = 512;
+
+/// The default cap of connections per portal: 1024, or less where the
+/// open-file limit cannot hold that many on every portal besides the
+/// member's other descriptors (then a flood is refused at the cap rather
+/// than running the process out of descriptors).
+fn default_max_connections(portals: usize) -> usize {
+    let default = trellis_iscsi::target::DEFAULT_MAX_CONNECTIONS;
+    let Ok((soft, _)) = trellis_datapath::nofile_limit() else {
+        return default;
+    };
+    let budget = soft.saturating_sub(FD_RESERVE) / portals.max(1) as u64;
+    let cap = usize::try_from(budget)
+        .unwrap_or(usize::MAX)
+        .clamp(16, default);
+    if cap < default {
+        tracing::warn!(
+            open_files = soft,
+            cap,
+            "the open-file limit holds {cap} connections per portal, not {default}: raise the hard RLIMIT_NOFILE (LimitNOFILE= in systemd) for more"
+        );
+    }
+    cap
 }
 
 fn parse_portal(p: &str) -> Result<SocketAddr> {

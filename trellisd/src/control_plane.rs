@@ -191,6 +191,7 @@ pub fn start(
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .clone();
                     crate::metrics::render(&reg.device_io(), &unserved)
+                        + &crate::metrics::render_admission(&reg.admission().stats())
                 }),
                 member: who.clone(),
                 check_backing: Arc::new(move |d| {

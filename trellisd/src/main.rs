@@ -84,6 +84,14 @@ fn run(args: Args) -> Result<()> {
         print!("{}", config::DEFAULT_CONFIG);
         return Ok(());
     }
+    // Every connection, store and Raft peer is a descriptor: take what the
+    // hard limit allows rather than the 1024 shells hand out.
+    match trellis_datapath::raise_nofile_limit() {
+        Ok(((soft, hard), now)) => {
+            tracing::info!(soft, hard, now, "open-file limit (RLIMIT_NOFILE)")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let (name, text) = match &args.config {
         Some(path) => (
             path.display().to_string(),

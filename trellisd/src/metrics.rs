@@ -9,7 +9,24 @@
 
 use std::fmt::Write;
 
-use trellis_iscsi::target::DeviceIo;
+use trellis_iscsi::target::{AdmissionStats, DeviceIo};
+
+/// Prometheus text for the portals' connection caps and refusals.
+pub fn render_admission(a: &AdmissionStats) -> String {
+    format!(
+        "# HELP trellis_iscsi_connections iSCSI connections open on this member's portals.\n\
+         # TYPE trellis_iscsi_connections gauge\ntrellis_iscsi_connections {}\n\
+         # HELP trellis_iscsi_max_connections_per_portal The cap of connections per portal.\n\
+         # TYPE trellis_iscsi_max_connections_per_portal gauge\ntrellis_iscsi_max_connections_per_portal {}\n\
+         # HELP trellis_iscsi_connections_refused_total Connections closed as soon as accepted: the portal was full, or their address had too many logins in progress.\n\
+         # TYPE trellis_iscsi_connections_refused_total counter\n\
+         trellis_iscsi_connections_refused_total{{reason=\"portal_full\"}} {}\n\
+         trellis_iscsi_connections_refused_total{{reason=\"address_busy\"}} {}\n\
+         # HELP trellis_iscsi_accept_errors_total Failed accepts on the portals (out of descriptors, aborted connections).\n\
+         # TYPE trellis_iscsi_accept_errors_total counter\ntrellis_iscsi_accept_errors_total {}\n",
+        a.open, a.max_per_portal, a.refused_cap, a.refused_address, a.accept_errors
+    )
+}
 
 /// Prometheus text for `devices`, served here, and `unserved`, the names
 /// of the configuration's devices this member cannot serve.

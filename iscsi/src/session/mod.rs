@@ -104,7 +104,15 @@ pub struct ConnConfig {
     pub nop_timeout: Duration,
     /// How long a login may take in all.
     pub login_timeout: Duration,
+    /// Protocol errors (Rejects) a connection may cause within
+    /// [`PROTOCOL_ERROR_WINDOW`] before it is dropped.
+    pub max_protocol_errors: u32,
 }
+
+/// The window [`ConnConfig::max_protocol_errors`] counts over.
+pub const PROTOCOL_ERROR_WINDOW: Duration = Duration::from_secs(10);
+/// The default of [`ConnConfig::max_protocol_errors`].
+pub const DEFAULT_MAX_PROTOCOL_ERRORS: u32 = 32;
 
 impl Default for ConnConfig {
     fn default() -> Self {
@@ -113,6 +121,7 @@ impl Default for ConnConfig {
             nop_interval: Duration::from_secs(5),
             nop_timeout: Duration::from_secs(30),
             login_timeout: Duration::from_secs(15),
+            max_protocol_errors: DEFAULT_MAX_PROTOCOL_ERRORS,
         }
     }
 }
@@ -245,6 +254,10 @@ pub struct Connection {
     last_rx: Instant,
     ping: Option<(u32, Instant)>,
     blocked: bool,
+    /// Protocol errors in the current window, and when it started.
+    errors: (u32, Instant),
+    /// Log lines about rejected PDUs (one per interval, with a count).
+    reject_log: crate::damp::Damper,
 }
 
 impl std::fmt::Debug for Connection {
@@ -277,6 +290,8 @@ impl Connection {
             last_rx: now,
             ping: None,
             blocked: false,
+            errors: (0, now),
+            reject_log: crate::damp::Damper::new(Duration::from_secs(5)),
         }
     }
 
@@ -499,7 +514,9 @@ impl Connection {
         let header = match Header::parse(raw.bhs) {
             Ok(h) => h,
             Err(e) => {
-                tracing::warn!(error = %e, "rejecting PDU");
+                if let Some(n) = self.reject_log.hit(now) {
+                    tracing::warn!(error = %e, rejected = n, "rejecting PDUs (a line per 5 s per connection; the count is since the last)");
+                }
                 if let Phase::Login(login) = &mut self.phase {
                     if pdu::raw_opcode(raw.bhs) == pdu::Opcode::LoginRequest as u8 {
                         // A Login Request is answered by a Login Response
@@ -701,8 +718,24 @@ impl Connection {
         }
     }
 
-    /// Queues a Reject carrying the offending header.
+    /// Queues a Reject carrying the offending header; past
+    /// `max_protocol_errors` in a window the connection is dropped instead
+    /// (a misbehaving or hostile initiator gets no flood of Rejects).
     fn reject(&mut self, reason: u8, bhs: &[u8; BHS_LEN]) {
+        let now = self.last_rx;
+        if now.duration_since(self.errors.1) >= PROTOCOL_ERROR_WINDOW {
+            self.errors = (0, now);
+        }
+        self.errors.0 += 1;
+        if self.errors.0 > self.cfg.max_protocol_errors {
+            let why = format!(
+                "more than {} protocol errors within {:?}",
+                self.cfg.max_protocol_errors, PROTOCOL_ERROR_WINDOW
+            );
+            tracing::warn!(reason = %why, "dropping the connection");
+            self.close(CloseReason::Protocol(why));
+            return;
+        }
         let (exp, max) = match &self.phase {
             Phase::Full(s) => (s.window.exp_cmdsn(), s.window.max_cmdsn()),
             Phase::Login(_) => (0, 0),

@@ -325,8 +325,12 @@ fn config() -> ConnConfig {
         nop_interval: NOP_INTERVAL,
         nop_timeout: NOP_TIMEOUT,
         login_timeout: LOGIN_TIMEOUT,
+        max_protocol_errors: MAX_PROTOCOL_ERRORS,
     }
 }
+
+/// Rejects a connection may earn within the window in these tests.
+const MAX_PROTOCOL_ERRORS: u32 = 8;
 
 const POOL_BUFFERS: usize = 4 + 4 + 2;
 

@@ -23,7 +23,8 @@ use trellis_datapath::ring::{Payload, RecvBuf};
 use trellis_datapath::{IoKind, IoStats, Ring, RingError, StoreSlot, Waker, WriteFlags};
 
 use super::registry::{CoreDevice, Snapshot};
-use super::Registry;
+use super::{Refusal, Registry, Ticket};
+use crate::damp::Damper;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
 use crate::scsi::LunDevice;
 use crate::session::{CloseReason, ConnConfig, Connection, DiskOp, Host, LunTable};
@@ -49,9 +50,24 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How long shutdown gives initiators to log out after the Async Message
 /// asking them to (they may move their I/O to another path meanwhile).
 const LOGOUT_GRACE: Duration = Duration::from_secs(3);
+/// The first pause of a portal's accepts after the process ran out of
+/// descriptors (or memory); it doubles while accepts keep failing.
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
+/// The longest pause of a portal's accepts.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this interval for failed or refused accepts.
+const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
+/// A connection still logging in after this long may be closed to make
+/// room when its portal is full or descriptors run out (a real login takes
+/// milliseconds; idle connections of a flood are older).
+const STALE_LOGIN: Duration = Duration::from_secs(1);
 
 struct Conn {
     conn: Connection,
+    /// Its place on the portal, given back when the connection goes.
+    ticket: Ticket,
+    /// When it was accepted.
+    accepted: Instant,
     sock: Rc<TcpStream>,
     fd: Rc<dyn AsRawFd>,
     local: Option<SocketAddr>,
@@ -142,6 +158,14 @@ struct Core<'a> {
     conns: Vec<Option<Conn>>,
     listeners: Vec<Rc<dyn AsRawFd>>,
     accepting: Vec<bool>,
+    /// Per portal: accepts paused until then (after running out of
+    /// descriptors), and the pause that follows the next failure.
+    accept_paused: Vec<Option<Instant>>,
+    accept_pause: Vec<Duration>,
+    /// Log lines of failed and of refused accepts.
+    accept_errors_log: Damper,
+    /// Of refusals at the portal cap, and at the address cap.
+    refused_log: [Damper; 2],
     stopping: Option<Instant>,
     seed: u64,
 }
@@ -234,6 +258,10 @@ impl<'a> Core<'a> {
             .collect();
         let accepting = vec![false; listeners.len()];
         let mut core = Self {
+            accept_paused: vec![None; listeners.len()],
+            accept_pause: vec![ACCEPT_PAUSE_MIN; listeners.len()],
+            accept_errors_log: Damper::new(ACCEPT_LOG_EVERY),
+            refused_log: [Damper::new(ACCEPT_LOG_EVERY), Damper::new(ACCEPT_LOG_EVERY)],
             id,
             reg,
             ring,
@@ -357,6 +385,12 @@ impl<'a> Core<'a> {
         if self.accepting[i] || self.stopping.is_some() {
             return;
         }
+        if let Some(until) = self.accept_paused[i] {
+            if Instant::now() < until {
+                return;
+            }
+            self.accept_paused[i] = None;
+        }
         let l = Rc::clone(&self.listeners[i]);
         match self.ring.accept(&l, tag(KIND_ACCEPT, i, 0)) {
             Ok(()) => self.accepting[i] = true,
@@ -370,17 +404,57 @@ impl<'a> Core<'a> {
         }
         let Payload::Accepted(fd) = payload else {
             if result != -libc::ECANCELED {
-                tracing::warn!(core = self.id, errno = -result, "accept failed");
+                self.accept_failed(portal, -result);
             }
             return;
         };
+        if let Some(p) = self.accept_pause.get_mut(portal) {
+            *p = ACCEPT_PAUSE_MIN;
+        }
         if self.stopping.is_some() {
             return;
         }
         let sock = TcpStream::from(fd);
-        let _ = sock.set_nodelay(true);
         let local = sock.local_addr().ok();
         let peer = sock.peer_addr().ok();
+        let now = Instant::now();
+        let admitted = match self.reg.admission().admit(portal, peer.map(|p| p.ip())) {
+            // Full: a stale login on this core makes room.
+            Err(Refusal::PortalFull) if self.evict_stale_login(now) => self
+                .reg
+                .admission()
+                .admit_over_cap(portal, peer.map(|p| p.ip())),
+            other => other,
+        };
+        let ticket = match admitted {
+            Ok(t) => t,
+            Err(why) => {
+                self.reg.admission().refused(why);
+                // Closed at once (the socket drops here): a flood costs an
+                // accept and a close per connection, and a line per
+                // interval.
+                if let Some(n) = self.refused_log[why as usize].hit(now) {
+                    let what = match why {
+                        Refusal::PortalFull => format!(
+                            "the portal holds its cap of {} connections (iscsi max_connections)",
+                            self.reg.config().max_connections
+                        ),
+                        Refusal::AddressBusy => format!(
+                            "{} logins from that address are in progress already (iscsi max_logins_per_address)",
+                            self.reg.config().max_logins_per_address
+                        ),
+                    };
+                    tracing::warn!(
+                        core = self.id,
+                        ?peer,
+                        refused = n,
+                        "connections refused since the last report: {what}"
+                    );
+                }
+                return;
+            }
+        };
+        let _ = sock.set_nodelay(true);
         self.seed = self
             .seed
             .wrapping_mul(6364136223846793005)
@@ -394,6 +468,8 @@ impl<'a> Core<'a> {
         let sock = Rc::new(sock);
         let entry = Conn {
             conn,
+            ticket,
+            accepted: now,
             fd: Rc::clone(&sock) as Rc<dyn AsRawFd>,
             sock,
             local,
@@ -415,6 +491,70 @@ impl<'a> Core<'a> {
         };
         tracing::debug!(core = self.id, conn = idx, ?peer, "connection accepted");
         self.conns[idx] = Some(entry);
+    }
+
+    /// An accept on `portal` failed with `errno`. Out of descriptors or
+    /// memory, accepts on that portal pause (50 ms, doubling to 1 s while
+    /// it goes on) instead of spinning on the error; anything else (an
+    /// aborted connection) pauses 10 ms. Logged once per interval with
+    /// a count.
+    fn accept_failed(&mut self, portal: usize, errno: i32) {
+        self.reg.admission().accept_failed();
+        let out_of_resources = matches!(
+            errno,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+        );
+        let now = Instant::now();
+        if out_of_resources {
+            // Free a descriptor for the next accept if a stale login holds one.
+            self.evict_stale_login(now);
+        }
+        let pause = match self.accept_pause.get_mut(portal) {
+            Some(p) if out_of_resources => {
+                let this = *p;
+                *p = (*p * 2).min(ACCEPT_PAUSE_MAX);
+                this
+            }
+            _ => Duration::from_millis(10),
+        };
+        if let Some(until) = self.accept_paused.get_mut(portal) {
+            *until = Some(now + pause);
+        }
+        if let Some(n) = self.accept_errors_log.hit(now) {
+            let e = std::io::Error::from_raw_os_error(errno);
+            tracing::warn!(
+                core = self.id,
+                portal,
+                errno,
+                failures = n,
+                ?pause,
+                "accepts failing ({e}); pausing this portal's accepts"
+            );
+        }
+    }
+
+    /// Closes this core's oldest connection that is still logging in
+    /// after [`STALE_LOGIN`]; whether there was one.
+    fn evict_stale_login(&mut self, now: Instant) -> bool {
+        let oldest = self
+            .conns
+            .iter_mut()
+            .flatten()
+            .filter(|c| {
+                !c.conn.is_full_feature()
+                    && c.conn.closing().is_none()
+                    && now.duration_since(c.accepted) >= STALE_LOGIN
+            })
+            .min_by_key(|c| c.accepted);
+        match oldest {
+            Some(c) => {
+                c.conn.close(CloseReason::Protocol(
+                    "closed to make room: still logging in while the portal was full".into(),
+                ));
+                true
+            }
+            None => false,
+        }
     }
 
     fn host<'b>(&'b self, kill: &'b Arc<AtomicBool>, local: Option<SocketAddr>) -> CoreHost<'b> {
@@ -516,6 +656,22 @@ impl<'a> Core<'a> {
 
     fn tick(&mut self, now: Instant) {
         self.retry_failed();
+        if let Some(n) = self.accept_errors_log.flush(now) {
+            tracing::warn!(
+                core = self.id,
+                failures = n,
+                "accepts failed since the last report"
+            );
+        }
+        for log in &mut self.refused_log {
+            if let Some(n) = log.flush(now) {
+                tracing::warn!(
+                    core = self.id,
+                    refused = n,
+                    "connections refused at the caps since the last report"
+                );
+            }
+        }
         for c in self.conns.iter_mut().flatten() {
             c.conn.tick(now);
         }
@@ -627,6 +783,9 @@ impl<'a> Core<'a> {
                         .disk_done(req.task, -libc::EIO, buf, self.ring.pool());
                 }
             }
+        }
+        if c.conn.is_full_feature() {
+            c.ticket.logged_in();
         }
         // Output.
         if !c.send_busy {

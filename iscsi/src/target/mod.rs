@@ -10,6 +10,7 @@
 //! Every core accepts on every portal; a connection lives on the core that
 //! accepted it, and its disk I/O goes into that core's ring.
 
+mod admission;
 mod core;
 mod devices;
 mod registry;
@@ -21,7 +22,13 @@ use std::thread::JoinHandle;
 
 use trellis_datapath::{RingConfig, VirtualDevice, Waker};
 
+pub use admission::{Admission, AdmissionStats, Refusal, Ticket};
 pub use registry::{DeviceIo, Registry};
+
+/// Connections one portal holds at most, by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Logins one source address may have in progress at once, by default.
+pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 16;
 
 use crate::login::ChapPolicy;
 use crate::session::ConnConfig;
@@ -59,6 +66,12 @@ pub struct GatewayConfig {
     pub targets: Vec<TargetSpec>,
     /// Listening addresses.
     pub portals: Vec<SocketAddr>,
+    /// Connections one portal holds at most; past it a new connection is
+    /// closed at once.
+    pub max_connections: usize,
+    /// Connections one source address may have logging in at once (idle
+    /// ones included, until the login deadline ends them).
+    pub max_logins_per_address: usize,
     /// CHAP for discovery sessions (None: open discovery).
     pub discovery_chap: Option<ChapPolicy>,
     /// This member's target port group id.

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use trellis_datapath::{BackingStore, IoStats, IoTotals, StoreSlot, VirtualDevice, Waker};
 
 use super::devices::{describe, plan_device, DeviceEntry, DevicePlan};
-use super::{AclEntry, GatewayConfig, TargetSpec};
+use super::{AclEntry, Admission, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
 use crate::scsi::{
     lun_from_wire, lun_to_wire, AluaState, FilePrStore, LunDevice, LunShared, PortContext,
@@ -104,6 +104,8 @@ pub struct Registry {
     /// Devices by id (ids are never reused; a removed device leaves None).
     devices: RwLock<Vec<Option<DeviceEntry>>>,
     sessions: Mutex<Sessions>,
+    /// Connection caps of the portals.
+    admission: Arc<Admission>,
 }
 
 impl Registry {
@@ -113,7 +115,13 @@ impl Registry {
         wakers: Vec<Arc<Waker>>,
     ) -> Self {
         let devices = std::mem::take(&mut cfg.devices);
+        let admission = Arc::new(Admission::new(
+            portals.len(),
+            cfg.max_connections,
+            cfg.max_logins_per_address,
+        ));
         let mut reg = Self {
+            admission,
             live: RwLock::new(Live {
                 targets: cfg.targets.clone(),
                 discovery_chap: cfg.discovery_chap.clone(),
@@ -167,6 +175,11 @@ impl Registry {
             .state_dir
             .as_ref()
             .map(|dir| dir.join(format!("{device}.pr")))
+    }
+
+    /// The portals' connection caps and counters.
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
     /// The configuration the target started with (portals, limits, rings;

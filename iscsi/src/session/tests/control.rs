@@ -298,6 +298,54 @@ fn unknown_and_target_opcodes_are_rejected_and_the_session_goes_on() {
     r.ping();
 }
 
+/// An unknown opcode with 10 bytes of data.
+fn unknown_opcode() -> [u8; BHS_LEN] {
+    let mut bhs = [0u8; BHS_LEN];
+    bhs[0] = 0x1f;
+    bhs[1] = 0x80;
+    bhs[5..8].copy_from_slice(&[0, 0, 10]);
+    bhs
+}
+
+#[test]
+fn a_flood_of_protocol_errors_drops_the_connection() {
+    let mut r = Rig::ready(&Keys::default());
+    let bhs = unknown_opcode();
+    for _ in 0..MAX_PROTOCOL_ERRORS {
+        r.send(&bhs, &[0xee; 10]);
+        let rej = r.one().reject();
+        assert_eq!(rej.reason, 0x05);
+        r.statsn_is(rej.statsn);
+        assert!(!r.conn.should_close());
+    }
+    // One more within the window: no Reject, the connection goes.
+    r.send(&bhs, &[0xee; 10]);
+    assert!(r.conn.should_close());
+    match r.conn.closing() {
+        Some(CloseReason::Protocol(why)) => {
+            assert!(why.contains("protocol errors"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn protocol_errors_spread_over_windows_are_tolerated() {
+    let mut r = Rig::ready(&Keys::default());
+    let bhs = unknown_opcode();
+    for round in 0..3 {
+        for _ in 0..MAX_PROTOCOL_ERRORS {
+            r.send(&bhs, &[0xee; 10]);
+            let rej = r.one().reject();
+            assert_eq!(rej.reason, 0x05, "round {round}");
+            r.statsn_is(rej.statsn);
+        }
+        r.at((PROTOCOL_ERROR_WINDOW + MS) * (round + 1));
+        r.ping();
+    }
+    assert!(!r.conn.should_close());
+}
+
 #[test]
 fn oversized_data_segment_is_rejected_and_closes() {
     let mut r = Rig::ready(&Keys::default());

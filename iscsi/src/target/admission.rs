@@ -1,0 +1,241 @@
+//! Who gets a connection on the portals, so that a flood of connections
+//! cannot take the member's file descriptors or shut out good hosts:
+//!
+//! - a **cap per portal** on open connections (`max_connections`): a
+//!   connection past it is closed as soon as it is accepted;
+//! - a **cap per source address on connections still logging in**
+//!   (`max_logins_per_address`): idle or slow logins from one address
+//!   (the 15 s login deadline ends them) cannot fill the portal for
+//!   everyone else; once logged in, a connection no longer counts there.
+//!
+//! Shared by every core (a connection is admitted on one core, counted
+//! against the portal on all); taken once per connection, never per
+//! command. Counts are kept for `/metrics`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The caps and counters of all portals.
+#[derive(Debug)]
+pub struct Admission {
+    max_per_portal: usize,
+    max_logins_per_address: usize,
+    /// Open connections, by portal index.
+    open: Vec<AtomicUsize>,
+    /// Connections logging in, by source address.
+    logging_in: Mutex<HashMap<IpAddr, usize>>,
+    refused_cap: AtomicU64,
+    refused_address: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The portal holds `max_connections` already.
+    PortalFull,
+    /// Its address has `max_logins_per_address` logins in progress.
+    AddressBusy,
+}
+
+/// The counters, for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdmissionStats {
+    /// Connections open on all portals.
+    pub open: usize,
+    /// The cap per portal.
+    pub max_per_portal: usize,
+    /// Connections closed at once because their portal was full.
+    pub refused_cap: u64,
+    /// Connections closed at once because their address had too many
+    /// logins in progress.
+    pub refused_address: u64,
+    /// Failed accepts (out of descriptors, aborted connections).
+    pub accept_errors: u64,
+}
+
+impl Admission {
+    /// Caps for `portals` portals.
+    pub fn new(portals: usize, max_per_portal: usize, max_logins_per_address: usize) -> Self {
+        Self {
+            max_per_portal,
+            max_logins_per_address,
+            open: (0..portals).map(|_| AtomicUsize::new(0)).collect(),
+            logging_in: Mutex::new(HashMap::new()),
+            refused_cap: AtomicU64::new(0),
+            refused_address: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+        }
+    }
+
+    /// Admits a connection from `peer` on portal `portal`, or says why
+    /// not ([`Admission::refused`] counts a connection then closed).
+    pub fn admit(self: &Arc<Self>, portal: usize, peer: Option<IpAddr>) -> Result<Ticket, Refusal> {
+        let Some(open) = self.open.get(portal) else {
+            return Err(Refusal::PortalFull);
+        };
+        let took = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < self.max_per_portal).then_some(n + 1)
+        });
+        if took.is_err() {
+            return Err(Refusal::PortalFull);
+        }
+        self.enter(portal, peer)
+    }
+
+    /// A ticket for a connection counted on `portal` already, checked
+    /// against its address's logins in progress.
+    fn enter(self: &Arc<Self>, portal: usize, peer: Option<IpAddr>) -> Result<Ticket, Refusal> {
+        let mut ticket = Ticket {
+            adm: Arc::clone(self),
+            portal,
+            logging_in: None,
+        };
+        if let Some(ip) = peer {
+            let mut map = self
+                .logging_in
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let n = map.entry(ip).or_insert(0);
+            if *n >= self.max_logins_per_address {
+                drop(map);
+                // Dropping the ticket gives the portal slot back.
+                return Err(Refusal::AddressBusy);
+            }
+            *n += 1;
+            ticket.logging_in = Some(ip);
+        }
+        Ok(ticket)
+    }
+
+    /// [`Admission::admit`] past the portal's cap, for a connection that
+    /// takes the place of one being closed (the address cap still holds).
+    pub fn admit_over_cap(
+        self: &Arc<Self>,
+        portal: usize,
+        peer: Option<IpAddr>,
+    ) -> Result<Ticket, Refusal> {
+        let Some(open) = self.open.get(portal) else {
+            return Err(Refusal::PortalFull);
+        };
+        open.fetch_add(1, Ordering::AcqRel);
+        self.enter(portal, peer)
+    }
+
+    /// Counts a connection closed for `why`.
+    pub fn refused(&self, why: Refusal) {
+        match why {
+            Refusal::PortalFull => &self.refused_cap,
+            Refusal::AddressBusy => &self.refused_address,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed accept.
+    pub fn accept_failed(&self) {
+        self.accept_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> AdmissionStats {
+        AdmissionStats {
+            open: self.open.iter().map(|o| o.load(Ordering::Relaxed)).sum(),
+            max_per_portal: self.max_per_portal,
+            refused_cap: self.refused_cap.load(Ordering::Relaxed),
+            refused_address: self.refused_address.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn done_logging_in(&self, ip: IpAddr) {
+        let mut map = self
+            .logging_in
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
+/// An admitted connection's place: given back when dropped.
+#[derive(Debug)]
+pub struct Ticket {
+    adm: Arc<Admission>,
+    portal: usize,
+    /// Its address, while it counts as logging in.
+    logging_in: Option<IpAddr>,
+}
+
+impl Ticket {
+    /// The connection has logged in: it no longer counts against its
+    /// address's logins in progress.
+    pub fn logged_in(&mut self) {
+        if let Some(ip) = self.logging_in.take() {
+            self.adm.done_logging_in(ip);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.logged_in();
+        if let Some(open) = self.adm.open.get(self.portal) {
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> Option<IpAddr> {
+        Some(IpAddr::from([10, 0, 0, last]))
+    }
+
+    #[test]
+    fn a_portal_holds_its_cap_and_frees_places() {
+        let adm = Arc::new(Admission::new(2, 3, 100));
+        let held: Vec<Ticket> = (0..3).map(|i| adm.admit(0, ip(i)).unwrap()).collect();
+        assert_eq!(adm.admit(0, ip(9)).unwrap_err(), Refusal::PortalFull);
+        adm.refused(Refusal::PortalFull);
+        let other = adm.admit(1, ip(9)).expect("another portal has its own cap");
+        assert_eq!(adm.stats().open, 4);
+        drop(held);
+        adm.admit(0, ip(9)).expect("a place freed");
+        drop(other);
+        assert_eq!(adm.stats().open, 0);
+        assert_eq!(adm.stats().refused_cap, 1);
+    }
+
+    #[test]
+    fn one_address_cannot_hold_every_login() {
+        let adm = Arc::new(Admission::new(1, 100, 2));
+        let mut a1 = adm.admit(0, ip(1)).unwrap();
+        let _a2 = adm.admit(0, ip(1)).unwrap();
+        assert_eq!(adm.admit(0, ip(1)).unwrap_err(), Refusal::AddressBusy);
+        let _b = adm.admit(0, ip(2)).expect("another address gets in");
+        // The refused one gave its portal place back.
+        assert_eq!(adm.stats().open, 3);
+        a1.logged_in();
+        let _a3 = adm
+            .admit(0, ip(1))
+            .expect("a logged-in session no longer counts");
+        assert_eq!(adm.admit(0, ip(1)).unwrap_err(), Refusal::AddressBusy);
+        drop(a1);
+        assert_eq!(adm.admit(0, ip(1)).unwrap_err(), Refusal::AddressBusy);
+        // Past the cap, for one being closed: the address cap still holds.
+        let _over = adm.admit_over_cap(0, ip(3)).unwrap();
+        assert_eq!(
+            adm.admit_over_cap(0, ip(1)).unwrap_err(),
+            Refusal::AddressBusy
+        );
+        assert_eq!(adm.stats().open, 4);
+    }
+}
