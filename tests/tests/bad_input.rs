@@ -213,6 +213,44 @@ fn unknown_and_target_opcodes_are_rejected_and_the_connection_survives() {
     others_unharmed(&d, &mut w);
 }
 
+/// A session sending nothing but unknown opcodes gets a Reject for each
+/// of the first 32 at most (the default max_protocol_errors within 10 s),
+/// then is dropped; the log carries a few lines, not one per PDU.
+#[test]
+fn a_flood_of_unknown_opcodes_is_disconnected() {
+    let (d, mut w) = setup();
+    let mut c = Conn::login(d.portal).unwrap();
+    let mut bhs = [0u8; BHS_LEN];
+    bhs[0] = 0x1f;
+    bhs[1] = 0x80;
+    // All at once, as a flooding initiator sends them.
+    let flood: Vec<u8> = bhs.repeat(1000);
+    // The target may close mid-way: later writes may fail.
+    let _ = c.send_bytes(&flood);
+    let mut rejects = 0;
+    loop {
+        match c.recv() {
+            Ok(Some(p)) if p.opcode() == 0x3f => rejects += 1,
+            Ok(Some(p)) => panic!("unexpected PDU {:#04x}", p.opcode()),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    // At most 32 (a reset may discard the last ones unread), never 1000.
+    assert!(
+        (1..=32).contains(&rejects),
+        "{rejects} Rejects before the connection was dropped"
+    );
+    let log = d.log_text();
+    assert!(
+        log.contains("more than 32 protocol errors"),
+        "{}",
+        d.log_tail(20)
+    );
+    let lines = log.lines().filter(|l| l.contains("rejecting PDUs")).count();
+    assert!(lines <= 2, "{lines} lines about rejected PDUs");
+    others_unharmed(&d, &mut w);
+}
+
 // ------------------------------------------------------------------- login
 
 /// Full-feature PDUs before the login completed: the connection is closed,
