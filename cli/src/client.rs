@@ -119,11 +119,22 @@ pub fn order(start: usize, n: usize) -> impl Iterator<Item = usize> {
 impl Client {
     /// A client of `endpoints` (base URLs) sending `token`, starting at
     /// endpoint `start` and waiting up to `timeout` for each answer.
-    pub fn new(endpoints: Vec<String>, token: String, start: usize, timeout: Duration) -> Self {
-        let agent = ureq::AgentBuilder::new()
+    /// `https://` endpoints are verified against the public roots, or the
+    /// roots `tls` trusts where given.
+    pub fn new(
+        endpoints: Vec<String>,
+        token: String,
+        start: usize,
+        timeout: Duration,
+        tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    ) -> Self {
+        let mut builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3).min(timeout))
-            .timeout(timeout)
-            .build();
+            .timeout(timeout);
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls);
+        }
+        let agent = builder.build();
         Self {
             endpoints,
             token,
@@ -240,21 +251,48 @@ pub fn segment(s: &str) -> String {
 /// trailing `/` goes.
 pub fn parse_endpoint(s: &str) -> Result<String, String> {
     let s = s.trim();
-    if s.starts_with("https://") {
-        return Err(format!(
-            "{s}: the management API speaks plain HTTP (http://)"
-        ));
-    }
-    let host = match s.strip_prefix("http://") {
-        Some(rest) => rest,
-        None if s.contains("://") => return Err(format!("{s}: only http:// endpoints")),
-        None => s,
+    let (scheme, host) = if let Some(rest) = s.strip_prefix("https://") {
+        ("https", rest)
+    } else if let Some(rest) = s.strip_prefix("http://") {
+        ("http", rest)
+    } else if s.contains("://") {
+        return Err(format!("{s}: only http:// and https:// endpoints"));
+    } else {
+        ("http", s)
     };
     let host = host.trim_end_matches('/');
     if host.is_empty() {
         return Err(format!("{s:?}: no host"));
     }
-    Ok(format!("http://{host}"))
+    Ok(format!("{scheme}://{host}"))
+}
+
+/// TLS for `https://` endpoints trusting the CA certificates of the PEM
+/// file `ca` (a member's certificate must chain to one of them and name
+/// the host the endpoint gives).
+pub fn tls_trusting(ca: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let pem =
+        std::fs::read(ca).map_err(|e| format!("cannot read CA file {}: {e}", ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA file {}: {e}", ca.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("CA file {} holds no certificate", ca.display()));
+    }
+    #[allow(deprecated)] // see trellis_control::api::ring_provider: ureq's own provider too
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 #[cfg(test)]
@@ -278,7 +316,10 @@ mod tests {
             parse_endpoint("http://m1:8080/"),
             Ok("http://m1:8080".into())
         );
-        assert!(parse_endpoint("https://m1").is_err());
+        assert_eq!(
+            parse_endpoint("https://m1:8443"),
+            Ok("https://m1:8443".into())
+        );
         assert!(parse_endpoint("ftp://m1").is_err());
         assert!(parse_endpoint("").is_err());
         assert!(parse_endpoint("http://").is_err());

@@ -30,8 +30,9 @@ use client::{Client, ClientError};
     after_help = "Exit codes: 0 done, 1 refused by the cluster, 2 usage error, 3 no endpoint reachable."
 )]
 pub struct Cli {
-    /// Management API endpoints of the members (URL or host:port),
-    /// comma-separated; tried in turn from a random one.
+    /// Management API endpoints of the members (http://HOST:PORT,
+    /// https://HOST:PORT, or HOST:PORT for plain HTTP), comma-separated;
+    /// tried in turn from a random one.
     #[arg(
         long,
         env = "TRELLIS_ENDPOINTS",
@@ -43,6 +44,10 @@ pub struct Cli {
     /// The cluster API token.
     #[arg(long, env = "TRELLIS_TOKEN", hide_env_values = true)]
     token: String,
+    /// PEM file of the CA certificate(s) that https:// endpoints'
+    /// certificates must chain to (default: the public web roots).
+    #[arg(long, env = "TRELLIS_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -222,6 +227,8 @@ fn parse_size_arg(s: &str) -> Result<u64, String> {
 mod exit {
     /// The request was refused (4xx, or a server error).
     pub const REFUSED: u8 = 1;
+    /// A bad argument (as clap's usage errors).
+    pub const USAGE: u8 = 2;
     /// No endpoint could serve the request.
     pub const UNREACHABLE: u8 = 3;
 }
@@ -229,11 +236,22 @@ mod exit {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let start = rand::thread_rng().gen_range(0..cli.endpoints.len().max(1));
+    let tls = match &cli.ca {
+        Some(ca) => match client::tls_trusting(ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("trellis: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        },
+        None => None,
+    };
     let client = Client::new(
         cli.endpoints.clone(),
         cli.token.clone(),
         start,
         Duration::from_secs(cli.timeout.max(1)),
+        tls,
     )
     .with_idempotency_key(cli.idempotency_key.clone());
     match commands::run(&client, &cli.command, cli.json) {

@@ -47,6 +47,7 @@ mod error;
 mod extract;
 mod handlers;
 mod metrics;
+mod serve;
 pub mod testing;
 pub mod views;
 
@@ -60,6 +61,7 @@ use tokio::net::TcpListener;
 
 pub use auth::Token;
 pub use error::ApiError;
+pub use serve::{ring_provider, serve_with, tls_config, ServeOptions, ServeStats, TlsError};
 
 use crate::config::{ConfigError, Device};
 use crate::service::ClusterService;
@@ -201,10 +203,7 @@ pub async fn serve_listener(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve)
+    serve_with(listener, router, ServeOptions::default(), shutdown).await
 }
 
 #[cfg(test)]

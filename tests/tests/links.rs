@@ -36,7 +36,7 @@ fn config(lab: &Lab, i: usize, storage: &Path) -> String {
          [cluster]\nid = \"links\"\nmember = \"m{i}\"\nkey = \"links-test-cluster-key\"\n\
          links = [\n  {{ name = \"a\", addr = \"{a}:7401\" }},\n  {{ name = \"b\", addr = \"{b}:7401\" }},\n]\n\
          storage_dir = \"{storage}\"\nnode_id = {i}\nraft = \"{b}:7501\"\napi = \"{b}:8080\"\n\
-         api_token = \"{TOKEN}\"\nvoters = [{voters}]\n",
+         api_token = \"{TOKEN}\"\napi_plaintext = true\nvoters = [{voters}]\n",
         a = lab.ip(i, 'a'),
         b = lab.ip(i, 'b'),
         storage = storage.display(),

@@ -102,6 +102,23 @@ struct ClusterSection {
     /// `/dev/disk/by-id/wwn-*`); none by default.
     #[serde(default)]
     block_devices: Vec<Spanned<PathBuf>>,
+    /// The API's TLS certificate chain (PEM); with `api_tls_key`.
+    api_tls_cert: Option<PathBuf>,
+    /// The API's TLS private key (PEM).
+    api_tls_key: Option<PathBuf>,
+    /// Serve the API in plain HTTP on a non-loopback address (the token
+    /// then crosses the network in clear): an explicit opt-in.
+    #[serde(default)]
+    api_plaintext: bool,
+    /// API connections held at once.
+    api_max_connections: Option<usize>,
+    /// API connections one source address may hold at once.
+    api_max_connections_per_address: Option<usize>,
+    /// Seconds a client has to send a request's headers (or finish the
+    /// TLS handshake); an idle connection is closed after it too.
+    api_header_timeout_secs: Option<u64>,
+    /// Seconds one API request may take in all.
+    api_request_timeout_secs: Option<u64>,
 }
 
 impl ClusterSection {
@@ -159,10 +176,27 @@ pub struct ControlSettings {
     pub storage_dir: PathBuf,
     /// Patterns of the block devices devices may be backed by.
     pub block_devices: Vec<PathBuf>,
+    /// How the API serves: TLS, caps, timeouts.
+    pub api_serve: ApiServe,
     /// The cluster key, which authenticates Raft connections too.
     pub key: ClusterKey,
     /// The control protocol spoken (Raft refuses other majors too).
     pub protocol: ProtocolVersion,
+}
+
+/// How the management API serves connections.
+#[derive(Debug, Clone)]
+pub struct ApiServe {
+    /// TLS certificate chain and key (PEM files); `None`: plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// Connections one source address may hold.
+    pub max_per_address: usize,
+    /// Time for a request's headers (and idle keep-alive).
+    pub header_timeout: std::time::Duration,
+    /// Time for a whole request.
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -651,6 +685,53 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
 
     let key = ClusterKey::new(c.key.get_ref().as_bytes())
         .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
+    let api_addr = addr(api, "api")?;
+    let relative = |p: &PathBuf| {
+        if p.is_relative() {
+            std::env::current_dir().map_or_else(|_| p.clone(), |cwd| cwd.join(p))
+        } else {
+            p.clone()
+        }
+    };
+    let tls = match (&c.api_tls_cert, &c.api_tls_key) {
+        (Some(cert), Some(key)) => Some((relative(cert), relative(key))),
+        (None, None) => None,
+        _ => bail!(
+            "{}: [cluster] api_tls_cert and api_tls_key go together (the API's certificate chain and its private key, PEM)",
+            src.at(api)
+        ),
+    };
+    if tls.is_none() && !api_addr.ip().is_loopback() && !c.api_plaintext {
+        bail!(
+            "{}: api {api_addr} is not a loopback address: give the API a certificate (api_tls_cert, api_tls_key) so the token does not cross the network in clear, or set api_plaintext = true to serve plain HTTP anyway",
+            src.at(api)
+        );
+    }
+    let positive = |v: Option<u64>, default: u64, what: &str| -> Result<std::time::Duration> {
+        match v {
+            Some(0) => bail!("{}: [cluster] {what} must be at least 1", src.at(api)),
+            v => Ok(std::time::Duration::from_secs(v.unwrap_or(default))),
+        }
+    };
+    let api_serve = ApiServe {
+        tls,
+        max_connections: match c.api_max_connections {
+            Some(0) => bail!(
+                "{}: [cluster] api_max_connections must be at least 1",
+                src.at(api)
+            ),
+            v => v.unwrap_or(256),
+        },
+        max_per_address: match c.api_max_connections_per_address {
+            Some(0) => bail!(
+                "{}: [cluster] api_max_connections_per_address must be at least 1",
+                src.at(api)
+            ),
+            v => v.unwrap_or(32),
+        },
+        header_timeout: positive(c.api_header_timeout_secs, 10, "api_header_timeout_secs")?,
+        request_timeout: positive(c.api_request_timeout_secs, 60, "api_request_timeout_secs")?,
+    };
     let raft_addr = addr(raft, "raft")?;
     if raft_addr.ip().is_unspecified() {
         bail!(
@@ -663,8 +744,9 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         protocol: ProtocolVersion::CURRENT,
         node_id,
         raft: raft_addr,
-        api: addr(api, "api")?,
+        api: api_addr,
         api_token: token.get_ref().clone(),
+        api_serve,
         voters,
         storage_dir,
         block_devices,
@@ -962,6 +1044,51 @@ mod tests {
             e.contains("needs all of node_id, raft, api and api_token"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_api_speaks_tls_off_loopback_and_limits_are_checked() {
+        let base = "[cluster]\nid = \"c\"\nmember = \"m\"\nkey = \"0123456789abcdefg\"\n\
+                    links = []\nnode_id = 1\nraft = \"127.0.0.1:7501\"\napi_token = \"0123456789abcdef\"\n";
+        let load =
+            |extra: &str| load_control("t.toml", &format!("{base}{extra}"), &Overrides::default());
+        let err = |extra: &str| format!("{:#}", load(extra).unwrap_err());
+        // Loopback: plain HTTP is fine; the defaults.
+        let c = load("api = \"127.0.0.1:8080\"\n").unwrap().unwrap();
+        assert!(c.api_serve.tls.is_none());
+        assert_eq!(
+            (c.api_serve.max_connections, c.api_serve.max_per_address),
+            (256, 32)
+        );
+        // Elsewhere: TLS, or an explicit opt-in.
+        let e = err("api = \"10.0.0.1:8080\"\n");
+        assert!(
+            e.contains("t.toml:")
+                && e.contains("is not a loopback address")
+                && e.contains("api_plaintext"),
+            "{e}"
+        );
+        assert!(load("api = \"10.0.0.1:8080\"\napi_plaintext = true\n").is_ok());
+        let tls = load("api = \"10.0.0.1:8080\"\napi_tls_cert = \"/etc/trellis/c.pem\"\napi_tls_key = \"/etc/trellis/k.pem\"\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            tls.api_serve.tls,
+            Some(("/etc/trellis/c.pem".into(), "/etc/trellis/k.pem".into()))
+        );
+        let e = err("api = \"127.0.0.1:8080\"\napi_tls_cert = \"c.pem\"\n");
+        assert!(e.contains("go together"), "{e}");
+        for zero in [
+            "api_max_connections",
+            "api_max_connections_per_address",
+            "api_header_timeout_secs",
+            "api_request_timeout_secs",
+        ] {
+            let e = err(&format!("api = \"127.0.0.1:8080\"\n{zero} = 0\n"));
+            assert!(e.contains(zero) && e.contains("at least 1"), "{e}");
+        }
+        let e = err("api = \"127.0.0.1:8080\"\nblock_devices = [\"dev/sd*\"]\n");
+        assert!(e.contains("is not absolute"), "{e}");
     }
 
     #[test]

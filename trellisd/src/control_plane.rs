@@ -179,11 +179,14 @@ pub fn start(
 
     // The management API, with this member's data path: its counters on
     // /metrics, and its view of the storage checking new devices' backings.
+    let serve_stats = Arc::new(trellis_control::api::ServeStats::default());
+    let api_max = settings.api_serve.max_connections;
     let dyn_service: Arc<dyn ClusterService> = Arc::clone(&service) as Arc<dyn ClusterService>;
     let local = match registry {
         Some(reg) => {
             let who = me.id.to_string();
             let served = Arc::clone(&reg);
+            let stats = Arc::clone(&serve_stats);
             trellis_control::api::Local {
                 metrics: Arc::new(move || {
                     let unserved = unserved
@@ -192,6 +195,7 @@ pub fn start(
                         .clone();
                     crate::metrics::render(&reg.device_io(), &unserved)
                         + &crate::metrics::render_admission(&reg.admission().stats())
+                        + &stats.render(api_max)
                 }),
                 member: who.clone(),
                 check_backing: Arc::new(move |d| {
@@ -208,7 +212,33 @@ pub fn start(
                 ..trellis_control::api::Local::default()
             }
         }
-        None => trellis_control::api::Local::default(),
+        None => {
+            let stats = Arc::clone(&serve_stats);
+            trellis_control::api::Local {
+                metrics: Arc::new(move || stats.render(api_max)),
+                ..trellis_control::api::Local::default()
+            }
+        }
+    };
+    let tls = match &settings.api_serve.tls {
+        Some((cert, key)) => Some(
+            trellis_control::api::tls_config(cert, key)
+                .context("cannot set up TLS for the management API")?,
+        ),
+        None => None,
+    };
+    let options = trellis_control::api::ServeOptions {
+        max_connections: api_max,
+        max_per_address: settings.api_serve.max_per_address,
+        header_timeout: settings.api_serve.header_timeout,
+        request_timeout: settings.api_serve.request_timeout,
+        tls,
+        stats: serve_stats,
+    };
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
     };
     let router = trellis_control::api::router(dyn_service, settings.api_token.clone(), local);
     let addr = settings.api;
@@ -244,7 +274,7 @@ pub fn start(
                         }
                     };
                     if let Err(e) =
-                        trellis_control::api::serve_listener(listener, router, shutdown).await
+                        trellis_control::api::serve_with(listener, router, options, shutdown).await
                     {
                         tracing::error!(error = %e, "management API stopped");
                     }
@@ -252,7 +282,7 @@ pub fn start(
             })
             .context("cannot start a thread")?,
     );
-    tracing::info!(api = %addr, "management API listening");
+    tracing::info!(api = %addr, scheme, "management API listening");
     Ok(ControlPlane {
         service,
         stop,

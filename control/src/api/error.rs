@@ -52,6 +52,11 @@ pub enum ApiError {
     /// The endpoint exists but not with this method.
     #[error("method not allowed on this endpoint")]
     WrongMethod,
+    /// The request (its body, or the work it asked for) took longer than
+    /// the API allows one request. A write may still be applied: resend it
+    /// with the same idempotency key.
+    #[error("the request took longer than {0:?} and was cut (a write may still apply: resend it with the same Idempotency-Key)")]
+    Timeout(std::time::Duration),
 }
 
 impl From<ConfigError> for ApiError {
@@ -99,6 +104,7 @@ impl ApiError {
             ApiError::Path(_) => (StatusCode::BAD_REQUEST, "invalid_path"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no_route"),
             ApiError::WrongMethod => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"),
             ApiError::Service(ServiceError::NoLeader) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "no_leader")
             }

@@ -1,0 +1,381 @@
+//! The API's HTTP server: its own accept loop over hyper, so that a flood
+//! of connections can neither take the member's descriptors nor its memory:
+//!
+//! ```text
+//!  accept ─┬ error: out of descriptors ─> pause (50 ms doubling to 1 s), a log line per 5 s
+//!          ├ at max_connections, or its address at max_per_address
+//!          │     ─> closed at once (counted, a log line per 5 s)
+//!          └ connection ─> [TLS handshake, within the header timeout]
+//!                        ─> HTTP/1.1: headers within header_timeout (idle keep-alive too)
+//!                        ─> request (body and handler) within request_timeout, else 408
+//! ```
+//!
+//! Plain HTTP is for loopback (or an explicit opt-in, checked where the
+//! member's config is read); elsewhere the API speaks TLS (rustls) with
+//! the member's certificate, so the bearer token never crosses the network
+//! in clear.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+use super::ServeError;
+
+/// How the API server treats connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// Connections held at once; past it a new one is closed at once.
+    pub max_connections: usize,
+    /// Connections one source address may hold at once (so one client
+    /// cannot fill `max_connections` for everyone).
+    pub max_per_address: usize,
+    /// How long a client has to send a request's headers, counted from
+    /// the connection's start or its previous answer (so an idle
+    /// keep-alive connection is closed after it too), and to finish a TLS
+    /// handshake.
+    pub header_timeout: Duration,
+    /// How long one request may take in all, its body and its handling
+    /// included (503 `request_timeout` after it).
+    pub request_timeout: Duration,
+    /// TLS, with the member's certificate; `None`: plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The connection counters, for `/metrics`.
+    pub stats: Arc<ServeStats>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_per_address: 32,
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            tls: None,
+            stats: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("max_connections", &self.max_connections)
+            .field("max_per_address", &self.max_per_address)
+            .field("header_timeout", &self.header_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Counters of the API's connections.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    /// Connections open now.
+    pub open: AtomicUsize,
+    /// Connections closed at once at the cap.
+    pub refused: AtomicU64,
+    /// Failed accepts.
+    pub accept_errors: AtomicU64,
+    /// Failed TLS handshakes.
+    pub tls_failures: AtomicU64,
+}
+
+impl ServeStats {
+    /// Prometheus text of the counters.
+    pub fn render(&self, max_connections: usize) -> String {
+        format!(
+            "# HELP trellis_api_connections Management API connections open.\n\
+             # TYPE trellis_api_connections gauge\ntrellis_api_connections {}\n\
+             # HELP trellis_api_max_connections The cap of management API connections.\n\
+             # TYPE trellis_api_max_connections gauge\ntrellis_api_max_connections {max_connections}\n\
+             # HELP trellis_api_connections_refused_total API connections closed at once at the cap.\n\
+             # TYPE trellis_api_connections_refused_total counter\ntrellis_api_connections_refused_total {}\n\
+             # HELP trellis_api_accept_errors_total Failed accepts of API connections.\n\
+             # TYPE trellis_api_accept_errors_total counter\ntrellis_api_accept_errors_total {}\n\
+             # HELP trellis_api_tls_failures_total Failed or timed-out TLS handshakes.\n\
+             # TYPE trellis_api_tls_failures_total counter\ntrellis_api_tls_failures_total {}\n",
+            self.open.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.accept_errors.load(Ordering::Relaxed),
+            self.tls_failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A log line at most once per interval, with how many events it stands for.
+struct Damped {
+    every: Duration,
+    next: Option<Instant>,
+    pending: u64,
+}
+
+impl Damped {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            next: None,
+            pending: 0,
+        }
+    }
+
+    fn hit(&mut self) -> Option<u64> {
+        self.pending += 1;
+        let now = Instant::now();
+        if self.next.is_some_and(|t| now < t) {
+            return None;
+        }
+        self.next = Some(now + self.every);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+/// Connections held per source address.
+type AddressCounts = std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>;
+
+/// One connection counted against its address, until dropped.
+struct PerAddress {
+    counts: Arc<AddressCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// Counts a connection from `ip`, unless it holds `max` already.
+    fn enter(counts: &Arc<AddressCounts>, ip: std::net::IpAddr, max: usize) -> Option<Self> {
+        let mut map = counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerAddress {
+    fn drop(&mut self) {
+        let mut map = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// How often failed and refused accepts are logged at most.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Serves `router` on `listener` as `opts` says until `shutdown`
+/// completes, then lets requests in flight finish (for up to 10 s).
+pub async fn serve_with(
+    listener: TcpListener,
+    router: Router,
+    opts: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        opts.request_timeout,
+        request_deadline,
+    ));
+    let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
+    let per_address = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let (mut failed_log, mut refused_log) = (Damped::new(LOG_EVERY), Damped::new(LOG_EVERY));
+    let mut pause = Duration::from_millis(50);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => {
+                    pause = Duration::from_millis(50);
+                    a
+                }
+                Err(e) => {
+                    opts.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    let out_of_resources = matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    );
+                    let wait = if out_of_resources { pause } else { Duration::from_millis(10) };
+                    if out_of_resources {
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                    if let Some(n) = failed_log.hit() {
+                        tracing::warn!(error = %e, failures = n, ?wait, "management API accepts failing; pausing accepts");
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            },
+        };
+        let admitted = Arc::clone(&limit)
+            .try_acquire_owned()
+            .ok()
+            .and_then(|permit| {
+                PerAddress::enter(&per_address, peer.ip(), opts.max_per_address)
+                    .map(|a| (permit, a))
+            });
+        let Some((permit, address)) = admitted else {
+            opts.stats.refused.fetch_add(1, Ordering::Relaxed);
+            if let Some(n) = refused_log.hit() {
+                tracing::warn!(%peer, refused = n, max = opts.max_connections, per_address = opts.max_per_address, "management API connections refused at the caps (api_max_connections, api_max_connections_per_address) since the last report");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let stats = Arc::clone(&opts.stats);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let service = TowerToHyperService::new(router.clone());
+        let header_timeout = opts.header_timeout;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _held = (permit, address);
+            match acceptor {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let _ = watcher.watch(conn).await;
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let conn = http.serve_connection(TokioIo::new(tls), service);
+                            let _ = watcher.watch(conn).await;
+                        }
+                        Ok(Err(e)) => {
+                            stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "API TLS handshake failed");
+                        }
+                        Err(_) => {
+                            stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "API TLS handshake timed out");
+                        }
+                    }
+                }
+            }
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("management API requests still running at shutdown were cut");
+    }
+    Ok(())
+}
+
+/// Ends a request that takes longer than `limit` in all (a body dribbled
+/// byte by byte included) with 503 `request_timeout`.
+async fn request_deadline(
+    axum::extract::State(limit): axum::extract::State<Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => super::ApiError::Timeout(limit).into_response(),
+    }
+}
+
+/// A TLS configuration from a PEM certificate chain and private key.
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: cert.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Pem {
+            path: cert.to_owned(),
+            reason: "holds no certificate".into(),
+        });
+    }
+    let key_pem = read(key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+        path: key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let provider = Arc::new(ring_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(chain, key_der))
+        .map_err(TlsError::Config)?;
+    Ok(Arc::new(config))
+}
+
+/// The API's certificate or key could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// rustls refused the certificate and key.
+    #[error("the certificate and key do not make a TLS configuration")]
+    Config(#[source] rustls::Error),
+}
+
+/// rustls on *ring* (also what the CLI's HTTP client uses): TLS 1.3 and
+/// 1.2 with rustls's default suites. rustls marks it deprecated for want
+/// of post-quantum key exchange, which its aws-lc-rs backend has; that
+/// backend needs a large C build we do not take on for the management API.
+#[allow(deprecated)]
+pub fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+#[cfg(test)]
+mod tests;
