@@ -10,46 +10,9 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use trellis_tests::{eventually, free_control_port, stable_port, trellis_cli_bin, Trellisd};
-
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it, as
-/// PEM files in `dir`: (ca, cert, key).
-fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "trellis test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
-fn run_id() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
 
 /// The CLI with `args` after `--endpoints endpoint --token token`.
 fn cli(endpoint: &str, token: &str, extra: &[&str]) -> (i32, String) {
@@ -97,10 +60,10 @@ fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
 
 #[test]
 fn the_cli_speaks_tls_and_idle_connections_are_capped_and_closed() {
-    let run = run_id();
+    let run = trellis_tests::run_id();
     let token = format!("api-hardening-token-{run}");
     let site = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(site.path());
+    let (ca, cert, key) = trellis_tests::test_certificates(site.path()).unwrap();
     let (port, raft, api) = (free_control_port(42..=42), stable_port(), stable_port());
     let text = format!(
         "[cluster]\nid = \"ah-{run}\"\nmember = \"m1\"\nkey = \"api-hardening-key-{run}\"\nmdns = false\n\

@@ -38,20 +38,9 @@ fn config(storage: &Path, port: u16, raft: u16, api: u16, token: &str, run: &str
     )
 }
 
-fn run_id() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    )
-}
-
 #[test]
 fn backings_outside_the_members_storage_are_refused_and_nothing_changes() {
-    let run = run_id();
+    let run = trellis_tests::run_id();
     let token = format!("storage-policy-token-{run}");
     let site = tempfile::tempdir().unwrap();
     let storage = site.path().join("storage");
