@@ -203,20 +203,83 @@ pub struct AclAllow {
     /// The initiator's name.
     pub initiator: String,
     /// CHAP user the initiator logs in as.
-    #[arg(long, requires = "chap_secret")]
+    #[arg(long, requires = "chap_secret_source")]
     pub chap_user: Option<String>,
-    /// CHAP secret (12 to 255 bytes).
-    #[arg(long, requires = "chap_user")]
+    /// CHAP secret (12 to 255 bytes). It shows in `ps` and in the shell's
+    /// history: prefer --chap-secret-file.
+    #[arg(long, requires = "chap_user", group = "chap_secret_source")]
     pub chap_secret: Option<String>,
+    /// Read the CHAP secret from FILE (its first line), or from standard
+    /// input with `-`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "chap_user",
+        group = "chap_secret_source"
+    )]
+    pub chap_secret_file: Option<std::path::PathBuf>,
     /// Mutual CHAP: the target's user name.
-    #[arg(long, requires_all = ["mutual_secret", "chap_user"])]
+    #[arg(long, requires_all = ["mutual_secret_source", "chap_user"])]
     pub mutual_user: Option<String>,
-    /// Mutual CHAP: the target's secret.
-    #[arg(long, requires = "mutual_user")]
+    /// Mutual CHAP: the target's secret (shows in `ps`: prefer
+    /// --mutual-secret-file).
+    #[arg(long, requires = "mutual_user", group = "mutual_secret_source")]
     pub mutual_secret: Option<String>,
+    /// Read the mutual CHAP secret from FILE (its first line), or from
+    /// standard input with `-`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "mutual_user",
+        group = "mutual_secret_source"
+    )]
+    pub mutual_secret_file: Option<std::path::PathBuf>,
     /// The LUNs it sees (comma-separated); all mapped LUNs when absent.
     #[arg(long, value_delimiter = ',')]
     pub luns: Option<Vec<u16>>,
+}
+
+impl AclAllow {
+    /// Reads the secrets given as files (or standard input) into
+    /// `chap_secret` / `mutual_secret`.
+    fn read_secret_files(&mut self) -> Result<(), String> {
+        let mut stdin_taken = false;
+        if let Some(f) = self.chap_secret_file.take() {
+            self.chap_secret = Some(read_secret(&f, &mut stdin_taken)?);
+        }
+        if let Some(f) = self.mutual_secret_file.take() {
+            self.mutual_secret = Some(read_secret(&f, &mut stdin_taken)?);
+        }
+        Ok(())
+    }
+}
+
+/// The first line of `path` (`-`: standard input, once), without its line
+/// end; an empty one is refused.
+fn read_secret(path: &std::path::Path, stdin_taken: &mut bool) -> Result<String, String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    let shown = path.display();
+    if path.as_os_str() == "-" {
+        if std::mem::replace(stdin_taken, true) {
+            return Err("only one secret can come from standard input ('-')".into());
+        }
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read a secret from standard input: {e}"))?;
+    } else {
+        let f = std::fs::File::open(path)
+            .map_err(|e| format!("cannot read the secret file {shown}: {e}"))?;
+        std::io::BufReader::new(f)
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the secret file {shown}: {e}"))?;
+    }
+    let secret = line.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.is_empty() {
+        return Err(format!("the secret from {shown} is empty"));
+    }
+    Ok(secret)
 }
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
@@ -234,7 +297,13 @@ mod exit {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Command::Acl(AclCmd::Allow(a)) = &mut cli.command {
+        if let Err(e) = a.read_secret_files() {
+            eprintln!("trellis: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    }
     let start = rand::thread_rng().gen_range(0..cli.endpoints.len().max(1));
     let tls = match &cli.ca {
         Some(ca) => match client::tls_trusting(ca) {
@@ -327,6 +396,30 @@ mod tests {
         ])
         .is_err());
         assert!(with(&["acl", "allow", "iqn.x", "iqn.y", "--chap-user", "u"]).is_err());
+        assert!(with(&[
+            "acl",
+            "allow",
+            "iqn.x",
+            "iqn.y",
+            "--chap-user",
+            "u",
+            "--chap-secret-file",
+            "-"
+        ])
+        .is_ok());
+        assert!(with(&[
+            "acl",
+            "allow",
+            "iqn.x",
+            "iqn.y",
+            "--chap-user",
+            "u",
+            "--chap-secret",
+            "s",
+            "--chap-secret-file",
+            "f"
+        ])
+        .is_err());
         let cli = with(&["acl", "allow", "iqn.x", "iqn.y", "--luns", "0,1"]).expect("parses");
         let Command::Acl(AclCmd::Allow(a)) = cli.command else {
             panic!("{:?}", cli.command)

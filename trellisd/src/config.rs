@@ -349,8 +349,7 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
         anyhow!("{name}{line}: {}", e.message())
     })?;
     let data_dir = chosen_data_dir(file.data_dir.clone(), over);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    private_dir(&data_dir)?;
 
     let portal_texts: Vec<(String, String)> = if over.portals.is_empty() {
         file.portals
@@ -617,9 +616,32 @@ fn chosen_data_dir(from_file: Option<PathBuf>, over: &Overrides) -> PathBuf {
 pub fn data_dir(name: &str, text: &str, over: &Overrides) -> Result<PathBuf> {
     let file: File = toml::from_str(text).map_err(|e| anyhow!("{name}: {}", e.message()))?;
     let dir = chosen_data_dir(file.data_dir, over);
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    private_dir(&dir)?;
     Ok(dir)
+}
+
+/// Creates the data directory `dir` (and missing parents) with mode 0700,
+/// or narrows an existing one to it: it holds the configuration database
+/// (CHAP secrets), reservation keys and, by default, disk images.
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("cannot examine data directory {}", dir.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
+            || format!("cannot narrow data directory {} to mode 700", dir.display()),
+        )?;
+        tracing::info!(dir = %dir.display(), old = format!("{mode:o}"), "data directory narrowed to mode 700");
+    }
+    Ok(())
 }
 
 /// The Raft and API settings of `[cluster]`, if it has `node_id`, `raft`,
@@ -912,8 +934,15 @@ fn persistent_uuid(data_dir: &Path, name: &str) -> Result<Uuid> {
             Uuid::parse_str(s.trim()).with_context(|| format!("{} holds no UUID", path.display()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let u = Uuid::new_v4();
-            std::fs::write(&path, format!("{u}\n"))
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| writeln!(f, "{u}"))
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(u)
         }
@@ -1111,6 +1140,19 @@ mod tests {
         assert_eq!(cfg2.devices[0].spec().uuid, u1);
         let meta = std::fs::metadata(dir.path().join("disk0.img")).unwrap();
         assert_eq!(meta.len(), 1 << 30);
+        // Private files in a private directory, created where missing.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("disk0.img")), 0o600);
+        assert_eq!(mode(&dir.path().join("disk0.uuid")), 0o600);
+        let nested = dir.path().join("a/b");
+        let over = Overrides {
+            data_dir: Some(nested.clone()),
+            ..over
+        };
+        load("default", DEFAULT_CONFIG, &over).unwrap();
+        assert_eq!(mode(&nested), 0o700);
+        assert_eq!(mode(&dir.path().join("a")), 0o700);
     }
 
     #[test]

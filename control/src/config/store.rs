@@ -152,11 +152,34 @@ fn write(state: &SharedApplied) -> RwLockWriteGuard<'_, Applied> {
 
 /// Opens (creating if needed) the database at `path` and returns its log
 /// store and state machine.
+/// The database file is private to the member (0600: it holds CHAP
+/// secrets); one found with wider permissions is narrowed.
 pub(crate) fn open(path: &Path) -> Result<(LogStore, StateMachineStore), StoreError> {
-    let db = Database::create(path).map_err(|source| StoreError::Open {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Open {
         path: path.to_owned(),
-        source: Box::new(source),
-    })?;
+        source: Box::new(redb::DatabaseError::Storage(redb::StorageError::Io(e))),
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        tracing::info!(path = %path.display(), old = format!("{mode:o}"), "configuration database narrowed to mode 600 (it holds CHAP secrets)");
+    }
+    let db = Database::builder()
+        .create_file(file)
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
     split(db)
 }
 

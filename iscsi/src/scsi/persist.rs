@@ -317,7 +317,14 @@ impl PrStore for FilePrStore {
         }
         let tmp = self.path.with_extension("pr.tmp");
         {
-            let mut f = std::fs::File::create(&tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Registration keys are the initiators' business: private.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(encode(state).as_bytes())?;
             f.sync_all()?;
         }
