@@ -2,7 +2,7 @@
 //! mutual CHAP, and what a not-allowed initiator can see (nothing).
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use trellis_tests::{require_tool, run, Trellisd};
 
@@ -127,9 +127,91 @@ fn a_not_allowed_initiator_sees_nothing_and_gets_nothing() {
         "open target visible: {listed}"
     );
 
-    // Even with the right credentials of another initiator's entry.
+    // Even with the right credentials of another initiator's entry. It is
+    // told what a login to a target that does not exist is told, so an
+    // outsider cannot list target names by trying them.
     let (ok, out) = tool("iscsi-inq", OTHER, &url(&d, "host1%host1-secret-123@", ""));
-    assert!(!ok && out.contains("Authorization failure"), "{out}");
-    let (ok, out) = tool("iscsi-inq", OTHER, &url(&d, "", ""));
-    assert!(!ok && out.contains("Authorization failure"), "{out}");
+    assert!(!ok && out.contains("Target not found"), "{out}");
+    let (ok, refused) = tool("iscsi-inq", OTHER, &url(&d, "", ""));
+    assert!(!ok, "{refused}");
+    let missing = format!(
+        "iscsi://{}/iqn.2026-11.io.trellis:no-such-target/0",
+        d.portal
+    );
+    let (ok, absent) = tool("iscsi-inq", OTHER, &missing);
+    assert!(!ok, "{absent}");
+    let status = |out: &str| {
+        out.lines()
+            .find(|l| l.contains("Login Failed") || l.contains("not found"))
+            .map(|l| l.replace("no-such-target", "").replace(TARGET, ""))
+    };
+    assert!(status(&refused).is_some(), "{refused}");
+    assert_eq!(
+        status(&refused).map(|l| l.replace("iqn.2026-11.io.trellis:", "")),
+        status(&absent).map(|l| l.replace("iqn.2026-11.io.trellis:", "")),
+        "refused: {refused}\nabsent: {absent}"
+    );
+    // The log says which it was, for the admin.
+    let log = d.log_text();
+    assert!(
+        log.contains("kind=\"authorization\"") || log.contains("kind=authorization"),
+        "{}",
+        d.log_tail(10)
+    );
+    assert!(
+        log.contains("kind=\"not_found\"") || log.contains("kind=not_found"),
+        "{}",
+        d.log_tail(10)
+    );
+}
+
+/// Wrong CHAP secrets: each refusal is logged with the initiator, its
+/// address, the target and the reason; after three, each answer comes
+/// later (0.25 s, doubling), so guessing slows to a crawl; the right
+/// secret still logs in at once.
+#[test]
+fn refused_logins_are_logged_and_slowed() {
+    let d = Trellisd::start_with(Some(CONFIG), &[]).unwrap();
+    let guess = |i: usize| {
+        let started = Instant::now();
+        let (ok, out) = tool(
+            "iscsi-inq",
+            HOST1,
+            &url(&d, &format!("host1%wrong-secret-{i:03}@"), ""),
+        );
+        assert!(
+            !ok && out.contains("Authentication failure"),
+            "guess {i}: {out}"
+        );
+        started.elapsed()
+    };
+    let took: Vec<Duration> = (0..8).map(guess).collect();
+    // Guesses 4 to 8 wait at least 0.25 + 0.5 + 1 + 2 + 4 s in all (a
+    // lower bound: a loaded machine only adds to it).
+    let slowed: Duration = took[3..].iter().sum();
+    assert!(slowed >= Duration::from_millis(7_500), "{took:?}");
+    let log = d.log_text();
+    let refusals: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("login refused"))
+        .collect();
+    assert_eq!(refusals.len(), 8, "{}", d.log_tail(20));
+    for l in &refusals {
+        assert!(
+            l.contains(HOST1)
+                && l.contains("127.0.0.1")
+                && l.contains(TARGET)
+                && l.contains("authentication"),
+            "{l}"
+        );
+    }
+    // The right secret is not held back, and clears the count.
+    let (ok, out) = tool("iscsi-inq", HOST1, &url(&d, "host1%host1-secret-123@", ""));
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    guess(9);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the count was cleared"
+    );
 }

@@ -9,7 +9,7 @@
 
 use std::fmt::Write;
 
-use trellis_iscsi::target::{AdmissionStats, DeviceIo};
+use trellis_iscsi::target::{AdmissionStats, DeviceIo, RefusalKind};
 
 /// Prometheus text for the portals' connection caps and refusals.
 pub fn render_admission(a: &AdmissionStats) -> String {
@@ -25,7 +25,29 @@ pub fn render_admission(a: &AdmissionStats) -> String {
          # HELP trellis_iscsi_accept_errors_total Failed accepts on the portals (out of descriptors, aborted connections).\n\
          # TYPE trellis_iscsi_accept_errors_total counter\ntrellis_iscsi_accept_errors_total {}\n",
         a.open, a.max_per_portal, a.refused_cap, a.refused_address, a.accept_errors
-    )
+    ) + &render_logins(a)
+}
+
+/// Prometheus text for refused logins.
+fn render_logins(a: &AdmissionStats) -> String {
+    let mut out = String::from(
+        "# HELP trellis_iscsi_login_refusals_total Logins refused, by kind (authentication: CHAP; authorization: not on the ACL; not_found: no such target; other: protocol).\n\
+         # TYPE trellis_iscsi_login_refusals_total counter\n",
+    );
+    for (kind, n) in RefusalKind::ALL.iter().zip(a.login_refusals) {
+        let _ = writeln!(
+            out,
+            "trellis_iscsi_login_refusals_total{{kind=\"{}\"}} {n}",
+            kind.label()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP trellis_iscsi_login_delays_total Refused logins whose answer was held back (repeated refusals from one address or name).\n\
+         # TYPE trellis_iscsi_login_delays_total counter\ntrellis_iscsi_login_delays_total {}",
+        a.login_delays
+    );
+    out
 }
 
 /// Prometheus text for `devices`, served here, and `unserved`, the names

@@ -79,6 +79,16 @@ pub struct LoginMachine {
 }
 
 impl LoginMachine {
+    /// The InitiatorName declared so far.
+    pub fn initiator_name(&self) -> Option<&str> {
+        self.identity.initiator_name.as_deref()
+    }
+
+    /// The TargetName declared so far.
+    pub fn target_name(&self) -> Option<&str> {
+        self.identity.target_name.as_deref()
+    }
+
     /// A machine with our limits and a seed for its CSPRNG, which draws the
     /// CHAP challenges and the initial StatSN (seed from the OS RNG in production).
     pub fn new(limits: TargetLimits, seed: u64) -> Self {

@@ -439,8 +439,10 @@ impl LoginError {
             Self::UnsupportedVersion { .. } => LoginStatus::UnsupportedVersion,
             Self::MissingKey(_) => LoginStatus::MissingParameter,
             Self::UnsupportedSessionType(_) => LoginStatus::SessionTypeNotSupported,
-            Self::TargetNotFound(_) => LoginStatus::NotFound,
-            Self::NotAuthorized => LoginStatus::AuthorizationFailure,
+            // An initiator a target does not admit is told the target is
+            // not there, as for a target that does not exist: the answer
+            // does not tell an outsider which target names exist.
+            Self::TargetNotFound(_) | Self::NotAuthorized => LoginStatus::NotFound,
             Self::SessionDoesNotExist => LoginStatus::SessionDoesNotExist,
             Self::TooManyConnections => LoginStatus::TooManyConnections,
             Self::Authentication(_) => LoginStatus::AuthenticationFailure,

@@ -34,7 +34,9 @@ pub use cmdsn::{sn_le, sn_lt, Admit, Window};
 pub use outbox::Outbox;
 pub use task::{residual, Task};
 
-use crate::login::{LoginContext, LoginMachine, LoginOutcome, SessionParams, TargetLimits};
+use crate::login::{
+    LoginContext, LoginError, LoginMachine, LoginOutcome, SessionParams, TargetLimits,
+};
 use crate::pdu::{
     self, Digests, Header, LogoutResponse, NopIn, NopOut, PduError, RawPdu, Reject, BHS_LEN,
     RESERVED_TAG,
@@ -198,6 +200,17 @@ pub enum CloseReason {
     AccessRevoked,
 }
 
+/// A refused login: who asked for what, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginRefusal {
+    /// The InitiatorName it declared, if it got that far.
+    pub initiator: Option<String>,
+    /// The TargetName it asked for (none for discovery).
+    pub target: Option<String>,
+    /// Why (the log's reason; the wire's status comes from it).
+    pub error: LoginError,
+}
+
 enum Phase {
     Login(Box<LoginMachine>),
     Full(Box<Session>),
@@ -258,6 +271,8 @@ pub struct Connection {
     errors: (u32, Instant),
     /// Log lines about rejected PDUs (one per interval, with a count).
     reject_log: crate::damp::Damper,
+    /// A refused login, until the driver takes it.
+    refusal: Option<LoginRefusal>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -292,6 +307,21 @@ impl Connection {
             blocked: false,
             errors: (0, now),
             reject_log: crate::damp::Damper::new(Duration::from_secs(5)),
+            refusal: None,
+        }
+    }
+
+    /// The login this connection was refused, once (for the driver to log,
+    /// count and slow down).
+    pub fn take_login_refusal(&mut self) -> Option<LoginRefusal> {
+        self.refusal.take()
+    }
+
+    /// The initiator of the session, once in full feature phase.
+    pub fn initiator_name(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Full(s) => Some(&s.params.initiator_name),
+            Phase::Login(_) => None,
         }
     }
 
@@ -554,7 +584,16 @@ impl Connection {
             self.out.push(&bhs, &step.data);
             match step.outcome {
                 LoginOutcome::Continue => {}
-                LoginOutcome::Failed => self.close(CloseReason::LoginFailed),
+                LoginOutcome::Failed => {
+                    if let Some(error) = step.error {
+                        self.refusal = Some(LoginRefusal {
+                            initiator: login.initiator_name().map(str::to_owned),
+                            target: login.target_name().map(str::to_owned),
+                            error,
+                        });
+                    }
+                    self.close(CloseReason::LoginFailed);
+                }
                 LoginOutcome::FullFeature(params) => {
                     self.statsn = step.response.statsn.wrapping_add(1);
                     self.enter_full_feature(*params, host);

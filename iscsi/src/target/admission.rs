@@ -8,6 +8,16 @@
 //!   (the 15 s login deadline ends them) cannot fill the portal for
 //!   everyone else; once logged in, a connection no longer counts there.
 //!
+//! - **refused logins slow down**: after a few refusals from one source
+//!   address (or one initiator name from one address), each further
+//!   refusal's answer is held back for a delay that doubles with every
+//!   refusal (0.25 s up to 8 s), so with the address's cap on logins in
+//!   progress a password guesser gets a few tries per second at most.
+//!   Every count is per address: another address cannot slow down (or
+//!   lock out) a legitimate initiator. A successful login clears its
+//!   address's and its name's count; counts are forgotten after a quiet
+//!   minute.
+//!
 //! Shared by every core (a connection is admitted on one core, counted
 //! against the portal on all); taken once per connection, never per
 //! command. Counts are kept for `/metrics`.
@@ -16,6 +26,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::login::{LoginError, LoginStatus};
 
 /// The caps and counters of all portals.
 #[derive(Debug)]
@@ -29,6 +42,104 @@ pub struct Admission {
     refused_cap: AtomicU64,
     refused_address: AtomicU64,
     accept_errors: AtomicU64,
+    /// Refused logins by address, and by initiator name and address.
+    failures: Mutex<Failures>,
+    /// Refused logins by kind.
+    refusals: [AtomicU64; RefusalKind::COUNT],
+    /// Refusals whose answer was held back.
+    delayed: AtomicU64,
+}
+
+/// Refused logins counted towards a delay.
+#[derive(Debug, Default)]
+struct Failures {
+    by_address: HashMap<IpAddr, Strikes>,
+    by_name: HashMap<(String, IpAddr), Strikes>,
+}
+
+/// Refusals in a row, and when the last was.
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    count: u32,
+    last: Instant,
+}
+
+/// Refusals free of delay (typos happen).
+const FREE_REFUSALS: u32 = 3;
+/// The first delay past them; it doubles with each further refusal.
+const FIRST_DELAY: Duration = Duration::from_millis(250);
+/// The longest delay.
+const MAX_DELAY: Duration = Duration::from_secs(8);
+/// Counts are forgotten after this long without a refusal.
+const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Past this many addresses or names tracked, the quiet ones are dropped.
+const MAX_TRACKED: usize = 65_536;
+
+impl Strikes {
+    /// One more refusal at `now` (after forgetting old ones); the delay
+    /// it earns.
+    fn strike(&mut self, now: Instant) -> Duration {
+        if now.duration_since(self.last) >= FORGET_AFTER {
+            self.count = 0;
+        }
+        self.count += 1;
+        self.last = now;
+        delay_after(self.count)
+    }
+}
+
+/// The delay earned by the `n`th refusal in a row.
+pub fn delay_after(n: u32) -> Duration {
+    match n.checked_sub(FREE_REFUSALS + 1) {
+        None => Duration::ZERO,
+        Some(extra) => FIRST_DELAY
+            .checked_mul(1u32 << extra.min(16))
+            .map_or(MAX_DELAY, |d| d.min(MAX_DELAY)),
+    }
+}
+
+/// What kind of refusal a login got, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// CHAP failed or was skipped while required.
+    Authentication,
+    /// The target does not admit the initiator.
+    Authorization,
+    /// No such target.
+    NotFound,
+    /// A protocol error or an unsupported request.
+    Other,
+}
+
+impl RefusalKind {
+    const COUNT: usize = 4;
+    /// Every kind, in counter order.
+    pub const ALL: [RefusalKind; Self::COUNT] = [
+        RefusalKind::Authentication,
+        RefusalKind::Authorization,
+        RefusalKind::NotFound,
+        RefusalKind::Other,
+    ];
+
+    /// The kind of `e`.
+    pub fn of(e: &LoginError) -> Self {
+        match e {
+            LoginError::NotAuthorized => Self::Authorization,
+            LoginError::TargetNotFound(_) => Self::NotFound,
+            e if e.status() == LoginStatus::AuthenticationFailure => Self::Authentication,
+            _ => Self::Other,
+        }
+    }
+
+    /// Its label on `/metrics`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Authentication => "authentication",
+            Self::Authorization => "authorization",
+            Self::NotFound => "not_found",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// Why a connection was not admitted.
@@ -54,6 +165,10 @@ pub struct AdmissionStats {
     pub refused_address: u64,
     /// Failed accepts (out of descriptors, aborted connections).
     pub accept_errors: u64,
+    /// Refused logins, by [`RefusalKind::ALL`].
+    pub login_refusals: [u64; 4],
+    /// Refused logins whose answer was held back.
+    pub login_delays: u64,
 }
 
 impl Admission {
@@ -67,7 +182,58 @@ impl Admission {
             refused_cap: AtomicU64::new(0),
             refused_address: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            failures: Mutex::new(Failures::default()),
+            refusals: Default::default(),
+            delayed: AtomicU64::new(0),
         }
+    }
+
+    /// Records a login refused for `kind`, from `peer` as `initiator`, at
+    /// `now`; how long to hold its answer back.
+    pub fn login_refused(
+        &self,
+        kind: RefusalKind,
+        peer: Option<IpAddr>,
+        initiator: Option<&str>,
+        now: Instant,
+    ) -> Duration {
+        self.refusals[kind as usize].fetch_add(1, Ordering::Relaxed);
+        let Some(ip) = peer else {
+            return Duration::ZERO;
+        };
+        let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if f.by_address.len() + f.by_name.len() > MAX_TRACKED {
+            f.by_address
+                .retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
+            f.by_name
+                .retain(|_, s| now.duration_since(s.last) < FORGET_AFTER);
+        }
+        let fresh = Strikes {
+            count: 0,
+            last: now,
+        };
+        let by_address = f.by_address.entry(ip).or_insert(fresh).strike(now);
+        let by_name = match initiator {
+            Some(name) => f
+                .by_name
+                .entry((name.to_owned(), ip))
+                .or_insert(fresh)
+                .strike(now),
+            None => Duration::ZERO,
+        };
+        let delay = by_address.max(by_name);
+        if !delay.is_zero() {
+            self.delayed.fetch_add(1, Ordering::Relaxed);
+        }
+        delay
+    }
+
+    /// `initiator` logged in from `peer`: its refusals are forgotten.
+    pub fn login_succeeded(&self, peer: Option<IpAddr>, initiator: &str) {
+        let Some(ip) = peer else { return };
+        let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        f.by_address.remove(&ip);
+        f.by_name.remove(&(initiator.to_owned(), ip));
     }
 
     /// Admits a connection from `peer` on portal `portal`, or says why
@@ -146,6 +312,8 @@ impl Admission {
             refused_cap: self.refused_cap.load(Ordering::Relaxed),
             refused_address: self.refused_address.load(Ordering::Relaxed),
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
+            login_refusals: std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed)),
+            login_delays: self.delayed.load(Ordering::Relaxed),
         }
     }
 
@@ -194,6 +362,44 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_slow_down_per_address_and_name() {
+        let adm = Admission::new(1, 10, 10);
+        let t0 = Instant::now();
+        let (a, b) = (ip(1), ip(2));
+        let refuse = |peer, name, at: u64| {
+            adm.login_refused(
+                RefusalKind::Authentication,
+                peer,
+                Some(name),
+                t0 + Duration::from_millis(at),
+            )
+        };
+        // Three free, then 0.25 s doubling.
+        let delays: Vec<Duration> = (0..9).map(|i| refuse(a, "guess", i)).collect();
+        let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 0, 0, 250, 500, 1000, 2000, 4000, 8000]);
+        assert_eq!(refuse(a, "guess", 10), MAX_DELAY, "capped");
+        // Another address is not slowed by them, even with the same name.
+        assert_eq!(refuse(b, "guess", 11), Duration::ZERO);
+        // New names from the guessing address are: the address counts.
+        assert_eq!(refuse(a, "other-name", 12), MAX_DELAY);
+        // A quiet minute forgets.
+        assert_eq!(refuse(a, "guess", 12 + 60_000), Duration::ZERO);
+        // A success clears the address and the name.
+        for i in 0..6 {
+            refuse(b, "host", 70_000 + i);
+        }
+        adm.login_succeeded(b, "host");
+        assert_eq!(refuse(b, "host", 70_010), Duration::ZERO);
+        let stats = adm.stats();
+        assert_eq!(
+            stats.login_refusals[RefusalKind::Authentication as usize],
+            20
+        );
+        assert!(stats.login_delays >= 8);
+    }
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([10, 0, 0, last]))

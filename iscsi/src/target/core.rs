@@ -23,11 +23,11 @@ use trellis_datapath::ring::{Payload, RecvBuf};
 use trellis_datapath::{IoKind, IoStats, Ring, RingError, StoreSlot, Waker, WriteFlags};
 
 use super::registry::{CoreDevice, Snapshot};
-use super::{Refusal, Registry, Ticket};
+use super::{Refusal, RefusalKind, Registry, Ticket};
 use crate::damp::Damper;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
 use crate::scsi::LunDevice;
-use crate::session::{CloseReason, ConnConfig, Connection, DiskOp, Host, LunTable};
+use crate::session::{CloseReason, ConnConfig, Connection, DiskOp, Host, LoginRefusal, LunTable};
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -57,6 +57,10 @@ const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
 const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per this interval for failed or refused accepts.
 const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(5);
+/// Refused logins get a log line each, up to this many per interval per
+/// core; past them, a line with their count.
+const LOGIN_LOG_BURST: u32 = 10;
+const LOGIN_LOG_EVERY: Duration = Duration::from_secs(10);
 /// A connection still logging in after this long may be closed to make
 /// room when its portal is full or descriptors run out (a real login takes
 /// milliseconds; idle connections of a flood are older).
@@ -68,6 +72,13 @@ struct Conn {
     ticket: Ticket,
     /// When it was accepted.
     accepted: Instant,
+    /// The initiator's address.
+    peer: Option<SocketAddr>,
+    /// A refused login's answer is held back until then (a growing delay
+    /// for repeated refusals).
+    hold_until: Option<Instant>,
+    /// Whether its login was counted as a success.
+    login_counted: bool,
     sock: Rc<TcpStream>,
     fd: Rc<dyn AsRawFd>,
     local: Option<SocketAddr>,
@@ -166,6 +177,9 @@ struct Core<'a> {
     accept_errors_log: Damper,
     /// Of refusals at the portal cap, and at the address cap.
     refused_log: [Damper; 2],
+    /// Log lines of refused logins: each of the first few per interval,
+    /// then a count.
+    login_log: Damper,
     stopping: Option<Instant>,
     seed: u64,
 }
@@ -262,6 +276,7 @@ impl<'a> Core<'a> {
             accept_pause: vec![ACCEPT_PAUSE_MIN; listeners.len()],
             accept_errors_log: Damper::new(ACCEPT_LOG_EVERY),
             refused_log: [Damper::new(ACCEPT_LOG_EVERY), Damper::new(ACCEPT_LOG_EVERY)],
+            login_log: Damper::with_burst(LOGIN_LOG_EVERY, LOGIN_LOG_BURST),
             id,
             reg,
             ring,
@@ -470,6 +485,9 @@ impl<'a> Core<'a> {
             conn,
             ticket,
             accepted: now,
+            peer,
+            hold_until: None,
+            login_counted: false,
             fd: Rc::clone(&sock) as Rc<dyn AsRawFd>,
             sock,
             local,
@@ -529,6 +547,34 @@ impl<'a> Core<'a> {
                 failures = n,
                 ?pause,
                 "accepts failing ({e}); pausing this portal's accepts"
+            );
+        }
+    }
+
+    /// Counts and logs a refused login on `c`, and holds its answer back
+    /// for the delay its address and name have earned.
+    fn login_refused(&mut self, c: &mut Conn, r: &LoginRefusal) {
+        let now = Instant::now();
+        let kind = RefusalKind::of(&r.error);
+        let ip = c.peer.map(|p| p.ip());
+        let delay = self
+            .reg
+            .admission()
+            .login_refused(kind, ip, r.initiator.as_deref(), now);
+        if !delay.is_zero() {
+            c.hold_until = Some(now + delay);
+        }
+        if let Some(n) = self.login_log.hit(now) {
+            tracing::warn!(
+                core = self.id,
+                initiator = r.initiator.as_deref().unwrap_or("-"),
+                peer = ?c.peer,
+                target = r.target.as_deref().unwrap_or("-"),
+                reason = %r.error,
+                kind = kind.label(),
+                ?delay,
+                held_back_before = n - 1,
+                "login refused"
             );
         }
     }
@@ -608,6 +654,9 @@ impl<'a> Core<'a> {
         );
         buf.copy_within(used..c.filled, 0);
         c.filled -= used;
+        if let Some(refusal) = c.conn.take_login_refusal() {
+            self.login_refused(c, &refusal);
+        }
         let want = c.conn.max_pdu_len();
         if buf.len() < want {
             buf.resize(want, 0);
@@ -656,6 +705,13 @@ impl<'a> Core<'a> {
 
     fn tick(&mut self, now: Instant) {
         self.retry_failed();
+        if let Some(n) = self.login_log.flush(now) {
+            tracing::warn!(
+                core = self.id,
+                refused = n,
+                "more logins refused than logged, in the last {LOGIN_LOG_EVERY:?}"
+            );
+        }
         if let Some(n) = self.accept_errors_log.flush(now) {
             tracing::warn!(
                 core = self.id,
@@ -784,8 +840,19 @@ impl<'a> Core<'a> {
                 }
             }
         }
-        if c.conn.is_full_feature() {
+        if !c.login_counted && c.conn.is_full_feature() {
+            c.login_counted = true;
             c.ticket.logged_in();
+            if let Some(name) = c.conn.initiator_name() {
+                self.reg
+                    .admission()
+                    .login_succeeded(c.peer.map(|p| p.ip()), name);
+            }
+        }
+        // A refused login's answer waits out its delay.
+        if c.hold_until.is_some_and(|t| Instant::now() < t) {
+            self.conns[idx] = Some(c);
+            return;
         }
         // Output.
         if !c.send_busy {

@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 
 use trellis_datapath::{RingConfig, VirtualDevice, Waker};
 
-pub use admission::{Admission, AdmissionStats, Refusal, Ticket};
+pub use admission::{Admission, AdmissionStats, Refusal, RefusalKind, Ticket};
 pub use registry::{DeviceIo, Registry};
 
 /// Connections one portal holds at most, by default.

@@ -492,6 +492,7 @@ fn login_failures_table() {
             want: 0x0203,
         },
         Case {
+            // Answered as an unknown target: no oracle of target names.
             name: "initiator not allowed",
             ctx: Fake {
                 deny: true,
@@ -499,7 +500,7 @@ fn login_failures_table() {
             },
             req: op,
             keys: identity(),
-            want: 0x0202,
+            want: 0x0203,
         },
         Case {
             name: "CHAP required, security skipped",
