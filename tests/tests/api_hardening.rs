@@ -70,7 +70,7 @@ fn the_cli_speaks_tls_and_idle_connections_are_capped_and_closed() {
          links = [\n  {{ name = \"a\", addr = \"127.0.1.42:{port}\" }},\n  {{ name = \"b\", addr = \"127.0.2.42:{port}\" }},\n]\n\
          node_id = 1\nraft = \"127.0.0.1:{raft}\"\napi = \"127.0.0.1:{api}\"\napi_token = \"{token}\"\n\
          api_tls_cert = \"{}\"\napi_tls_key = \"{}\"\n\
-         api_max_connections = 64\napi_max_connections_per_address = 16\napi_header_timeout_secs = 3\n\
+         api_max_connections = 64\napi_max_connections_per_address = 16\napi_header_timeout_secs = 6\n\
          voters = [ {{ id = 1, raft = \"127.0.0.1:{raft}\" }} ]\n",
         cert.display(),
         key.display()
@@ -128,8 +128,12 @@ fn the_cli_speaks_tls_and_idle_connections_are_capped_and_closed() {
     let flood = idle.len();
     assert!(flood > 800, "only {flood} connections opened");
     let during = rss_kib(pid);
-    // Past its 16, the address's connections were closed at once.
-    idle.retain_mut(|s| !closed_within(s, Duration::from_millis(5)));
+    // Past its 16, the address's connections are closed as soon as the
+    // member accepts them (well before the header timeout).
+    let drained = Instant::now();
+    while idle.len() > 16 && drained.elapsed() < Duration::from_secs(4) {
+        idle.retain_mut(|s| !closed_within(s, Duration::from_millis(1)));
+    }
     let open = idle.len();
     assert!(open <= 16, "{open} idle connections held from one address");
     // An admin from another address is served meanwhile.
