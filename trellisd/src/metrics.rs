@@ -43,6 +43,12 @@ fn render_logins(a: &AdmissionStats) -> String {
     }
     let _ = writeln!(
         out,
+        "# HELP trellis_iscsi_protocol_drops_total Connections dropped for too many protocol errors (Rejects).\n\
+         # TYPE trellis_iscsi_protocol_drops_total counter\ntrellis_iscsi_protocol_drops_total {}",
+        a.protocol_drops
+    );
+    let _ = writeln!(
+        out,
         "# HELP trellis_iscsi_login_delays_total Refused logins whose answer was held back (repeated refusals from one address or name).\n\
          # TYPE trellis_iscsi_login_delays_total counter\ntrellis_iscsi_login_delays_total {}",
         a.login_delays

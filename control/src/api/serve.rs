@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  accept ─┬ error: out of descriptors ─> pause (50 ms doubling to 1 s), a log line per 5 s
-//!          ├ at max_connections, or its address at max_per_address
+//!          ├ at max_connections: the connection idle longest (1 s or more) is closed for it
+//!          ├ still at max_connections, or its address at max_per_address
 //!          │     ─> closed at once (counted, a log line per 5 s)
 //!          └ connection ─> [TLS handshake, within the header timeout]
 //!                        ─> HTTP/1.1: headers within header_timeout (idle keep-alive too)
@@ -17,13 +18,12 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use super::ServeError;
@@ -86,6 +86,8 @@ pub struct ServeStats {
     pub accept_errors: AtomicU64,
     /// Failed TLS handshakes.
     pub tls_failures: AtomicU64,
+    /// Idle connections closed to make room at the cap.
+    pub evicted: AtomicU64,
 }
 
 impl ServeStats {
@@ -101,11 +103,14 @@ impl ServeStats {
              # HELP trellis_api_accept_errors_total Failed accepts of API connections.\n\
              # TYPE trellis_api_accept_errors_total counter\ntrellis_api_accept_errors_total {}\n\
              # HELP trellis_api_tls_failures_total Failed or timed-out TLS handshakes.\n\
-             # TYPE trellis_api_tls_failures_total counter\ntrellis_api_tls_failures_total {}\n",
+             # TYPE trellis_api_tls_failures_total counter\ntrellis_api_tls_failures_total {}\n\
+             # HELP trellis_api_connections_evicted_total Idle API connections closed to make room at the cap.\n\
+             # TYPE trellis_api_connections_evicted_total counter\ntrellis_api_connections_evicted_total {}\n",
             self.open.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed),
             self.accept_errors.load(Ordering::Relaxed),
             self.tls_failures.load(Ordering::Relaxed),
+            self.evicted.load(Ordering::Relaxed),
         )
     }
 }
@@ -179,6 +184,116 @@ impl Drop for PerAddress {
     }
 }
 
+/// A connection idle this long may be closed to make room at the cap.
+const STALE: Duration = Duration::from_secs(1);
+
+/// What a connection is doing: in a request, or idle since when.
+#[derive(Debug)]
+struct Activity {
+    base: Instant,
+    requests: AtomicUsize,
+    /// Milliseconds after `base` its last request ended (or it began).
+    idle_since_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new(now: Instant) -> Self {
+        Self {
+            base: now,
+            requests: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// How long it has been idle, if it is.
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        if self.requests.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.base + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        Some(now.saturating_duration_since(since))
+    }
+}
+
+/// A request in progress on a connection (idle again when dropped).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(a: Arc<Activity>) -> Self {
+        a.requests.fetch_add(1, Ordering::AcqRel);
+        Self(a)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let ms = u64::try_from(self.0.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(ms, Ordering::Release);
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The open connections, to pick one to close at the cap.
+#[derive(Default)]
+struct Idle {
+    conns: Vec<(Arc<Activity>, tokio::task::AbortHandle)>,
+}
+
+impl Idle {
+    fn insert(&mut self, a: Arc<Activity>, abort: tokio::task::AbortHandle) {
+        self.conns.retain(|(_, h)| !h.is_finished());
+        self.conns.push((a, abort));
+    }
+
+    /// Closes the connection idle longest, if one has been for
+    /// [`STALE`]; whether it did.
+    fn evict(&mut self, now: Instant) -> bool {
+        self.conns.retain(|(_, h)| !h.is_finished());
+        let oldest = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (a, _))| a.idle_for(now).filter(|d| *d >= STALE).map(|d| (d, i)))
+            .max();
+        match oldest {
+            Some((_, i)) => {
+                let (_, h) = self.conns.swap_remove(i);
+                h.abort();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// What an admitted connection holds until it ends (or is aborted).
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _address: PerAddress,
+    stats: Arc<ServeStats>,
+}
+
+impl Held {
+    fn new(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        address: PerAddress,
+        stats: Arc<ServeStats>,
+    ) -> Self {
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        Self {
+            _permit: permit,
+            _address: address,
+            stats,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How often failed and refused accepts are logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -198,6 +313,7 @@ pub async fn serve_with(
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(opts.max_connections));
     let per_address = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+    let idle = std::sync::Mutex::new(Idle::default());
     let (mut failed_log, mut refused_log) = (Damped::new(LOG_EVERY), Damped::new(LOG_EVERY));
     let mut pause = Duration::from_millis(50);
     tokio::pin!(shutdown);
@@ -227,13 +343,31 @@ pub async fn serve_with(
                 }
             },
         };
-        let admitted = Arc::clone(&limit)
-            .try_acquire_owned()
+        // At the cap, a connection idle for a second (an idle or
+        // dribbling client, or a keep-alive one between requests) makes
+        // room: a flood of idle connections cannot shut out an admin.
+        let now = Instant::now();
+        let mut permit = Arc::clone(&limit).try_acquire_owned().ok();
+        if permit.is_none()
+            && idle
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .evict(now)
+        {
+            permit = tokio::time::timeout(
+                Duration::from_millis(200),
+                Arc::clone(&limit).acquire_owned(),
+            )
+            .await
             .ok()
-            .and_then(|permit| {
-                PerAddress::enter(&per_address, peer.ip(), opts.max_per_address)
-                    .map(|a| (permit, a))
-            });
+            .and_then(Result::ok);
+            if permit.is_some() {
+                opts.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let admitted = permit.and_then(|permit| {
+            PerAddress::enter(&per_address, peer.ip(), opts.max_per_address).map(|a| (permit, a))
+        });
         let Some((permit, address)) = admitted else {
             opts.stats.refused.fetch_add(1, Ordering::Relaxed);
             if let Some(n) = refused_log.hit() {
@@ -243,9 +377,19 @@ pub async fn serve_with(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let stats = Arc::clone(&opts.stats);
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        let service = TowerToHyperService::new(router.clone());
+        let activity = Arc::new(Activity::new(now));
+        let service = {
+            let (activity, router) = (Arc::clone(&activity), router.clone());
+            hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let busy = Busy::start(Arc::clone(&activity));
+                let call = tower::ServiceExt::oneshot(router.clone(), req);
+                async move {
+                    let response = call.await;
+                    drop(busy);
+                    response
+                }
+            })
+        };
         let header_timeout = opts.header_timeout;
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -253,8 +397,10 @@ pub async fn serve_with(
             .keep_alive(true);
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _held = (permit, address);
+        let stats = Arc::clone(&opts.stats);
+        let held = Held::new(permit, address, Arc::clone(&stats));
+        let task = tokio::spawn(async move {
+            let _held = held;
             match acceptor {
                 None => {
                     let conn = http.serve_connection(TokioIo::new(stream), service);
@@ -277,8 +423,10 @@ pub async fn serve_with(
                     }
                 }
             }
-            stats.open.fetch_sub(1, Ordering::Relaxed);
         });
+        idle.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(activity, task.abort_handle());
     }
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())

@@ -191,6 +191,8 @@ pub enum CloseReason {
     LoginFailed,
     /// A protocol violation; the message says which.
     Protocol(String),
+    /// More Rejects than `max_protocol_errors` within the window.
+    TooManyErrors(u32),
     /// The initiator stopped answering.
     Timeout,
     /// The target is shutting down or the session was reinstated.
@@ -545,7 +547,7 @@ impl Connection {
             Ok(h) => h,
             Err(e) => {
                 if let Some(n) = self.reject_log.hit(now) {
-                    tracing::warn!(error = %e, rejected = n, "rejecting PDUs (a line per 5 s per connection; the count is since the last)");
+                    tracing::debug!(error = %e, rejected = n, "rejecting PDUs (a line per 5 s per connection; the count is since the last)");
                 }
                 if let Phase::Login(login) = &mut self.phase {
                     if pdu::raw_opcode(raw.bhs) == pdu::Opcode::LoginRequest as u8 {
@@ -767,12 +769,8 @@ impl Connection {
         }
         self.errors.0 += 1;
         if self.errors.0 > self.cfg.max_protocol_errors {
-            let why = format!(
-                "more than {} protocol errors within {:?}",
-                self.cfg.max_protocol_errors, PROTOCOL_ERROR_WINDOW
-            );
-            tracing::warn!(reason = %why, "dropping the connection");
-            self.close(CloseReason::Protocol(why));
+            // The driver logs it (damped) and counts it against the address.
+            self.close(CloseReason::TooManyErrors(self.cfg.max_protocol_errors));
             return;
         }
         let (exp, max) = match &self.phase {

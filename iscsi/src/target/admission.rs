@@ -8,6 +8,11 @@
 //!   (the 15 s login deadline ends them) cannot fill the portal for
 //!   everyone else; once logged in, a connection no longer counts there.
 //!
+//! - **abusive addresses slow down**: a connection dropped for too many
+//!   protocol errors is a strike against its address; once an address has
+//!   more than three, every new connection from it waits (0.25 s doubling
+//!   to 8 s, as below) before its first answer, so reconnecting does not
+//!   renew a flood. A login does not clear these; a quiet minute does.
 //! - **refused logins slow down**: after a few refusals from one source
 //!   address (or one initiator name from one address), each further
 //!   refusal's answer is held back for a delay that doubles with every
@@ -48,6 +53,8 @@ pub struct Admission {
     refusals: [AtomicU64; RefusalKind::COUNT],
     /// Refusals whose answer was held back.
     delayed: AtomicU64,
+    /// Connections dropped for protocol errors.
+    dropped: AtomicU64,
 }
 
 /// Refused logins counted towards a delay.
@@ -55,6 +62,20 @@ pub struct Admission {
 struct Failures {
     by_address: HashMap<IpAddr, Strikes>,
     by_name: HashMap<(String, IpAddr), Strikes>,
+    /// Connections dropped for protocol errors, by address.
+    abuse: HashMap<IpAddr, Strikes>,
+}
+
+impl Failures {
+    /// Past [`MAX_TRACKED`] entries, drops those quiet for a minute.
+    fn forget_quiet(&mut self, now: Instant) {
+        if self.by_address.len() + self.by_name.len() + self.abuse.len() > MAX_TRACKED {
+            let quiet = |s: &mut Strikes| now.duration_since(s.last) < FORGET_AFTER;
+            self.by_address.retain(|_, s| quiet(s));
+            self.by_name.retain(|_, s| quiet(s));
+            self.abuse.retain(|_, s| quiet(s));
+        }
+    }
 }
 
 /// Refusals in a row, and when the last was.
@@ -169,6 +190,8 @@ pub struct AdmissionStats {
     pub login_refusals: [u64; 4],
     /// Refused logins whose answer was held back.
     pub login_delays: u64,
+    /// Connections dropped for too many protocol errors.
+    pub protocol_drops: u64,
 }
 
 impl Admission {
@@ -185,6 +208,7 @@ impl Admission {
             failures: Mutex::new(Failures::default()),
             refusals: Default::default(),
             delayed: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
         }
     }
 
@@ -226,6 +250,34 @@ impl Admission {
             self.delayed.fetch_add(1, Ordering::Relaxed);
         }
         delay
+    }
+
+    /// A connection from `peer` was dropped for protocol errors at `now`.
+    pub fn protocol_abuse(&self, peer: Option<IpAddr>, now: Instant) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(ip) = peer else { return };
+        let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        f.forget_quiet(now);
+        f.abuse
+            .entry(ip)
+            .or_insert(Strikes {
+                count: 0,
+                last: now,
+            })
+            .strike(now);
+    }
+
+    /// How long a new connection from `peer` waits before its first
+    /// answer: what its address's protocol-error drops have earned.
+    pub fn connection_hold(&self, peer: Option<IpAddr>, now: Instant) -> Duration {
+        let Some(ip) = peer else {
+            return Duration::ZERO;
+        };
+        let f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        match f.abuse.get(&ip) {
+            Some(s) if now.duration_since(s.last) < FORGET_AFTER => delay_after(s.count),
+            _ => Duration::ZERO,
+        }
     }
 
     /// `initiator` logged in from `peer`: its refusals are forgotten.
@@ -314,6 +366,7 @@ impl Admission {
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             login_refusals: std::array::from_fn(|i| self.refusals[i].load(Ordering::Relaxed)),
             login_delays: self.delayed.load(Ordering::Relaxed),
+            protocol_drops: self.dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -362,6 +415,38 @@ impl Drop for Ticket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_dropped_for_protocol_errors_wait_on_reconnect() {
+        let adm = Admission::new(1, 10, 10);
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(adm.connection_hold(ip(1), at(0)), Duration::ZERO);
+        for i in 0..3 {
+            adm.protocol_abuse(ip(1), at(i));
+        }
+        assert_eq!(
+            adm.connection_hold(ip(1), at(3)),
+            Duration::ZERO,
+            "three are free"
+        );
+        adm.protocol_abuse(ip(1), at(4));
+        assert_eq!(
+            adm.connection_hold(ip(1), at(5)),
+            Duration::from_millis(250)
+        );
+        for i in 0..10 {
+            adm.protocol_abuse(ip(1), at(6 + i));
+        }
+        assert_eq!(adm.connection_hold(ip(1), at(20)), MAX_DELAY);
+        // Not another address; not after a quiet minute; a login does not
+        // clear it.
+        assert_eq!(adm.connection_hold(ip(2), at(20)), Duration::ZERO);
+        adm.login_succeeded(ip(1), "x");
+        assert_eq!(adm.connection_hold(ip(1), at(21)), MAX_DELAY);
+        assert_eq!(adm.connection_hold(ip(1), at(16 + 60_000)), Duration::ZERO);
+        assert_eq!(adm.stats().protocol_drops, 14);
+    }
 
     #[test]
     fn refusals_slow_down_per_address_and_name() {

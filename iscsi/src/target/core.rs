@@ -27,7 +27,10 @@ use super::{Refusal, RefusalKind, Registry, Ticket};
 use crate::damp::Damper;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
 use crate::scsi::LunDevice;
-use crate::session::{CloseReason, ConnConfig, Connection, DiskOp, Host, LoginRefusal, LunTable};
+use crate::session::{
+    CloseReason, ConnConfig, Connection, DiskOp, Host, LoginRefusal, LunTable,
+    PROTOCOL_ERROR_WINDOW,
+};
 
 const KIND_ACCEPT: u64 = 1;
 const KIND_RECV: u64 = 2;
@@ -180,6 +183,8 @@ struct Core<'a> {
     /// Log lines of refused logins: each of the first few per interval,
     /// then a count.
     login_log: Damper,
+    /// Log lines of connections dropped for protocol errors.
+    drop_log: Damper,
     stopping: Option<Instant>,
     seed: u64,
 }
@@ -277,6 +282,7 @@ impl<'a> Core<'a> {
             accept_errors_log: Damper::new(ACCEPT_LOG_EVERY),
             refused_log: [Damper::new(ACCEPT_LOG_EVERY), Damper::new(ACCEPT_LOG_EVERY)],
             login_log: Damper::with_burst(LOGIN_LOG_EVERY, LOGIN_LOG_BURST),
+            drop_log: Damper::with_burst(LOGIN_LOG_EVERY, LOGIN_LOG_BURST),
             id,
             reg,
             ring,
@@ -481,12 +487,18 @@ impl<'a> Core<'a> {
         );
         let cap = conn.max_pdu_len();
         let sock = Rc::new(sock);
+        // An address whose connections keep being dropped for protocol
+        // errors waits before its first answer.
+        let hold = self
+            .reg
+            .admission()
+            .connection_hold(peer.map(|p| p.ip()), now);
         let entry = Conn {
             conn,
             ticket,
             accepted: now,
             peer,
-            hold_until: None,
+            hold_until: (!hold.is_zero()).then_some(now + hold),
             login_counted: false,
             fd: Rc::clone(&sock) as Rc<dyn AsRawFd>,
             sock,
@@ -705,6 +717,9 @@ impl<'a> Core<'a> {
 
     fn tick(&mut self, now: Instant) {
         self.retry_failed();
+        if let Some(n) = self.drop_log.flush(now) {
+            tracing::warn!(core = self.id, dropped = n, "more connections dropped for protocol errors than logged, in the last {LOGIN_LOG_EVERY:?}");
+        }
         if let Some(n) = self.login_log.flush(now) {
             tracing::warn!(
                 core = self.id,
@@ -907,6 +922,20 @@ impl<'a> Core<'a> {
                 let _ = c.sock.shutdown(std::net::Shutdown::Both);
             }
             if !c.recv_busy && c.disk_busy == 0 {
+                if let Some(CloseReason::TooManyErrors(max)) = c.conn.closing() {
+                    let now = Instant::now();
+                    let ip = c.peer.map(|p| p.ip());
+                    self.reg.admission().protocol_abuse(ip, now);
+                    if let Some(n) = self.drop_log.hit(now) {
+                        tracing::warn!(
+                            core = self.id,
+                            peer = ?c.peer,
+                            initiator = c.conn.initiator_name().unwrap_or("-"),
+                            held_back_before = n - 1,
+                            "connection dropped: more than {max} protocol errors within {PROTOCOL_ERROR_WINDOW:?} (new connections from the address will wait if it goes on)"
+                        );
+                    }
+                }
                 if let Some(tsih) = c.conn.tsih() {
                     if !c.ended {
                         self.reg.session_ended(tsih, &c.kill);

@@ -134,45 +134,87 @@ fn a_slow_body_is_cut_at_the_request_timeout() {
     assert!(text.contains("request_timeout"), "{text}");
 }
 
+/// A connection in the middle of a request (its body still coming).
+fn busy(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    s
+}
+
+/// Waits (up to 10 s) until `what` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn connections_past_the_cap_are_closed_at_once() {
     let opts = ServeOptions {
         max_connections: 4,
-        header_timeout: Duration::from_secs(2),
+        header_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(30),
         ..ServeOptions::default()
     };
     let stats = Arc::clone(&opts.stats);
     let addr = start(opts);
-    let mut held: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
-    // Accepted in order: wait until the server counts the four.
-    let t0 = Instant::now();
-    while stats.open.load(Ordering::Relaxed) < 4 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Four connections in the middle of a request: none may be closed for
+    // a newcomer.
+    let mut held: Vec<TcpStream> = (0..4).map(|_| busy(addr)).collect();
+    wait_until("four open", || stats.open.load(Ordering::Relaxed) == 4);
     let mut fifth = TcpStream::connect(addr).unwrap();
     assert!(
-        closed_within(&mut fifth, Duration::from_secs(1)),
+        closed_within(&mut fifth, Duration::from_secs(5)),
         "the 5th at the cap"
     );
     assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
     for s in &mut held {
         assert!(
-            !closed_within(s, Duration::from_millis(100)),
-            "held within the timeout"
+            !closed_within(s, Duration::from_millis(50)),
+            "busy ones are kept"
         );
     }
-    // Once the idle ones time out, the API serves again.
-    for s in &mut held {
-        assert!(closed_within(s, Duration::from_secs(5)));
-    }
-    let t0 = Instant::now();
-    while stats.open.load(Ordering::Relaxed) > 0 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    drop(held);
+    wait_until("all closed", || stats.open.load(Ordering::Relaxed) == 0);
     assert!(health(addr).contains("200 OK"));
     assert!(stats
         .render(4)
         .contains("trellis_api_connections_refused_total 1"));
+}
+
+#[test]
+fn at_the_cap_an_idle_connection_makes_room() {
+    let opts = ServeOptions {
+        max_connections: 4,
+        header_timeout: Duration::from_secs(30),
+        ..ServeOptions::default()
+    };
+    let stats = Arc::clone(&opts.stats);
+    let addr = start(opts);
+    let mut idle: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    wait_until("four open", || stats.open.load(Ordering::Relaxed) == 4);
+    // Idle for more than a second (a lower bound, whatever the load).
+    std::thread::sleep(STALE + Duration::from_millis(200));
+    assert!(
+        health(addr).contains("200 OK"),
+        "an admin gets in at the cap"
+    );
+    assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.refused.load(Ordering::Relaxed), 0);
+    let mut closed = 0;
+    for s in &mut idle {
+        if closed_within(s, Duration::from_millis(500)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "one idle connection was closed for it");
 }
 
 /// A TCP connection from 127.0.0.`src`.
