@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  accept ─┬ error: out of descriptors ─> pause (50 ms doubling to 1 s), a log line per 5 s
-//!          ├ at max_connections: the connection idle longest (1 s or more) is closed for it
+//!          ├ at max_connections: an idle connection of the address holding most
+//!          │     (or the one idle longest, 1 s or more) is closed for it
 //!          ├ still at max_connections, or its address at max_per_address
 //!          │     ─> closed at once (counted, a log line per 5 s)
 //!          └ connection ─> [TLS handshake, within the header timeout]
@@ -236,28 +237,43 @@ impl Drop for Busy {
 /// The open connections, to pick one to close at the cap.
 #[derive(Default)]
 struct Idle {
-    conns: Vec<(Arc<Activity>, tokio::task::AbortHandle)>,
+    conns: Vec<(std::net::IpAddr, Arc<Activity>, tokio::task::AbortHandle)>,
 }
 
 impl Idle {
-    fn insert(&mut self, a: Arc<Activity>, abort: tokio::task::AbortHandle) {
-        self.conns.retain(|(_, h)| !h.is_finished());
-        self.conns.push((a, abort));
+    fn insert(&mut self, ip: std::net::IpAddr, a: Arc<Activity>, abort: tokio::task::AbortHandle) {
+        self.conns.retain(|(_, _, h)| !h.is_finished());
+        self.conns.push((ip, a, abort));
     }
 
-    /// Closes the connection idle longest, if one has been for
-    /// [`STALE`]; whether it did.
-    fn evict(&mut self, now: Instant) -> bool {
-        self.conns.retain(|(_, h)| !h.is_finished());
-        let oldest = self
+    /// Closes an idle connection to make room for one from `newcomer`;
+    /// whether it did. Fair shares first: an idle connection of the
+    /// address holding the most, when that is at least two more than the
+    /// newcomer's (a flood from many addresses cannot keep a new address
+    /// out); else the connection idle longest, if for [`STALE`] or more.
+    /// Connections in a request are never closed.
+    fn evict(&mut self, now: Instant, newcomer: std::net::IpAddr, counts: &AddressCounts) -> bool {
+        self.conns.retain(|(_, _, h)| !h.is_finished());
+        let counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let held = |ip: &std::net::IpAddr| counts.get(ip).copied().unwrap_or(0);
+        let mine = held(&newcomer);
+        let idle: Vec<(usize, usize, Duration)> = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(i, (a, _))| a.idle_for(now).filter(|d| *d >= STALE).map(|d| (d, i)))
-            .max();
-        match oldest {
-            Some((_, i)) => {
-                let (_, h) = self.conns.swap_remove(i);
+            .filter_map(|(i, (ip, a, _))| a.idle_for(now).map(|d| (i, held(ip), d)))
+            .collect();
+        let fair = idle
+            .iter()
+            .filter(|(_, n, _)| *n >= mine + 2)
+            .max_by_key(|(_, n, d)| (*n, *d));
+        let stale = idle
+            .iter()
+            .filter(|(_, _, d)| *d >= STALE)
+            .max_by_key(|(_, _, d)| *d);
+        match fair.or(stale) {
+            Some(&(i, _, _)) => {
+                let (_, _, h) = self.conns.swap_remove(i);
                 h.abort();
                 true
             }
@@ -349,10 +365,11 @@ pub async fn serve_with(
         let now = Instant::now();
         let mut permit = Arc::clone(&limit).try_acquire_owned().ok();
         if permit.is_none()
-            && idle
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .evict(now)
+            && idle.lock().unwrap_or_else(PoisonError::into_inner).evict(
+                now,
+                peer.ip(),
+                &per_address,
+            )
         {
             permit = tokio::time::timeout(
                 Duration::from_millis(200),
@@ -424,9 +441,11 @@ pub async fn serve_with(
                 }
             }
         });
-        idle.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(activity, task.abort_handle());
+        idle.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            peer.ip(),
+            activity,
+            task.abort_handle(),
+        );
     }
     drop(listener);
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())

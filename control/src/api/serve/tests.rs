@@ -318,3 +318,53 @@ fn tls_serves_clients_that_trust_the_ca_and_nobody_in_clear() {
     let e = tls_config(&cert, &dir.path().join("bad.pem")).unwrap_err();
     assert!(e.to_string().contains("bad.pem"), "{e}");
 }
+
+#[test]
+fn eviction_gives_a_new_address_a_share_and_spares_busy_connections() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let t0 = Instant::now();
+    let ip = |n: u8| std::net::IpAddr::from([127, 0, 0, n]);
+    let counts: Arc<AddressCounts> = Arc::default();
+    let mut idle = Idle::default();
+    let mut tasks = Vec::new();
+    // Address 2 holds three idle connections, address 3 one busy one.
+    for (n, busy) in [(2, false), (2, false), (2, false), (3, true)] {
+        let a = Arc::new(Activity::new(t0));
+        if busy {
+            a.requests.fetch_add(1, Ordering::AcqRel);
+        }
+        let task = tokio::spawn(std::future::pending::<()>());
+        idle.insert(ip(n), a, task.abort_handle());
+        tasks.push(task);
+        *counts.lock().unwrap().entry(ip(n)).or_insert(0) += 1;
+    }
+    let soon = t0 + Duration::from_millis(10);
+    // Address 2 itself gets no fresh connection closed for it (3 < 3 + 2,
+    // none idle for a second) ...
+    assert!(!idle.evict(soon, ip(2), &counts));
+    // ... but a new address does, at once: one of address 2's.
+    assert!(idle.evict(soon, ip(1), &counts));
+    assert_eq!(
+        tasks.iter().filter(|t| t.is_finished()).count(),
+        0,
+        "aborts land when polled"
+    );
+    rt.block_on(tokio::task::yield_now());
+    let aborted: Vec<usize> = (0..4).filter(|&i| tasks[i].is_finished()).collect();
+    assert_eq!(aborted.len(), 1);
+    assert!(aborted[0] < 3, "one of address 2's: {aborted:?}");
+    // After a second idle, any address gets the longest-idle one; the
+    // busy connection is never closed.
+    let later = t0 + STALE + Duration::from_millis(10);
+    assert!(idle.evict(later, ip(2), &counts));
+    assert!(idle.evict(later, ip(2), &counts));
+    assert!(
+        !idle.evict(later, ip(2), &counts),
+        "only the busy one is left"
+    );
+    rt.block_on(tokio::task::yield_now());
+    assert!(!tasks[3].is_finished());
+}
