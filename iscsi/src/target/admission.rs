@@ -342,6 +342,16 @@ impl Admission {
         self.enter(portal, peer)
     }
 
+    /// Logins in progress from `ip`.
+    pub fn logins_in_progress(&self, ip: IpAddr) -> usize {
+        self.logging_in
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// Counts a connection closed for `why`.
     pub fn refused(&self, why: Refusal) {
         match why {

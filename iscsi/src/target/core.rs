@@ -11,7 +11,7 @@
 //! ```
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -441,7 +441,7 @@ impl<'a> Core<'a> {
         let now = Instant::now();
         let admitted = match self.reg.admission().admit(portal, peer.map(|p| p.ip())) {
             // Full: a stale login on this core makes room.
-            Err(Refusal::PortalFull) if self.evict_stale_login(now) => self
+            Err(Refusal::PortalFull) if self.evict_stale_login(now, peer.map(|p| p.ip())) => self
                 .reg
                 .admission()
                 .admit_over_cap(portal, peer.map(|p| p.ip())),
@@ -537,7 +537,7 @@ impl<'a> Core<'a> {
         let now = Instant::now();
         if out_of_resources {
             // Free a descriptor for the next accept if a stale login holds one.
-            self.evict_stale_login(now);
+            self.evict_stale_login(now, None);
         }
         let pause = match self.accept_pause.get_mut(portal) {
             Some(p) if out_of_resources => {
@@ -591,20 +591,36 @@ impl<'a> Core<'a> {
         }
     }
 
-    /// Closes this core's oldest connection that is still logging in
-    /// after [`STALE_LOGIN`]; whether there was one.
-    fn evict_stale_login(&mut self, now: Instant) -> bool {
-        let oldest = self
+    /// Closes one of this core's connections still logging in, to make
+    /// room for one from `newcomer`; whether there was one. Fair shares
+    /// first: a login of the address with the most logins in progress,
+    /// when that is two or more above the newcomer's (a flood from many
+    /// addresses cannot keep a new address out); else the oldest login,
+    /// if older than [`STALE_LOGIN`].
+    fn evict_stale_login(&mut self, now: Instant, newcomer: Option<IpAddr>) -> bool {
+        let adm = Arc::clone(self.reg.admission());
+        let mine = newcomer.map_or(0, |ip| adm.logins_in_progress(ip));
+        let pending: Vec<(usize, usize, Instant)> = self
             .conns
-            .iter_mut()
-            .flatten()
-            .filter(|c| {
-                !c.conn.is_full_feature()
-                    && c.conn.closing().is_none()
-                    && now.duration_since(c.accepted) >= STALE_LOGIN
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let c = c.as_ref()?;
+                (!c.conn.is_full_feature() && c.conn.closing().is_none()).then(|| {
+                    let held = c.peer.map_or(0, |p| adm.logins_in_progress(p.ip()));
+                    (i, held, c.accepted)
+                })
             })
-            .min_by_key(|c| c.accepted);
-        match oldest {
+            .collect();
+        let fair = pending
+            .iter()
+            .filter(|(_, n, _)| *n >= mine + 2)
+            .max_by_key(|(_, n, at)| (*n, std::cmp::Reverse(*at)));
+        let stale = pending
+            .iter()
+            .filter(|(_, _, at)| now.duration_since(*at) >= STALE_LOGIN)
+            .min_by_key(|(_, _, at)| *at);
+        match fair.or(stale).and_then(|&(i, _, _)| self.conns[i].as_mut()) {
             Some(c) => {
                 c.conn.close(CloseReason::Protocol(
                     "closed to make room: still logging in while the portal was full".into(),
