@@ -111,6 +111,7 @@ rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 measure() {
     local name=$1 good=$2; shift 2
     local c0 l0 r0 t0 peak=0 out ok="no"
+    [[ "$good" == "-" ]] && ok="-"
     c0=$(cpu_ticks); l0=$(stat -c %s "$log"); r0=$(rss_kib); t0=$(date +%s.%N)
     "$flood" "$@" --seconds "$seconds" >"$work/flood.json" 2>/dev/null &
     local fpid=$!

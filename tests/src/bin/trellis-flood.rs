@@ -265,6 +265,8 @@ fn rejects(a: &Args) -> Result<String> {
 fn main() -> ExitCode {
     let run = || -> Result<String> {
         let a = args()?;
+        // Hold as many connections as the hard limit allows.
+        let _ = trellis_datapath::raise_nofile_limit();
         match a.mode.as_str() {
             "idle" => idle(&a),
             "chap" => chap(&a),
