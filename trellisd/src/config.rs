@@ -620,9 +620,11 @@ pub fn data_dir(name: &str, text: &str, over: &Overrides) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Creates the data directory `dir` (and missing parents) with mode 0700,
-/// or narrows an existing one to it: it holds the configuration database
-/// (CHAP secrets), reservation keys and, by default, disk images.
+/// Creates the data directory `dir` (and missing parents) with mode 0700.
+/// An existing one open to others is narrowed (group and other bits
+/// cleared, special bits kept) when it holds this member's state from an
+/// older install (a configuration database, UUID or reservation files);
+/// any other directory is left as it is, with a warning.
 fn private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
@@ -634,12 +636,26 @@ fn private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot examine data directory {}", dir.display()))?
         .permissions()
         .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(
-            || format!("cannot narrow data directory {} to mode 700", dir.display()),
-        )?;
+        & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(());
+    }
+    let ours = dir.join("control.redb").exists()
+        || std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.ends_with(".uuid") || name.ends_with(".pr")
+            })
+        });
+    if ours {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & !0o077))
+            .with_context(|| {
+                format!("cannot narrow data directory {} to mode 700", dir.display())
+            })?;
         tracing::info!(dir = %dir.display(), old = format!("{mode:o}"), "data directory narrowed to mode 700");
+    } else {
+        tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the data directory is open to other users; Trellis keeps secrets and reservation keys there: chmod 700 it or choose a directory of its own");
     }
     Ok(())
 }
@@ -738,8 +754,8 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
     let api_serve = ApiServe {
         tls,
         max_connections: match c.api_max_connections {
-            Some(0) => bail!(
-                "{}: [cluster] api_max_connections must be at least 1",
+            Some(n) if n == 0 || n > 1_000_000 => bail!(
+                "{}: [cluster] api_max_connections must be 1..=1000000, not {n}",
                 src.at(api)
             ),
             v => v.unwrap_or(256),
@@ -1114,7 +1130,10 @@ mod tests {
             "api_request_timeout_secs",
         ] {
             let e = err(&format!("api = \"127.0.0.1:8080\"\n{zero} = 0\n"));
-            assert!(e.contains(zero) && e.contains("at least 1"), "{e}");
+            assert!(
+                e.contains(zero) && (e.contains("at least 1") || e.contains("1..=")),
+                "{e}"
+            );
         }
         let e = err("api = \"127.0.0.1:8080\"\nblock_devices = [\"dev/sd*\"]\n");
         assert!(e.contains("is not absolute"), "{e}");

@@ -131,6 +131,7 @@ pub fn start(
     // Where a data member lets the configuration put device blocks.
     let storage = match &registry {
         Some(_) => Storage::new(&settings.storage_dir, settings.block_devices.clone())
+            .and_then(|s| s.with_private(data_dir))
             .with_context(|| {
                 format!(
                     "[cluster] storage_dir {} cannot be resolved",

@@ -40,6 +40,10 @@ pub struct Storage {
     /// Absolute patterns of allowed block devices (`*` and `?` within a
     /// component).
     block_devices: Vec<PathBuf>,
+    /// This member's own state (its data directory, canonical): a file
+    /// there backs a device only if Trellis created it for that device
+    /// (never the configuration database, reservation or UUID files).
+    private: Option<PathBuf>,
 }
 
 /// Where a backing path resolves to, once allowed.
@@ -60,7 +64,28 @@ impl Storage {
         Ok(Self {
             dir: std::fs::canonicalize(dir)?,
             block_devices,
+            private: None,
         })
+    }
+
+    /// The same rules, and `data_dir` (this member's own state) off limits
+    /// but for files Trellis created for their device.
+    pub fn with_private(mut self, data_dir: &Path) -> std::io::Result<Self> {
+        self.private = Some(std::fs::canonicalize(data_dir)?);
+        Ok(self)
+    }
+
+    /// Refuses an existing file without `d`'s tag inside the member's own
+    /// state.
+    fn own_state(&self, path: &Path, owned: bool) -> Result<(), String> {
+        match &self.private {
+            Some(p) if !owned && path.starts_with(p) => Err(format!(
+                "resolves to {}, in this member's data directory {}, where only a file Trellis created for this device may back it (set [cluster] storage_dir to a directory of its own for other files)",
+                path.display(),
+                p.display()
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Rules that allow nothing (a witness has no storage).
@@ -68,6 +93,7 @@ impl Storage {
         Self {
             dir: PathBuf::new(),
             block_devices: Vec::new(),
+            private: None,
         }
     }
 
@@ -195,20 +221,24 @@ impl Storage {
         };
         let store = match self.place(p)? {
             Place::NewFile(path) => {
+                // Created empty; checked to be what was asked for; tagged;
+                // only then sized (by `fit`), so a file created elsewhere
+                // through a swapped link is refused while still empty.
                 let created = FileStore::open_opts(
                     &path,
                     FileOpen {
-                        create: Some(d.size),
+                        create: Some(0),
                         create_new: true,
                         ..opts
                     },
                 );
                 match created {
                     Ok(s) => {
+                        let s = self.verify(s, &path)?;
                         if let Err(e) = s.set_owner_tag(&tag) {
                             tracing::warn!(device = %d.name, path = %path.display(), error = %e, "cannot tag the new backing file as this device's (no extended attributes here?): it will not be grown later");
                         }
-                        self.verify(s, &path)?
+                        s
                     }
                     // Another member created it first: open it as theirs.
                     Err(trellis_datapath::StoreError::Open { source, .. })
@@ -268,6 +298,9 @@ impl Storage {
             return Ok(store);
         }
         let owned = store.owner_tag().as_deref() == Some(d.uuid.to_string().as_str());
+        if let Some(path) = store.path() {
+            self.own_state(path, owned)?;
+        }
         store.set_extend(owned);
         if size < d.size {
             if !owned {
@@ -322,6 +355,7 @@ impl Storage {
                     ))
                 })?;
                 let owned = s.owner_tag().as_deref() == Some(d.uuid.to_string().as_str());
+                self.own_state(&path, owned).map_err(&refuse)?;
                 if s.size() < d.size && !owned {
                     return Err(refuse(not_ours(s.size(), d)));
                 }
@@ -700,6 +734,41 @@ mod tests {
             ..grown
         };
         assert!(check_refusal(&storage, &other).contains("did not create for this device"));
+    }
+
+    #[test]
+    fn the_members_own_state_backs_no_device() {
+        // The default: the storage directory is the data directory.
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path();
+        std::fs::write(dir.join("control.redb"), vec![1u8; 8192]).unwrap();
+        std::fs::write(dir.join("disk0.uuid"), b"uuid\n").unwrap();
+        let storage = Storage::new(dir, Vec::new())
+            .unwrap()
+            .with_private(dir)
+            .unwrap();
+        for f in ["control.redb", "disk0.uuid"] {
+            let d = dev(Backing::Path(f.into()), 512);
+            let why = check_refusal(&storage, &d);
+            assert!(
+                why.contains("in this member's data directory"),
+                "{f}: {why}"
+            );
+            assert!(
+                storage.open(&d).unwrap_err().contains("data directory"),
+                "{f}"
+            );
+        }
+        assert_eq!(
+            std::fs::read(dir.join("control.redb")).unwrap(),
+            vec![1u8; 8192]
+        );
+        // A device file Trellis creates there is its own.
+        let d = dev(Backing::Path("d.img".into()), 1 << 20);
+        assert_eq!(storage.check("m1", &d, &nothing_served), Ok(()));
+        storage.open(&d).unwrap();
+        storage.open(&d).unwrap();
+        assert_eq!(std::fs::metadata(dir.join("d.img")).unwrap().len(), 1 << 20);
     }
 
     #[test]

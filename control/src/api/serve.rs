@@ -9,7 +9,7 @@
 //!          │     ─> closed at once (counted, a log line per 5 s)
 //!          └ connection ─> [TLS handshake, within the header timeout]
 //!                        ─> HTTP/1.1: headers within header_timeout (idle keep-alive too)
-//!                        ─> request (body and handler) within request_timeout, else 408
+//!                        ─> request (body and handler) within request_timeout, else 503 request_timeout
 //! ```
 //!
 //! Plain HTTP is for loopback (or an explicit opt-in, checked where the
@@ -363,8 +363,12 @@ pub async fn serve_with(
         // dribbling client, or a keep-alive one between requests) makes
         // room: a flood of idle connections cannot shut out an admin.
         let now = Instant::now();
+        // The address's own cap first: a connection refused for it must
+        // not make anyone else's room.
+        let address = PerAddress::enter(&per_address, peer.ip(), opts.max_per_address);
         let mut permit = Arc::clone(&limit).try_acquire_owned().ok();
-        if permit.is_none()
+        if address.is_some()
+            && permit.is_none()
             && idle.lock().unwrap_or_else(PoisonError::into_inner).evict(
                 now,
                 peer.ip(),
@@ -382,9 +386,7 @@ pub async fn serve_with(
                 opts.stats.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let admitted = permit.and_then(|permit| {
-            PerAddress::enter(&per_address, peer.ip(), opts.max_per_address).map(|a| (permit, a))
-        });
+        let admitted = permit.zip(address);
         let Some((permit, address)) = admitted else {
             opts.stats.refused.fetch_add(1, Ordering::Relaxed);
             if let Some(n) = refused_log.hit() {

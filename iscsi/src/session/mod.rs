@@ -327,6 +327,20 @@ impl Connection {
         }
     }
 
+    /// The initiator, once a Normal session it logged in to with CHAP is in
+    /// full feature phase (a login that proved a secret).
+    pub fn chap_authenticated(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Full(s)
+                if s.params.kind == crate::login::SessionKind::Normal
+                    && s.params.chap_user.is_some() =>
+            {
+                Some(&s.params.initiator_name)
+            }
+            _ => None,
+        }
+    }
+
     /// Largest PDU the connection can receive, for sizing the receive buffer.
     pub fn max_pdu_len(&self) -> usize {
         let data = self.max_recv.max(LOGIN_MAX_DATA);

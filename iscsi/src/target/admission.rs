@@ -19,9 +19,9 @@
 //!   refusal (0.25 s up to 8 s), so with the address's cap on logins in
 //!   progress a password guesser gets a few tries per second at most.
 //!   Every count is per address: another address cannot slow down (or
-//!   lock out) a legitimate initiator. A successful login clears its
-//!   address's and its name's count; counts are forgotten after a quiet
-//!   minute.
+//!   lock out) a legitimate initiator. A login that proves a CHAP secret
+//!   clears its name's count from that address (not the address's);
+//!   counts are forgotten after a quiet minute.
 //!
 //! Shared by every core (a connection is admitted on one core, counted
 //! against the portal on all); taken once per connection, never per
@@ -64,17 +64,35 @@ struct Failures {
     by_name: HashMap<(String, IpAddr), Strikes>,
     /// Connections dropped for protocol errors, by address.
     abuse: HashMap<IpAddr, Strikes>,
+    /// When the tables were last pruned.
+    pruned: Option<Instant>,
 }
 
 impl Failures {
-    /// Past [`MAX_TRACKED`] entries, drops those quiet for a minute.
+    /// Past [`MAX_TRACKED`] entries, drops those quiet for a minute (at
+    /// most once a second: a scan costs).
     fn forget_quiet(&mut self, now: Instant) {
-        if self.by_address.len() + self.by_name.len() + self.abuse.len() > MAX_TRACKED {
+        if self.len() > MAX_TRACKED
+            && self
+                .pruned
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            self.pruned = Some(now);
             let quiet = |s: &mut Strikes| now.duration_since(s.last) < FORGET_AFTER;
             self.by_address.retain(|_, s| quiet(s));
             self.by_name.retain(|_, s| quiet(s));
             self.abuse.retain(|_, s| quiet(s));
         }
+    }
+
+    fn len(&self) -> usize {
+        self.by_address.len() + self.by_name.len() + self.abuse.len()
+    }
+
+    /// Whether a new key may be tracked (the tables stay bounded; an
+    /// address already tracked keeps counting).
+    fn room(&self) -> bool {
+        self.len() < 2 * MAX_TRACKED
     }
 }
 
@@ -236,14 +254,19 @@ impl Admission {
             count: 0,
             last: now,
         };
-        let by_address = f.by_address.entry(ip).or_insert(fresh).strike(now);
+        let room = f.room();
+        let by_address = match f.by_address.get_mut(&ip) {
+            Some(s) => s.strike(now),
+            None if room => f.by_address.entry(ip).or_insert(fresh).strike(now),
+            None => Duration::ZERO,
+        };
         let by_name = match initiator {
-            Some(name) => f
+            Some(name) if room || f.by_name.contains_key(&(name.to_owned(), ip)) => f
                 .by_name
                 .entry((name.to_owned(), ip))
                 .or_insert(fresh)
                 .strike(now),
-            None => Duration::ZERO,
+            _ => Duration::ZERO,
         };
         let delay = by_address.max(by_name);
         if !delay.is_zero() {
@@ -258,13 +281,15 @@ impl Admission {
         let Some(ip) = peer else { return };
         let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         f.forget_quiet(now);
-        f.abuse
-            .entry(ip)
-            .or_insert(Strikes {
-                count: 0,
-                last: now,
-            })
-            .strike(now);
+        if f.room() || f.abuse.contains_key(&ip) {
+            f.abuse
+                .entry(ip)
+                .or_insert(Strikes {
+                    count: 0,
+                    last: now,
+                })
+                .strike(now);
+        }
     }
 
     /// How long a new connection from `peer` waits before its first
@@ -280,11 +305,12 @@ impl Admission {
         }
     }
 
-    /// `initiator` logged in from `peer`: its refusals are forgotten.
+    /// `initiator` proved its CHAP secret from `peer`: that name's
+    /// refusals from that address are forgotten (the address's count only
+    /// ages out: a guesser cannot reset it with some other login).
     pub fn login_succeeded(&self, peer: Option<IpAddr>, initiator: &str) {
         let Some(ip) = peer else { return };
         let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        f.by_address.remove(&ip);
         f.by_name.remove(&(initiator.to_owned(), ip));
     }
 
@@ -294,6 +320,11 @@ impl Admission {
         let Some(open) = self.open.get(portal) else {
             return Err(Refusal::PortalFull);
         };
+        // The address's own cap first: a connection that would be refused
+        // for it must not make anyone else's room.
+        if peer.is_some_and(|ip| self.logins_in_progress(ip) >= self.max_logins_per_address) {
+            return Err(Refusal::AddressBusy);
+        }
         let took = open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
             (n < self.max_per_portal).then_some(n + 1)
         });
@@ -482,12 +513,17 @@ mod tests {
         assert_eq!(refuse(a, "other-name", 12), MAX_DELAY);
         // A quiet minute forgets.
         assert_eq!(refuse(a, "guess", 12 + 60_000), Duration::ZERO);
-        // A success clears the address and the name.
+        // A CHAP success clears the name's count, not the address's.
+        let c = ip(3);
         for i in 0..6 {
-            refuse(b, "host", 70_000 + i);
+            refuse(c, "host", 70_000 + i);
         }
-        adm.login_succeeded(b, "host");
-        assert_eq!(refuse(b, "host", 70_010), Duration::ZERO);
+        adm.login_succeeded(c, "host");
+        assert_eq!(
+            refuse(c, "host", 70_010),
+            Duration::from_secs(2),
+            "the address's 7th"
+        );
         let stats = adm.stats();
         assert_eq!(
             stats.login_refusals[RefusalKind::Authentication as usize],

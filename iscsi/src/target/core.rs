@@ -625,6 +625,8 @@ impl<'a> Core<'a> {
                 c.conn.close(CloseReason::Protocol(
                     "closed to make room: still logging in while the portal was full".into(),
                 ));
+                // Its descriptor is what is wanted: close it now.
+                c.hold_until = None;
                 true
             }
             None => false,
@@ -786,6 +788,7 @@ impl<'a> Core<'a> {
         // are cut.
         let grace = LOGOUT_GRACE.as_secs() as u16;
         for c in self.conns.iter_mut().flatten() {
+            c.hold_until = None;
             if c.conn.is_full_feature() {
                 c.conn.request_logout(grace);
             } else {
@@ -803,6 +806,7 @@ impl<'a> Core<'a> {
                 );
                 c.ended = true;
                 c.conn.close(CloseReason::Shutdown);
+                c.hold_until = None;
             }
         }
     }
@@ -874,7 +878,10 @@ impl<'a> Core<'a> {
         if !c.login_counted && c.conn.is_full_feature() {
             c.login_counted = true;
             c.ticket.logged_in();
-            if let Some(name) = c.conn.initiator_name() {
+            // Only a login that proved a CHAP secret forgets that name's
+            // refusals (a Discovery or open login must not reset a
+            // guesser's count); the address's count only ages out.
+            if let Some(name) = c.conn.chap_authenticated() {
                 self.reg
                     .admission()
                     .login_succeeded(c.peer.map(|p| p.ip()), name);

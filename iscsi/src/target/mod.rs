@@ -28,7 +28,7 @@ pub use registry::{DeviceIo, Registry};
 /// Connections one portal holds at most, by default.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Logins one source address may have in progress at once, by default.
-pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 16;
+pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 64;
 
 use crate::login::ChapPolicy;
 use crate::session::ConnConfig;
