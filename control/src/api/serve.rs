@@ -143,6 +143,19 @@ impl Damped {
     }
 }
 
+/// The key a client address is counted under: IPv4 as it is (IPv4-mapped
+/// IPv6 too), IPv6 by its /64 prefix (one host usually holds a whole /64).
+fn source_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
 /// Connections held per source address.
 type AddressCounts = std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>;
 
@@ -365,13 +378,13 @@ pub async fn serve_with(
         let now = Instant::now();
         // The address's own cap first: a connection refused for it must
         // not make anyone else's room.
-        let address = PerAddress::enter(&per_address, peer.ip(), opts.max_per_address);
+        let address = PerAddress::enter(&per_address, source_key(peer.ip()), opts.max_per_address);
         let mut permit = Arc::clone(&limit).try_acquire_owned().ok();
         if address.is_some()
             && permit.is_none()
             && idle.lock().unwrap_or_else(PoisonError::into_inner).evict(
                 now,
-                peer.ip(),
+                source_key(peer.ip()),
                 &per_address,
             )
         {
@@ -444,7 +457,7 @@ pub async fn serve_with(
             }
         });
         idle.lock().unwrap_or_else(PoisonError::into_inner).insert(
-            peer.ip(),
+            source_key(peer.ip()),
             activity,
             task.abort_handle(),
         );

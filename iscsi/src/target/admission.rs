@@ -35,6 +35,22 @@ use std::time::{Duration, Instant};
 
 use crate::login::{LoginError, LoginStatus};
 
+/// The key a source address is counted under: an IPv4 address (an
+/// IPv4-mapped IPv6 one too) as it is, an IPv6 address by its /64 prefix
+/// (one host usually holds a whole /64, so one address each would let it
+/// act as many).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 /// The caps and counters of all portals.
 #[derive(Debug)]
 pub struct Admission {
@@ -534,6 +550,21 @@ mod tests {
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([10, 0, 0, last]))
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64_prefix() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.7".parse().unwrap();
+        assert_eq!(source_key(mapped), IpAddr::from([10, 0, 0, 7]));
+        assert_eq!(
+            source_key(IpAddr::from([10, 0, 0, 7])),
+            IpAddr::from([10, 0, 0, 7])
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use trellis_datapath::ring::{Payload, RecvBuf};
 use trellis_datapath::{IoKind, IoStats, Ring, RingError, StoreSlot, Waker, WriteFlags};
 
+use super::admission::source_key;
 use super::registry::{CoreDevice, Snapshot};
 use super::{Refusal, RefusalKind, Registry, Ticket};
 use crate::damp::Damper;
@@ -439,12 +440,11 @@ impl<'a> Core<'a> {
         let local = sock.local_addr().ok();
         let peer = sock.peer_addr().ok();
         let now = Instant::now();
-        let admitted = match self.reg.admission().admit(portal, peer.map(|p| p.ip())) {
+        let admitted = match self.reg.admission().admit(portal, source(peer)) {
             // Full: a stale login on this core makes room.
-            Err(Refusal::PortalFull) if self.evict_stale_login(now, peer.map(|p| p.ip())) => self
-                .reg
-                .admission()
-                .admit_over_cap(portal, peer.map(|p| p.ip())),
+            Err(Refusal::PortalFull) if self.evict_stale_login(now, source(peer)) => {
+                self.reg.admission().admit_over_cap(portal, source(peer))
+            }
             other => other,
         };
         let ticket = match admitted {
@@ -489,10 +489,7 @@ impl<'a> Core<'a> {
         let sock = Rc::new(sock);
         // An address whose connections keep being dropped for protocol
         // errors waits before its first answer.
-        let hold = self
-            .reg
-            .admission()
-            .connection_hold(peer.map(|p| p.ip()), now);
+        let hold = self.reg.admission().connection_hold(source(peer), now);
         let entry = Conn {
             conn,
             ticket,
@@ -568,7 +565,7 @@ impl<'a> Core<'a> {
     fn login_refused(&mut self, c: &mut Conn, r: &LoginRefusal) {
         let now = Instant::now();
         let kind = RefusalKind::of(&r.error);
-        let ip = c.peer.map(|p| p.ip());
+        let ip = source(c.peer);
         let delay = self
             .reg
             .admission()
@@ -607,7 +604,9 @@ impl<'a> Core<'a> {
             .filter_map(|(i, c)| {
                 let c = c.as_ref()?;
                 (!c.conn.is_full_feature() && c.conn.closing().is_none()).then(|| {
-                    let held = c.peer.map_or(0, |p| adm.logins_in_progress(p.ip()));
+                    let held = c
+                        .peer
+                        .map_or(0, |p| adm.logins_in_progress(source_key(p.ip())));
                     (i, held, c.accepted)
                 })
             })
@@ -882,9 +881,7 @@ impl<'a> Core<'a> {
             // refusals (a Discovery or open login must not reset a
             // guesser's count); the address's count only ages out.
             if let Some(name) = c.conn.chap_authenticated() {
-                self.reg
-                    .admission()
-                    .login_succeeded(c.peer.map(|p| p.ip()), name);
+                self.reg.admission().login_succeeded(source(c.peer), name);
             }
         }
         // A refused login's answer waits out its delay.
@@ -947,7 +944,7 @@ impl<'a> Core<'a> {
             if !c.recv_busy && c.disk_busy == 0 {
                 if let Some(CloseReason::TooManyErrors(max)) = c.conn.closing() {
                     let now = Instant::now();
-                    let ip = c.peer.map(|p| p.ip());
+                    let ip = source(c.peer);
                     self.reg.admission().protocol_abuse(ip, now);
                     if let Some(n) = self.drop_log.hit(now) {
                         tracing::warn!(
@@ -993,6 +990,11 @@ fn set_slot(table: &mut Vec<Option<Arc<IoStats>>>, slot: StoreSlot, stats: Optio
         table.resize(i + 1, None);
     }
     table[i] = stats;
+}
+
+/// The key a peer is counted under (see [`source_key`]).
+fn source(peer: Option<SocketAddr>) -> Option<IpAddr> {
+    peer.map(|p| source_key(p.ip()))
 }
 
 fn now_nanos() -> u64 {
