@@ -284,9 +284,12 @@ impl Storage {
         Ok(store)
     }
 
-    /// Makes `store` hold `d`: a block device must be large enough; a file
-    /// is extended only when it carries `d`'s tag.
-    fn fit(&self, mut store: FileStore, d: &Device) -> Result<FileStore, String> {
+    /// Whether the opened `store` may back `d` (at `d`'s size, growing a
+    /// file if needed): a block device must be large enough; a file in
+    /// the member's own state must carry `d`'s tag, and one without it
+    /// must be large enough already. Returns whether it is `d`'s own file
+    /// (tagged: it may be extended).
+    fn judge(&self, store: &FileStore, d: &Device) -> Result<bool, String> {
         let size = store.size();
         if store.is_block_device() {
             if size < d.size {
@@ -295,20 +298,30 @@ impl Storage {
                     d.size
                 ));
             }
-            return Ok(store);
+            return Ok(false);
         }
         let owned = store.owner_tag().as_deref() == Some(d.uuid.to_string().as_str());
         if let Some(path) = store.path() {
             self.own_state(path, owned)?;
         }
-        store.set_extend(owned);
-        if size < d.size {
-            if !owned {
-                return Err(not_ours(size, d));
+        if size < d.size && !owned {
+            return Err(not_ours(size, d));
+        }
+        Ok(owned)
+    }
+
+    /// Makes `store` hold `d` as [`Storage::judge`] allows: a file of its
+    /// own is extended to the device's size, and only such a file may
+    /// grow later.
+    fn fit(&self, mut store: FileStore, d: &Device) -> Result<FileStore, String> {
+        let owned = self.judge(&store, d)?;
+        if !store.is_block_device() {
+            store.set_extend(owned);
+            if store.size() < d.size {
+                store
+                    .grow(d.size)
+                    .map_err(|e| format!("cannot be extended: {e}"))?;
             }
-            store
-                .grow(d.size)
-                .map_err(|e| format!("cannot be extended: {e}"))?;
         }
         Ok(store)
     }
@@ -354,12 +367,7 @@ impl Storage {
                         error_chain(&e)
                     ))
                 })?;
-                let owned = s.owner_tag().as_deref() == Some(d.uuid.to_string().as_str());
-                self.own_state(&path, owned).map_err(&refuse)?;
-                if s.size() < d.size && !owned {
-                    return Err(refuse(not_ours(s.size(), d)));
-                }
-                Ok(())
+                self.judge(&s, d).map(|_| ()).map_err(&refuse)
             }
             Place::NewFile(path) => {
                 let dir = path.parent().unwrap_or(&self.dir);
@@ -394,14 +402,7 @@ impl Storage {
                     },
                 )
                 .map_err(|e| refuse(in_use(&e).unwrap_or_else(|| error_chain(&e))))?;
-                if s.size() < d.size {
-                    return Err(refuse(format!(
-                        "is a block device of {} bytes, smaller than the device ({} bytes)",
-                        s.size(),
-                        d.size
-                    )));
-                }
-                Ok(())
+                self.judge(&s, d).map(|_| ()).map_err(&refuse)
             }
         }
     }
