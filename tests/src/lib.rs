@@ -562,3 +562,31 @@ pub fn test_certificates(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     std::fs::write(&paths.2, key.serialize_pem())?;
     Ok(paths)
 }
+
+/// A TCP connection to `to` from 127.0.0.`src` (a loopback "host" of its
+/// own, for per-address limits), giving up after `limit`.
+pub fn connect_from(src: u8, to: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let from: SocketAddr = ([127, 0, 0, src], 0).into();
+    s.bind(&from.into())?;
+    s.connect_timeout(&to.into(), limit)?;
+    Ok(s.into())
+}
+
+/// Whether the peer closed `s` within `limit` (EOF or a reset), reading
+/// and discarding whatever it sent first.
+pub fn closed_within(s: &TcpStream, limit: Duration) -> bool {
+    if s.set_read_timeout(Some(limit)).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 1024];
+    let mut reader = s;
+    loop {
+        match reader.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}

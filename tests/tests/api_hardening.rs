@@ -8,11 +8,13 @@
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use trellis_tests::{eventually, free_control_port, stable_port, trellis_cli_bin, Trellisd};
+use trellis_tests::{
+    closed_within, connect_from, eventually, free_control_port, stable_port, trellis_cli_bin,
+    Trellisd,
+};
 
 /// The CLI with `args` after `--endpoints endpoint --token token`.
 fn cli(endpoint: &str, token: &str, extra: &[&str]) -> (i32, String) {
@@ -34,28 +36,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap()
-}
-
-fn connect_from(src: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    let from: SocketAddr = ([127, 0, 0, src], 0).into();
-    s.bind(&from.into())?;
-    s.connect_timeout(&to.into(), Duration::from_secs(2))?;
-    Ok(s.into())
-}
-
-/// Whether the member closed `s` within `limit`.
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut buf = [0u8; 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-            Err(_) => return true,
-        }
-    }
 }
 
 #[test]
@@ -123,7 +103,7 @@ fn the_cli_speaks_tls_and_idle_connections_are_capped_and_closed() {
     let t0 = Instant::now();
     // (This process's own open-file limit bounds the flood.)
     let mut idle: Vec<TcpStream> = (0..900)
-        .filter_map(|_| connect_from(7, addr).ok())
+        .filter_map(|_| connect_from(7, addr, Duration::from_secs(2)).ok())
         .collect();
     let flood = idle.len();
     assert!(flood > 800, "only {flood} connections opened");
@@ -132,7 +112,7 @@ fn the_cli_speaks_tls_and_idle_connections_are_capped_and_closed() {
     // member accepts them (well before the header timeout).
     let drained = Instant::now();
     while idle.len() > 16 && drained.elapsed() < Duration::from_secs(4) {
-        idle.retain_mut(|s| !closed_within(s, Duration::from_millis(1)));
+        idle.retain(|s| !closed_within(s, Duration::from_millis(1)));
     }
     let open = idle.len();
     assert!(open <= 16, "{open} idle connections held from one address");
@@ -140,7 +120,7 @@ fn the_cli_speaks_tls_and_idle_connections_are_capped_and_closed() {
     let (code, out) = cli(&https, &token, &["--ca", &ca_s, "member", "list"]);
     assert_eq!(code, 0, "{out}");
     // The held ones are closed after the header timeout.
-    for s in &mut idle {
+    for s in &idle {
         assert!(
             closed_within(s, Duration::from_secs(10)),
             "an idle connection outlived the timeout"

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use trellis_tests::{eventually, iscsi_tool, Trellisd};
+use trellis_tests::{closed_within, connect_from, eventually, iscsi_tool, Trellisd};
 
 const TARGET: &str = "iqn.2026-12.io.trellis:floods";
 
@@ -53,12 +53,6 @@ fn flood(
     duration: Duration,
     stop: &AtomicBool,
 ) -> usize {
-    let socket = |src: u8| -> std::io::Result<TcpStream> {
-        let s = socket_from(src)?;
-        // A full accept backlog leaves a connect hanging: move on.
-        s.connect_timeout(&portal.into(), Duration::from_millis(100))?;
-        Ok(s.into())
-    };
     let start = Instant::now();
     let mut held = std::collections::VecDeque::new();
     let mut opened = 0;
@@ -66,7 +60,8 @@ fn flood(
     while start.elapsed() < duration && opened < max && !stop.load(Ordering::Relaxed) {
         let src = first + (i % u32::from(addresses)) as u8;
         i += 1;
-        match socket(src) {
+        // A full accept backlog leaves a connect hanging: move on.
+        match connect_from(src, portal, Duration::from_millis(100)) {
             Ok(s) => {
                 opened += 1;
                 held.push_back(s);
@@ -79,14 +74,6 @@ fn flood(
         std::thread::sleep(Duration::from_millis(2));
     }
     opened
-}
-
-/// A TCP socket bound to 127.0.0.`src` (any port).
-fn socket_from(src: u8) -> std::io::Result<socket2::Socket> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    let from: SocketAddr = ([127, 0, 0, src], 0).into();
-    s.bind(&from.into())?;
-    Ok(s)
 }
 
 /// The good client: iscsi-inq from 127.0.0.1 through the portal.
@@ -150,20 +137,12 @@ fn a_full_portal_makes_room_for_a_good_host_and_logs_a_line_per_interval() {
     .unwrap();
     // One address holds 4 logins in progress; a 5th is closed at once.
     let from9: Vec<TcpStream> = (0..5)
-        .map(|_| {
-            let s = socket_from(9).unwrap();
-            s.connect(&d.portal.into()).unwrap();
-            TcpStream::from(s)
-        })
+        .map(|_| connect_from(9, d.portal, Duration::from_secs(5)).unwrap())
         .collect();
-    let closed = |s: &TcpStream| {
-        use std::io::Read;
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        // EOF or a reset: closed; a timeout: held open.
-        !matches!((&*s).read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-    };
-    let held = from9.iter().filter(|s| !closed(s)).count();
+    let held = from9
+        .iter()
+        .filter(|s| !closed_within(s, Duration::from_millis(500)))
+        .count();
     assert_eq!(held, 4, "one address holds max_logins_per_address logins");
     drop(from9);
     // 16 addresses x 4 logins each > 48: the portal fills with idle

@@ -95,7 +95,7 @@ fn idle(a: &Args) -> Result<String> {
         }
         let src = 10 + (i % usize::from(a.hosts)) as u8;
         i += 1;
-        match connect_from(src, to) {
+        match trellis_tests::connect_from(src, to, Duration::from_millis(200)) {
             Ok(s) => {
                 opened += 1;
                 held.push_back(s);
@@ -110,14 +110,6 @@ fn idle(a: &Args) -> Result<String> {
         "{{\"mode\":\"idle\",\"opened\":{opened},\"connect_failures\":{failed},\"held_at_end\":{}}}",
         held.len()
     ))
-}
-
-fn connect_from(src: u8, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    let from: SocketAddr = ([127, 0, 0, src], 0).into();
-    s.bind(&from.into())?;
-    s.connect_timeout(&to.into(), Duration::from_millis(200))?;
-    Ok(s.into())
 }
 
 /// One CHAP login with a wrong secret; whether it was refused as an
