@@ -603,6 +603,16 @@ pub fn is_witness(name: &str, text: &str) -> Result<bool> {
     Ok(file.cluster.is_some_and(|c| c.witness))
 }
 
+/// `p` as a path that stays right when the daemon's working directory
+/// changes: relative paths are taken from the current one.
+fn from_cwd(p: &PathBuf) -> PathBuf {
+    if p.is_relative() {
+        std::env::current_dir().map_or_else(|_| p.clone(), |cwd| cwd.join(p))
+    } else {
+        p.clone()
+    }
+}
+
 /// `--data-dir`, else the file's `data_dir`, else ./trellis-data.
 fn chosen_data_dir(from_file: Option<PathBuf>, over: &Overrides) -> PathBuf {
     over.data_dir
@@ -708,13 +718,7 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         c.port_id(&src)?;
     }
     let data_dir = chosen_data_dir(file.data_dir, over);
-    let storage_dir = match &c.storage_dir {
-        Some(dir) if dir.is_relative() => std::env::current_dir()
-            .map(|cwd| cwd.join(dir))
-            .unwrap_or_else(|_| dir.clone()),
-        Some(dir) => dir.clone(),
-        None => data_dir,
-    };
+    let storage_dir = c.storage_dir.as_ref().map_or(data_dir, from_cwd);
     let mut block_devices = Vec::new();
     for p in &c.block_devices {
         crate::storage::check_pattern(p.get_ref()).map_err(|e| anyhow!("{}: {e}", src.at(p)))?;
@@ -724,15 +728,8 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
     let key = ClusterKey::new(c.key.get_ref().as_bytes())
         .map_err(|e| anyhow!("{}: {e}", src.at(&c.key)))?;
     let api_addr = addr(api, "api")?;
-    let relative = |p: &PathBuf| {
-        if p.is_relative() {
-            std::env::current_dir().map_or_else(|_| p.clone(), |cwd| cwd.join(p))
-        } else {
-            p.clone()
-        }
-    };
     let tls = match (&c.api_tls_cert, &c.api_tls_key) {
-        (Some(cert), Some(key)) => Some((relative(cert), relative(key))),
+        (Some(cert), Some(key)) => Some((from_cwd(cert), from_cwd(key))),
         (None, None) => None,
         _ => bail!(
             "{}: [cluster] api_tls_cert and api_tls_key go together (the API's certificate chain and its private key, PEM)",
