@@ -17,9 +17,9 @@ use super::provisioning::{get_lba_status, unmap, unmap_parameters, write_same};
 use super::reserve::{conflicts, ReserveOp};
 use super::sanitize::{overwrite_parameters, sanitize_cdb};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
-use super::ua::{NexusState, UnitAttention};
 use super::xcopy::{extended_copy_cdb, parse_copy_list, receive_copy_results};
 use super::{Action, Command, Completion, LunDevice, PortContext};
+use super::{NexusState, UnitAttention};
 
 const INQUIRY: u8 = 0x12;
 const REPORT_LUNS: u8 = 0xA0;

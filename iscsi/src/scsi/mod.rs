@@ -36,8 +36,10 @@ mod cdb;
 mod defects;
 mod dispatch;
 mod inquiry;
+mod lu;
 mod luns;
 mod mode;
+mod nexus;
 mod opcodes;
 mod persist;
 mod provisioning;
@@ -49,12 +51,14 @@ mod xcopy;
 
 pub use cdb::{data_direction, expected_transfer_len, Direction};
 pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
+pub use lu::LunShared;
 pub use luns::{lun_from_wire, lun_to_wire, MAX_LUN};
 pub use mode::mode_select;
+pub use nexus::NexusState;
 pub use opcodes::command_name;
 pub use persist::{
-    persistent_reserve, FilePrStore, ItNexus, PrRequest, PrState, PrStore, PrType, PrView,
-    Registration, Reservation,
+    persistent_reserve, ItNexus, PrRequest, PrState, PrStore, PrType, PrView, Registration,
+    Reservation,
 };
 pub use provisioning::lba_status;
 pub use reserve::{new_nexus_id, reserve_release, ReserveOp};
@@ -62,7 +66,7 @@ pub use sanitize::{
     sanitize_gate, SanitizeOp, SanitizePhase, SanitizeRequest, SanitizeRun, SanitizeState,
 };
 pub use sense::{FieldPointer, Sense, SenseKey, Status, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
-pub use ua::{LunShared, NexusState, UnitAttention, UA_QUEUE_CAPACITY};
+pub use ua::{UnitAttention, UA_QUEUE_CAPACITY};
 pub use xcopy::{
     copy_target_not_reachable, parse_copy_list, resolve_copy, CopyList, CopyResult, CopySegment,
     CopyStep, CopyTarget, MAX_DESCRIPTOR_LIST_LEN, MAX_SEGMENT_BYTES, MAX_SEGMENT_DESCRIPTORS,

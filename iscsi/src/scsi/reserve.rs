@@ -16,8 +16,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::opcodes::Handler;
-use super::ua::{LunShared, NexusState};
 use super::Completion;
+use super::{LunShared, NexusState};
 
 /// What RESERVE/RELEASE asks the session to do to the logical unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

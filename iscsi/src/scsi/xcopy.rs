@@ -17,7 +17,7 @@
 
 use super::cdb::{be, be16, Cdb};
 use super::sense::{Sense, SenseKey};
-use super::ua::NexusState;
+use super::NexusState;
 use super::{Completion, LunDevice};
 
 /// MAXIMUM TARGET DESCRIPTOR COUNT.

@@ -13,6 +13,7 @@
 mod admission;
 mod core;
 mod devices;
+mod pr_file;
 mod registry;
 
 use std::net::{SocketAddr, TcpListener};
@@ -23,6 +24,7 @@ use std::thread::JoinHandle;
 use trellis_datapath::{RingConfig, VirtualDevice, Waker};
 
 pub use admission::{Admission, AdmissionStats, Refusal, RefusalKind, Ticket};
+pub use pr_file::FilePrStore;
 pub use registry::{DeviceIo, Registry};
 
 /// Connections one portal holds at most, by default.

@@ -23,11 +23,12 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use trellis_datapath::{BackingStore, IoStats, IoTotals, StoreSlot, VirtualDevice, Waker};
 
 use super::devices::{describe, plan_device, DeviceEntry, DevicePlan};
+use super::pr_file::FilePrStore;
 use super::{AclEntry, Admission, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
 use crate::scsi::{
-    lun_from_wire, lun_to_wire, AluaState, FilePrStore, LunDevice, LunShared, PortContext,
-    PortGroup, SanitizeState,
+    lun_from_wire, lun_to_wire, AluaState, LunDevice, LunShared, PortContext, PortGroup,
+    SanitizeState,
 };
 use crate::session::{LunEntry, LunTable};
 

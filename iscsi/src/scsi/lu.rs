@@ -1,0 +1,198 @@
+//! The state of a logical unit that every I_T nexus on every core shares:
+//! resets, task-set clears, the SPC-2 reservation, software write protect,
+//! the persistent reservation state, and the block locks of COMPARE AND
+//! WRITE. Commands read it with atomic loads; each nexus catches up with it
+//! through [`NexusState::observe`](super::nexus::NexusState::observe).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::blocklock::BlockLocks;
+use super::persist::{PrState, PrStore};
+use super::Completion;
+
+/// State of a logical unit shared by every I_T nexus on every core: the
+/// number of LOGICAL UNIT RESETs so far and the I_T nexus holding its SPC-2
+/// reservation (0: none). A reset bumps the count; each nexus compares it
+/// with the count it last saw before running a command
+/// ([`NexusState::observe`](super::NexusState::observe)) and establishes BUS DEVICE RESET FUNCTION
+/// OCCURRED when it moved, and notes the reservation holder. It also holds
+/// the persistent reservation state ([`PrState`], behind a lock taken only
+/// by PERSISTENT RESERVE IN/OUT and by a nexus catching up) and its version,
+/// which every command loads. Three atomic loads per command; no lock and no
+/// cross-core message while nothing changes.
+#[derive(Debug, Default)]
+pub struct LunShared {
+    resets: AtomicU64,
+    clears: AtomicU64,
+    clearer: AtomicU64,
+    swp: AtomicBool,
+    mode_changes: AtomicU64,
+    mode_changer: AtomicU64,
+    holder: AtomicU64,
+    pr_version: AtomicU64,
+    pr: Mutex<PrState>,
+    pr_store: Option<Box<dyn PrStore>>,
+    locks: BlockLocks,
+}
+
+impl LunShared {
+    /// A logical unit never reset.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A logical unit whose persistent reservation state is kept in `store`,
+    /// starting from what it holds (APTPL state saved before a restart).
+    pub fn with_pr_store(store: Box<dyn PrStore>) -> Self {
+        let state = match store.load() {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load persistent reservations; starting empty");
+                PrState::default()
+            }
+        };
+        let version = u64::from(!state.is_empty());
+        LunShared {
+            pr_version: AtomicU64::new(version),
+            pr: Mutex::new(state),
+            pr_store: Some(store),
+            ..Self::default()
+        }
+    }
+
+    /// This unit with `notify` called when a block lock someone waits for
+    /// is released (the target wakes every core with it).
+    pub fn with_notifier(mut self, notify: Box<dyn Fn() + Send + Sync>) -> Self {
+        self.locks.set_notifier(notify);
+        self
+    }
+
+    /// The block locks that make COMPARE AND WRITE atomic across sessions.
+    pub fn locks(&self) -> &BlockLocks {
+        &self.locks
+    }
+
+    pub(super) fn pr_lock(&self) -> MutexGuard<'_, PrState> {
+        self.pr.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Version of the persistent reservation state: moves on every change.
+    pub fn pr_version(&self) -> u64 {
+        self.pr_version.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the persistent reservation state under its lock; when it
+    /// reports a change, saves the state and bumps the version.
+    pub(crate) fn with_pr(
+        &self,
+        f: impl FnOnce(&mut PrState) -> Result<(Completion, bool), Completion>,
+    ) -> Completion {
+        let mut s = self.pr_lock();
+        match f(&mut s) {
+            Ok((c, changed)) => {
+                if changed {
+                    if let Some(store) = &self.pr_store {
+                        if let Err(e) = store.save(&s) {
+                            tracing::warn!(error = %e, "cannot save persistent reservations");
+                        }
+                    }
+                    self.pr_version.fetch_add(1, Ordering::AcqRel);
+                }
+                c
+            }
+            Err(c) => c,
+        }
+    }
+
+    /// A copy of the persistent reservation state.
+    pub fn pr_state(&self) -> PrState {
+        self.pr_lock().clone()
+    }
+
+    /// Records a LOGICAL UNIT RESET: every nexus (this one included) gets a
+    /// unit attention before its next command, and the reservation goes.
+    pub fn reset(&self) {
+        self.clear_reservation();
+        self.resets.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records a CLEAR TASK SET from nexus `by`: every nexus aborts its
+    /// tasks for the unit before its next command (the task set is shared,
+    /// TST 000b), and those that lost commands get COMMANDS CLEARED BY
+    /// ANOTHER INITIATOR.
+    pub fn clear_task_set(&self, by: u64) {
+        self.clearer.store(by, Ordering::Release);
+        self.clears.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether software write protect (SWP, Control mode page) is on.
+    pub fn software_write_protect(&self) -> bool {
+        self.swp.load(Ordering::Acquire)
+    }
+
+    /// Sets software write protect from nexus `by`; true if it changed (the
+    /// other nexuses then get MODE PARAMETERS CHANGED).
+    pub fn set_software_write_protect(&self, on: bool, by: u64) -> bool {
+        if self.swp.swap(on, Ordering::AcqRel) == on {
+            return false;
+        }
+        self.mode_changer.store(by, Ordering::Release);
+        self.mode_changes.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
+    /// The I_T nexus holding the SPC-2 reservation; 0 when not reserved.
+    pub fn holder(&self) -> u64 {
+        self.holder.load(Ordering::Acquire)
+    }
+
+    /// Reserves the logical unit for `nexus` (a nonzero id); true if it now
+    /// holds the reservation (also when it already did).
+    pub fn reserve(&self, nexus: u64) -> bool {
+        match self
+            .holder
+            .compare_exchange(0, nexus, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(held) => held == nexus,
+        }
+    }
+
+    /// Releases the reservation if `nexus` holds it; otherwise nothing.
+    pub fn release(&self, nexus: u64) {
+        let _ = self
+            .holder
+            .compare_exchange(nexus, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// Releases the reservation whoever holds it (TARGET RESET).
+    pub fn clear_reservation(&self) {
+        self.holder.store(0, Ordering::Release);
+    }
+
+    /// LOGICAL UNIT RESETs so far.
+    pub fn resets(&self) -> u64 {
+        self.resets.load(Ordering::Acquire)
+    }
+
+    /// CLEAR TASK SETs so far.
+    pub(super) fn clears(&self) -> u64 {
+        self.clears.load(Ordering::Acquire)
+    }
+
+    /// The nexus that made the last CLEAR TASK SET.
+    pub(super) fn clearer(&self) -> u64 {
+        self.clearer.load(Ordering::Acquire)
+    }
+
+    /// Mode parameter changes so far.
+    pub(super) fn mode_changes(&self) -> u64 {
+        self.mode_changes.load(Ordering::Acquire)
+    }
+
+    /// The nexus that made the last mode parameter change.
+    pub(super) fn mode_changer(&self) -> u64 {
+        self.mode_changer.load(Ordering::Acquire)
+    }
+}
