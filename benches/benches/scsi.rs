@@ -5,7 +5,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use trellis_iscsi::scsi::{
-    dispatch, AluaState, Command, LunDevice, NexusState, PortContext, PortGroup,
+    dispatch, AluaState, Command, LunDevice, LunShared, NexusState, PortContext, PortGroup,
+    PortTable,
 };
 
 fn device() -> LunDevice {
@@ -32,20 +33,40 @@ fn port() -> PortContext {
         tpgt: 1,
         relative_port_id: 1,
         tpg_id: 1,
-        groups: vec![PortGroup {
-            id: 1,
-            state: AluaState::ActiveOptimized,
-            preferred: false,
-            relative_ports: vec![1],
-        }],
     }
+}
+
+/// A unit exported by three members, this one (group 1) active/optimized.
+fn unit() -> LunShared {
+    let lu = LunShared::new();
+    let group = |id: u16, state| PortGroup {
+        id,
+        state,
+        preferred: id == 1,
+        relative_ports: vec![id],
+    };
+    lu.ports().set(
+        PortTable {
+            epoch: 1,
+            groups: vec![
+                group(1, AluaState::ActiveOptimized),
+                group(2, AluaState::Standby),
+                group(3, AluaState::Standby),
+            ],
+        },
+        1,
+    );
+    lu
 }
 
 fn bench(c: &mut Criterion) {
     let dev = device();
     let port = port();
+    let lu = unit();
     let luns = [0u64];
-    let mut nexus = NexusState::empty();
+    let mut nexus = NexusState::attached(&lu, 1);
+    nexus.observe(&lu);
+    while nexus.next_ua().is_some() {}
     let mut read10 = [0u8; 16];
     read10[..10].copy_from_slice(&[0x28, 0, 0, 0x10, 0, 0, 0, 0, 8, 0]);
     let mut write16 = [0u8; 16];
@@ -69,7 +90,7 @@ fn bench(c: &mut Criterion) {
                     read,
                     write,
                 };
-                black_box(dispatch(&cmd, &dev, &port, &luns, &mut nexus))
+                black_box(dispatch(&cmd, &dev, &lu, &port, &luns, &mut nexus))
             })
         });
     }

@@ -22,7 +22,7 @@ use trellis_iscsi::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest
 use trellis_iscsi::pdu::{self, Digests, Header, LoginRequest, ScsiCommand, Stage, BHS_LEN};
 use trellis_iscsi::scsi::{
     dispatch, dispatch_data_out, dispatch_unmapped, AluaState, Command, LunDevice, LunShared,
-    NexusState, PortContext, PortGroup,
+    NexusState, PortContext, PortGroup, PortTable,
 };
 use trellis_iscsi::session::{ConnConfig, Connection, DiskOp, Host, LunEntry, LunTable};
 
@@ -124,27 +124,39 @@ fn device(block_size: u32, blocks: u64) -> LunDevice {
     }
 }
 
-fn port(state: AluaState) -> PortContext {
+fn port() -> PortContext {
     PortContext {
         target_name: TARGET.into(),
         tpgt: 1,
         relative_port_id: 1,
         tpg_id: 1,
-        groups: vec![
-            PortGroup {
-                id: 1,
-                state,
-                preferred: true,
-                relative_ports: vec![1],
-            },
-            PortGroup {
-                id: 2,
-                state: AluaState::Standby,
-                preferred: false,
-                relative_ports: vec![2],
-            },
-        ],
     }
+}
+
+/// A unit whose own group (1) is in `state`, group 2 standby.
+fn unit(state: AluaState) -> LunShared {
+    let lu = LunShared::new();
+    lu.ports().set(
+        PortTable {
+            epoch: 1,
+            groups: vec![
+                PortGroup {
+                    id: 1,
+                    state,
+                    preferred: true,
+                    relative_ports: vec![1],
+                },
+                PortGroup {
+                    id: 2,
+                    state: AluaState::Standby,
+                    preferred: false,
+                    relative_ports: vec![2],
+                },
+            ],
+        },
+        1,
+    );
+    lu
 }
 
 /// Completes a disk request as a store would (reads give zeros).
@@ -198,7 +210,7 @@ pub fn session(data: &[u8]) -> SessionRun {
     let mut conn = Connection::new(Rc::new(ConnConfig::default()), 7, t0);
     let mut host = FuzzHost {
         luns: Rc::new(LunTable {
-            port: port(AluaState::ActiveOptimized),
+            port: port(),
             luns: vec![LunEntry {
                 lun: trellis_iscsi::scsi::lun_to_wire(0),
                 dev: Rc::new(device(512, 2048)),
@@ -355,7 +367,8 @@ pub fn cdb(data: &[u8]) {
         AluaState::Transitioning,
         AluaState::Offline,
     ];
-    let p = port(states[usize::from(cfg[2] >> 3) % states.len()]);
+    let p = port();
+    let lu = unit(states[usize::from(cfg[2] >> 3) % states.len()]);
     let len = usize::from(cfg[4] % 33).min(rest.len());
     let (cdb, payload) = rest.split_at(len);
     let cmd = Command {
@@ -366,11 +379,12 @@ pub fn cdb(data: &[u8]) {
         write: cfg[3] & 2 != 0,
     };
     let mut nexus = NexusState::new();
+    nexus.observe(&lu);
     for _ in 0..2 {
-        let _ = dispatch(&cmd, &dev, &p, &[0, 1, 5000], &mut nexus);
+        let _ = dispatch(&cmd, &dev, &lu, &p, &[0, 1, 5000], &mut nexus);
     }
-    let _ = dispatch_data_out(cdb, payload, &dev, &LunShared::new(), &mut nexus);
-    let _ = dispatch_unmapped(&cmd, &[0, 1], &p);
+    let _ = dispatch_data_out(cdb, payload, &dev, &lu, &mut nexus);
+    let _ = dispatch_unmapped(&cmd, &[0, 1]);
 }
 
 // -------------------------------------------------------------- datagram

@@ -45,6 +45,7 @@ fn config(devices: Vec<VirtualDevice>, luns: Vec<(u16, usize)>) -> GatewayConfig
         discovery_chap: None,
         tpg_id: 1,
         relative_port_id: 1,
+        initial_port_state: trellis_iscsi::scsi::AluaState::ActiveOptimized,
         conn: ConnConfig::default(),
         cores: 1,
         ring: RingConfig {

@@ -19,13 +19,14 @@ use super::sanitize::{overwrite_parameters, sanitize_cdb};
 use super::sense::{Sense, DESCRIPTOR_SENSE_MAX_LEN, FIXED_SENSE_LEN};
 use super::xcopy::{extended_copy_cdb, parse_copy_list, receive_copy_results};
 use super::{Action, Command, Completion, LunDevice, PortContext};
-use super::{NexusState, UnitAttention};
+use super::{LunShared, NexusState, UnitAttention};
 
 const INQUIRY: u8 = 0x12;
 const REPORT_LUNS: u8 = 0xA0;
 const REQUEST_SENSE: u8 = 0x03;
 
-/// Runs `cmd` against the mapped logical unit `dev`, reached through `port`.
+/// Runs `cmd` against the mapped logical unit `dev` (whose shared state is
+/// `lu`), reached through `port`.
 ///
 /// `luns` are the LUN numbers (not wire-encoded) visible to this initiator,
 /// for REPORT LUNS; `nexus` is the state of this I_T nexus for this LUN.
@@ -34,6 +35,7 @@ const REQUEST_SENSE: u8 = 0x03;
 pub fn dispatch(
     cmd: &Command<'_>,
     dev: &LunDevice,
+    lu: &LunShared,
     port: &PortContext,
     luns: &[u64],
     nexus: &mut NexusState,
@@ -58,7 +60,7 @@ pub fn dispatch(
             return Action::Complete(Completion::check(ua.sense()));
         }
     }
-    match run(&c, cmd.expected_len, dev, port, luns, nexus) {
+    match run(&c, cmd.expected_len, dev, lu, port, luns, nexus) {
         Ok(action) => action,
         Err(sense) => Action::Complete(Completion::check(sense)),
     }
@@ -68,6 +70,7 @@ fn run(
     c: &Cdb,
     edtl: u32,
     dev: &LunDevice,
+    lu: &LunShared,
     port: &PortContext,
     luns: &[u64],
     nexus: &mut NexusState,
@@ -87,7 +90,7 @@ fn run(
         return Ok(Action::Complete(Completion::reservation_conflict()));
     }
     check_reserved(entry, c)?;
-    check_access(entry.access, port)?;
+    check_access(entry.access, nexus.access_state())?;
     let done = |r: Result<Completion, Sense>| r.map(Action::Complete);
     match entry.handler {
         Handler::Read(l) => block_command(BlockOp::Read, l, c, dev),
@@ -107,7 +110,7 @@ fn run(
         Handler::TestUnitReady | Handler::PreventAllow => Ok(Action::Complete(Completion::good())),
         Handler::StartStopUnit => done(start_stop_unit(c)),
         Handler::RequestSense => done(Ok(request_sense(c, nexus.next_ua().map(|u| u.sense())))),
-        Handler::Inquiry => done(inquiry(c, dev, port)),
+        Handler::Inquiry => done(inquiry(c, dev, port, lu.ports())),
         Handler::ModeSense => done(mode_sense(c, dev, nexus.software_write_protect())),
         Handler::ModeSelect => mode_select_cdb(c),
         Handler::ReadCapacity10 => done(read_capacity10(c, dev)),
@@ -119,7 +122,7 @@ fn run(
             }
             done(r)
         }
-        Handler::ReportTargetPortGroups => done(report_target_port_groups(c, port)),
+        Handler::ReportTargetPortGroups => done(report_target_port_groups(c, port, lu.ports())),
         Handler::ReportSupportedOpcodes => done(report_supported_opcodes(c, dev)),
         Handler::ReportSupportedTmf => done(Ok(report_supported_tmf(c))),
         Handler::Reserve => Ok(Action::Reservation(ReserveOp::Reserve)),
@@ -140,7 +143,7 @@ pub fn dispatch_data_out(
     cdb: &[u8],
     data: &[u8],
     dev: &LunDevice,
-    lu: &super::LunShared,
+    lu: &LunShared,
     nexus: &mut NexusState,
 ) -> Action {
     match cdb.first() {
@@ -171,12 +174,12 @@ pub fn dispatch_data_out(
 /// initiator: INQUIRY answers peripheral qualifier 011b / type 1Fh, REPORT
 /// LUNS lists `luns`, REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as
 /// sense data; everything else fails with LOGICAL UNIT NOT SUPPORTED.
-pub fn dispatch_unmapped(cmd: &Command<'_>, luns: &[u64], port: &PortContext) -> Completion {
+pub fn dispatch_unmapped(cmd: &Command<'_>, luns: &[u64]) -> Completion {
     let c = pad(cmd.cdb);
     let result = match (cmd.cdb.first(), lookup(&c)) {
         (Some(&INQUIRY | &REPORT_LUNS | &REQUEST_SENSE), Lookup::Found(e)) => check_reserved(e, &c)
             .and_then(|()| match e.handler {
-                Handler::Inquiry => inquiry_unmapped(&c, port),
+                Handler::Inquiry => inquiry_unmapped(&c),
                 Handler::ReportLuns => report_luns(&c, luns),
                 _ => Ok(request_sense(&c, Some(Sense::lun_not_supported()))),
             }),
@@ -235,7 +238,7 @@ fn report_supported_tmf(c: &Cdb) -> Completion {
 pub(crate) mod tests {
     use super::*;
     use crate::scsi::opcodes::OPS;
-    use crate::scsi::{AluaState, IoOp, IoRequest, PortGroup, Status};
+    use crate::scsi::{AluaState, IoOp, IoRequest, PortGroup, PortTable, Status};
     use proptest::prelude::*;
 
     /// A test disk: write cache on, 128-block max transfer, 32 optimal.
@@ -260,14 +263,21 @@ pub(crate) mod tests {
         }
     }
 
-    /// A test port: relative port 2 in group 7 (active/optimized, preferred,
-    /// ports 2 and 3); group 8 standby with port 9.
+    /// A test port: relative port 2 in group 7.
     pub(crate) fn port() -> PortContext {
         PortContext {
             target_name: "iqn.2024-01.io.trellis:t1".into(),
             tpgt: 1,
             relative_port_id: 2,
             tpg_id: 7,
+        }
+    }
+
+    /// The port table of a test unit: group 7 (active/optimized, preferred,
+    /// ports 2 and 3); group 8 standby with port 9.
+    pub(crate) fn table() -> PortTable {
+        PortTable {
+            epoch: 1,
             groups: vec![
                 PortGroup {
                     id: 7,
@@ -285,6 +295,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// A test unit reached through [`port`], with [`table`].
+    pub(crate) fn unit() -> LunShared {
+        let lu = LunShared::new();
+        lu.ports().set(table(), 7);
+        lu
+    }
+
     fn cmd(cdb: &[u8]) -> Command<'_> {
         Command {
             cdb,
@@ -296,7 +313,7 @@ pub(crate) mod tests {
     }
 
     fn run_on(cdb: &[u8], dev: &LunDevice, p: &PortContext, nexus: &mut NexusState) -> Action {
-        dispatch(&cmd(cdb), dev, p, &[0, 1], nexus)
+        dispatch(&cmd(cdb), dev, &unit(), p, &[0, 1], nexus)
     }
 
     fn complete(a: Action) -> Completion {
@@ -490,19 +507,19 @@ pub(crate) mod tests {
             relative_port_id: 9,
             ..port()
         };
-        let mut n = NexusState::empty();
+        // The unit as member 8 sees it: its own group is Standby.
+        let lu = LunShared::new();
+        lu.ports().set(table(), 8);
+        let mut n = NexusState::attached(&lu, 1);
+        n.next_ua();
+        n.observe(&lu);
+        let mut run = |cdb: &[u8]| sense_of(dispatch(&cmd(cdb), &dev, &lu, &p, &[0], &mut n));
         let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-        assert_eq!(
-            sense_of(run_on(&read, &dev, &p, &mut n)),
-            Some((2, 0x04, 0x0B))
-        );
-        assert_eq!(
-            sense_of(run_on(&TUR, &dev, &p, &mut n)),
-            Some((2, 0x04, 0x0B))
-        );
-        assert_eq!(sense_of(run_on(&INQ, &dev, &p, &mut n)), None);
+        assert_eq!(run(&read), Some((2, 0x04, 0x0B)));
+        assert_eq!(run(&TUR), Some((2, 0x04, 0x0B)));
+        assert_eq!(run(&INQ), None);
         let rc10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(sense_of(run_on(&rc10, &dev, &p, &mut n)), None);
+        assert_eq!(run(&rc10), None);
     }
 
     #[test]
@@ -782,22 +799,21 @@ pub(crate) mod tests {
 
     #[test]
     fn unmapped_lun() {
-        let p = port();
-        let inq = dispatch_unmapped(&cmd(&INQ), &[0, 3], &p);
+        let inq = dispatch_unmapped(&cmd(&INQ), &[0, 3]);
         assert_eq!(inq.status, Status::Good);
         assert_eq!(inq.data[0], 0x7F);
-        let rl = dispatch_unmapped(&cmd(&RLUNS), &[0, 3], &p);
+        let rl = dispatch_unmapped(&cmd(&RLUNS), &[0, 3]);
         assert_eq!(&rl.data[..4], &[0, 0, 0, 16]);
         assert_eq!(&rl.data[16..18], &[0, 3]);
-        let rs = dispatch_unmapped(&cmd(&[0x03, 0, 0, 0, 18, 0]), &[], &p);
+        let rs = dispatch_unmapped(&cmd(&[0x03, 0, 0, 0, 18, 0]), &[]);
         assert_eq!(rs.status, Status::Good);
         assert_eq!((rs.data[2], rs.data[12]), (0x05, 0x25));
-        let tur = dispatch_unmapped(&cmd(&TUR), &[], &p);
+        let tur = dispatch_unmapped(&cmd(&TUR), &[]);
         assert_eq!(tur, Completion::check(Sense::lun_not_supported()));
-        let bad = dispatch_unmapped(&cmd(&[0x12, 0x02, 0, 0, 96, 0]), &[], &p);
+        let bad = dispatch_unmapped(&cmd(&[0x12, 0x02, 0, 0, 96, 0]), &[]);
         assert_eq!(bad.sense, Some(Sense::invalid_field_in_cdb(1, 1)));
         assert_eq!(
-            dispatch_unmapped(&cmd(&[]), &[], &p),
+            dispatch_unmapped(&cmd(&[]), &[]),
             Completion::check(Sense::lun_not_supported())
         );
     }
@@ -836,17 +852,18 @@ pub(crate) mod tests {
                 AluaState::ActiveOptimized, AluaState::ActiveNonOptimized, AluaState::Standby,
                 AluaState::Unavailable, AluaState::Transitioning, AluaState::Offline,
             ];
-            let mut p = port();
-            p.groups[0].state = states[usize::from(state)];
+            let p = port();
+            let lu = LunShared::new().with_port_state(states[usize::from(state)]);
             let mut n = NexusState::new();
+            n.observe(&lu);
             let c = cmd(&cdb);
             for _ in 0..2 {
-                if let Action::Complete(done) = dispatch(&c, &dev, &p, &[0, 1, 5000], &mut n) {
+                if let Action::Complete(done) = dispatch(&c, &dev, &lu, &p, &[0, 1, 5000], &mut n) {
                     prop_assert_eq!(done.sense.is_some(), done.status == Status::CheckCondition);
                 }
             }
             let _ = dispatch_data_out(&cdb, &data, &dev, &crate::scsi::LunShared::new(), &mut n);
-            let _ = dispatch_unmapped(&c, &[0, 1], &p);
+            let _ = dispatch_unmapped(&c, &[0, 1]);
         }
 
         #[test]
@@ -860,7 +877,7 @@ pub(crate) mod tests {
             cdb.extend_from_slice(&rest);
             let c = cmd(&cdb);
             let mut n = NexusState::empty();
-            let _ = dispatch(&c, &dev, &port(), &[0], &mut n);
+            let _ = dispatch(&c, &dev, &unit(), &port(), &[0], &mut n);
             let _ = dispatch_data_out(&cdb, &data, &dev, &crate::scsi::LunShared::new(), &mut n);
         }
     }

@@ -5,7 +5,7 @@
 
 use super::cdb::{be16, Cdb};
 use super::sense::Sense;
-use super::{Completion, LunDevice, PortContext};
+use super::{Completion, LunDevice, PortContext, PortStates};
 
 /// T10 VENDOR IDENTIFICATION (8 bytes, space padded).
 pub(crate) const VENDOR: &[u8; 8] = b"TRELLIS ";
@@ -32,13 +32,22 @@ use super::block::max_compare_and_write_blocks;
 use super::provisioning::{MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT, MAX_WRITE_SAME_BLOCKS};
 
 /// INQUIRY for a mapped logical unit.
-pub(crate) fn inquiry(c: &Cdb, dev: &LunDevice, port: &PortContext) -> Result<Completion, Sense> {
+pub(crate) fn inquiry(
+    c: &Cdb,
+    dev: &LunDevice,
+    port: &PortContext,
+    ports: &PortStates,
+) -> Result<Completion, Sense> {
     let alloc = usize::from(be16(c, 3));
     let mut out = if c[1] & 0x01 == 0 {
         if c[2] != 0 {
             return Err(Sense::invalid_field_in_cdb(2, 7));
         }
-        standard(PQ_DISK, port)
+        let table = ports.table();
+        standard(
+            PQ_DISK,
+            table.groups.iter().map(|g| g.relative_ports.len()).sum(),
+        )
     } else {
         match c[2] {
             0x00 => vpd(0x00, PQ_DISK, &VPD_PAGES),
@@ -57,10 +66,10 @@ pub(crate) fn inquiry(c: &Cdb, dev: &LunDevice, port: &PortContext) -> Result<Co
 
 /// INQUIRY addressed to a LUN with no logical unit: peripheral qualifier
 /// 011b / type 1Fh; only pages 00h is offered.
-pub(crate) fn inquiry_unmapped(c: &Cdb, port: &PortContext) -> Result<Completion, Sense> {
+pub(crate) fn inquiry_unmapped(c: &Cdb) -> Result<Completion, Sense> {
     let alloc = usize::from(be16(c, 3));
     let mut out = match (c[1] & 0x01, c[2]) {
-        (0, 0) => standard(PQ_NO_LUN, port),
+        (0, 0) => standard(PQ_NO_LUN, 1),
         (1, 0x00) => vpd(0x00, PQ_NO_LUN, &[0x00]),
         _ => return Err(Sense::invalid_field_in_cdb(2, 7)),
     };
@@ -68,8 +77,9 @@ pub(crate) fn inquiry_unmapped(c: &Cdb, port: &PortContext) -> Result<Completion
     Ok(Completion::with_data(out))
 }
 
-/// Standard INQUIRY data (96 bytes).
-fn standard(pq_type: u8, port: &PortContext) -> Vec<u8> {
+/// Standard INQUIRY data (96 bytes) of a unit reached through `ports`
+/// target ports (MULTIP when more than one).
+fn standard(pq_type: u8, ports: usize) -> Vec<u8> {
     let mut d = vec![0u8; STANDARD_LEN];
     d[0] = pq_type;
     d[2] = 0x06; // VERSION: SPC-4
@@ -79,7 +89,6 @@ fn standard(pq_type: u8, port: &PortContext) -> Vec<u8> {
     if pq_type == PQ_DISK {
         d[5] |= 0x08; // 3PC: EXTENDED COPY
     }
-    let ports: usize = port.groups.iter().map(|g| g.relative_ports.len()).sum();
     if ports > 1 {
         d[6] = 0x10; // MULTIP
     }
@@ -199,7 +208,7 @@ fn provisioning(dev: &LunDevice) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scsi::dispatch::tests::{disk, port};
+    use crate::scsi::dispatch::tests::{disk, port, unit};
 
     fn cdb(evpd: bool, page: u8, alloc: u16) -> Cdb {
         let mut c = [0u8; 16];
@@ -211,7 +220,7 @@ mod tests {
     }
 
     fn get(evpd: bool, page: u8, alloc: u16, dev: &LunDevice) -> Result<Vec<u8>, Sense> {
-        inquiry(&cdb(evpd, page, alloc), dev, &port()).map(|c| c.data)
+        inquiry(&cdb(evpd, page, alloc), dev, &port(), unit().ports()).map(|c| c.data)
     }
 
     #[test]
@@ -332,11 +341,11 @@ mod tests {
     #[test]
     fn unmapped() {
         let c = cdb(false, 0, 255);
-        let d = inquiry_unmapped(&c, &port()).unwrap().data;
+        let d = inquiry_unmapped(&c).unwrap().data;
         assert_eq!(d[0], 0x7F);
         assert_eq!(d.len(), 96);
-        let d = inquiry_unmapped(&cdb(true, 0, 255), &port()).unwrap().data;
+        let d = inquiry_unmapped(&cdb(true, 0, 255)).unwrap().data;
         assert_eq!(d, [0x7F, 0, 0, 1, 0]);
-        assert!(inquiry_unmapped(&cdb(true, 0x83, 255), &port()).is_err());
+        assert!(inquiry_unmapped(&cdb(true, 0x83, 255)).is_err());
     }
 }

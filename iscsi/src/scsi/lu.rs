@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use super::alua::PortStates;
 use super::blocklock::BlockLocks;
 use super::persist::{PrState, PrStore};
 use super::Completion;
@@ -34,6 +35,7 @@ pub struct LunShared {
     pr: Mutex<PrState>,
     pr_store: Option<Box<dyn PrStore>>,
     locks: BlockLocks,
+    ports: PortStates,
 }
 
 impl LunShared {
@@ -66,6 +68,18 @@ impl LunShared {
     pub fn with_notifier(mut self, notify: Box<dyn Fn() + Send + Sync>) -> Self {
         self.locks.set_notifier(notify);
         self
+    }
+
+    /// This unit with its own target port group starting in `state`
+    /// (before arbitration has set its table).
+    pub fn with_port_state(mut self, state: super::AluaState) -> Self {
+        self.ports = PortStates::new(state);
+        self
+    }
+
+    /// The unit's port-state table (ALUA).
+    pub fn ports(&self) -> &PortStates {
+        &self.ports
     }
 
     /// The block locks that make COMPARE AND WRITE atomic across sessions.

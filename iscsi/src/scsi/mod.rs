@@ -49,6 +49,7 @@ mod sense;
 mod ua;
 mod xcopy;
 
+pub use alua::{PortStates, PortTable};
 pub use cdb::{data_direction, expected_transfer_len, Direction};
 pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
 pub use lu::LunShared;
@@ -149,6 +150,19 @@ impl AluaState {
             AluaState::Transitioning => 0xF,
         }
     }
+
+    /// The state of ASYMMETRIC ACCESS STATE code `c` (low four bits);
+    /// reserved codes read as Unavailable.
+    pub fn from_code(c: u8) -> Self {
+        match c & 0x0F {
+            0x0 => AluaState::ActiveOptimized,
+            0x1 => AluaState::ActiveNonOptimized,
+            0x2 => AluaState::Standby,
+            0xE => AluaState::Offline,
+            0xF => AluaState::Transitioning,
+            _ => AluaState::Unavailable,
+        }
+    }
 }
 
 /// One target port group as reported by REPORT TARGET PORT GROUPS.
@@ -176,8 +190,6 @@ pub struct PortContext {
     pub relative_port_id: u16,
     /// Target port group this port belongs to.
     pub tpg_id: u16,
-    /// All target port groups of the logical unit (empty: no ALUA gating).
-    pub groups: Vec<PortGroup>,
 }
 
 /// One SCSI command as received by the session.

@@ -6,6 +6,7 @@ use super::lu::LunShared;
 use super::persist::{ItNexus, PrView};
 use super::ua::{UnitAttention, UA_QUEUE_CAPACITY};
 use super::xcopy::{CopyResult, HELD_RESULTS};
+use super::AluaState;
 
 /// State the SCSI layer keeps per I_T nexus and LUN: pending unit attentions,
 /// oldest first, the reset count of the logical unit it has seen, the id of
@@ -18,6 +19,8 @@ pub struct NexusState {
     cleared: bool,
     swp: bool,
     mode_seen: u64,
+    alua_seen: u64,
+    alua: AluaState,
     id: u64,
     holder: u64,
     pr_id: ItNexus,
@@ -54,6 +57,8 @@ impl NexusState {
             clears_seen: lu.clears(),
             swp: lu.software_write_protect(),
             mode_seen: lu.mode_changes(),
+            alua_seen: lu.ports().own().0,
+            alua: lu.ports().own().1,
             id,
             holder: lu.holder(),
             pr_events_seen: lu.pr_lock().last_event(),
@@ -83,6 +88,23 @@ impl NexusState {
     /// ABORT asked this nexus' tasks to be aborted since the last call.
     pub fn take_abort(&mut self) -> bool {
         std::mem::take(&mut self.abort)
+    }
+
+    /// The access state of this member's target port group for the unit,
+    /// as last observed.
+    pub fn access_state(&self) -> AluaState {
+        self.alua
+    }
+
+    /// Catches up with the unit's port states: ASYMMETRIC ACCESS STATE
+    /// CHANGED when any group's state changed since the last call.
+    fn observe_ports(&mut self, lu: &LunShared) {
+        let (version, state) = lu.ports().own();
+        self.alua = state;
+        if version != self.alua_seen {
+            self.alua_seen = version;
+            self.push(UnitAttention::AsymmetricAccessStateChanged);
+        }
     }
 
     /// Whether software write protect was on when last observed.
@@ -118,6 +140,8 @@ impl NexusState {
             cleared: false,
             swp: false,
             mode_seen: 0,
+            alua_seen: 0,
+            alua: AluaState::ActiveOptimized,
             id: 0,
             holder: 0,
             pr_id: ItNexus::default(),
@@ -159,6 +183,7 @@ impl NexusState {
             self.push(UnitAttention::LunReset);
         }
         self.observe_mode(lu);
+        self.observe_ports(lu);
         let clears = lu.clears();
         if clears != self.clears_seen {
             self.clears_seen = clears;

@@ -125,13 +125,20 @@ impl Connection {
         let (lun_index, action) = match found {
             None => (
                 None,
-                Action::Complete(scsi::dispatch_unmapped(&command, &luns.ids, &luns.port)),
+                Action::Complete(scsi::dispatch_unmapped(&command, &luns.ids)),
             ),
             Some(i) => {
                 let entry = &luns.luns[i];
                 let action = scsi::sanitize_gate(&command, &entry.sanitize, &s.nexus[i])
                     .unwrap_or_else(|| {
-                        scsi::dispatch(&command, &entry.dev, &luns.port, &luns.ids, &mut s.nexus[i])
+                        scsi::dispatch(
+                            &command,
+                            &entry.dev,
+                            &entry.shared,
+                            &luns.port,
+                            &luns.ids,
+                            &mut s.nexus[i],
+                        )
                     });
                 (Some(i), action)
             }

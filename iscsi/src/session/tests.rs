@@ -69,7 +69,6 @@ impl FakeHost {
                 tpgt: 1,
                 relative_port_id: 1,
                 tpg_id: 1,
-                groups: Vec::new(),
             },
             luns: vec![LunEntry {
                 lun: LUN0,

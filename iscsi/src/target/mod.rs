@@ -33,6 +33,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 64;
 
 use crate::login::ChapPolicy;
+use crate::scsi::AluaState;
 use crate::session::ConnConfig;
 
 /// One initiator allowed on a target.
@@ -80,6 +81,11 @@ pub struct GatewayConfig {
     pub tpg_id: u16,
     /// This member's relative target port id.
     pub relative_port_id: u16,
+    /// The access state of this member's port group for a logical unit
+    /// until [`Registry::set_port_states`] sets its table: Active/Optimized
+    /// for a member on its own; a cluster member serves nothing as AO
+    /// before arbitration gives it a role.
+    pub initial_port_state: AluaState,
     /// Connection settings.
     pub conn: ConnConfig,
     /// Core threads (0: one per CPU).

@@ -2,8 +2,12 @@
 //! session table (ISID/TSIH, reinstatement), the device table with each
 //! logical unit's [`LunShared`] state, and the portals of the other members
 //! of a cluster. Only login, discovery and reconfiguration touch the
-//! registry; the I/O path reads just the `LunShared` of its LUNs (one
-//! atomic per command).
+//! registry; the I/O path reads just the `LunShared` of its LUNs (a few
+//! atomic loads per command).
+//!
+//! [`Registry::set_port_states`] sets a logical unit's ALUA port-state table
+//! (every member's group and state, from one arbitration epoch) without a
+//! reconfiguration: sessions see it before their next command.
 //!
 //! [`Registry::reconfigure`] applies a new configuration while running:
 //! devices come and go, grow, switch read-only; targets, LUN maps, ACLs and
@@ -27,7 +31,7 @@ use super::pr_file::FilePrStore;
 use super::{AclEntry, Admission, GatewayConfig, TargetSpec};
 use crate::login::{ChapPolicy, LoginStatus, SessionKind, SessionRequest};
 use crate::scsi::{
-    lun_from_wire, lun_to_wire, AluaState, LunDevice, LunShared, PortContext, PortGroup,
+    lun_from_wire, lun_to_wire, AluaState, LunDevice, LunShared, PortContext, PortTable,
     SanitizeState,
 };
 use crate::session::{LunEntry, LunTable};
@@ -152,6 +156,7 @@ impl Registry {
             Some(path) => LunShared::with_pr_store(Box::new(FilePrStore::new(path))),
             None => LunShared::new(),
         };
+        let lu = lu.with_port_state(self.cfg.initial_port_state);
         let cores = self.wakers.clone();
         let shared = Arc::new(lu.with_notifier(Box::new(move || {
             for w in &cores {
@@ -252,6 +257,40 @@ impl Registry {
             tracing::info!(portals = ?portals, "other members' portals for SendTargets");
             *peers = portals;
         }
+    }
+
+    /// Sets the port-state table (ALUA) of the device `uuid`: every group of
+    /// the unit with its state, from one arbitration epoch. Sessions see it
+    /// before their next command, with ASYMMETRIC ACCESS STATE CHANGED when
+    /// a state moved; no LUN table is rebuilt. Returns None when no such
+    /// device is served, else whether a state changed.
+    pub fn set_port_states(&self, uuid: uuid::Uuid, table: PortTable) -> Option<bool> {
+        let devices = self.table();
+        let entry = devices
+            .iter()
+            .flatten()
+            .find(|e| e.dev.spec().uuid == uuid)?;
+        let changed = entry.shared.ports().set(table, self.cfg.tpg_id);
+        if changed {
+            // Idle sessions need not wake: each catches up before its
+            // next command.
+            tracing::debug!(device = %entry.dev.spec().name, "port states changed");
+        }
+        Some(changed)
+    }
+
+    /// The port-state table of the device `uuid` and this member's own
+    /// state in it.
+    pub fn port_states(&self, uuid: uuid::Uuid) -> Option<(PortTable, AluaState)> {
+        let devices = self.table();
+        let e = devices
+            .iter()
+            .flatten()
+            .find(|e| e.dev.spec().uuid == uuid)?;
+        Some((
+            (*e.shared.ports().table()).clone(),
+            e.shared.ports().own().1,
+        ))
     }
 
     fn live(&self) -> RwLockReadGuard<'_, Live> {
@@ -527,12 +566,6 @@ impl Registry {
             tpgt: self.cfg.conn.limits.target_portal_group_tag,
             relative_port_id: self.cfg.relative_port_id,
             tpg_id: self.cfg.tpg_id,
-            groups: vec![PortGroup {
-                id: self.cfg.tpg_id,
-                state: AluaState::ActiveOptimized,
-                preferred: false,
-                relative_ports: vec![self.cfg.relative_port_id],
-            }],
         }
     }
 
