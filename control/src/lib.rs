@@ -17,10 +17,11 @@
 //! - `service`: the [`service::ClusterService`] trait the management API is
 //!   written against; `api`: the HTTP/JSON management API (axum, bearer
 //!   token, `/metrics`, `/health`).
+//! - `watch`: changes pushed to trellisd's threads (the replica applied an
+//!   entry, a member's state moved) instead of polled.
 //!
-//! Still to come: wiring `config` and `api` into trellisd (applying the
-//! replicated configuration to the exports), and the failover services
-//! (`arbitration`, `failover`, `boot`, `policy`).
+//! Still to come: the failover services (`arbitration`, `failover`,
+//! `boot`, `policy`).
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -32,6 +33,7 @@ pub mod node;
 pub mod service;
 #[cfg(test)]
 mod sim;
+pub mod watch;
 pub mod wire;
 
 use std::fmt;

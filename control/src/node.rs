@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use crate::discovery::{self, Discovery, Identity, Output};
 use crate::mdns::{Found, Mdns};
-use crate::membership::{self, Event, MemberStatus, Membership};
+use crate::membership::{self, Event, LinkState, MemberState, MemberStatus, Membership};
+use crate::watch::Watch;
 use crate::wire::{self, Header, Message, Role};
 use crate::{LinkName, MemberId};
 
@@ -96,6 +97,7 @@ pub struct Status {
 #[derive(Debug)]
 pub struct Node {
     status: Arc<Mutex<Status>>,
+    changes: Watch,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     member: MemberId,
@@ -133,6 +135,7 @@ impl Node {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(Status::default()));
+        let changes = Watch::new();
         let (tx, rx) = mpsc::channel::<Input>();
         let mdns = if cfg.mdns {
             let tx = tx.clone();
@@ -177,6 +180,7 @@ impl Node {
             addresses: BTreeMap::new(),
             seq: 0,
             status: Arc::clone(&status),
+            changes: changes.clone(),
         };
         let stop2 = Arc::clone(&stop);
         let t = std::thread::Builder::new()
@@ -186,6 +190,7 @@ impl Node {
         threads.push(t);
         Ok(Node {
             status,
+            changes,
             stop,
             threads,
             member,
@@ -209,6 +214,13 @@ impl Node {
                 .members
                 .clone()
         })
+    }
+
+    /// Notified whenever a peer's state, a link's state or a peer's
+    /// incarnation changes, or a peer is first admitted (not on every
+    /// heartbeat).
+    pub fn changes(&self) -> Watch {
+        self.changes.clone()
     }
 
     /// A copy of what this member knows of the others.
@@ -266,6 +278,23 @@ struct State {
     addresses: BTreeMap<MemberId, Vec<(LinkName, String)>>,
     seq: u64,
     status: Arc<Mutex<Status>>,
+    changes: Watch,
+}
+
+/// What of a peer's status is news: its state, incarnation and links'
+/// states (not how long ago it was heard).
+fn news(members: &[MemberStatus]) -> Vec<(&MemberId, MemberState, Option<u64>, Vec<LinkState>)> {
+    members
+        .iter()
+        .map(|m| {
+            (
+                &m.member,
+                m.state,
+                m.incarnation,
+                m.links.iter().map(|l| l.state).collect(),
+            )
+        })
+        .collect()
 }
 
 impl State {
@@ -429,9 +458,17 @@ impl State {
     }
 
     fn publish(&self, now: Instant) {
-        let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-        s.members = self.members.members(now);
-        s.addresses = self.addresses.clone();
+        let members = self.members.members(now);
+        let moved = {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let moved = news(&s.members) != news(&members);
+            s.members = members;
+            s.addresses = self.addresses.clone();
+            moved
+        };
+        if moved {
+            self.changes.notify();
+        }
     }
 }
 

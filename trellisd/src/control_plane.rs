@@ -3,7 +3,7 @@
 //! the configuration once there is a leader, the HTTP API on its own
 //! thread, and (on a data member) a thread applying the configuration to
 //! the exports as Raft applies it, and the other members' portals as the
-//! failure detector sees them.
+//! failure detector sees them, woken by both (a pushed change, not a poll).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +17,7 @@ use trellis_control::config::raft::{ConfigService, RaftSettings};
 use trellis_control::config::{ClusterConfig, Command, ConfigStore, Member};
 use trellis_control::node::{Node, NodeConfig};
 use trellis_control::service::ClusterService;
+use trellis_control::watch::{merged, Watch};
 
 use trellis_iscsi::target::Registry;
 
@@ -24,9 +25,6 @@ use crate::config::ControlSettings;
 use crate::exports::{peer_portals, Applier};
 use crate::storage::Storage;
 
-/// How often the exports thread looks for a newly applied configuration
-/// and for changed member states.
-const EXPORTS_POLL: Duration = Duration::from_millis(200);
 /// How often devices that could not be opened are tried again.
 const EXPORTS_RETRY: Duration = Duration::from_secs(5);
 
@@ -47,6 +45,8 @@ pub fn member(node: &NodeConfig, settings: &ControlSettings, portals: Vec<Socket
 pub struct ControlPlane {
     service: Arc<ConfigService>,
     stop: Arc<AtomicBool>,
+    /// Wakes the threads that wait for changes (at shutdown).
+    wake: Watch,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -140,7 +140,11 @@ pub fn start(
             })?,
         None => Storage::none(),
     };
-    // The exports of a data member follow the replicated configuration.
+    // The exports of a data member follow the replicated configuration:
+    // its thread wakes when the replica applies entries or a member's
+    // state moves (and at shutdown), never on a timer but to retry.
+    let wake = Watch::new();
+    let changes = merged(&[&service.reader().changes(), &node.changes(), &wake]);
     let mut unserved = crate::exports::Unserved::default();
     if let Some(reg) = &registry {
         let (reader, members, me_id, stop4) = (
@@ -149,6 +153,7 @@ pub fn start(
             me.id.clone(),
             Arc::clone(&stop),
         );
+        let mut changes = changes.subscribe();
         let mut applier = Applier::new(Arc::clone(reg), storage.clone());
         unserved = applier.unserved();
         let reg = Arc::clone(reg);
@@ -156,13 +161,14 @@ pub fn start(
             std::thread::Builder::new()
                 .name("trellis-exports".into())
                 .spawn(move || {
-                    // What was applied last: none yet, so the first round
-                    // applies whatever the replica holds.
+                    // The configuration applied last: none yet, so the first
+                    // round applies whatever the replica holds. Entries of
+                    // the log's own state do not move `config_index`.
                     let mut applied: Option<Option<u64>> = None;
                     let mut cfg = ClusterConfig::default();
                     let mut last_try = std::time::Instant::now();
                     while !stop4.load(Ordering::Relaxed) {
-                        let index = reader.applied_index();
+                        let index = reader.config_index();
                         let retry = applier.has_failures() && last_try.elapsed() >= EXPORTS_RETRY;
                         if applied != Some(index) || retry {
                             cfg = reader.config();
@@ -171,7 +177,7 @@ pub fn start(
                             last_try = std::time::Instant::now();
                         }
                         reg.set_peer_portals(peer_portals(&cfg, &me_id, &members()));
-                        std::thread::sleep(EXPORTS_POLL);
+                        changes.wait(EXPORTS_RETRY);
                     }
                 })
                 .context("cannot start a thread")?,
@@ -287,6 +293,7 @@ pub fn start(
     Ok(ControlPlane {
         service,
         stop,
+        wake,
         threads,
     })
 }
@@ -295,6 +302,7 @@ impl ControlPlane {
     /// Stops the API and the Raft node.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify();
         for t in self.threads {
             let _ = t.join();
         }

@@ -4,7 +4,7 @@
 //! lists the portals of the other live members in SendTargets.
 //!
 //! ```text
-//!  ConfigReader (applied index moved) ─> Applier::apply ─┬ devices: reuse the store served now,
+//!  ConfigReader (config index moved) ──> Applier::apply ─┬ devices: reuse the store served now,
 //!                                                        │          or open it (shared storage)
 //!                                                        ├ targets, ACLs, CHAP: plain conversion
 //!                                                        └─> Registry::reconfigure

@@ -11,13 +11,13 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::config::once::keyed_device_uuid;
-use crate::config::{ClusterConfig, Command, Response};
+use crate::config::{ClusterConfig, Command, ReplicatedState, Response};
 use crate::membership::MemberStatus;
 use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
 
 #[derive(Debug, Default)]
 struct Inner {
-    config: ClusterConfig,
+    state: ReplicatedState,
     raft: RaftStatus,
     members: Vec<MemberStatus>,
     fail_writes: Option<ServiceError>,
@@ -53,7 +53,10 @@ impl MemoryService {
         };
         Self {
             inner: Mutex::new(Inner {
-                config,
+                state: ReplicatedState {
+                    config,
+                    ..ReplicatedState::default()
+                },
                 raft,
                 ..Inner::default()
             }),
@@ -88,6 +91,11 @@ impl MemoryService {
         self.lock().lost_answers
     }
 
+    /// How many keyed writes the replicated state remembers.
+    pub fn remembered_writes(&self) -> usize {
+        self.lock().state.recent_writes.len()
+    }
+
     /// Makes every write fail with `error` (`None` to accept them again).
     pub fn fail_writes(&self, error: Option<ServiceError>) {
         self.lock().fail_writes = error;
@@ -101,7 +109,7 @@ impl ClusterService for MemoryService {
             match inner.fail_writes.clone() {
                 Some(e) => Err(e),
                 None => {
-                    let r = inner.config.apply(&cmd).map_err(ServiceError::from);
+                    let r = inner.state.apply(&cmd).result.map_err(ServiceError::from);
                     let next = inner.raft.commit_index.unwrap_or(0) + 1;
                     inner.raft.commit_index = Some(next);
                     inner.raft.applied_index = Some(next);
@@ -120,7 +128,7 @@ impl ClusterService for MemoryService {
     }
 
     fn config(&self) -> ClusterConfig {
-        self.lock().config.clone()
+        self.lock().state.config.clone()
     }
 
     fn raft(&self) -> RaftStatus {

@@ -227,7 +227,7 @@ async fn a_keyed_write_sent_twice_applies_once() {
     assert_eq!(again.json(), first.json());
     let uuid = service.config().devices["d1"].uuid;
     assert_eq!(first.json()["uuid"], uuid.to_string());
-    assert_eq!(service.config().recent_writes.len(), 1);
+    assert_eq!(service.remembered_writes(), 1);
     // The uuid comes from the key, the name and the cluster: another
     // cluster creating d1 under the same key gets another identity.
     assert_eq!(uuid, service.keyed_device_uuid(key, "d1"));
@@ -255,7 +255,7 @@ async fn a_keyed_write_sent_twice_applies_once() {
         let a = post_keyed(&r, "/v1/targets", "t-1", target.clone()).await;
         assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
     }
-    assert_eq!(service.config().recent_writes.len(), 2);
+    assert_eq!(service.remembered_writes(), 2);
     // A malformed key is refused before anything is written.
     for bad in ["has space", &"k".repeat(129)] {
         let a = post_keyed(

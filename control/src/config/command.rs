@@ -334,17 +334,13 @@ impl ClusterConfig {
     /// and changes the configuration only when it is valid.
     pub fn apply(&mut self, command: &Command) -> Result<Response, ConfigError> {
         match command {
+            // Keyed writes are remembered by the replicated state
+            // (`ReplicatedState::apply`); the configuration alone applies
+            // the command each time.
             Command::Once { command, .. } if matches!(**command, Command::Once { .. }) => {
                 Err(ConfigError::NestedOnce)
             }
-            Command::Once { key, command } => {
-                if let Some(result) = self.recent_writes.replay(key, command) {
-                    return result;
-                }
-                let result = self.apply(command);
-                self.recent_writes.record(key, command, &result);
-                result
-            }
+            Command::Once { command, .. } => self.apply(command),
             Command::UpsertMember(member) => self.upsert_member(member),
             Command::RemoveMember { id } => {
                 self.members

@@ -3,15 +3,18 @@
 //! persisted in redb, and applied in the same order everywhere.
 //!
 //! ```text
-//!  Command ──> Raft log (store::LogStore, redb) ──commit──> ClusterConfig::apply
-//!                                                              │
+//!  Command ──> Raft log (store::LogStore, redb) ──commit──> ReplicatedState::apply
+//!                                                              │ config │ log state
 //!        ConfigReader::config() <── applied state (store::StateMachineStore, redb)
+//!        ConfigReader::changes() ── notified after each applied batch
 //! ```
 //!
 //! - [`model`]: the data — [`ClusterConfig`] and what it holds.
 //! - [`command`]: the writes — [`Command`], validated by
 //!   [`ClusterConfig::apply`] into a [`Response`] or a [`ConfigError`].
 //! - [`once`]: idempotency keys, so that a write sent twice applies once.
+//! - [`state`]: the replicated state — the configuration and, apart from
+//!   it, the log's own state (the idempotency table).
 //! - [`store`]: openraft's storage traits on redb.
 //! - [`raft`]: the Raft node on that store, its TCP transport, and
 //!   [`ConfigService`], the cluster service built on them.
@@ -25,6 +28,7 @@ pub mod command;
 pub mod model;
 pub mod once;
 pub mod raft;
+pub mod state;
 pub mod store;
 
 use std::path::Path;
@@ -35,8 +39,10 @@ pub use model::{
     MAX_DEVICE_SIZE,
 };
 pub use raft::{ConfigService, MembersSource, RaftError, RaftSettings};
+pub use state::{Outcome, ReplicatedState};
 pub use store::StoreError;
 
+use crate::watch::Watch;
 use store::{LogStore, SharedApplied, StateMachineStore};
 
 /// A member's configuration database: one redb file holding the Raft log,
@@ -66,6 +72,7 @@ impl ConfigStore {
     pub fn reader(&self) -> ConfigReader {
         ConfigReader {
             state: self.state_machine.shared(),
+            changes: self.state_machine.changes(),
         }
     }
 
@@ -79,17 +86,36 @@ impl ConfigStore {
 #[derive(Debug, Clone)]
 pub struct ConfigReader {
     state: SharedApplied,
+    changes: Watch,
 }
 
 impl ConfigReader {
     /// A copy of the configuration as applied so far.
     pub fn config(&self) -> ClusterConfig {
-        store::read(&self.state).config.clone()
+        store::read(&self.state).state.config.clone()
+    }
+
+    /// A copy of the whole replicated state as applied so far.
+    pub fn state(&self) -> ReplicatedState {
+        store::read(&self.state).state.clone()
     }
 
     /// The index of the last applied log entry, `None` before any.
     pub fn applied_index(&self) -> Option<u64> {
         store::read(&self.state).last_applied.map(|l| l.index)
+    }
+
+    /// The index of the last applied entry that changed the configuration
+    /// (a snapshot installed counts as one), `None` before any: the log's
+    /// own bookkeeping does not move it.
+    pub fn config_index(&self) -> Option<u64> {
+        store::read(&self.state).config_index
+    }
+
+    /// Notified after every batch of entries applied and every snapshot
+    /// installed.
+    pub fn changes(&self) -> Watch {
+        self.changes.clone()
     }
 }
 

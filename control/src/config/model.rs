@@ -15,7 +15,6 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use super::once::RecentWrites;
 use super::ConfigError;
 use crate::{LinkName, MemberId};
 
@@ -43,11 +42,6 @@ pub struct ClusterConfig {
     /// CHAP required of discovery sessions (SendTargets), if any.
     #[serde(default)]
     pub discovery_auth: Option<ChapAuth>,
-    /// The keyed writes applied lately, so that a resent one is not
-    /// applied twice (state of the replicated log rather than
-    /// configuration, kept here so that snapshots carry it).
-    #[serde(default, skip_serializing_if = "RecentWrites::is_empty")]
-    pub recent_writes: RecentWrites,
 }
 
 /// A member of the cluster as configured (its live state is membership's).

@@ -9,8 +9,8 @@
 //!                                          └─ same key, other command ─> KeyReused
 //! ```
 //!
-//! The table is part of the replicated state (a field of
-//! [`ClusterConfig`](super::ClusterConfig), so snapshots carry it) and
+//! The table is part of the replicated state (the log's own state in
+//! [`ReplicatedState`](super::ReplicatedState), so snapshots carry it) and
 //! every member decides the same way. It keeps the last [`RECENT_WRITES`]
 //! keyed writes of the whole cluster (refused ones included): a resend
 //! after a lost answer comes within seconds, thousands of writes sooner
@@ -150,7 +150,7 @@ impl RecentWrites {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterConfig, Object};
+    use crate::config::{Object, ReplicatedState};
 
     const T1: &str = "iqn.2024-01.org.example:t1";
 
@@ -168,18 +168,24 @@ mod tests {
         }
     }
 
+    impl ReplicatedState {
+        fn apply_r(&mut self, command: &Command) -> Result<Response, ConfigError> {
+            self.apply(command).result
+        }
+    }
+
     #[test]
     fn a_keyed_write_applies_once_and_answers_the_same_again() {
-        let mut c = ClusterConfig::default();
-        let first = c.apply(&once("k1", create(T1)));
+        let mut c = ReplicatedState::default();
+        let first = c.apply_r(&once("k1", create(T1)));
         assert_eq!(first, Ok(Response::Changed));
         let after_first = c.clone();
         // Sent again: the same answer, nothing applied (unkeyed, the second
         // attempt is refused as a duplicate).
-        assert_eq!(c.apply(&once("k1", create(T1))), Ok(Response::Changed));
+        assert_eq!(c.apply_r(&once("k1", create(T1))), Ok(Response::Changed));
         assert_eq!(c, after_first);
         assert!(matches!(
-            c.apply(&create(T1)),
+            c.apply_r(&create(T1)),
             Err(ConfigError::AlreadyExists {
                 object: Object::Target,
                 ..
@@ -191,16 +197,16 @@ mod tests {
         let delete = Command::DeleteTarget {
             iqn: "iqn.2024-01.org.example:none".to_owned(),
         };
-        let refused = c.apply(&once("k2", delete.clone()));
+        let refused = c.apply_r(&once("k2", delete.clone()));
         assert!(matches!(refused, Err(ConfigError::NotFound { .. })));
-        c.apply(&create("iqn.2024-01.org.example:none"))
+        c.apply_r(&create("iqn.2024-01.org.example:none"))
             .expect("create");
-        assert_eq!(c.apply(&once("k2", delete.clone())), refused);
+        assert_eq!(c.apply_r(&once("k2", delete.clone())), refused);
 
         // The same key on another request is refused and changes nothing.
         let before = c.clone();
         assert_eq!(
-            c.apply(&once("k1", create("iqn.2024-01.org.example:t2"))),
+            c.apply_r(&once("k1", create("iqn.2024-01.org.example:t2"))),
             Err(ConfigError::KeyReused { key: "k1".into() })
         );
         assert_eq!(c, before);
@@ -209,18 +215,21 @@ mod tests {
 
     #[test]
     fn the_oldest_keys_are_forgotten_beyond_the_limit() {
-        let mut c = ClusterConfig::default();
+        let mut c = ReplicatedState::default();
         let iqn = |i: usize| format!("iqn.2024-01.org.example:t{i}");
         for i in 0..=RECENT_WRITES {
-            let r = c.apply(&once(&format!("k{i}"), create(&iqn(i))));
+            let r = c.apply_r(&once(&format!("k{i}"), create(&iqn(i))));
             assert_eq!(r, Ok(Response::Changed));
         }
         assert_eq!(c.recent_writes.len(), RECENT_WRITES);
         // k1 is still remembered.
-        assert_eq!(c.apply(&once("k1", create(&iqn(1)))), Ok(Response::Changed));
+        assert_eq!(
+            c.apply_r(&once("k1", create(&iqn(1)))),
+            Ok(Response::Changed)
+        );
         // k0 is forgotten: applied again, the command itself answers.
         assert!(matches!(
-            c.apply(&once("k0", create(&iqn(0)))),
+            c.apply_r(&once("k0", create(&iqn(0)))),
             Err(ConfigError::AlreadyExists { .. })
         ));
         assert_eq!(c.recent_writes.len(), RECENT_WRITES);
@@ -228,34 +237,34 @@ mod tests {
 
     #[test]
     fn the_table_travels_with_the_configuration() {
-        let mut c = ClusterConfig::default();
+        let mut c = ReplicatedState::default();
         // A configuration serialized before keyed writes existed decodes
         // (an empty table), and an empty table is left out.
         let plain = serde_json::to_string(&c).expect("encode");
         assert!(!plain.contains("recent_writes"), "{plain}");
-        let back: ClusterConfig = serde_json::from_str(&plain).expect("decode");
+        let back: ReplicatedState = serde_json::from_str(&plain).expect("decode");
         assert_eq!(back, c);
-        c.apply(&once("k1", create(T1))).expect("apply");
-        c.apply(&once("k2", create(T1))).expect_err("a duplicate");
+        c.apply_r(&once("k1", create(T1))).expect("apply");
+        c.apply_r(&once("k2", create(T1))).expect_err("a duplicate");
         let text = serde_json::to_string(&c).expect("encode");
-        let mut back: ClusterConfig = serde_json::from_str(&text).expect("decode");
+        let mut back: ReplicatedState = serde_json::from_str(&text).expect("decode");
         assert_eq!(back, c);
-        assert_eq!(back.apply(&once("k1", create(T1))), Ok(Response::Changed));
+        assert_eq!(back.apply_r(&once("k1", create(T1))), Ok(Response::Changed));
     }
 
     #[test]
     fn nested_keyed_writes_are_refused_and_not_remembered() {
-        let mut c = ClusterConfig::default();
+        let mut c = ReplicatedState::default();
         let nested = once("k1", once("k2", create(T1)));
-        assert_eq!(c.apply(&nested), Err(ConfigError::NestedOnce));
-        assert!(c.recent_writes.is_empty() && c.targets.is_empty());
+        assert_eq!(c.apply_r(&nested), Err(ConfigError::NestedOnce));
+        assert!(c.recent_writes.is_empty() && c.config.targets.is_empty());
     }
 
     #[test]
     fn secrets_are_not_remembered() {
         use crate::config::{ChapAuth, ChapCredentials};
-        let mut c = ClusterConfig::default();
-        c.apply(&create(T1)).expect("target");
+        let mut c = ReplicatedState::default();
+        c.apply_r(&create(T1)).expect("target");
         let secret = "a-chap-secret-to-forget";
         let allow = Command::AllowInitiator {
             target: T1.to_owned(),
@@ -269,16 +278,16 @@ mod tests {
                 mutual: None,
             }),
         };
-        c.apply(&once("k1", allow.clone())).expect("allow");
+        c.apply_r(&once("k1", allow.clone())).expect("allow");
         let deny = Command::DenyInitiator {
             target: T1.to_owned(),
             initiator: "iqn.1998-01.com.vmware:host1".to_owned(),
         };
-        c.apply(&once("k2", deny)).expect("deny");
+        c.apply_r(&once("k2", deny)).expect("deny");
         let text = serde_json::to_string(&c).expect("encode");
         assert!(!text.contains(secret), "{text}");
         // Still recognized by its digest.
-        assert_eq!(c.apply(&once("k1", allow)), Ok(Response::Changed));
+        assert_eq!(c.apply_r(&once("k1", allow)), Ok(Response::Changed));
     }
 
     #[test]

@@ -36,7 +36,8 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterConfig, Command, ConfigError, Response};
+use super::{Command, ConfigError, ReplicatedState, Response};
+use crate::watch::Watch;
 
 /// The result of applying one entry: what the client of a write gets.
 pub type CommandResult = Result<Response, ConfigError>;
@@ -133,8 +134,13 @@ pub(crate) struct Applied {
     pub(crate) last_applied: Option<LogId<NodeId>>,
     /// The last membership applied.
     pub(crate) membership: StoredMembership<NodeId, BasicNode>,
-    /// The configuration after applying up to `last_applied`.
-    pub(crate) config: ClusterConfig,
+    /// The replicated state after applying up to `last_applied` (named
+    /// `config` on disk, as when it was the configuration alone).
+    #[serde(rename = "config")]
+    pub(crate) state: ReplicatedState,
+    /// The index of the last entry that changed the configuration.
+    #[serde(default)]
+    pub(crate) config_index: Option<u64>,
 }
 
 /// The state machine shared between the Raft core and readers.
@@ -212,6 +218,7 @@ fn split(db: Database) -> Result<(LogStore, StateMachineStore), StoreError> {
             db,
             state: Arc::new(RwLock::new(applied)),
             snapshots_built: Arc::new(AtomicU64::new(0)),
+            changes: Watch::new(),
         },
     ))
 }
@@ -410,12 +417,19 @@ pub struct StateMachineStore {
     db: Arc<Database>,
     state: SharedApplied,
     snapshots_built: Arc<AtomicU64>,
+    /// Notified after each applied batch and installed snapshot.
+    changes: Watch,
 }
 
 impl StateMachineStore {
     /// A handle on the applied state for readers outside Raft.
     pub(crate) fn shared(&self) -> SharedApplied {
         self.state.clone()
+    }
+
+    /// Notified after each applied batch and installed snapshot.
+    pub(crate) fn changes(&self) -> Watch {
+        self.changes.clone()
     }
 
     fn apply_all(
@@ -432,7 +446,13 @@ impl StateMachineStore {
                 state.last_applied = Some(entry.log_id);
                 let result = match &entry.payload {
                     EntryPayload::Blank => Ok(Response::Unchanged),
-                    EntryPayload::Normal(command) => state.config.apply(command),
+                    EntryPayload::Normal(command) => {
+                        let outcome = state.state.apply(command);
+                        if outcome.config_changed {
+                            state.config_index = Some(entry.log_id.index);
+                        }
+                        outcome.result
+                    }
                     EntryPayload::Membership(m) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         Ok(Response::Unchanged)
@@ -445,6 +465,7 @@ impl StateMachineStore {
         let txn = self.db.begin_write()?;
         txn.open_table(SM)?.insert(APPLIED, bytes.as_slice())?;
         txn.commit()?;
+        self.changes.notify();
         Ok(results)
     }
 
@@ -469,7 +490,8 @@ impl StateMachineStore {
         let applied = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
-            config: decode("the snapshot", data)?,
+            state: decode("the snapshot", data)?,
+            config_index: meta.last_log_id.map(|l| l.index),
         };
         let txn = self.db.begin_write()?;
         {
@@ -480,6 +502,7 @@ impl StateMachineStore {
         }
         txn.commit()?;
         *write(&self.state) = applied;
+        self.changes.notify();
         Ok(())
     }
 }
@@ -541,7 +564,7 @@ pub struct SnapshotBuilder {
 
 impl SnapshotBuilder {
     fn build(&self) -> Result<Snapshot<TypeConfig>, StoreError> {
-        let data = encode("the snapshot", &self.applied.config)?;
+        let data = encode("the snapshot", &self.applied.state)?;
         let last = self.applied.last_applied.map_or_else(
             || "none".to_owned(),
             |l| format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -682,7 +705,7 @@ mod tests {
             assert!(matches!(results[0], Err(ConfigError::AlreadyExists { .. })));
             assert_eq!(results[1], Ok(Response::Changed));
             let applied = read(&sm.state).clone();
-            assert_eq!(applied.config.targets.len(), 3);
+            assert_eq!(applied.state.config.targets.len(), 3);
             (log.entries(..).expect("entries"), applied, snapshot.meta)
         };
 
@@ -716,7 +739,7 @@ mod tests {
             .expect("read")
             .expect("a snapshot");
         assert_eq!(snapshot.meta, before_snapshot);
-        let config: ClusterConfig =
+        let config: crate::config::ClusterConfig =
             serde_json::from_slice(snapshot.snapshot.get_ref()).expect("decode");
         assert_eq!(config.targets.len(), 2);
     }
@@ -758,10 +781,10 @@ mod tests {
                 .install_snapshot(&built.meta, data)
                 .await
                 .expect("install");
-            assert_eq!(read(&follower.state).config, read(&leader.state).config);
+            assert_eq!(read(&follower.state).state, read(&leader.state).state);
         }
         let (_, mut follower) = open(&path).expect("reopen");
-        assert_eq!(read(&follower.state).config, read(&leader.state).config);
+        assert_eq!(read(&follower.state).state, read(&leader.state).state);
         assert_eq!(
             follower.applied_state().await.expect("applied").0,
             Some(log_id(1, 2))
@@ -778,7 +801,47 @@ mod tests {
             .await
             .expect("apply");
         assert_eq!(results, vec![Ok(Response::Changed)]);
-        assert_eq!(read(&follower.state).config.targets.len(), 2);
-        assert_eq!(read(&follower.state).config.recent_writes.len(), 1);
+        assert_eq!(read(&follower.state).state.config.targets.len(), 2);
+        assert_eq!(read(&follower.state).state.recent_writes.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_configuration_changes_move_the_config_index_and_every_batch_notifies() {
+        let (_, mut sm) = open_in_memory().expect("open");
+        let mut changes = sm.changes().subscribe();
+        changes.wait(std::time::Duration::ZERO);
+        let keyed = EntryPayload::Normal(Command::Once {
+            key: "k1".to_owned(),
+            command: Box::new(Command::CreateTarget {
+                iqn: "iqn.2024-01.org.example:t1".to_owned(),
+                alias: None,
+            }),
+        });
+        sm.apply(vec![
+            entry(1, 1, EntryPayload::Blank),
+            entry(1, 2, keyed.clone()),
+        ])
+        .await
+        .expect("apply");
+        assert_eq!(read(&sm.state).config_index, Some(2));
+        assert!(changes.changed());
+        changes.wait(std::time::Duration::ZERO);
+        // A resent keyed write, a refused write, a blank entry: the log
+        // moved, the configuration did not.
+        sm.apply(vec![
+            entry(1, 3, keyed),
+            entry(1, 4, create_target(1)),
+            entry(1, 5, EntryPayload::Blank),
+        ])
+        .await
+        .expect("apply");
+        let applied = read(&sm.state).clone();
+        assert_eq!(applied.last_applied, Some(log_id(1, 5)));
+        assert_eq!(applied.config_index, Some(2));
+        assert!(changes.changed());
+        sm.apply(vec![entry(1, 6, create_target(2))])
+            .await
+            .expect("apply");
+        assert_eq!(read(&sm.state).config_index, Some(6));
     }
 }
