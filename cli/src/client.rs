@@ -15,8 +15,9 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::Serialize;
 use serde_json::Value;
+use trellis_api::ErrorBody;
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -60,17 +61,6 @@ fn list(failures: &[(String, String)]) -> String {
         .collect()
 }
 
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Deserialize)]
-struct ErrorDetail {
-    code: String,
-    message: String,
-}
-
 /// HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -100,6 +90,9 @@ pub struct Answer {
     /// As received (what `--json` prints).
     pub text: String,
 }
+
+/// The `body` of a request that has none (a GET or a DELETE).
+pub const NO_BODY: Option<&()> = None;
 
 /// A client of several equivalent endpoints.
 #[derive(Debug)]
@@ -151,12 +144,13 @@ impl Client {
         self
     }
 
-    /// Sends one request; `path` starts with `/`.
-    pub fn call(
+    /// Sends one request, with `body` as JSON ([`NO_BODY`] for none);
+    /// `path` starts with `/`.
+    pub fn call<B: Serialize + ?Sized>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
     ) -> Result<Answer, ClientError> {
         // One key for every attempt of this write.
         let key = (method != Method::Get).then(|| {

@@ -1,11 +1,15 @@
 //! What each command asks the API, and how the answer is shown: the API's
-//! JSON with `--json`, a table or a sentence otherwise.
+//! JSON with `--json`, a table or a sentence otherwise. Requests and
+//! answers are [`trellis_api`]'s types, the ones the server uses.
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use trellis_api::{
+    AclList, AllowInitiator, CreateDevice, CreateTarget, DeviceList, DeviceView, MapLun,
+    MemberList, ResizeDevice, StatusView, TargetList, WriteResult, DEFAULT_BLOCK_SIZE,
+};
 
-use crate::client::{segment, Answer, Client, ClientError, Method};
+use crate::client::{segment, Answer, Client, ClientError, Method, NO_BODY};
 use crate::size::format_size;
 use crate::table::{key_values, Table};
 use crate::{AclCmd, Command, DeviceCmd, MemberCmd, TargetCmd};
@@ -48,42 +52,44 @@ fn get<T: DeserializeOwned>(
     path: &str,
     render: fn(T) -> String,
 ) -> Result<Outcome, CommandError> {
-    let answer = client.call(Method::Get, path, None)?;
+    let answer = client.call(Method::Get, path, NO_BODY)?;
     let human = render(serde_json::from_value(answer.value.clone())?);
     Ok((answer, human))
 }
 
 /// A write; `done` says what happened when it changed something, `same`
 /// when it was already so.
-fn write(
+fn write<B: Serialize + ?Sized>(
     client: &Client,
     method: Method,
     path: &str,
-    body: Option<Value>,
+    body: Option<&B>,
     done: String,
     same: String,
 ) -> Result<Outcome, CommandError> {
-    let answer = client.call(method, path, body.as_ref())?;
-    let unchanged = answer.value.get("result").and_then(Value::as_str) == Some("unchanged");
+    let answer = client.call(method, path, body)?;
+    // A create answers the object, not a WriteResult: shown as `done`.
+    let unchanged = WriteResult::deserialize(&answer.value)
+        .is_ok_and(|w| w.result == trellis_api::Outcome::Unchanged);
     Ok((answer, format!("{}\n", if unchanged { same } else { done })))
 }
 
 fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
     match cmd {
         DeviceCmd::Create(c) => {
-            let mut body = Map::new();
-            body.insert("name".into(), json!(c.name));
-            body.insert("size".into(), json!(c.size));
-            if let Some(b) = &c.backing {
-                body.insert("backing".into(), json!(b));
-            }
-            if let Some(bs) = &c.block_size {
-                let bs: u32 = bs.parse().unwrap_or(512);
-                body.insert("block_size".into(), json!(bs));
-            }
-            body.insert("thin".into(), json!(c.thin));
-            body.insert("read_only".into(), json!(c.read_only));
-            let answer = client.call(Method::Post, "/v1/devices", Some(&Value::Object(body)))?;
+            let body = CreateDevice {
+                name: c.name.clone(),
+                size: c.size,
+                backing: c.backing.clone(),
+                block_size: c
+                    .block_size
+                    .as_ref()
+                    .map(|bs| bs.parse().unwrap_or(DEFAULT_BLOCK_SIZE)),
+                thin: c.thin,
+                read_only: c.read_only,
+                uuid: None,
+            };
+            let answer = client.call(Method::Post, "/v1/devices", Some(&body))?;
             let d: DeviceView = serde_json::from_value(answer.value.clone())?;
             let human = format!(
                 "created device {} ({}, uuid {})\n",
@@ -98,7 +104,7 @@ fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
             client,
             Method::Post,
             &format!("/v1/devices/{}/resize", segment(name)),
-            Some(json!({ "size": size })),
+            Some(&ResizeDevice { size: *size }),
             format!("resized device {name} to {}", format_size(*size)),
             format!("device {name} is already {}", format_size(*size)),
         ),
@@ -106,7 +112,7 @@ fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
             client,
             Method::Delete,
             &format!("/v1/devices/{}", segment(name)),
-            None,
+            NO_BODY,
             format!("deleted device {name}"),
             format!("deleted device {name}"),
         ),
@@ -116,15 +122,15 @@ fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
 fn target(client: &Client, cmd: &TargetCmd) -> Result<Outcome, CommandError> {
     match cmd {
         TargetCmd::Create { iqn, alias } => {
-            let mut body = json!({ "iqn": iqn });
-            if let Some(a) = alias {
-                body["alias"] = json!(a);
-            }
+            let body = CreateTarget {
+                iqn: iqn.clone(),
+                alias: alias.clone(),
+            };
             write(
                 client,
                 Method::Post,
                 "/v1/targets",
-                Some(body),
+                Some(&body),
                 format!("created target {iqn}"),
                 format!("created target {iqn}"),
             )
@@ -134,7 +140,7 @@ fn target(client: &Client, cmd: &TargetCmd) -> Result<Outcome, CommandError> {
             client,
             Method::Delete,
             &format!("/v1/targets/{}", segment(iqn)),
-            None,
+            NO_BODY,
             format!("deleted target {iqn}"),
             format!("deleted target {iqn}"),
         ),
@@ -142,7 +148,10 @@ fn target(client: &Client, cmd: &TargetCmd) -> Result<Outcome, CommandError> {
             client,
             Method::Post,
             &format!("/v1/targets/{}/luns", segment(iqn)),
-            Some(json!({ "device": device, "lun": lun })),
+            Some(&MapLun {
+                device: device.clone(),
+                lun: *lun,
+            }),
             format!("mapped device {device} as LUN {lun} of {iqn}"),
             format!("device {device} is already LUN {lun} of {iqn}"),
         ),
@@ -150,7 +159,7 @@ fn target(client: &Client, cmd: &TargetCmd) -> Result<Outcome, CommandError> {
             client,
             Method::Delete,
             &format!("/v1/targets/{}/luns/{lun}", segment(iqn)),
-            None,
+            NO_BODY,
             format!("unmapped LUN {lun} of {iqn}"),
             format!("unmapped LUN {lun} of {iqn}"),
         ),
@@ -160,22 +169,14 @@ fn target(client: &Client, cmd: &TargetCmd) -> Result<Outcome, CommandError> {
 fn acl(client: &Client, cmd: &AclCmd) -> Result<Outcome, CommandError> {
     match cmd {
         AclCmd::Allow(a) => {
-            let mut body = Map::new();
-            body.insert("initiator".into(), json!(a.initiator));
-            let fields = [
-                ("chap_user", &a.chap_user),
-                ("chap_secret", &a.chap_secret),
-                ("mutual_chap_user", &a.mutual_user),
-                ("mutual_chap_secret", &a.mutual_secret),
-            ];
-            for (field, value) in fields {
-                if let Some(v) = value {
-                    body.insert(field.into(), json!(v));
-                }
-            }
-            if let Some(luns) = &a.luns {
-                body.insert("luns".into(), json!(luns));
-            }
+            let body = AllowInitiator {
+                initiator: a.initiator.clone(),
+                chap_user: a.chap_user.clone(),
+                chap_secret: a.chap_secret.clone(),
+                mutual_chap_user: a.mutual_user.clone(),
+                mutual_chap_secret: a.mutual_secret.clone(),
+                luns: a.luns.as_ref().map(|l| l.iter().copied().collect()),
+            };
             let chap = if a.chap_user.is_some() {
                 " with CHAP"
             } else {
@@ -185,7 +186,7 @@ fn acl(client: &Client, cmd: &AclCmd) -> Result<Outcome, CommandError> {
                 client,
                 Method::Post,
                 &format!("/v1/targets/{}/acl", segment(&a.iqn)),
-                Some(Value::Object(body)),
+                Some(&body),
                 format!("allowed {} on {}{chap}", a.initiator, a.iqn),
                 format!(
                     "{} was already allowed on {} with these settings",
@@ -202,43 +203,11 @@ fn acl(client: &Client, cmd: &AclCmd) -> Result<Outcome, CommandError> {
             client,
             Method::Delete,
             &format!("/v1/targets/{}/acl/{}", segment(iqn), segment(initiator)),
-            None,
+            NO_BODY,
             format!("denied {initiator} on {iqn}"),
             format!("denied {initiator} on {iqn}"),
         ),
     }
-}
-
-// The API's views, as far as the tables need them (unknown fields are
-// ignored, so newer members can add some).
-
-#[derive(Debug, Deserialize)]
-struct RaftView {
-    node_id: u64,
-    term: u64,
-    leader: Option<u64>,
-    leader_member: Option<String>,
-    commit_index: Option<u64>,
-    applied_index: Option<u64>,
-    voters: Vec<u64>,
-    learners: Vec<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MemberCounts {
-    configured: usize,
-    alive: usize,
-    suspect: usize,
-    failed: usize,
-}
-
-#[derive(Debug, Deserialize)]
-struct StatusView {
-    member: Option<String>,
-    raft: RaftView,
-    members: MemberCounts,
-    devices: usize,
-    targets: usize,
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -289,29 +258,6 @@ fn render_status(s: StatusView) -> String {
     ])
 }
 
-#[derive(Debug, Deserialize)]
-struct LinkView {
-    link: String,
-    state: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct MemberView {
-    id: String,
-    node_id: Option<u64>,
-    api: Option<String>,
-    witness: bool,
-    local: bool,
-    state: String,
-    since_ms: Option<u64>,
-    links: Vec<LinkView>,
-}
-
-#[derive(Debug, Deserialize)]
-struct MemberList {
-    members: Vec<MemberView>,
-}
-
 fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
@@ -358,30 +304,6 @@ fn render_members(list: MemberList) -> String {
     t.render()
 }
 
-#[derive(Debug, Deserialize)]
-struct LunRef {
-    target: String,
-    lun: u16,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeviceView {
-    name: String,
-    uuid: String,
-    size: u64,
-    backing: String,
-    block_size: u32,
-    thin: bool,
-    read_only: bool,
-    #[serde(default)]
-    mapped: Vec<LunRef>,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeviceList {
-    devices: Vec<DeviceView>,
-}
-
 fn render_devices(list: DeviceList) -> String {
     if list.devices.is_empty() {
         return "no devices\n".to_owned();
@@ -418,29 +340,10 @@ fn render_devices(list: DeviceList) -> String {
             } else {
                 mapped
             },
-            d.uuid,
+            d.uuid.to_string(),
         ]);
     }
     t.render()
-}
-
-#[derive(Debug, Deserialize)]
-struct LunView {
-    lun: u16,
-    device: String,
-}
-
-#[derive(Debug, Deserialize)]
-struct TargetView {
-    iqn: String,
-    alias: Option<String>,
-    luns: Vec<LunView>,
-    initiators: usize,
-}
-
-#[derive(Debug, Deserialize)]
-struct TargetList {
-    targets: Vec<TargetView>,
 }
 
 fn render_targets(list: TargetList) -> String {
@@ -469,20 +372,6 @@ fn render_targets(list: TargetList) -> String {
     t.render()
 }
 
-#[derive(Debug, Deserialize)]
-struct AclView {
-    initiator: String,
-    luns: Option<Vec<u16>>,
-    chap_user: Option<String>,
-    mutual_chap_user: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AclList {
-    target: String,
-    acl: Vec<AclView>,
-}
-
 fn render_acl(list: AclList) -> String {
     if list.acl.is_empty() {
         return format!("no initiator is allowed on {}\n", list.target);
@@ -505,22 +394,26 @@ fn render_acl(list: AclList) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
     fn device_table() {
         let list: DeviceList = serde_json::from_value(json!({"devices": [
-            {"name": "d1", "uuid": "u1", "size": 1u64 << 30, "backing": "memory", "block_size": 512,
-             "thin": true, "read_only": false, "mapped": [{"target": "iqn.x:t", "lun": 0}]},
-            {"name": "data-02", "uuid": "u2", "size": 3u64 << 29, "backing": "/srv/d2.img",
-             "block_size": 4096, "thin": false, "read_only": true, "mapped": [], "future": 1},
+            {"name": "d1", "uuid": "00000000-0000-4000-8000-000000000001", "size": 1u64 << 30,
+             "backing": "memory", "block_size": 512, "thin": true, "read_only": false,
+             "mapped": [{"target": "iqn.x:t", "lun": 0}]},
+            {"name": "data-02", "uuid": "00000000-0000-4000-8000-000000000002", "size": 3u64 << 29,
+             "backing": "/srv/d2.img", "block_size": 4096, "thin": false, "read_only": true,
+             "mapped": [], "future": 1},
         ]}))
         .expect("view");
         assert_eq!(
             render_devices(list),
             "NAME     SIZE     BLOCK  BACKING      FLAGS      MAPPED         UUID\n\
-             d1       1 GiB    512    memory       thin       iqn.x:t LUN 0  u1\n\
-             data-02  1.5 GiB  4096   /srv/d2.img  read-only  -              u2\n"
+             d1       1 GiB    512    memory       thin       iqn.x:t LUN 0  00000000-0000-4000-8000-000000000001\n\
+             data-02  1.5 GiB  4096   /srv/d2.img  read-only  -              00000000-0000-4000-8000-000000000002\n"
         );
         assert_eq!(
             render_devices(DeviceList { devices: vec![] }),

@@ -13,7 +13,9 @@
 //! ```
 //!
 //! - [`router`] builds the axum router; [`serve`] and [`serve_listener`] run it.
-//! - [`views`]: the request and response bodies (the CLI's contract).
+//! - The request and response bodies (the CLI's contract) are
+//!   [`trellis_api`]'s, shared with the CLI; [`views`] builds the views from
+//!   the configuration and turns requests into its types.
 //! - [`ApiError`]: the one place errors become HTTP statuses.
 //! - [`testing::MemoryService`]: a single-member in-memory [`ClusterService`]
 //!   for tests and demos.

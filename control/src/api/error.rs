@@ -12,7 +12,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::views::{ErrorBody, ErrorDetail};
+use trellis_api::{ErrorBody, ErrorDetail};
+
 use crate::config::ConfigError;
 use crate::service::ServiceError;
 

@@ -6,12 +6,13 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
+use trellis_api::{
+    AclList, AclView, AllowInitiator, CreateDevice, CreateTarget, DeviceList, MapLun, MemberList,
+    ResizeDevice, StatusView, TargetList, TargetView, WriteResult,
+};
 
 use super::extract::{Body, IdempotencyKey, PathParams};
-use super::views::{
-    AclList, AclView, AllowInitiator, CreateDevice, CreateTarget, DeviceList, DeviceView, MapLun,
-    MemberList, ResizeDevice, StatusView, TargetList, TargetView, WriteResult,
-};
+use super::views::{chap_auth, device_view, into_device, member_list, status_view};
 use super::{metrics as prom, ApiError, AppState};
 use crate::config::{Command, ConfigError, Device, Object, Response};
 use crate::service::ServiceError;
@@ -27,7 +28,9 @@ impl AppState {
     /// [`AppState::apply`], answering what the command did.
     async fn write(&self, key: &IdempotencyKey, cmd: Command) -> ApiResult<Json<WriteResult>> {
         let result = self.apply(key, cmd).await?;
-        Ok(Json(WriteResult { result }))
+        Ok(Json(WriteResult {
+            result: result.into(),
+        }))
     }
 }
 
@@ -64,13 +67,13 @@ pub(super) async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
 /// `GET /v1/status`.
 pub(super) async fn status(State(st): State<AppState>) -> Json<StatusView> {
     let s = &st.service;
-    Json(StatusView::new(&s.config(), &s.raft(), &s.members()))
+    Json(status_view(&s.config(), &s.raft(), &s.members()))
 }
 
 /// `GET /v1/members`.
 pub(super) async fn members(State(st): State<AppState>) -> Json<MemberList> {
     let s = &st.service;
-    Json(MemberList::new(&s.config(), &s.raft(), &s.members()))
+    Json(member_list(&s.config(), &s.raft(), &s.members()))
 }
 
 /// `GET /v1/devices`.
@@ -79,7 +82,7 @@ pub(super) async fn list_devices(State(st): State<AppState>) -> Json<DeviceList>
     let devices = config
         .devices
         .values()
-        .map(|d| DeviceView::new(d, &config))
+        .map(|d| device_view(d, &config))
         .collect();
     Json(DeviceList { devices })
 }
@@ -96,7 +99,7 @@ pub(super) async fn create_device(
         .0
         .as_deref()
         .map(|k| st.service.keyed_device_uuid(k, &req.name));
-    let device = req.into_device(keyed)?;
+    let device = into_device(req, keyed)?;
     // A name the replica holds already is answered by the command itself
     // without a check: a resend of a keyed create that applied (its first
     // answer again, even if the share is gone meanwhile) or a 409.
@@ -109,7 +112,7 @@ pub(super) async fn create_device(
     st.apply(&key, Command::CreateDevice(device.clone()))
         .await?;
     let config = st.service.config();
-    Ok((StatusCode::CREATED, Json(DeviceView::new(&device, &config))))
+    Ok((StatusCode::CREATED, Json(device_view(&device, &config))))
 }
 
 /// Runs this member's backing check of `device` (new, or grown) on a
@@ -276,7 +279,7 @@ pub(super) async fn allow_initiator(
     key: IdempotencyKey,
     Body(mut req): Body<AllowInitiator>,
 ) -> ApiResult<Json<WriteResult>> {
-    let auth = req.auth()?;
+    let auth = chap_auth(&mut req)?;
     st.write(
         &key,
         Command::AllowInitiator {

@@ -826,7 +826,7 @@ fn this_members_own_links_show_what_its_peers_hear() {
             &[("a", LinkState::Down), ("b", LinkState::Flapping)],
         ),
     ];
-    let list = views::MemberList::new(&config, &raft, &peers);
+    let list = views::member_list(&config, &raft, &peers);
     let local = list.members.iter().find(|m| m.local).expect("this member");
     assert_eq!(local.state, "alive");
     let states: Vec<(&str, &str)> = local
