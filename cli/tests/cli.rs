@@ -164,7 +164,7 @@ fn a_write_whose_answer_was_lost_is_answered_again_not_applied_twice() {
     let config = service.config();
     assert!(config.devices.is_empty() && config.targets.is_empty());
     // Each write was proposed twice and applied once.
-    assert_eq!(config.recent_writes.len(), 6);
+    assert_eq!(service.remembered_writes(), 6);
 }
 
 #[test]
@@ -189,7 +189,7 @@ fn a_write_in_doubt_names_its_key_and_the_key_learns_its_outcome() {
     args.extend(create);
     let out = ok(trellis(&endpoints, TOKEN, &args));
     assert!(out.contains(&uuid.to_string()), "{out}");
-    assert_eq!(service.config().recent_writes.len(), 1);
+    assert_eq!(service.remembered_writes(), 1);
     // A malformed key is refused by the cluster with the reason.
     let o = trellis(
         &endpoints,
