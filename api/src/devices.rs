@@ -4,6 +4,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::{Others, Policy};
+
 /// The block size of a device created without one.
 pub const DEFAULT_BLOCK_SIZE: u32 = 512;
 
@@ -32,6 +34,15 @@ pub struct CreateDevice {
     /// Its identity; generated when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<Uuid>,
+    /// The Failover Set serving it (`default` when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
+    /// Its port policy (active-passive when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// For active-passive: the non-primaries' state (standby when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others: Option<Others>,
 }
 
 /// `POST /v1/devices/{name}/resize`.
@@ -59,6 +70,15 @@ pub struct DeviceView {
     pub thin: bool,
     /// Writes refused.
     pub read_only: bool,
+    /// The Failover Set serving it (read as `default` when missing).
+    #[serde(default = "default_set")]
+    pub set: String,
+    /// Its port policy (read as active-passive when missing).
+    #[serde(default = "default_policy")]
+    pub policy: Policy,
+    /// For active-passive: the non-primaries' state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others: Option<Others>,
     /// Where it is mapped, as `(target, lun)` pairs (read as none when
     /// missing).
     #[serde(default)]
@@ -79,4 +99,12 @@ pub struct LunRef {
 pub struct DeviceList {
     /// By name.
     pub devices: Vec<DeviceView>,
+}
+
+fn default_set() -> String {
+    "default".to_owned()
+}
+
+fn default_policy() -> Policy {
+    Policy::ActivePassive
 }

@@ -21,10 +21,12 @@
 
 mod cluster;
 mod devices;
+mod failover;
 mod targets;
 
 pub use cluster::*;
 pub use devices::*;
+pub use failover::*;
 pub use targets::*;
 
 use serde::{Deserialize, Serialize};
@@ -95,6 +97,9 @@ mod tests {
             thin: true,
             read_only: false,
             uuid: None,
+            set: None,
+            policy: None,
+            others: None,
         };
         let value = serde_json::to_value(&create).unwrap();
         assert_eq!(

@@ -10,6 +10,7 @@ use trellis_api::{
 };
 
 use crate::client::{segment, Answer, Client, ClientError, Method, NO_BODY};
+use crate::failover;
 use crate::size::format_size;
 use crate::table::{key_values, Table};
 use crate::{AclCmd, Command, DeviceCmd, MemberCmd, TargetCmd};
@@ -33,6 +34,7 @@ pub fn run(client: &Client, command: &Command, json: bool) -> Result<String, Com
         Command::Device(cmd) => device(client, cmd)?,
         Command::Target(cmd) => target(client, cmd)?,
         Command::Acl(cmd) => acl(client, cmd)?,
+        Command::Set(cmd) => failover::set(client, cmd)?,
     };
     if json {
         let mut out = answer.text;
@@ -45,9 +47,11 @@ pub fn run(client: &Client, command: &Command, json: bool) -> Result<String, Com
     }
 }
 
-type Outcome = (Answer, String);
+/// The API's answer and what to show of it.
+pub type Outcome = (Answer, String);
 
-fn get<T: DeserializeOwned>(
+/// A read, shown with `render`.
+pub fn get<T: DeserializeOwned>(
     client: &Client,
     path: &str,
     render: fn(T) -> String,
@@ -59,7 +63,7 @@ fn get<T: DeserializeOwned>(
 
 /// A write; `done` says what happened when it changed something, `same`
 /// when it was already so.
-fn write<B: Serialize + ?Sized>(
+pub fn write<B: Serialize + ?Sized>(
     client: &Client,
     method: Method,
     path: &str,
@@ -88,6 +92,9 @@ fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
                 thin: c.thin,
                 read_only: c.read_only,
                 uuid: None,
+                set: c.policy.set.clone(),
+                policy: c.policy.policy.map(Into::into),
+                others: c.policy.others.map(Into::into),
             };
             let answer = client.call(Method::Post, "/v1/devices", Some(&body))?;
             let d: DeviceView = serde_json::from_value(answer.value.clone())?;
@@ -116,6 +123,7 @@ fn device(client: &Client, cmd: &DeviceCmd) -> Result<Outcome, CommandError> {
             format!("deleted device {name}"),
             format!("deleted device {name}"),
         ),
+        DeviceCmd::SetPolicy { name, policy } => failover::set_policy(client, name, policy),
     }
 }
 
@@ -309,7 +317,7 @@ fn render_devices(list: DeviceList) -> String {
         return "no devices\n".to_owned();
     }
     let mut t = Table::new(&[
-        "NAME", "SIZE", "BLOCK", "BACKING", "FLAGS", "MAPPED", "UUID",
+        "NAME", "SIZE", "BLOCK", "BACKING", "FLAGS", "SET", "POLICY", "MAPPED", "UUID",
     ]);
     for d in list.devices {
         let mut flags = Vec::new();
@@ -335,6 +343,8 @@ fn render_devices(list: DeviceList) -> String {
             } else {
                 flags.join(",")
             },
+            d.set,
+            failover::policy_name(d.policy, d.others).to_owned(),
             if mapped.is_empty() {
                 "-".to_owned()
             } else {
@@ -406,14 +416,14 @@ mod tests {
              "mapped": [{"target": "iqn.x:t", "lun": 0}]},
             {"name": "data-02", "uuid": "00000000-0000-4000-8000-000000000002", "size": 3u64 << 29,
              "backing": "/srv/d2.img", "block_size": 4096, "thin": false, "read_only": true,
-             "mapped": [], "future": 1},
+             "set": "s1", "policy": "active-active", "mapped": [], "future": 1},
         ]}))
         .expect("view");
         assert_eq!(
             render_devices(list),
-            "NAME     SIZE     BLOCK  BACKING      FLAGS      MAPPED         UUID\n\
-             d1       1 GiB    512    memory       thin       iqn.x:t LUN 0  00000000-0000-4000-8000-000000000001\n\
-             data-02  1.5 GiB  4096   /srv/d2.img  read-only  -              00000000-0000-4000-8000-000000000002\n"
+            "NAME     SIZE     BLOCK  BACKING      FLAGS      SET      POLICY          MAPPED         UUID\n\
+             d1       1 GiB    512    memory       thin       default  active-passive  iqn.x:t LUN 0  00000000-0000-4000-8000-000000000001\n\
+             data-02  1.5 GiB  4096   /srv/d2.img  read-only  s1       active-active   -              00000000-0000-4000-8000-000000000002\n"
         );
         assert_eq!(
             render_devices(DeviceList { devices: vec![] }),

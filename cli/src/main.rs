@@ -10,6 +10,7 @@
 
 mod client;
 mod commands;
+mod failover;
 mod size;
 mod table;
 
@@ -82,6 +83,9 @@ pub enum Command {
     /// Which initiators may log in to a target.
     #[command(subcommand)]
     Acl(AclCmd),
+    /// Failover Sets: which members serve a device, in what order.
+    #[command(subcommand)]
+    Set(failover::SetCmd),
 }
 
 /// `trellis member ...`
@@ -111,6 +115,14 @@ pub enum DeviceCmd {
         /// The device.
         name: String,
     },
+    /// Move a device to another Failover Set and/or change its port policy.
+    SetPolicy {
+        /// The device.
+        name: String,
+        /// What changes.
+        #[command(flatten)]
+        policy: failover::PolicyArgs,
+    },
 }
 
 /// `trellis device create`.
@@ -136,6 +148,9 @@ pub struct DeviceCreate {
     /// Refuse writes.
     #[arg(long)]
     pub read_only: bool,
+    /// Its Failover Set and port policy.
+    #[command(flatten)]
+    pub policy: failover::PolicyArgs,
 }
 
 /// `trellis target ...`

@@ -270,3 +270,75 @@ fn usage_errors_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn sets_and_device_policies_through_the_cli() {
+    let config = api::testing::with_data_members(&["m1", "m2", "m3"]);
+    let service = Arc::new(MemoryService::new(config));
+    let endpoint = serve(service.clone());
+    let run = |args: &[&str]| trellis(&endpoint, TOKEN, args);
+    let out = ok(run(&[
+        "set",
+        "create",
+        "s1",
+        "--members",
+        "m2,m1",
+        "--failback",
+        "auto",
+        "--failback-delay",
+        "30",
+    ]));
+    assert!(out.contains("created set s1: m2, m1"), "{out}");
+    ok(run(&[
+        "device",
+        "create",
+        "d1",
+        "--size",
+        "1MiB",
+        "--backing",
+        "memory",
+        "--set",
+        "s1",
+        "--policy",
+        "aa",
+    ]));
+    let d = &service.config().devices["d1"];
+    assert_eq!(d.set, "s1");
+    assert_eq!(d.policy, trellis_control::config::PortPolicy::ActiveActive);
+    let out = ok(run(&["device", "list"]));
+    assert!(out.contains("s1") && out.contains("active-active"), "{out}");
+    ok(run(&["set", "add-member", "s1", "m3", "--position", "0"]));
+    let out = ok(run(&["set", "show", "s1"]));
+    assert!(
+        out.contains("m3, m2, m1") && out.contains("auto (30 s)") && out.contains("d1"),
+        "{out}"
+    );
+    // Refusals name the problem and exit 1; nothing changes.
+    let o = run(&["set", "create", "s2", "--members", "m9"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no member m9"), "{}", stderr(&o));
+    let o = run(&["set", "delete", "s1"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("device d1 belongs to it"),
+        "{}",
+        stderr(&o)
+    );
+    // A usage error: an unknown policy.
+    let o = run(&["device", "set-policy", "d1", "--policy", "bogus"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    ok(run(&[
+        "device",
+        "set-policy",
+        "d1",
+        "--set",
+        "default",
+        "--policy",
+        "ap",
+        "--others",
+        "non-optimized",
+    ]));
+    ok(run(&["set", "delete", "s1"]));
+    let out = ok(run(&["set", "list"]));
+    assert!(out.contains("default") && !out.contains("s1"), "{out}");
+}

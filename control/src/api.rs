@@ -47,6 +47,7 @@
 mod auth;
 mod error;
 mod extract;
+mod failover;
 mod handlers;
 mod metrics;
 mod serve;
@@ -146,6 +147,24 @@ pub fn router(service: Arc<dyn ClusterService>, token: String, local: Local) -> 
         )
         .route("/v1/devices/{name}", delete(handlers::delete_device))
         .route("/v1/devices/{name}/resize", post(handlers::resize_device))
+        .route(
+            "/v1/devices/{name}/policy",
+            post(failover::set_device_policy),
+        )
+        .route(
+            "/v1/sets",
+            get(failover::list_sets).post(failover::create_set),
+        )
+        .route(
+            "/v1/sets/{name}",
+            get(failover::show_set).delete(failover::delete_set),
+        )
+        .route("/v1/sets/{name}/members", post(failover::add_set_member))
+        .route(
+            "/v1/sets/{name}/members/{member}",
+            delete(failover::remove_set_member),
+        )
+        .route("/v1/sets/{name}/failback", post(failover::set_failback))
         .route(
             "/v1/targets",
             get(handlers::list_targets).post(handlers::create_target),

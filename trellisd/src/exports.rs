@@ -293,6 +293,8 @@ mod tests {
                 block_size: 512,
                 thin: false,
                 read_only: false,
+                set: trellis_control::config::DEFAULT_SET.into(),
+                policy: Default::default(),
             }),
             Command::CreateDevice(Device {
                 name: "d2".into(),
@@ -302,6 +304,8 @@ mod tests {
                 block_size: 4096,
                 thin: true,
                 read_only: false,
+                set: trellis_control::config::DEFAULT_SET.into(),
+                policy: Default::default(),
             }),
             Command::CreateTarget {
                 iqn: T1.into(),

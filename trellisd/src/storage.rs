@@ -561,6 +561,8 @@ mod tests {
             block_size: 512,
             thin: true,
             read_only: false,
+            set: trellis_control::config::DEFAULT_SET.into(),
+            policy: Default::default(),
         }
     }
 

@@ -140,6 +140,7 @@ impl ApiError {
                 C::NodeIdRange { .. } => (StatusCode::BAD_REQUEST, "node_id_range"),
                 C::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
                 C::NestedOnce => (StatusCode::BAD_REQUEST, "nested_once"),
+                C::InvalidSet { .. } => (StatusCode::BAD_REQUEST, "invalid_set"),
             },
         }
     }

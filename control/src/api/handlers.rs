@@ -21,12 +21,16 @@ type ApiResult<T> = Result<T, ApiError>;
 
 impl AppState {
     /// Applies `cmd` through Raft, at most once under `key`.
-    async fn apply(&self, key: &IdempotencyKey, cmd: Command) -> ApiResult<Response> {
+    pub(super) async fn apply(&self, key: &IdempotencyKey, cmd: Command) -> ApiResult<Response> {
         Ok(self.service.write(key.wrap(cmd)).await?)
     }
 
     /// [`AppState::apply`], answering what the command did.
-    async fn write(&self, key: &IdempotencyKey, cmd: Command) -> ApiResult<Json<WriteResult>> {
+    pub(super) async fn write(
+        &self,
+        key: &IdempotencyKey,
+        cmd: Command,
+    ) -> ApiResult<Json<WriteResult>> {
         let result = self.apply(key, cmd).await?;
         Ok(Json(WriteResult {
             result: result.into(),
@@ -34,7 +38,7 @@ impl AppState {
     }
 }
 
-fn not_found(object: Object, name: &str) -> ApiError {
+pub(super) fn not_found(object: Object, name: &str) -> ApiError {
     ConfigError::NotFound {
         object,
         name: name.to_owned(),

@@ -24,6 +24,27 @@ struct Inner {
     lost_answers: usize,
 }
 
+/// A configuration with data members `ids`, node ids 1, 2, ... in that
+/// order, each with one link (`a`), its API and a portal on loopback.
+pub fn with_data_members(ids: &[&str]) -> ClusterConfig {
+    let mut config = ClusterConfig::default();
+    for (i, id) in ids.iter().enumerate() {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 7401 + i as u16).into();
+        let member = crate::config::Member {
+            id: crate::MemberId((*id).into()),
+            node_id: i as u64 + 1,
+            links: [(crate::LinkName("a".into()), addr)].into(),
+            api: addr,
+            portals: vec![addr],
+            witness: false,
+        };
+        if let Err(e) = config.apply(&Command::UpsertMember(member)) {
+            panic!("member {id}: {e}");
+        }
+    }
+    config
+}
+
 /// A [`ClusterService`] holding the configuration in memory.
 #[derive(Debug)]
 pub struct MemoryService {

@@ -865,3 +865,115 @@ fn label_values_are_escaped() {
         "no leader, no sample: {text}"
     );
 }
+
+#[tokio::test]
+async fn sets_and_device_policies() {
+    let config = super::testing::with_data_members(&["m1", "m2", "m3"]);
+    let service = Arc::new(MemoryService::new(config));
+    let r = router(service.clone(), TOKEN.to_owned(), Local::default());
+    // The built-in set is there from the start.
+    let list = get(&r, "/v1/sets").await.json();
+    assert_eq!(list["sets"][0]["name"], "default");
+    assert_eq!(list["sets"][0]["builtin"], true);
+    assert_eq!(list["sets"][0]["members"], json!(["m1", "m2", "m3"]));
+    let a = post(
+        &r,
+        "/v1/sets",
+        json!({"name": "s1", "composition": "n-way", "members": ["m2", "m1"],
+               "failback": "auto"}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.json()["failback_delay_secs"], 60);
+    // Bad input: a clear error, nothing written.
+    let bad = post(
+        &r,
+        "/v1/sets",
+        json!({"name": "s2", "composition": "n-way", "members": ["m9"]}),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code()),
+        (StatusCode::NOT_FOUND, "not_found".into())
+    );
+    let bad = post(
+        &r,
+        "/v1/sets",
+        json!({"name": "s2", "composition": "single", "members": ["m1", "m2"]}),
+    )
+    .await;
+    assert_eq!(
+        (bad.status, bad.error_code()),
+        (StatusCode::BAD_REQUEST, "invalid_set".into())
+    );
+    let bad = post(
+        &r,
+        "/v1/sets",
+        json!({"name": "s2", "composition": "n-way", "members": ["m1"],
+               "failback": "manual", "failback_delay_secs": 5}),
+    )
+    .await;
+    assert_eq!(bad.error_code(), "invalid_field");
+    assert!(bad.text.contains("failback_delay_secs"), "{}", bad.text);
+    assert!(!service.config().sets.contains_key("s2"));
+    // A device in s1, active-active.
+    let d = post(
+        &r,
+        "/v1/devices",
+        json!({"name": "d1", "size": 1048576, "backing": "memory", "set": "s1",
+               "policy": "active-active"}),
+    )
+    .await;
+    assert_eq!(d.status, StatusCode::CREATED, "{}", d.text);
+    assert_eq!(
+        (d.json()["set"].clone(), d.json()["policy"].clone()),
+        (json!("s1"), json!("active-active"))
+    );
+    let bad = post(
+        &r,
+        "/v1/devices",
+        json!({"name": "d2", "size": 1048576, "backing": "memory", "policy": "active-active",
+               "others": "standby"}),
+    )
+    .await;
+    assert_eq!(bad.error_code(), "invalid_field");
+    // Moved back to the default set, active-passive with non-optimized others.
+    let p = post(
+        &r,
+        "/v1/devices/d1/policy",
+        json!({"set": "default", "others": "non-optimized"}),
+    )
+    .await;
+    assert_eq!(p.json()["result"], "changed", "{}", p.text);
+    let view = get(&r, "/v1/devices").await.json();
+    assert_eq!(view["devices"][0]["policy"], "active-passive");
+    assert_eq!(view["devices"][0]["others"], "non-optimized");
+    assert_eq!(
+        post(&r, "/v1/devices/d1/policy", json!({}))
+            .await
+            .error_code(),
+        "invalid_field"
+    );
+    // Members, failback, delete.
+    let add = post(
+        &r,
+        "/v1/sets/s1/members",
+        json!({"member": "m3", "position": 0}),
+    )
+    .await;
+    assert_eq!(add.json()["result"], "changed");
+    let shown = get(&r, "/v1/sets/s1").await.json();
+    assert_eq!(shown["members"], json!(["m3", "m2", "m1"]));
+    assert_eq!(
+        del(&r, "/v1/sets/s1/members/m2").await.json()["result"],
+        "changed"
+    );
+    let fb = post(&r, "/v1/sets/s1/failback", json!({"failback": "manual"})).await;
+    assert_eq!(fb.json()["result"], "changed");
+    assert_eq!(get(&r, "/v1/sets/s9").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        del(&r, "/v1/sets/default").await.error_code(),
+        "invalid_set"
+    );
+    assert_eq!(del(&r, "/v1/sets/s1").await.json()["result"], "changed");
+}

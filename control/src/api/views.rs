@@ -17,9 +17,11 @@ use trellis_api::{
 };
 use uuid::Uuid;
 
+use super::failover::{policy_view, port_policy};
 use super::ApiError;
 use crate::config::{
-    AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, Response, Target,
+    AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, PortPolicy, Response,
+    Target, DEFAULT_SET,
 };
 use crate::membership::{LinkState, MemberState, MemberStatus};
 use crate::service::RaftStatus;
@@ -49,6 +51,10 @@ pub fn into_device(req: CreateDevice, keyed: Option<Uuid>) -> Result<Device, Api
         }
         Some(path) => Backing::Path(PathBuf::from(path)),
     };
+    let policy = match (req.policy, req.others) {
+        (None, None) => PortPolicy::default(),
+        (p, o) => port_policy(p.unwrap_or(trellis_api::Policy::ActivePassive), o)?,
+    };
     Ok(Device {
         name: req.name,
         uuid: req.uuid.or(keyed).unwrap_or_else(Uuid::new_v4),
@@ -57,6 +63,8 @@ pub fn into_device(req: CreateDevice, keyed: Option<Uuid>) -> Result<Device, Api
         block_size: req.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
         thin: req.thin,
         read_only: req.read_only,
+        set: req.set.unwrap_or_else(|| DEFAULT_SET.to_owned()),
+        policy,
     })
 }
 
@@ -83,6 +91,9 @@ pub fn device_view(device: &Device, config: &ClusterConfig) -> DeviceView {
         block_size: device.block_size,
         thin: device.thin,
         read_only: device.read_only,
+        set: device.set.clone(),
+        policy: policy_view(device.policy).0,
+        others: policy_view(device.policy).1,
         mapped,
     }
 }

@@ -17,6 +17,7 @@ use super::model::{
     check_iscsi_name, check_size, AclEntry, Backing, ChapAuth, ClusterConfig, Device, Member,
     Object, Target, MAX_LUN,
 };
+use super::sets::{Failback, FailoverSet, PortPolicy};
 use crate::MemberId;
 
 /// A change to the configuration, as replicated in the Raft log.
@@ -101,6 +102,48 @@ pub enum Command {
     SetDiscoveryAuth {
         /// The credentials; `None` lets discovery in without CHAP.
         auth: Option<ChapAuth>,
+    },
+    /// Create a Failover Set.
+    CreateSet(FailoverSet),
+    /// Delete a set no device and no hierarchical set uses.
+    DeleteSet {
+        /// Its name.
+        name: String,
+    },
+    /// Add a member (a set, to a hierarchical set) to a set.
+    AddSetMember {
+        /// The set.
+        set: String,
+        /// The member id or set name.
+        member: String,
+        /// Where in the priority order (0 first); the end when absent.
+        #[serde(default)]
+        position: Option<usize>,
+    },
+    /// Remove a member from a set.
+    RemoveSetMember {
+        /// The set.
+        set: String,
+        /// The member id or set name.
+        member: String,
+    },
+    /// Change a set's failback.
+    SetFailback {
+        /// The set.
+        set: String,
+        /// The failback.
+        failback: Failback,
+    },
+    /// Move a device to another set and/or change its port policy.
+    SetDevicePolicy {
+        /// The device.
+        name: String,
+        /// The set, if it moves.
+        #[serde(default)]
+        set: Option<String>,
+        /// The policy, if it changes.
+        #[serde(default)]
+        policy: Option<PortPolicy>,
     },
     /// `command`, applied at most once under the client's idempotency key:
     /// sent again, it answers what it answered the first time (see
@@ -291,6 +334,14 @@ pub enum ConfigError {
         /// Who has it.
         device: String,
     },
+    /// A Failover Set breaks a rule.
+    #[error("set {set}: {reason}")]
+    InvalidSet {
+        /// The set.
+        set: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// An idempotency key came back with another request than the one it
     /// named first.
     #[error(
@@ -314,14 +365,14 @@ pub enum ConfigError {
     },
 }
 
-fn not_found(object: Object, name: &str) -> ConfigError {
+pub(super) fn not_found(object: Object, name: &str) -> ConfigError {
     ConfigError::NotFound {
         object,
         name: name.to_owned(),
     }
 }
 
-fn changed(did: bool) -> Response {
+pub(super) fn changed(did: bool) -> Response {
     if did {
         Response::Changed
     } else {
@@ -342,7 +393,20 @@ impl ClusterConfig {
             }
             Command::Once { command, .. } => self.apply(command),
             Command::UpsertMember(member) => self.upsert_member(member),
+            Command::CreateSet(set) => self.create_set(set),
+            Command::DeleteSet { name } => self.delete_set(name),
+            Command::AddSetMember {
+                set,
+                member,
+                position,
+            } => self.add_set_member(set, member, *position),
+            Command::RemoveSetMember { set, member } => self.remove_set_member(set, member),
+            Command::SetFailback { set, failback } => self.set_failback(set, *failback),
+            Command::SetDevicePolicy { name, set, policy } => {
+                self.set_device_policy(name, set.as_deref(), *policy)
+            }
             Command::RemoveMember { id } => {
+                self.check_member_unused(id)?;
                 self.members
                     .remove(id)
                     .ok_or_else(|| not_found(Object::Member, &id.0))?;
@@ -468,6 +532,9 @@ impl ClusterConfig {
 
     fn create_device(&mut self, device: &Device) -> Result<Response, ConfigError> {
         device.check()?;
+        if self.failover_set(&device.set).is_none() {
+            return Err(not_found(Object::Set, &device.set));
+        }
         if self.devices.contains_key(&device.name) {
             return Err(ConfigError::AlreadyExists {
                 object: Object::Device,
@@ -602,6 +669,8 @@ mod tests {
             block_size: 512,
             thin: false,
             read_only: false,
+            set: crate::config::DEFAULT_SET.into(),
+            policy: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
+use super::sets::{default_set_name, FailoverSet, PortPolicy};
 use super::ConfigError;
 use crate::{LinkName, MemberId};
 
@@ -42,6 +43,10 @@ pub struct ClusterConfig {
     /// CHAP required of discovery sessions (SendTargets), if any.
     #[serde(default)]
     pub discovery_auth: Option<ChapAuth>,
+    /// Failover Sets by name, besides the built-in
+    /// [`DEFAULT_SET`](super::sets::DEFAULT_SET).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sets: BTreeMap<String, FailoverSet>,
 }
 
 /// A member of the cluster as configured (its live state is membership's).
@@ -83,6 +88,12 @@ pub struct Device {
     /// Whether writes are refused.
     #[serde(default)]
     pub read_only: bool,
+    /// The Failover Set whose members serve it.
+    #[serde(default = "default_set_name")]
+    pub set: String,
+    /// How its ports are used by the set's members.
+    #[serde(default)]
+    pub policy: PortPolicy,
 }
 
 /// What holds a device's blocks.
@@ -202,6 +213,8 @@ pub enum Object {
     Lun,
     /// A link of a member.
     Link,
+    /// A Failover Set.
+    Set,
 }
 
 impl fmt::Display for Object {
@@ -213,6 +226,7 @@ impl fmt::Display for Object {
             Object::Initiator => "initiator",
             Object::Lun => "LUN",
             Object::Link => "link",
+            Object::Set => "set",
         })
     }
 }

@@ -1,0 +1,380 @@
+//! `trellis set ...` (Failover Sets) and `trellis device set-policy`: what
+//! each asks the API and how the answer is shown.
+
+use clap::{Args, Subcommand, ValueEnum};
+use trellis_api::{
+    AddSetMember, Composition, CreateSet, FailbackMode, Others, Policy, SetDevicePolicy,
+    SetFailback, SetList, SetView,
+};
+
+use crate::client::{segment, Client, Method, NO_BODY};
+use crate::commands::{get, write, CommandError, Outcome};
+use crate::table::{key_values, Table};
+
+/// `--composition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompositionArg {
+    /// One member, no failover.
+    Single,
+    /// Members in priority order: Primary, Secondary, the rest Alternates.
+    NWay,
+    /// Sets in priority order (a card failure is handled inside its
+    /// chassis first).
+    Hierarchical,
+}
+
+/// `--policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// One writer: the Primary is Active/Optimized (also `ap`).
+    #[value(alias = "ap")]
+    ActivePassive,
+    /// Every healthy member is Active/Optimized (also `aa`).
+    #[value(alias = "aa")]
+    ActiveActive,
+}
+
+/// `--others`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OthersArg {
+    /// Non-primaries are Standby (hosts keep the path, send no I/O).
+    Standby,
+    /// Non-primaries are Active/Non-optimized.
+    NonOptimized,
+}
+
+/// `--failback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailbackArg {
+    /// Only an operator moves the Primary role back.
+    Manual,
+    /// A recovered member of higher priority takes it back after a delay.
+    Auto,
+}
+
+impl From<PolicyArg> for Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::ActivePassive => Policy::ActivePassive,
+            PolicyArg::ActiveActive => Policy::ActiveActive,
+        }
+    }
+}
+
+impl From<OthersArg> for Others {
+    fn from(o: OthersArg) -> Self {
+        match o {
+            OthersArg::Standby => Others::Standby,
+            OthersArg::NonOptimized => Others::NonOptimized,
+        }
+    }
+}
+
+impl From<FailbackArg> for FailbackMode {
+    fn from(f: FailbackArg) -> Self {
+        match f {
+            FailbackArg::Manual => FailbackMode::Manual,
+            FailbackArg::Auto => FailbackMode::Auto,
+        }
+    }
+}
+
+/// The set and port policy of a device (`device create`, `device
+/// set-policy`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct PolicyArgs {
+    /// The Failover Set whose members serve the device (default: the set
+    /// of every data member).
+    #[arg(long)]
+    pub set: Option<String>,
+    /// Port policy: active-passive (ap, the default) or active-active (aa).
+    #[arg(long, value_enum)]
+    pub policy: Option<PolicyArg>,
+    /// For active-passive: the non-primaries' state (default standby).
+    #[arg(long, value_enum)]
+    pub others: Option<OthersArg>,
+}
+
+/// `trellis set ...`
+#[derive(Debug, Subcommand)]
+pub enum SetCmd {
+    /// Create a Failover Set.
+    Create {
+        /// Its name.
+        name: String,
+        /// How it is composed.
+        #[arg(long, value_enum, default_value = "n-way")]
+        composition: CompositionArg,
+        /// Member ids (set names for a hierarchical set), comma-separated,
+        /// in priority order: the first is the preferred Primary.
+        #[arg(long, value_delimiter = ',', required = true)]
+        members: Vec<String>,
+        /// Failback.
+        #[arg(long, value_enum)]
+        failback: Option<FailbackArg>,
+        /// Seconds a recovered member must stay eligible before an
+        /// automatic failback (default 60).
+        #[arg(long, value_name = "SECS")]
+        failback_delay: Option<u64>,
+    },
+    /// List sets.
+    List,
+    /// One set.
+    Show {
+        /// The set.
+        name: String,
+    },
+    /// Delete a set no device uses.
+    Delete {
+        /// The set.
+        name: String,
+    },
+    /// Add a member (a set, to a hierarchical set).
+    AddMember {
+        /// The set.
+        set: String,
+        /// The member id or set name.
+        member: String,
+        /// Its place in the priority order, 0 first (default: last).
+        #[arg(long)]
+        position: Option<usize>,
+    },
+    /// Remove a member.
+    RemoveMember {
+        /// The set.
+        set: String,
+        /// The member id or set name.
+        member: String,
+    },
+    /// Change a set's failback.
+    Failback {
+        /// The set.
+        set: String,
+        /// manual or auto.
+        #[arg(value_enum)]
+        mode: FailbackArg,
+        /// For auto: seconds of stable eligibility first (default 60).
+        #[arg(long, value_name = "SECS")]
+        delay: Option<u64>,
+    },
+}
+
+/// Runs `trellis set ...`.
+pub fn set(client: &Client, cmd: &SetCmd) -> Result<Outcome, CommandError> {
+    match cmd {
+        SetCmd::Create {
+            name,
+            composition,
+            members,
+            failback,
+            failback_delay,
+        } => {
+            let body = CreateSet {
+                name: name.clone(),
+                composition: match composition {
+                    CompositionArg::Single => Composition::Single,
+                    CompositionArg::NWay => Composition::NWay,
+                    CompositionArg::Hierarchical => Composition::Hierarchical,
+                },
+                members: members.clone(),
+                failback: failback.map(Into::into),
+                failback_delay_secs: *failback_delay,
+            };
+            write(
+                client,
+                Method::Post,
+                "/v1/sets",
+                Some(&body),
+                format!("created set {name}: {}", members.join(", ")),
+                format!("created set {name}"),
+            )
+        }
+        SetCmd::List => get(client, "/v1/sets", render_sets),
+        SetCmd::Show { name } => get(client, &format!("/v1/sets/{}", segment(name)), render_set),
+        SetCmd::Delete { name } => write(
+            client,
+            Method::Delete,
+            &format!("/v1/sets/{}", segment(name)),
+            NO_BODY,
+            format!("deleted set {name}"),
+            format!("deleted set {name}"),
+        ),
+        SetCmd::AddMember {
+            set,
+            member,
+            position,
+        } => write(
+            client,
+            Method::Post,
+            &format!("/v1/sets/{}/members", segment(set)),
+            Some(&AddSetMember {
+                member: member.clone(),
+                position: *position,
+            }),
+            format!("added {member} to set {set}"),
+            format!("{member} is already in set {set}"),
+        ),
+        SetCmd::RemoveMember { set, member } => write(
+            client,
+            Method::Delete,
+            &format!("/v1/sets/{}/members/{}", segment(set), segment(member)),
+            NO_BODY,
+            format!("removed {member} from set {set}"),
+            format!("removed {member} from set {set}"),
+        ),
+        SetCmd::Failback { set, mode, delay } => write(
+            client,
+            Method::Post,
+            &format!("/v1/sets/{}/failback", segment(set)),
+            Some(&SetFailback {
+                failback: (*mode).into(),
+                delay_secs: *delay,
+            }),
+            format!("set {set}: failback {}", mode_name(*mode, *delay)),
+            format!(
+                "set {set}: failback was already {}",
+                mode_name(*mode, *delay)
+            ),
+        ),
+    }
+}
+
+fn mode_name(mode: FailbackArg, delay: Option<u64>) -> String {
+    match (mode, delay) {
+        (FailbackArg::Manual, _) => "manual".to_owned(),
+        (FailbackArg::Auto, Some(d)) => format!("auto after {d} s"),
+        (FailbackArg::Auto, None) => "auto".to_owned(),
+    }
+}
+
+/// The request of `device set-policy` for `args`.
+pub fn policy_request(args: &PolicyArgs) -> SetDevicePolicy {
+    SetDevicePolicy {
+        set: args.set.clone(),
+        policy: args.policy.map(Into::into),
+        others: args.others.map(Into::into),
+    }
+}
+
+/// Runs `trellis device set-policy`.
+pub fn set_policy(client: &Client, name: &str, args: &PolicyArgs) -> Result<Outcome, CommandError> {
+    write(
+        client,
+        Method::Post,
+        &format!("/v1/devices/{}/policy", segment(name)),
+        Some(&policy_request(args)),
+        format!("device {name}: set and policy changed"),
+        format!("device {name}: set and policy were already so"),
+    )
+}
+
+/// How a device's policy reads in a table.
+pub fn policy_name(policy: Policy, others: Option<Others>) -> &'static str {
+    match (policy, others) {
+        (Policy::ActiveActive, _) => "active-active",
+        (Policy::ActivePassive, Some(Others::NonOptimized)) => "active-passive/ano",
+        (Policy::ActivePassive, _) => "active-passive",
+    }
+}
+
+fn composition_name(c: Composition) -> &'static str {
+    match c {
+        Composition::Single => "single",
+        Composition::NWay => "n-way",
+        Composition::Hierarchical => "hierarchical",
+    }
+}
+
+fn failback_name(s: &SetView) -> String {
+    match (s.failback, s.failback_delay_secs) {
+        (FailbackMode::Auto, Some(d)) => format!("auto ({d} s)"),
+        (FailbackMode::Auto, None) => "auto".to_owned(),
+        (FailbackMode::Manual, _) => "manual".to_owned(),
+    }
+}
+
+fn or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn render_sets(list: SetList) -> String {
+    let mut t = Table::new(&["NAME", "COMPOSITION", "MEMBERS", "FAILBACK", "DEVICES"]);
+    for s in list.sets {
+        t.row(vec![
+            s.name.clone(),
+            composition_name(s.composition).to_owned(),
+            or_dash(&s.members),
+            failback_name(&s),
+            or_dash(&s.devices),
+        ]);
+    }
+    t.render()
+}
+
+fn render_set(s: SetView) -> String {
+    let composition = if s.builtin {
+        format!(
+            "{} (built in: every data member)",
+            composition_name(s.composition)
+        )
+    } else {
+        composition_name(s.composition).to_owned()
+    };
+    key_values(&[
+        ("name", s.name.clone()),
+        ("composition", composition),
+        ("members", or_dash(&s.members)),
+        ("failback", failback_name(&s)),
+        ("devices", or_dash(&s.devices)),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn set_table_and_detail() {
+        let list: SetList = serde_json::from_value(json!({"sets": [
+            {"name": "default", "composition": "n-way", "members": ["m1", "m2", "m3"],
+             "failback": "manual", "builtin": true, "devices": ["d1"]},
+            {"name": "chassis", "composition": "hierarchical", "members": ["c1", "c2"],
+             "failback": "auto", "failback_delay_secs": 30, "devices": []},
+        ]}))
+        .expect("view");
+        assert_eq!(
+            render_sets(list.clone()),
+            "NAME     COMPOSITION   MEMBERS     FAILBACK     DEVICES\n\
+             default  n-way         m1, m2, m3  manual       d1\n\
+             chassis  hierarchical  c1, c2      auto (30 s)  -\n"
+        );
+        let shown = render_set(list.sets[0].clone());
+        assert!(
+            shown.contains("n-way (built in: every data member)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn policy_arguments_become_the_request() {
+        let args = PolicyArgs {
+            set: Some("s1".into()),
+            policy: Some(PolicyArg::ActivePassive),
+            others: Some(OthersArg::NonOptimized),
+        };
+        assert_eq!(
+            serde_json::to_value(policy_request(&args)).unwrap(),
+            json!({"set": "s1", "policy": "active-passive", "others": "non-optimized"})
+        );
+        assert_eq!(
+            serde_json::to_value(policy_request(&PolicyArgs::default())).unwrap(),
+            json!({})
+        );
+    }
+}

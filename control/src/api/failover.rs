@@ -1,0 +1,226 @@
+//! The management API's Failover Set and port-policy bodies, converted
+//! between [`trellis_api`] and the configuration's types.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use trellis_api::{
+    AddSetMember, Composition as ApiComposition, CreateSet, FailbackMode, Others as ApiOthers,
+    Policy as ApiPolicy, SetDevicePolicy, SetFailback, SetList, SetView, WriteResult,
+};
+
+use super::extract::{Body, IdempotencyKey, PathParams};
+use super::handlers::not_found;
+use super::{ApiError, AppState};
+use crate::config::{
+    ClusterConfig, Command, Composition, Failback, FailoverSet, Object, Others, PortPolicy,
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The failback delay of an automatic failback created without one.
+pub const DEFAULT_FAILBACK_DELAY_SECS: u64 = 60;
+
+/// The port policy `policy` with `others`; `others` only goes with
+/// active-passive (a field error otherwise).
+pub fn port_policy(policy: ApiPolicy, others: Option<ApiOthers>) -> Result<PortPolicy, ApiError> {
+    match (policy, others) {
+        (ApiPolicy::ActiveActive, Some(_)) => Err(ApiError::InvalidField {
+            field: "others",
+            reason: "applies to active-passive devices only".to_owned(),
+        }),
+        (ApiPolicy::ActiveActive, None) => Ok(PortPolicy::ActiveActive),
+        (ApiPolicy::ActivePassive, o) => Ok(PortPolicy::ActivePassive {
+            others: match o {
+                None | Some(ApiOthers::Standby) => Others::Standby,
+                Some(ApiOthers::NonOptimized) => Others::NonOptimized,
+            },
+        }),
+    }
+}
+
+/// The API's form of `policy`.
+pub fn policy_view(policy: PortPolicy) -> (ApiPolicy, Option<ApiOthers>) {
+    match policy {
+        PortPolicy::ActiveActive => (ApiPolicy::ActiveActive, None),
+        PortPolicy::ActivePassive { others } => (
+            ApiPolicy::ActivePassive,
+            Some(match others {
+                Others::Standby => ApiOthers::Standby,
+                Others::NonOptimized => ApiOthers::NonOptimized,
+            }),
+        ),
+    }
+}
+
+/// The failback `mode` with `delay_secs` (a field error for a delay with
+/// manual failback).
+pub fn failback(mode: FailbackMode, delay_secs: Option<u64>) -> Result<Failback, ApiError> {
+    match (mode, delay_secs) {
+        (FailbackMode::Manual, Some(_)) => Err(ApiError::InvalidField {
+            field: "failback_delay_secs",
+            reason: "applies to automatic failback only".to_owned(),
+        }),
+        (FailbackMode::Manual, None) => Ok(Failback::Manual),
+        (FailbackMode::Auto, d) => Ok(Failback::Auto {
+            delay_secs: d.unwrap_or(DEFAULT_FAILBACK_DELAY_SECS),
+        }),
+    }
+}
+
+/// The set `req` creates (validated by the configuration when applied).
+pub fn into_set(req: CreateSet) -> Result<FailoverSet, ApiError> {
+    Ok(FailoverSet {
+        name: req.name,
+        composition: match req.composition {
+            ApiComposition::Single => Composition::Single,
+            ApiComposition::NWay => Composition::NWay,
+            ApiComposition::Hierarchical => Composition::Hierarchical,
+        },
+        members: req.members,
+        failback: failback(
+            req.failback.unwrap_or(FailbackMode::Manual),
+            req.failback_delay_secs,
+        )?,
+    })
+}
+
+/// The view of `set` within `config`.
+pub fn set_view(set: &FailoverSet, config: &ClusterConfig) -> SetView {
+    let (failback, failback_delay_secs) = match set.failback {
+        Failback::Manual => (FailbackMode::Manual, None),
+        Failback::Auto { delay_secs } => (FailbackMode::Auto, Some(delay_secs)),
+    };
+    SetView {
+        name: set.name.clone(),
+        composition: match set.composition {
+            Composition::Single => ApiComposition::Single,
+            Composition::NWay => ApiComposition::NWay,
+            Composition::Hierarchical => ApiComposition::Hierarchical,
+        },
+        members: set.members.clone(),
+        failback,
+        failback_delay_secs,
+        builtin: set.name == crate::config::DEFAULT_SET,
+        devices: config
+            .devices
+            .values()
+            .filter(|d| d.set == set.name)
+            .map(|d| d.name.clone())
+            .collect(),
+    }
+}
+
+/// `GET /v1/sets`.
+pub(super) async fn list_sets(State(st): State<AppState>) -> Json<SetList> {
+    let config = st.service.config();
+    Json(SetList {
+        sets: config
+            .failover_sets()
+            .iter()
+            .map(|s| set_view(s, &config))
+            .collect(),
+    })
+}
+
+/// `GET /v1/sets/{name}`.
+pub(super) async fn show_set(
+    State(st): State<AppState>,
+    PathParams(name): PathParams<String>,
+) -> ApiResult<Json<SetView>> {
+    let config = st.service.config();
+    let set = config
+        .failover_set(&name)
+        .ok_or_else(|| not_found(Object::Set, &name))?;
+    Ok(Json(set_view(&set, &config)))
+}
+
+/// `POST /v1/sets`: 201 with the set.
+pub(super) async fn create_set(
+    State(st): State<AppState>,
+    key: IdempotencyKey,
+    Body(req): Body<CreateSet>,
+) -> ApiResult<impl IntoResponse> {
+    let set = into_set(req)?;
+    st.apply(&key, Command::CreateSet(set.clone())).await?;
+    let config = st.service.config();
+    Ok((StatusCode::CREATED, Json(set_view(&set, &config))))
+}
+
+/// `DELETE /v1/sets/{name}`.
+pub(super) async fn delete_set(
+    State(st): State<AppState>,
+    PathParams(name): PathParams<String>,
+    key: IdempotencyKey,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(&key, Command::DeleteSet { name }).await
+}
+
+/// `POST /v1/sets/{name}/members`.
+pub(super) async fn add_set_member(
+    State(st): State<AppState>,
+    PathParams(set): PathParams<String>,
+    key: IdempotencyKey,
+    Body(req): Body<AddSetMember>,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(
+        &key,
+        Command::AddSetMember {
+            set,
+            member: req.member,
+            position: req.position,
+        },
+    )
+    .await
+}
+
+/// `DELETE /v1/sets/{name}/members/{member}`.
+pub(super) async fn remove_set_member(
+    State(st): State<AppState>,
+    PathParams((set, member)): PathParams<(String, String)>,
+    key: IdempotencyKey,
+) -> ApiResult<Json<WriteResult>> {
+    st.write(&key, Command::RemoveSetMember { set, member })
+        .await
+}
+
+/// `POST /v1/sets/{name}/failback`.
+pub(super) async fn set_failback(
+    State(st): State<AppState>,
+    PathParams(set): PathParams<String>,
+    key: IdempotencyKey,
+    Body(req): Body<SetFailback>,
+) -> ApiResult<Json<WriteResult>> {
+    let failback = failback(req.failback, req.delay_secs)?;
+    st.write(&key, Command::SetFailback { set, failback }).await
+}
+
+/// `POST /v1/devices/{name}/policy`: `others` alone keeps the device
+/// active-passive with that state for the others.
+pub(super) async fn set_device_policy(
+    State(st): State<AppState>,
+    PathParams(name): PathParams<String>,
+    key: IdempotencyKey,
+    Body(req): Body<SetDevicePolicy>,
+) -> ApiResult<Json<WriteResult>> {
+    let policy = match (req.policy, req.others) {
+        (None, None) => None,
+        (p, o) => Some(port_policy(p.unwrap_or(ApiPolicy::ActivePassive), o)?),
+    };
+    if req.set.is_none() && policy.is_none() {
+        return Err(ApiError::InvalidField {
+            field: "set",
+            reason: "give a set, a policy or the others' state to change".to_owned(),
+        });
+    }
+    st.write(
+        &key,
+        Command::SetDevicePolicy {
+            name,
+            set: req.set,
+            policy,
+        },
+    )
+    .await
+}
