@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod arbitration;
 pub mod config;
 pub mod discovery;
 pub mod mdns;

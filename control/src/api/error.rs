@@ -141,6 +141,7 @@ impl ApiError {
                 C::KeyReused { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
                 C::NestedOnce => (StatusCode::BAD_REQUEST, "nested_once"),
                 C::InvalidSet { .. } => (StatusCode::BAD_REQUEST, "invalid_set"),
+                C::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
             },
         }
     }

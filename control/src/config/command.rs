@@ -17,6 +17,7 @@ use super::model::{
     check_iscsi_name, check_size, AclEntry, Backing, ChapAuth, ClusterConfig, Device, Member,
     Object, Target, MAX_LUN,
 };
+use super::roles::Proposal;
 use super::sets::{Failback, FailoverSet, PortPolicy};
 use crate::MemberId;
 
@@ -144,6 +145,12 @@ pub enum Command {
         /// The policy, if it changes.
         #[serde(default)]
         policy: Option<PortPolicy>,
+    },
+    /// Commit role assignments (the Raft leader's arbiter): all, or none
+    /// when one is stale.
+    AssignRoles {
+        /// One per set whose roles change.
+        proposals: Vec<Proposal>,
     },
     /// `command`, applied at most once under the client's idempotency key:
     /// sent again, it answers what it answered the first time (see
@@ -334,6 +341,17 @@ pub enum ConfigError {
         /// Who has it.
         device: String,
     },
+    /// A role assignment was decided from an epoch that is no longer the
+    /// set's.
+    #[error("set {set}: roles decided at epoch {expected}, but the set is at epoch {current}")]
+    StaleEpoch {
+        /// The set.
+        set: String,
+        /// The epoch the proposal was decided from.
+        expected: u64,
+        /// The set's epoch now.
+        current: u64,
+    },
     /// A Failover Set breaks a rule.
     #[error("set {set}: {reason}")]
     InvalidSet {
@@ -405,6 +423,9 @@ impl ClusterConfig {
             Command::SetDevicePolicy { name, set, policy } => {
                 self.set_device_policy(name, set.as_deref(), *policy)
             }
+            // Role assignments are the replicated log's state
+            // (`ReplicatedState::apply`), not the configuration's.
+            Command::AssignRoles { .. } => Ok(Response::Unchanged),
             Command::RemoveMember { id } => {
                 self.check_member_unused(id)?;
                 self.members

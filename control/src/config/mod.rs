@@ -14,6 +14,7 @@
 //!   [`ClusterConfig::apply`] into a [`Response`] or a [`ConfigError`].
 //! - [`once`]: idempotency keys, so that a write sent twice applies once.
 //! - [`sets`]: Failover Sets and each device's port policy.
+//! - [`roles`]: the committed role assignment of each set, with epochs.
 //! - [`state`]: the replicated state — the configuration and, apart from
 //!   it, the log's own state (the idempotency table).
 //! - [`store`]: openraft's storage traits on redb.
@@ -29,6 +30,7 @@ pub mod command;
 pub mod model;
 pub mod once;
 pub mod raft;
+pub mod roles;
 pub mod sets;
 pub mod state;
 pub mod store;
@@ -41,6 +43,7 @@ pub use model::{
     MAX_DEVICE_SIZE,
 };
 pub use raft::{ConfigService, MembersSource, RaftError, RaftSettings};
+pub use roles::{Assignment, Proposal, RoleTable, Roles};
 pub use sets::{Composition, Failback, FailoverSet, Others, PortPolicy, DEFAULT_SET};
 pub use state::{Outcome, ReplicatedState};
 pub use store::StoreError;

@@ -1,7 +1,7 @@
 //! What the replicated log decides, in two parts kept apart: the user's
 //! configuration ([`ClusterConfig`]: members, devices, targets, access)
-//! and the log's own state (the idempotency table of keyed writes; role
-//! assignments will join it). Only a change of the first is a
+//! and the log's own state (the idempotency table of keyed writes, and the
+//! role assignments of the Failover Sets). Only a change of the first is a
 //! configuration change: trellisd's exports applier follows
 //! [`Applied::config_index`](super::store) alone, so bookkeeping of the log
 //! does not look like a new configuration to it.
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::{Command, ConfigError, Response};
 use super::once::RecentWrites;
+use super::roles::RoleTable;
 use super::ClusterConfig;
 
 /// The replicated state: the configuration and the log's own state.
@@ -27,6 +28,9 @@ pub struct ReplicatedState {
     /// applied twice.
     #[serde(default, skip_serializing_if = "RecentWrites::is_empty")]
     pub recent_writes: RecentWrites,
+    /// The committed role assignment of each Failover Set.
+    #[serde(default, skip_serializing_if = "RoleTable::is_empty")]
+    pub roles: RoleTable,
 }
 
 /// What applying one command did.
@@ -60,11 +64,19 @@ impl ReplicatedState {
                 self.recent_writes.record(key, command, &outcome.result);
                 outcome
             }
+            Command::AssignRoles { proposals } => Outcome {
+                result: self.roles.assign(&self.config, proposals),
+                config_changed: false,
+            },
             _ => {
                 let result = self.config.apply(command);
+                let config_changed = result == Ok(Response::Changed);
+                if config_changed {
+                    self.roles.prune(&self.config);
+                }
                 Outcome {
-                    config_changed: result == Ok(Response::Changed),
                     result,
+                    config_changed,
                 }
             }
         }
