@@ -12,10 +12,11 @@
 //! ```
 //!
 //! Rules, in order:
-//! - **Eligible** for a new role: alive (not suspect), healthy,
-//!   compatible, booted, neither drained nor quarantined.
+//! - **Eligible** for a new role: alive (not suspect), renewing its lease,
+//!   healthy, compatible, booted, neither drained nor quarantined.
 //! - **Sticky**: a Primary keeps its role while it can hold it (alive or
-//!   only suspect, healthy, not drained or quarantined), whoever comes
+//!   only suspect, its lease not run out, healthy, not drained or
+//!   quarantined), whoever comes
 //!   back; with failback `auto` a member of higher priority that has been
 //!   eligible for the set's delay takes the role in a planned handover.
 //! - A Primary that cannot hold its role is replaced by the Secondary if
@@ -80,6 +81,8 @@ pub struct MemberFacts {
     pub quarantined: bool,
     /// How long it has been eligible without a break (for failback).
     pub eligible_for: Duration,
+    /// It renews its lease: it is up and reaches the quorum.
+    pub renewing: bool,
     /// It may still believe it holds a lease (its last one has not run out
     /// with the drift margin).
     pub lease_may_hold: bool,
@@ -96,6 +99,7 @@ impl MemberFacts {
             drained: false,
             quarantined: false,
             eligible_for: for_,
+            renewing: true,
             lease_may_hold: true,
         }
     }
@@ -105,6 +109,7 @@ impl MemberFacts {
         MemberFacts {
             liveness: Liveness::Failed,
             eligible_for: Duration::ZERO,
+            renewing: false,
             lease_may_hold: false,
             ..Self::up(Duration::ZERO)
         }
@@ -113,6 +118,7 @@ impl MemberFacts {
     /// Whether it may take a new role.
     pub fn eligible(&self) -> bool {
         self.liveness == Liveness::Alive
+            && self.renewing
             && self.healthy
             && self.compatible
             && self.booted
@@ -120,9 +126,11 @@ impl MemberFacts {
             && !self.quarantined
     }
 
-    /// Whether a Primary may keep its role.
+    /// Whether a Primary may keep its role: a Primary whose lease ran out
+    /// has stepped down by itself.
     fn can_hold(&self) -> bool {
         matches!(self.liveness, Liveness::Alive | Liveness::Suspect)
+            && self.lease_may_hold
             && self.healthy
             && !self.drained
             && !self.quarantined
@@ -130,16 +138,19 @@ impl MemberFacts {
 
     /// Why it is not eligible, for people.
     fn why_not(&self) -> &'static str {
+        let alive = self.liveness == Liveness::Alive;
         match self.liveness {
+            _ if self.quarantined => "quarantined",
+            _ if self.drained => "drained",
             Liveness::Failed => "failed on every link",
             Liveness::Suspect => "silent on every link",
             Liveness::Unknown => "not heard from",
-            Liveness::Alive if self.quarantined => "quarantined",
-            Liveness::Alive if self.drained => "drained",
-            Liveness::Alive if !self.healthy => "unhealthy",
-            Liveness::Alive if !self.compatible => "incompatible",
-            Liveness::Alive if !self.booted => "still booting",
-            Liveness::Alive => "eligible",
+            _ if !self.healthy => "unhealthy",
+            _ if !self.lease_may_hold => "without a lease",
+            _ if !self.compatible => "incompatible",
+            _ if !self.booted => "still booting",
+            _ if alive && !self.renewing => "not renewing its lease",
+            _ => "eligible",
         }
     }
 }
@@ -185,6 +196,7 @@ impl Inputs<'_> {
         self.facts.get(m).copied().unwrap_or(MemberFacts {
             liveness: Liveness::Unknown,
             eligible_for: Duration::ZERO,
+            renewing: false,
             lease_may_hold: false,
             ..MemberFacts::up(Duration::ZERO)
         })
@@ -319,6 +331,7 @@ fn roles_of(
 impl MemberFacts {
     fn can_hold_but_drained(&self) -> bool {
         matches!(self.liveness, Liveness::Alive | Liveness::Suspect)
+            && self.lease_may_hold
             && self.healthy
             && !self.quarantined
     }
@@ -468,5 +481,8 @@ fn hierarchical(inputs: &Inputs<'_>, set: &FailoverSet) -> Decision {
     settle(inputs, set, current, (roles, why))
 }
 
+#[cfg(test)]
+#[cfg(test)]
+mod sim;
 #[cfg(test)]
 mod tests;

@@ -28,9 +28,11 @@ pub mod api;
 pub mod arbitration;
 pub mod config;
 pub mod discovery;
+pub mod lease;
 pub mod mdns;
 pub mod membership;
 pub mod node;
+pub mod paths;
 pub mod service;
 #[cfg(test)]
 mod sim;

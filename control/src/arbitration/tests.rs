@@ -137,6 +137,7 @@ fn failed_leased() -> MemberFacts {
     with(|f| {
         f.liveness = Liveness::Failed;
         f.eligible_for = Duration::ZERO;
+        f.renewing = false;
     })
 }
 
@@ -144,6 +145,7 @@ fn unknown() -> MemberFacts {
     with(|f| {
         f.liveness = Liveness::Unknown;
         f.eligible_for = Duration::ZERO;
+        f.renewing = false;
         f.lease_may_hold = false;
     })
 }
@@ -276,6 +278,30 @@ fn arbitration_table() {
             Want::Assign(roles(Some("m2"), Some("m3"), &["m1"], None), ""),
         )
         .at("s", roles(Some("m2"), Some("m3"), &[], None)),
+        // Leases.
+        case(
+            "a silent Primary whose lease ran out is replaced",
+            "s",
+            Want::Assign(
+                roles(Some("m2"), Some("m3"), &[], None),
+                "m1 silent on every link",
+            ),
+        )
+        .with(
+            "m1",
+            with(|f| {
+                f.liveness = Liveness::Suspect;
+                f.renewing = false;
+                f.lease_may_hold = false;
+            }),
+        )
+        .at("s", s_1_2_3.clone()),
+        case(
+            "a member not renewing its lease gets no new role",
+            "s",
+            Want::Assign(roles(Some("m1"), Some("m3"), &[], None), ""),
+        )
+        .with("m2", with(|f| f.renewing = false)),
         // Failover.
         case(
             "Primary failed: the Secondary takes over",
