@@ -101,6 +101,11 @@ impl ConfigReader {
         store::read(&self.state).state.config.clone()
     }
 
+    /// The last role-assignment epoch applied (0: none).
+    pub fn last_epoch(&self) -> u64 {
+        store::read(&self.state).state.roles.last_epoch
+    }
+
     /// A copy of the whole replicated state as applied so far.
     pub fn state(&self) -> ReplicatedState {
         store::read(&self.state).state.clone()

@@ -20,6 +20,7 @@
 
 mod auth;
 mod execute;
+mod leases;
 mod transport;
 
 #[cfg(test)]
@@ -41,12 +42,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::execute::{execute, Forwarded, Outcome};
+use self::leases::Leases;
 pub use self::transport::TransportError;
 use super::store::{LogStore, NodeId, TypeConfig};
 use super::{Command, ConfigReader, ConfigStore, Response};
+use crate::lease::LeaseTimers;
 use crate::membership::MemberStatus;
 use crate::service::{BoxFuture, ClusterService, RaftStatus, ServiceError};
 use crate::wire::ClusterKey;
+use crate::MemberId;
 use crate::ProtocolVersion;
 
 /// How many members a write may be passed along (a leader that lost its
@@ -79,6 +83,8 @@ pub struct RaftSettings {
     /// The control protocol spoken: peers of another major version are
     /// refused at the Raft handshake.
     pub protocol: ProtocolVersion,
+    /// The lease timers (the same on every member).
+    pub leases: LeaseTimers,
 }
 
 impl Default for RaftSettings {
@@ -94,6 +100,7 @@ impl Default for RaftSettings {
             logs_kept_after_snapshot: 1000,
             worker_threads: 2,
             protocol: ProtocolVersion::CURRENT,
+            leases: LeaseTimers::default(),
         }
     }
 }
@@ -164,6 +171,8 @@ struct Shared {
     /// The log store, for the commit index it saves.
     log: LogStore,
     settings: RaftSettings,
+    /// The leases this node granted while leading.
+    leases: Arc<Leases>,
 }
 
 /// One member's Raft node and the configuration it replicates.
@@ -272,9 +281,11 @@ impl ConfigService {
                 .map_err(|e| RaftError::Start(Box::new(e)))?;
             Ok::<_, RaftError>((listener, addr, raft))
         })??;
+        let leases = Arc::new(Leases::new(settings.leases, reader.clone()));
         let server = handle.spawn(transport::serve(
             listener,
             raft.clone(),
+            Arc::clone(&leases),
             settings.write_timeout,
             key.clone(),
             settings.protocol,
@@ -289,6 +300,7 @@ impl ConfigService {
                 reader,
                 log: log_handle,
                 settings,
+                leases,
             }),
             handle,
             runtime: guard.0.take(),
@@ -316,6 +328,41 @@ impl ConfigService {
     /// A reader of this replica's applied configuration.
     pub fn reader(&self) -> ConfigReader {
         self.shared.reader.clone()
+    }
+
+    /// Asks the leader for a lease for `member` (this member), waiting at
+    /// most `ttl`: the last epoch committed when it was granted. The
+    /// caller counts the lease from before the call ([`crate::lease::Holder`]).
+    pub fn renew_lease(&self, member: &MemberId, ttl: Duration) -> Result<u64, ServiceError> {
+        run_blocking(
+            &self.handle,
+            lease(self.shared.clone(), member.0.clone(), ttl),
+        )
+        .map_err(|e| ServiceError::Internal(e.to_string()))?
+    }
+
+    /// The term this node leads in, if it leads (as its metrics tell).
+    pub fn leading(&self) -> Option<u64> {
+        leases::leads(&self.shared.raft, self.shared.id)
+    }
+
+    /// For the arbiter on the leader: whether `member` renews its lease
+    /// and whether it may still hold one, at `now`, by this node's record
+    /// for `term` (a term never led here counts as just begun).
+    pub fn lease_facts(
+        &self,
+        term: u64,
+        member: &MemberId,
+        now: std::time::Instant,
+    ) -> (bool, bool) {
+        self.shared.leases.with(term, now, |g| {
+            (g.renewing(member, now), g.may_hold(member, now))
+        })
+    }
+
+    /// The lease timers.
+    pub fn lease_timers(&self) -> LeaseTimers {
+        self.shared.leases.timers()
     }
 
     /// The leader this node knows of.
@@ -520,7 +567,7 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let outcome = if leader == shared.id {
-            execute(&shared.raft, forwarded.clone(), remaining).await
+            execute(&shared.raft, &shared.leases, forwarded.clone(), remaining).await
         } else {
             match shared.forward(&addr, forwarded.clone(), remaining).await {
                 Ok(outcome) => outcome,
@@ -559,9 +606,37 @@ async fn submit(shared: Arc<Shared>, forwarded: Forwarded) -> Result<Response, S
                 )))
             }
             Outcome::Failed(why) => return Err(ServiceError::Internal(why)),
+            Outcome::Leased { .. } => {
+                return Err(ServiceError::Internal("a lease answered a write".into()))
+            }
         }
     }
     Err(ServiceError::NoLeader)
+}
+
+/// Asks the leader (this node, or over the transport) for a lease for
+/// `member`, within `ttl`: the last epoch committed when it was granted.
+async fn lease(shared: Arc<Shared>, member: String, ttl: Duration) -> Result<u64, ServiceError> {
+    let deadline = Instant::now() + ttl;
+    let Some((leader, addr)) = shared.leader(None, deadline).await else {
+        return Err(ServiceError::NoLeader);
+    };
+    let forwarded = Forwarded::Lease { member };
+    let outcome = if leader == shared.id {
+        execute(&shared.raft, &shared.leases, forwarded, ttl).await
+    } else {
+        shared.forward(&addr, forwarded, ttl).await.map_err(|e| {
+            ServiceError::Unavailable(format!("leader {leader} at {addr}: {}", chain(&e)))
+        })?
+    };
+    match outcome {
+        Outcome::Leased { epoch } => Ok(epoch),
+        Outcome::NotLeader { .. } => Err(ServiceError::NoLeader),
+        Outcome::TimedOut => Err(ServiceError::Unavailable(format!(
+            "no lease within {ttl:?}"
+        ))),
+        other => Err(ServiceError::Unavailable(format!("no lease: {other:?}"))),
+    }
 }
 
 /// Asks each of `peers` in turn to add this node as a learner, following

@@ -4,7 +4,8 @@
 //! ```text
 //!  Forwarded::Write(cmd)          ─> Raft::client_write      ┐
 //!  Forwarded::AddLearner          ─> Raft::add_learner       ├─> Outcome
-//!  Forwarded::ChangeMembership    ─> Raft::change_membership ┘
+//!  Forwarded::ChangeMembership    ─> Raft::change_membership ┤
+//!  Forwarded::Lease               ─> confirm leadership, grant┘
 //! ```
 
 use std::collections::BTreeSet;
@@ -14,6 +15,7 @@ use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 
+use super::leases::Leases;
 use crate::config::store::{NodeId, TypeConfig};
 use crate::config::{Command, ConfigError, Response};
 
@@ -31,6 +33,11 @@ pub(super) enum Forwarded {
     },
     /// Replace the voters (every one already a member or learner).
     ChangeMembership(BTreeSet<NodeId>),
+    /// A member renewing its lease (see `crate::lease`).
+    Lease {
+        /// The member.
+        member: String,
+    },
 }
 
 /// How a [`Forwarded`] write ended on the member that tried it.
@@ -52,16 +59,29 @@ pub(super) enum Outcome {
     TimedOut,
     /// The Raft node has stopped.
     Failed(String),
+    /// A lease granted; the last epoch committed when it was.
+    Leased {
+        /// That epoch.
+        epoch: u64,
+    },
 }
 
 /// Makes `forwarded` on `raft`, which has to be the leader.
 pub(super) async fn execute(
     raft: &Raft<TypeConfig>,
+    leases: &Leases,
     forwarded: Forwarded,
     timeout: Duration,
 ) -> Outcome {
+    if let Forwarded::Lease { member } = &forwarded {
+        return match tokio::time::timeout(timeout, leases.grant(raft, member)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Outcome::TimedOut,
+        };
+    }
     let call = async {
         match forwarded {
+            Forwarded::Lease { .. } => unreachable!("answered above"),
             Forwarded::Write(cmd) => raft.client_write(cmd).await.map(|r| r.data),
             Forwarded::AddLearner { id, addr } => raft
                 .add_learner(id, BasicNode::new(addr), true)

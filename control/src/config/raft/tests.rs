@@ -429,3 +429,63 @@ fn settings_are_checked() {
     .expect_err("min above max");
     assert!(matches!(err, RaftError::Settings(_)));
 }
+
+#[test]
+fn leases_are_granted_by_the_leader_with_a_quorum_and_outwaited_by_a_new_one() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.initialize_all();
+    let leader = cluster.leader();
+    let term = cluster.nodes[&leader].leading().expect("the leader leads");
+    let follower = cluster.follower(leader).node_id();
+    let m = |id: u64| MemberId(format!("m{id}"));
+    // Through a follower (forwarded) and on the leader itself.
+    let renew = |node: u64| {
+        wait_until("a lease", || {
+            cluster.nodes[&node]
+                .renew_lease(&m(node), Duration::from_secs(2))
+                .ok()
+        })
+    };
+    assert_eq!(renew(follower), 0);
+    assert_eq!(renew(leader), 0);
+    let now = std::time::Instant::now();
+    let l = &cluster.nodes[&leader];
+    assert_eq!(l.lease_facts(term, &m(follower), now), (true, true));
+    let timers = l.lease_timers();
+    // Past the lease and the drift without renewing: it may not hold it.
+    let later = now + timers.duration + timers.drift;
+    assert_eq!(l.lease_facts(term, &m(follower), later), (false, false));
+    // The epoch granted is the last committed.
+    write_eventually(
+        l,
+        Command::AssignRoles {
+            proposals: vec![crate::config::Proposal {
+                set: "default".into(),
+                expect: 0,
+                roles: Default::default(),
+                since_ms: 0,
+                why: "test".into(),
+            }],
+        },
+    )
+    .expect("assign");
+    assert_eq!(renew(follower), 1);
+    // The leader goes: the new one assumes every member may hold a lease
+    // for a lease and the drift from its own first look.
+    cluster.stop(leader);
+    let new_leader = cluster.leader();
+    let new_term = wait_until("the new leader to lead", || {
+        cluster.nodes[&new_leader].leading()
+    });
+    assert!(new_term > term);
+    let t = std::time::Instant::now();
+    let n = &cluster.nodes[&new_leader];
+    assert_eq!(n.lease_facts(new_term, &m(leader), t), (false, true));
+    assert!(
+        !n.lease_facts(new_term, &m(leader), t + timers.duration + timers.drift)
+            .1
+    );
+    for id in [1, 2, 3] {
+        cluster.stop(id);
+    }
+}

@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{self, Direction, Session, TAG};
 use super::execute::{execute, Forwarded, Outcome};
+use super::leases::Leases;
 use crate::config::store::{NodeId, TypeConfig};
 use crate::wire::ClusterKey;
 use crate::ProtocolVersion;
@@ -224,6 +225,7 @@ pub(super) async fn forward(
 pub(super) async fn serve(
     listener: TcpListener,
     raft: Raft<TypeConfig>,
+    leases: Arc<Leases>,
     write_timeout: Duration,
     key: ClusterKey,
     protocol: ProtocolVersion,
@@ -236,10 +238,17 @@ pub(super) async fn serve(
                     tracing::warn!(%peer, "too many Raft connections authenticating; closed");
                     continue;
                 };
-                let (raft, key) = (raft.clone(), key.clone());
+                let (raft, key, leases) = (raft.clone(), key.clone(), Arc::clone(&leases));
                 tokio::spawn(async move {
-                    let served =
-                        serve_connection(stream, &raft, write_timeout, &key, protocol, permit);
+                    let served = serve_connection(
+                        stream,
+                        &raft,
+                        &leases,
+                        write_timeout,
+                        &key,
+                        protocol,
+                        permit,
+                    );
                     match served.await {
                         Err(e @ (TransportError::Refused | TransportError::Handshake(_))) => {
                             tracing::warn!(%peer, error = %e, "Raft connection refused")
@@ -261,6 +270,7 @@ pub(super) async fn serve(
 async fn serve_connection(
     mut stream: TcpStream,
     raft: &Raft<TypeConfig>,
+    leases: &Leases,
     write_timeout: Duration,
     key: &ClusterKey,
     protocol: ProtocolVersion,
@@ -280,7 +290,7 @@ async fn serve_connection(
                 Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             Request::Forward(forwarded) => {
-                Reply::Forward(execute(raft, forwarded, write_timeout).await)
+                Reply::Forward(execute(raft, leases, forwarded, write_timeout).await)
             }
         };
         write_frame(&mut stream, &mut session.send, &reply).await?;
