@@ -23,6 +23,7 @@
 
 use std::time::Duration;
 
+use trellis_tests::alua;
 use trellis_tests::raw::Conn;
 use trellis_tests::{
     api_request, eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool,
@@ -191,7 +192,10 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     // portal, with one identity, and one member's writes are another's
     // reads.
     for args in [
-        vec!["device", "create", "vol1", "--size", "64MiB", "--thin"],
+        // Active-active: every member serves it Active/Optimized.
+        vec![
+            "device", "create", "vol1", "--size", "64MiB", "--thin", "--policy", "aa",
+        ],
         vec!["target", "create", TARGET],
         vec!["target", "map", TARGET, "vol1", "--lun", "0"],
         vec!["acl", "allow", TARGET, HOST],
@@ -242,7 +246,10 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         "the device lives on the shared storage"
     );
     // fio writes with crc32c verification through m1 and reads it back
-    // through m3.
+    // through m3, once roles are committed and every member serves.
+    for (i, m) in members.iter().enumerate() {
+        wait_optimized(m, i as u16 + 1, 0);
+    }
     fio_run(&fio_args(&members[0], "write", "write"));
     fio_run(&fio_args(&members[2], "read", "read-verify"));
     let metrics = http_get(api_ports[0], "/metrics");
@@ -310,6 +317,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
     }
     // The data is on the shared storage: read back through m2.
     wait_served(&members[1], 1, &members);
+    wait_optimized(&members[1], 2, 0);
     fio_run(&fio_args(&members[1], "read", "read-verify"));
 
     // Without the right token: refused.
@@ -426,6 +434,20 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
 }
 
 /// iSCSI URL of `lun` of the test target on `m`.
+/// Waits until member `m` (port group `own`) serves LUN `lun` of the test
+/// target Active/Optimized.
+fn wait_optimized(m: &Trellisd, own: u16, lun: u16) {
+    alua::wait_state(
+        m.portal,
+        TARGET,
+        HOST,
+        lun,
+        own,
+        alua::state::AO,
+        Duration::from_secs(30),
+    );
+}
+
 fn url(m: &Trellisd, lun: u16) -> String {
     format!("iscsi://{}/{TARGET}/{lun}", m.portal)
 }

@@ -47,6 +47,8 @@ pub struct ControlPlane {
     stop: Arc<AtomicBool>,
     /// Wakes the threads that wait for changes (at shutdown).
     wake: Watch,
+    /// Roles, leases, port states.
+    failover: Option<crate::failover::Failover>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -145,6 +147,17 @@ pub fn start(
     // state moves (and at shutdown), never on a timer but to retry.
     let wake = Watch::new();
     let changes = merged(&[&service.reader().changes(), &node.changes(), &wake]);
+    // Roles, leases and port states.
+    let failover = crate::failover::start(
+        crate::failover::Sources {
+            service: Arc::clone(&service),
+            members: node.members_source(),
+            changes: changes.clone(),
+            me: me.id.clone(),
+            stop: Arc::clone(&stop),
+        },
+        registry.clone(),
+    )?;
     let mut unserved = crate::exports::Unserved::default();
     if let Some(reg) = &registry {
         let (reader, members, me_id, stop4) = (
@@ -295,6 +308,7 @@ pub fn start(
         stop,
         wake,
         threads,
+        failover: Some(failover),
     })
 }
 
@@ -303,6 +317,9 @@ impl ControlPlane {
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify();
+        if let Some(f) = self.failover {
+            f.join();
+        }
         for t in self.threads {
             let _ = t.join();
         }

@@ -11,6 +11,7 @@
 mod config;
 mod control_plane;
 mod exports;
+mod failover;
 mod metrics;
 mod storage;
 
@@ -111,7 +112,7 @@ fn run(args: Args) -> Result<()> {
     if args.witness || config::is_witness(&name, &text)? {
         return run_witness(&args, &name, &text, &over);
     }
-    let (cfg, data_dir) = config::load(&name, &text, &over)?;
+    let (mut cfg, data_dir) = config::load(&name, &text, &over)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -136,6 +137,11 @@ fn run(args: Args) -> Result<()> {
         (Some(n), Some(c)) => Some(control_plane::member(n, c, cfg.portals.clone())),
         _ => None,
     };
+    if control.is_some() {
+        // A cluster member serves nothing Active/Optimized before a role
+        // is committed for it (Boot Service).
+        cfg.initial_port_state = trellis_iscsi::scsi::AluaState::Transitioning;
+    }
     let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
     let mut target = Target::start(cfg)?;
     let node = match cluster {

@@ -19,18 +19,65 @@ use super::roles::RoleTable;
 use super::ClusterConfig;
 
 /// The replicated state: the configuration and the log's own state.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Serialized as one JSON object: the configuration's fields, and beside
+/// them `recent_writes` and `roles` when not empty. (Not with serde's
+/// `flatten`, which cannot read the configuration's integer map keys.)
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReplicatedState {
     /// The user's configuration.
-    #[serde(flatten)]
     pub config: ClusterConfig,
     /// The keyed writes applied lately, so that a resent one is not
     /// applied twice.
-    #[serde(default, skip_serializing_if = "RecentWrites::is_empty")]
     pub recent_writes: RecentWrites,
     /// The committed role assignment of each Failover Set.
-    #[serde(default, skip_serializing_if = "RoleTable::is_empty")]
     pub roles: RoleTable,
+}
+
+const RECENT_WRITES: &str = "recent_writes";
+const ROLES: &str = "roles";
+
+impl Serialize for ReplicatedState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error;
+        let mut v = serde_json::to_value(&self.config).map_err(S::Error::custom)?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(S::Error::custom("the configuration is not an object"));
+        };
+        if !self.recent_writes.is_empty() {
+            let w = serde_json::to_value(&self.recent_writes).map_err(S::Error::custom)?;
+            obj.insert(RECENT_WRITES.into(), w);
+        }
+        if !self.roles.is_empty() {
+            let r = serde_json::to_value(&self.roles).map_err(S::Error::custom)?;
+            obj.insert(ROLES.into(), r);
+        }
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplicatedState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut v = serde_json::Value::deserialize(d)?;
+        let Some(obj) = v.as_object_mut() else {
+            return Err(D::Error::custom("the replicated state is not an object"));
+        };
+        let take = |obj: &mut serde_json::Map<String, serde_json::Value>, k: &str| obj.remove(k);
+        let recent_writes = match take(obj, RECENT_WRITES) {
+            Some(w) => serde_json::from_value(w).map_err(D::Error::custom)?,
+            None => RecentWrites::default(),
+        };
+        let roles = match take(obj, ROLES) {
+            Some(r) => serde_json::from_value(r).map_err(D::Error::custom)?,
+            None => RoleTable::default(),
+        };
+        let config = serde_json::from_value(v).map_err(D::Error::custom)?;
+        Ok(ReplicatedState {
+            config,
+            recent_writes,
+            roles,
+        })
+    }
 }
 
 /// What applying one command did.
@@ -107,6 +154,37 @@ mod tests {
         assert!(!again.config_changed);
         // A refused write changes nothing either.
         assert!(!s.apply(&create).config_changed);
+        // Integer map keys (LUNs) and the role table travel too.
+        for cmd in [
+            Command::CreateDevice(crate::config::Device {
+                name: "d1".into(),
+                uuid: uuid::Uuid::from_u128(1),
+                size: 4096,
+                backing: crate::config::Backing::Memory,
+                block_size: 512,
+                thin: false,
+                read_only: false,
+                set: crate::config::DEFAULT_SET.into(),
+                policy: Default::default(),
+            }),
+            Command::MapLun {
+                target: "iqn.2024-01.org.example:t1".into(),
+                lun: 3,
+                device: "d1".into(),
+            },
+            Command::AssignRoles {
+                proposals: vec![crate::config::Proposal {
+                    set: crate::config::DEFAULT_SET.into(),
+                    expect: 0,
+                    roles: Default::default(),
+                    since_ms: 1,
+                    why: "test".into(),
+                }],
+            },
+        ] {
+            assert_eq!(s.apply(&cmd).result, Ok(Response::Changed), "{cmd:?}");
+        }
+        assert_eq!(s.roles.last_epoch, 1);
         let json = serde_json::to_value(&s).unwrap();
         assert!(json.get("targets").is_some());
         assert_eq!(json["recent_writes"].as_array().map(Vec::len), Some(1));

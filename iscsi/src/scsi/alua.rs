@@ -24,8 +24,9 @@
 //! | transitioning        | `Always`                                     | 02/04/0A   |
 //! | offline              | `Always`                                     | 02/04/12   |
 //!
-//! READ CAPACITY in standby is a deliberate extension (as in LIO) so hosts can
-//! probe standby paths.
+//! READ CAPACITY and TEST UNIT READY in standby are deliberate (as in LIO
+//! and SCST) so hosts can probe standby paths: TEST UNIT READY on a Standby
+//! port answers GOOD, never 04/0C.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};

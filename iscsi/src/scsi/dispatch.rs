@@ -516,7 +516,7 @@ pub(crate) mod tests {
         let mut run = |cdb: &[u8]| sense_of(dispatch(&cmd(cdb), &dev, &lu, &p, &[0], &mut n));
         let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
         assert_eq!(run(&read), Some((2, 0x04, 0x0B)));
-        assert_eq!(run(&TUR), Some((2, 0x04, 0x0B)));
+        assert_eq!(run(&TUR), None);
         assert_eq!(run(&INQ), None);
         let rc10 = [0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(run(&rc10), None);

@@ -80,10 +80,10 @@ pub(crate) enum Access {
     Always,
     /// Active, standby and unavailable (MODE SENSE/SELECT).
     Management,
-    /// Active and standby (READ CAPACITY: lets hosts probe standby paths;
-    /// PERSISTENT RESERVE IN/OUT).
+    /// Active and standby (READ CAPACITY and TEST UNIT READY: let hosts
+    /// probe standby paths; PERSISTENT RESERVE IN/OUT).
     Capacity,
-    /// Active states only (media access, TEST UNIT READY, ...).
+    /// Active states only (media access).
     Media,
 }
 
@@ -145,7 +145,11 @@ pub(crate) static OPS: &[OpEntry] = TABLE;
 
 #[rustfmt::skip]
 const TABLE: &[OpEntry] = &[
-    op(0x00, None, "TEST UNIT READY", Handler::TestUnitReady, Xfer::None, Media,
+    // GOOD on a Standby port (as SCST answers): libiscsi-based initiators
+    // test the unit at login and give up on NOT READY; multipath's tur
+    // checker sees the path up and the ALUA prioritizer keeps it below the
+    // Active/Optimized group.
+    op(0x00, None, "TEST UNIT READY", Handler::TestUnitReady, Xfer::None, Capacity,
         &[0x00, 0, 0, 0, 0, 0]),
     op(0x03, None, "REQUEST SENSE", Handler::RequestSense, alloc(4, 1), Always,
         &[0x03, 0x01, 0, 0, 0xFF, 0]),

@@ -1,0 +1,373 @@
+//! Failover on a cluster member: the threads that drive the control
+//! plane's sans-IO failover pieces.
+//!
+//! ```text
+//!  trellis-lease    every renew interval: ConfigService::renew_lease ─> Holder (this member's lease)
+//!  trellis-arbiter  on the Raft leader, on changes and every 100 ms:
+//!                   facts (failure detector, lease record) ─> arbitration::decide
+//!                   ─> Command::AssignRoles (next epoch) ─> Raft
+//!  trellis-paths    on changes and every 25 ms (leases run out by the clock):
+//!                   committed roles + this member's lease ─> paths::device_table / own_state
+//!                   ─> Registry::set_port_states (ALUA, unit attentions)
+//! ```
+//!
+//! A member serves nothing Active/Optimized before a role is committed for
+//! its device's set (the target starts every unit Transitioning), nor
+//! without a valid lease for the epoch it has applied.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use trellis_control::arbitration::{decide, Decision, Inputs, Liveness, MemberFacts};
+use trellis_control::config::{ClusterConfig, Command, ConfigService, Proposal};
+use trellis_control::lease::{Holder, LeaseState};
+use trellis_control::membership::{MemberState, MemberStatus};
+use trellis_control::paths::{device_table, own_state, Access};
+use trellis_control::watch::Watch;
+use trellis_control::MemberId;
+use trellis_iscsi::scsi::{AluaState, PortGroup, PortTable};
+use trellis_iscsi::target::Registry;
+
+/// How long after its start the arbiter assigns a set some of whose
+/// members it has never heard from (cold boot: the preferred member, not
+/// the first to start, should become Primary).
+pub const BOOT_WINDOW: Duration = Duration::from_secs(10);
+
+/// How often the arbiter looks again without a change.
+const ARBITER_EVERY: Duration = Duration::from_millis(100);
+
+/// How often port states are recomputed without a change (a lease runs
+/// out by the clock alone).
+const PATHS_EVERY: Duration = Duration::from_millis(25);
+
+/// The failover threads of one member.
+pub struct Failover {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Failover {
+    /// Waits for the threads (after `stop` was set and `wake` notified).
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Where the failover threads get their inputs.
+pub struct Sources {
+    /// The Raft node.
+    pub service: Arc<ConfigService>,
+    /// The failure detector's view of the other members.
+    pub members: Arc<dyn Fn() -> Vec<MemberStatus> + Send + Sync>,
+    /// Changes to wait for (replica applied, member states).
+    pub changes: Watch,
+    /// This member.
+    pub me: MemberId,
+    /// Stops the threads.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Starts the arbiter, and on a data member (`registry`) the lease and
+/// port-state threads.
+pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> {
+    let mut threads = Vec::new();
+    let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(f)
+            .context("cannot start a thread")
+    };
+    let arbiter = Arbiter::new(&src);
+    threads.push(spawn("trellis-arbiter", Box::new(move || arbiter.run()))?);
+    if let Some(registry) = registry {
+        let holder = Arc::new(Mutex::new(Holder::new(src.service.lease_timers())));
+        let lease = LeaseThread {
+            service: Arc::clone(&src.service),
+            holder: Arc::clone(&holder),
+            me: src.me.clone(),
+            stop: Arc::clone(&src.stop),
+            changes: src.changes.clone(),
+        };
+        threads.push(spawn("trellis-lease", Box::new(move || lease.run()))?);
+        let paths = Paths {
+            service: Arc::clone(&src.service),
+            holder,
+            registry,
+            me: src.me.clone(),
+            stop: Arc::clone(&src.stop),
+            changes: src.changes.clone(),
+            last: BTreeMap::new(),
+        };
+        threads.push(spawn("trellis-paths", Box::new(move || paths.run()))?);
+    }
+    Ok(Failover { threads })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+struct LeaseThread {
+    service: Arc<ConfigService>,
+    holder: Arc<Mutex<Holder>>,
+    me: MemberId,
+    stop: Arc<AtomicBool>,
+    changes: Watch,
+}
+
+impl LeaseThread {
+    fn run(self) {
+        let timers = self.service.lease_timers();
+        let mut said = String::new();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let due = self.lock().due(now);
+            if !due {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let seq = self.lock().request(now);
+            match self.service.renew_lease(&self.me, timers.renew_every) {
+                Ok(epoch) => {
+                    let was = self.lock().state(Instant::now()).serves();
+                    self.lock().granted(seq, epoch);
+                    if !said.is_empty() {
+                        tracing::info!(member = %self.me, "lease renewed again");
+                        said.clear();
+                    }
+                    if !was {
+                        // The port states may turn active now.
+                        self.changes.notify();
+                    }
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if why != said {
+                        tracing::warn!(member = %self.me, error = %why, "cannot renew the lease; ports step down when it runs out");
+                        said = why;
+                    }
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holder> {
+        self.holder.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct Arbiter {
+    service: Arc<ConfigService>,
+    members: Arc<dyn Fn() -> Vec<MemberStatus> + Send + Sync>,
+    changes: Watch,
+    me: MemberId,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    /// Since when each member has been eligible without a break.
+    eligible_since: BTreeMap<MemberId, Instant>,
+    /// The waits last logged, by set.
+    waits: BTreeMap<String, String>,
+}
+
+impl Arbiter {
+    fn new(src: &Sources) -> Self {
+        Arbiter {
+            service: Arc::clone(&src.service),
+            members: Arc::clone(&src.members),
+            changes: src.changes.clone(),
+            me: src.me.clone(),
+            stop: Arc::clone(&src.stop),
+            started: Instant::now(),
+            eligible_since: BTreeMap::new(),
+            waits: BTreeMap::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut changes = self.changes.subscribe();
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Some(term) = self.service.leading() {
+                self.round(term);
+            } else {
+                self.waits.clear();
+            }
+            changes.wait(ARBITER_EVERY);
+        }
+    }
+
+    fn facts(&mut self, config: &ClusterConfig, term: u64) -> BTreeMap<MemberId, MemberFacts> {
+        let now = Instant::now();
+        let peers = (self.members)();
+        let mut facts = BTreeMap::new();
+        for m in config.members.values().filter(|m| !m.witness) {
+            let liveness = if m.id == self.me {
+                Liveness::Alive
+            } else {
+                match peers.iter().find(|p| p.member == m.id).map(|p| p.state) {
+                    Some(MemberState::Alive) => Liveness::Alive,
+                    Some(MemberState::Suspect) => Liveness::Suspect,
+                    Some(MemberState::Failed) => Liveness::Failed,
+                    None => Liveness::Unknown,
+                }
+            };
+            let (renewing, lease_may_hold) = self.service.lease_facts(term, &m.id, now);
+            let mut f = MemberFacts {
+                liveness,
+                renewing,
+                lease_may_hold,
+                eligible_for: Duration::ZERO,
+                ..MemberFacts::up(Duration::ZERO)
+            };
+            if f.eligible() {
+                let since = *self.eligible_since.entry(m.id.clone()).or_insert(now);
+                f.eligible_for = now.duration_since(since);
+            } else {
+                self.eligible_since.remove(&m.id);
+            }
+            facts.insert(m.id.clone(), f);
+        }
+        facts
+    }
+
+    fn round(&mut self, term: u64) {
+        let state = self.service.reader().state();
+        let facts = self.facts(&state.config, term);
+        let decisions = decide(&Inputs {
+            config: &state.config,
+            facts: &facts,
+            current: &state.roles.sets,
+            now_ms: unix_ms(),
+            settled: self.started.elapsed() >= BOOT_WINDOW,
+        });
+        let mut proposals = Vec::new();
+        for (set, d) in decisions {
+            match d {
+                Decision::Keep => {
+                    self.waits.remove(&set);
+                }
+                Decision::Wait { why } => {
+                    if self.waits.get(&set) != Some(&why) {
+                        tracing::info!(set = %set, "arbitration waits: {why}");
+                        self.waits.insert(set, why);
+                    }
+                }
+                Decision::Assign { roles, why } => {
+                    self.waits.remove(&set);
+                    proposals.push(Proposal {
+                        expect: state.roles.sets.get(&set).map_or(0, |a| a.epoch),
+                        set,
+                        roles,
+                        since_ms: unix_ms(),
+                        why,
+                    });
+                }
+            }
+        }
+        if proposals.is_empty() {
+            return;
+        }
+        let whys: Vec<String> = proposals.iter().map(|p| p.why.clone()).collect();
+        match self
+            .service
+            .write_blocking(Command::AssignRoles { proposals })
+        {
+            Ok(_) => {
+                let epoch = self.service.reader().last_epoch();
+                for why in whys {
+                    tracing::info!(epoch, "roles committed: {why}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "role assignment not committed; deciding again"),
+        }
+    }
+}
+
+struct Paths {
+    service: Arc<ConfigService>,
+    holder: Arc<Mutex<Holder>>,
+    registry: Arc<Registry>,
+    me: MemberId,
+    stop: Arc<AtomicBool>,
+    changes: Watch,
+    /// The table last set, by device.
+    last: BTreeMap<uuid::Uuid, PortTable>,
+}
+
+fn alua(a: Access) -> AluaState {
+    match a {
+        Access::Optimized => AluaState::ActiveOptimized,
+        Access::NonOptimized => AluaState::ActiveNonOptimized,
+        Access::Standby => AluaState::Standby,
+        Access::Unavailable => AluaState::Unavailable,
+        Access::Transitioning => AluaState::Transitioning,
+    }
+}
+
+impl Paths {
+    fn run(mut self) {
+        let mut changes = self.changes.subscribe();
+        while !self.stop.load(Ordering::Relaxed) {
+            self.apply();
+            changes.wait(PATHS_EVERY);
+        }
+    }
+
+    fn lease(&self) -> LeaseState {
+        self.holder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state(Instant::now())
+    }
+
+    fn apply(&mut self) {
+        let state = self.service.reader().state();
+        let lease = self.lease();
+        for device in state.config.devices.values() {
+            let assignment = state.roles.sets.get(&device.set);
+            let t = device_table(&state.config, device, assignment);
+            let groups = t
+                .groups
+                .iter()
+                .map(|g| {
+                    let mut access = g.state;
+                    if g.member == self.me {
+                        access = own_state(access, device.policy, lease, state.roles.last_epoch);
+                    }
+                    PortGroup {
+                        id: g.id,
+                        state: alua(access),
+                        preferred: g.preferred && access == Access::Optimized,
+                        relative_ports: vec![g.relative_port],
+                    }
+                })
+                .collect();
+            let table = PortTable {
+                epoch: t.epoch,
+                groups,
+            };
+            if self.last.get(&device.uuid) == Some(&table) {
+                continue;
+            }
+            if let Some(changed) = self.registry.set_port_states(device.uuid, table.clone()) {
+                if changed {
+                    let mine = table
+                        .groups
+                        .iter()
+                        .find(|g| g.id == self.registry.config().tpg_id)
+                        .map(|g| g.state);
+                    tracing::info!(device = %device.name, epoch = table.epoch, state = ?mine, "port states changed");
+                }
+                self.last.insert(device.uuid, table);
+            }
+        }
+        self.last
+            .retain(|u, _| state.config.devices.values().any(|d| d.uuid == *u));
+    }
+}
