@@ -133,3 +133,37 @@ pub struct SetList {
     /// The built-in set first, then by name.
     pub sets: Vec<SetView>,
 }
+
+/// The roles of one set as committed (`GET /v1/roles`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleView {
+    /// The set.
+    pub set: String,
+    /// The epoch of the assignment (0: none committed yet).
+    pub epoch: u64,
+    /// The Primary.
+    #[serde(default)]
+    pub primary: Option<String>,
+    /// The Secondary.
+    #[serde(default)]
+    pub secondary: Option<String>,
+    /// The Alternates, in the order they would be promoted.
+    #[serde(default)]
+    pub alternates: Vec<String>,
+    /// During a planned handover, the former Primary still serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outgoing: Option<String>,
+    /// When it was decided (Unix milliseconds; 0: never).
+    #[serde(default)]
+    pub since_ms: u64,
+    /// Why.
+    #[serde(default)]
+    pub why: String,
+}
+
+/// `GET /v1/roles`: every set, the built-in one first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleList {
+    /// By set.
+    pub roles: Vec<RoleView>,
+}

@@ -35,6 +35,7 @@ pub fn run(client: &Client, command: &Command, json: bool) -> Result<String, Com
         Command::Target(cmd) => target(client, cmd)?,
         Command::Acl(cmd) => acl(client, cmd)?,
         Command::Set(cmd) => failover::set(client, cmd)?,
+        Command::Role(cmd) => failover::role(client, cmd)?,
     };
     if json {
         let mut out = answer.text;
@@ -266,7 +267,8 @@ fn render_status(s: StatusView) -> String {
     ])
 }
 
-fn duration(ms: u64) -> String {
+/// A duration in milliseconds for people (`3s`, `2m5s`, `1h2m`, `1d3h`).
+pub fn duration(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0..60 => format!("{s}s"),

@@ -3,12 +3,12 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use trellis_api::{
-    AddSetMember, Composition, CreateSet, FailbackMode, Others, Policy, SetDevicePolicy,
+    AddSetMember, Composition, CreateSet, FailbackMode, Others, Policy, RoleList, SetDevicePolicy,
     SetFailback, SetList, SetView,
 };
 
 use crate::client::{segment, Client, Method, NO_BODY};
-use crate::commands::{get, write, CommandError, Outcome};
+use crate::commands::{duration, get, write, CommandError, Outcome};
 use crate::table::{key_values, Table};
 
 /// `--composition`.
@@ -157,6 +157,61 @@ pub enum SetCmd {
         #[arg(long, value_name = "SECS")]
         delay: Option<u64>,
     },
+}
+
+/// `trellis role ...`
+#[derive(Debug, Subcommand)]
+pub enum RoleCmd {
+    /// Per set: Primary, Secondary, Alternates, epoch, since when, why.
+    List,
+}
+
+/// Runs `trellis role ...`.
+pub fn role(client: &Client, cmd: &RoleCmd) -> Result<Outcome, CommandError> {
+    match cmd {
+        RoleCmd::List => get(client, "/v1/roles", render_roles),
+    }
+}
+
+fn render_roles(list: RoleList) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    render_roles_at(list, now)
+}
+
+fn render_roles_at(list: RoleList, now_ms: u64) -> String {
+    let dash = |m: &Option<String>| m.clone().unwrap_or_else(|| "-".to_owned());
+    let mut t = Table::new(&[
+        "SET",
+        "EPOCH",
+        "PRIMARY",
+        "SECONDARY",
+        "ALTERNATES",
+        "SINCE",
+        "WHY",
+    ]);
+    for r in list.roles {
+        let primary = match &r.outgoing {
+            Some(o) => format!("{} (from {o})", dash(&r.primary)),
+            None => dash(&r.primary),
+        };
+        let since = if r.since_ms == 0 {
+            "-".to_owned()
+        } else {
+            format!("{} ago", duration(now_ms.saturating_sub(r.since_ms)))
+        };
+        t.row(vec![
+            r.set,
+            r.epoch.to_string(),
+            primary,
+            dash(&r.secondary),
+            or_dash(&r.alternates),
+            since,
+            r.why,
+        ]);
+    }
+    t.render()
 }
 
 /// Runs `trellis set ...`.
@@ -358,6 +413,32 @@ mod tests {
         assert!(
             shown.contains("n-way (built in: every data member)"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn role_table() {
+        let list: RoleList = serde_json::from_value(json!({"roles": [
+            {"set": "default", "epoch": 7, "primary": "m2", "secondary": "m3",
+             "alternates": [], "since_ms": 10_000, "why": "m1 failed on every link -> set default: m2 Primary, m3 Secondary"},
+            {"set": "s1", "epoch": 0, "why": "no roles committed yet"},
+        ]}))
+        .expect("view");
+        let out = render_roles_at(list, 13_500);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("SET      EPOCH  PRIMARY  SECONDARY  ALTERNATES  SINCE"),
+            "{out}"
+        );
+        assert!(
+            lines[1]
+                .starts_with("default  7      m2       m3         -           3s ago  m1 failed"),
+            "{out}"
+        );
+        assert!(
+            lines[2]
+                .starts_with("s1       0      -        -          -           -       no roles"),
+            "{out}"
         );
     }
 

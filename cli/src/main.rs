@@ -86,6 +86,9 @@ pub enum Command {
     /// Failover Sets: which members serve a device, in what order.
     #[command(subcommand)]
     Set(failover::SetCmd),
+    /// Roles (Primary, Secondary, Alternates) of each set.
+    #[command(subcommand)]
+    Role(failover::RoleCmd),
 }
 
 /// `trellis member ...`

@@ -165,6 +165,7 @@ pub fn router(service: Arc<dyn ClusterService>, token: String, local: Local) -> 
             delete(failover::remove_set_member),
         )
         .route("/v1/sets/{name}/failback", post(failover::set_failback))
+        .route("/v1/roles", get(failover::list_roles))
         .route(
             "/v1/targets",
             get(handlers::list_targets).post(handlers::create_target),

@@ -10,7 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::config::{ClusterConfig, Command, ConfigError, Response};
+use crate::config::{ClusterConfig, Command, ConfigError, Response, RoleTable};
 use crate::membership::MemberStatus;
 use uuid::Uuid;
 
@@ -60,6 +60,9 @@ pub trait ClusterService: Send + Sync + 'static {
     fn write(&self, cmd: Command) -> BoxFuture<'_, Result<Response, ServiceError>>;
     /// The configuration as this member's replica has applied it.
     fn config(&self) -> ClusterConfig;
+    /// The committed role assignments as this member's replica has applied
+    /// them.
+    fn roles(&self) -> RoleTable;
     /// Raft's state from here.
     fn raft(&self) -> RaftStatus;
     /// The other members as the failure detector sees them (this member not

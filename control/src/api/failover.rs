@@ -7,7 +7,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use trellis_api::{
     AddSetMember, Composition as ApiComposition, CreateSet, FailbackMode, Others as ApiOthers,
-    Policy as ApiPolicy, SetDevicePolicy, SetFailback, SetList, SetView, WriteResult,
+    Policy as ApiPolicy, RoleList, RoleView, SetDevicePolicy, SetFailback, SetList, SetView,
+    WriteResult,
 };
 
 use super::extract::{Body, IdempotencyKey, PathParams};
@@ -223,4 +224,40 @@ pub(super) async fn set_device_policy(
         },
     )
     .await
+}
+
+/// `GET /v1/roles`: the committed roles of every set (epoch 0 where none
+/// is committed yet).
+pub(super) async fn list_roles(State(st): State<AppState>) -> Json<RoleList> {
+    let config = st.service.config();
+    let table = st.service.roles();
+    let name = |m: &crate::MemberId| m.0.clone();
+    Json(RoleList {
+        roles: config
+            .failover_sets()
+            .iter()
+            .map(|s| match table.sets.get(&s.name) {
+                Some(a) => RoleView {
+                    set: s.name.clone(),
+                    epoch: a.epoch,
+                    primary: a.roles.primary.as_ref().map(name),
+                    secondary: a.roles.secondary.as_ref().map(name),
+                    alternates: a.roles.alternates.iter().map(name).collect(),
+                    outgoing: a.roles.outgoing.as_ref().map(name),
+                    since_ms: a.since_ms,
+                    why: a.why.clone(),
+                },
+                None => RoleView {
+                    set: s.name.clone(),
+                    epoch: 0,
+                    primary: None,
+                    secondary: None,
+                    alternates: Vec::new(),
+                    outgoing: None,
+                    since_ms: 0,
+                    why: "no roles committed yet".to_owned(),
+                },
+            })
+            .collect(),
+    })
 }

@@ -152,6 +152,10 @@ impl ClusterService for MemoryService {
         self.lock().state.config.clone()
     }
 
+    fn roles(&self) -> crate::config::RoleTable {
+        self.lock().state.roles.clone()
+    }
+
     fn raft(&self) -> RaftStatus {
         self.lock().raft.clone()
     }

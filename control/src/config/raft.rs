@@ -692,6 +692,10 @@ impl ClusterService for ConfigService {
         self.shared.reader.config()
     }
 
+    fn roles(&self) -> super::RoleTable {
+        self.shared.reader.state().roles
+    }
+
     /// `commit_index` is what the log store last saved as committed
     /// (openraft 0.9 does not publish it in its metrics).
     fn raft(&self) -> RaftStatus {
