@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod alua;
+pub mod cluster;
 pub mod netns;
 pub mod raw;
 

@@ -23,8 +23,8 @@
 
 use std::time::Duration;
 
-use trellis_tests::alua;
 use trellis_tests::raw::Conn;
+use trellis_tests::{alua, cluster};
 use trellis_tests::{
     api_request, eventually, fio_filename, fio_run, free_control_port, free_port, iscsi_tool,
     stable_port, trellis_cli, wait_devices_listed, Trellisd,
@@ -41,32 +41,11 @@ const HOST: &str = "iqn.2026-12.io.trellis:cluster-test-host";
 /// The `[cluster]` lines that start the replicated configuration and the
 /// API of member `i` (voters m1..m3 on `raft_ports`).
 fn control_lines(i: u8, raft_ports: &[u16; 3], api_port: u16, storage: &str) -> String {
-    let mut voters = String::new();
-    for (j, p) in raft_ports.iter().enumerate() {
-        voters.push_str(&format!(
-            "  {{ id = {}, raft = \"127.0.0.1:{p}\" }},\n",
-            j + 1
-        ));
-    }
-    format!(
-        "storage_dir = \"{storage}\"\nnode_id = {i}\nraft = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{api_port}\"\napi_token = \"{TOKEN}\"\nvoters = [\n{voters}]\n",
-        raft_ports[usize::from(i) - 1]
-    )
+    cluster::control_lines(i, raft_ports, api_port, storage, TOKEN)
 }
 
 fn member_config(i: u8, port: u16, key: &str, peers: &[u8]) -> String {
-    let mut seeds = String::new();
-    for p in peers {
-        seeds.push_str(&format!(
-            "  {{ link = \"a\", addr = \"127.0.1.{p}:{port}\" }},\n  {{ link = \"b\", addr = \"127.0.2.{p}:{port}\" }},\n"
-        ));
-    }
-    format!(
-        "portals = [\"127.0.0.1:3260\"]\n\
-         [cluster]\nid = \"test\"\nmember = \"m{i}\"\nkey = \"{key}\"\n\
-         links = [\n  {{ name = \"a\", addr = \"127.0.1.{i}:{port}\" }},\n  {{ name = \"b\", addr = \"127.0.2.{i}:{port}\" }},\n]\n\
-         seeds = [\n{seeds}]\n"
-    )
+    cluster::link_lines(i, port, "test", key, peers)
 }
 
 /// Waits until `d`'s log has a line containing every one of `parts`.

@@ -1,0 +1,228 @@
+//! Failover with real trellisd processes on loopback: three members, an
+//! active-passive device. REPORT TARGET PORT GROUPS through every member
+//! shows m1 Active/Optimized (preferred), m2 and m3 Standby; a write
+//! through m2 gets LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN STANDBY
+//! STATE (02/04/0B), while TEST UNIT READY there is GOOD. m1 is SIGKILLed while a host
+//! writes through it: m2 becomes Active/Optimized (the time from the kill
+//! is printed), a session on m2 gets ASYMMETRIC ACCESS STATE CHANGED, fio
+//! writes and verifies through m2, the roles moved with a new epoch. m1
+//! restarted rejoins as an Alternate without taking the role back.
+
+// Test helpers: a panic is the test failing, with the message in hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use trellis_tests::alua::{self, state};
+use trellis_tests::cluster::Cluster;
+use trellis_tests::raw::Conn;
+use trellis_tests::{api_request, eventually, fio_bin, fio_filename, fio_run, require_tool};
+
+const TARGET: &str = "iqn.2026-12.io.trellis:failover-test";
+const HOST: &str = "iqn.2026-12.io.trellis:failover-host";
+
+/// The sense key, ASC and ASCQ of fixed-format sense data.
+fn sense(s: &[u8]) -> (u8, u8, u8) {
+    (
+        s.get(2).map_or(0, |k| k & 0x0F),
+        s.get(12).copied().unwrap_or(0),
+        s.get(13).copied().unwrap_or(0),
+    )
+}
+
+/// WRITE (10) of one 512-byte block at `lba`.
+fn write10(c: &mut Conn, lba: u32, fill: u8) -> trellis_tests::raw::ScsiResult {
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2A;
+    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+    cdb[8] = 1;
+    c.scsi(&cdb, &[fill; 512], 0).unwrap()
+}
+
+fn fio_args(c: &Cluster, i: usize, rw: &str, extra: &[&str]) -> Vec<String> {
+    let url = c.members[i].url(TARGET, 0);
+    let mut args = vec![
+        format!("--name=failover-{rw}"),
+        "--ioengine=libiscsi".into(),
+        format!("--initiator={HOST}"),
+        format!("--filename={}", fio_filename(&url)),
+        format!("--rw={rw}"),
+        "--bs=64k".into(),
+        "--size=16m".into(),
+        "--iodepth=8".into(),
+    ];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+#[test]
+fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_taking_it_back() {
+    require_tool("iscsi-inq");
+    let mut c = Cluster::start(3);
+    // Cold boot: the preferred member is Primary, and once every member
+    // has registered, the others are Secondary and Alternate.
+    c.wait_primary("default", Duration::from_secs(60));
+    let roles = eventually("every member with a role", Duration::from_secs(30), || {
+        let r = c.roles("default");
+        let want = (&"m1".into(), &"m2".into(), &serde_json::json!(["m3"]));
+        ((&r["primary"], &r["secondary"], &r["alternates"]) == want)
+            .then_some(r.clone())
+            .ok_or(r.to_string())
+    });
+    let epoch = roles["epoch"].as_u64().unwrap();
+    for args in [
+        vec!["device", "create", "vol", "--size", "64MiB", "--thin"],
+        vec!["target", "create", TARGET],
+        vec!["target", "map", TARGET, "vol", "--lun", "0"],
+        vec!["acl", "allow", TARGET, HOST],
+    ] {
+        c.cli(&args);
+    }
+    let out = c.cli(&["device", "list"]);
+    assert!(
+        out.contains("default") && out.contains("active-passive"),
+        "{out}"
+    );
+
+    // Every member reports the same groups: m1 AO and preferred, the
+    // others Standby, each group its member's port.
+    let want = [
+        (1u16, state::AO, true),
+        (2, state::STANDBY, false),
+        (3, state::STANDBY, false),
+    ];
+    for (i, m) in c.members.iter().enumerate() {
+        let own = i as u16 + 1;
+        let r = alua::wait_state(
+            m.portal,
+            TARGET,
+            HOST,
+            0,
+            own,
+            want[i].1,
+            Duration::from_secs(30),
+        );
+        let got: Vec<(u16, u8, bool)> = r
+            .groups
+            .iter()
+            .map(|g| (g.id, g.state, g.preferred))
+            .collect();
+        assert_eq!(got, want, "RTPG through m{own}: {r:?}");
+        assert!(r.groups.iter().all(|g| g.ports == [g.id]), "{r:?}");
+        assert!((1..=10).contains(&r.transition_secs), "{r:?}");
+    }
+
+    // Through m2 (Standby): TEST UNIT READY is GOOD, a write is refused.
+    let mut standby = Conn::login_to(c.members[1].portal, TARGET, HOST).unwrap();
+    standby.clear_unit_attentions().unwrap();
+    let w = write10(&mut standby, 0, 0xAB);
+    assert_eq!((w.status, sense(&w.sense)), (2, (2, 0x04, 0x0B)), "{w:?}");
+    assert_eq!(standby.scsi(&[0u8; 6], &[], 0).unwrap().status, 0);
+    // Through m1: accepted.
+    let mut primary = Conn::login_to(c.members[0].portal, TARGET, HOST).unwrap();
+    primary.clear_unit_attentions().unwrap();
+    assert_eq!(write10(&mut primary, 0, 0xAB).status, 0);
+
+    // A host writing through m1 when it is SIGKILLed.
+    let mut load = Command::new(fio_bin())
+        .args(fio_args(
+            &c,
+            0,
+            "randwrite",
+            &["--time_based", "--runtime=30"],
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fio");
+    let written = |c: &Cluster| -> u64 {
+        let m = api_request(c.api_ports[0], &c.token, "GET", "/metrics", "", None);
+        m.lines()
+            .find(|l| l.starts_with("trellis_device_write_bytes_total{device=\"vol\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = written(&c);
+    eventually("fio writing through m1", Duration::from_secs(20), || {
+        let now = written(&c);
+        (now > before + (1 << 20))
+            .then_some(())
+            .ok_or(format!("{now} bytes written"))
+    });
+    let killed = Instant::now();
+    c.kill(0);
+    let m2 = c.members[1].portal;
+    let report = eventually(
+        "m2 Active/Optimized after m1's death",
+        Duration::from_secs(30),
+        || {
+            let r = alua::rtpg(m2, TARGET, HOST, 0).map_err(|e| format!("{e:#}"))?;
+            (r.state_of(2) == Some(state::AO))
+                .then_some(r.clone())
+                .ok_or(format!("{r:?}"))
+        },
+    );
+    let took = killed.elapsed();
+    eprintln!(
+        "FIGURE failover: SIGKILL of the Primary -> Active/Optimized on the Secondary in {} ms",
+        took.as_millis()
+    );
+    let _ = load.kill();
+    let _ = load.wait();
+    assert_eq!(report.state_of(1), Some(state::UNAVAILABLE), "{report:?}");
+    assert_eq!(report.state_of(3), Some(state::STANDBY), "{report:?}");
+    assert!(report.groups.iter().any(|g| g.id == 2 && g.preferred));
+
+    // The session that was on m2 all along is told, then may write.
+    let r = standby.scsi(&[0u8; 6], &[], 0).unwrap();
+    assert_eq!((r.status, sense(&r.sense)), (2, (6, 0x2A, 0x06)), "{r:?}");
+    assert_eq!(write10(&mut standby, 0, 0xCD).status, 0);
+    fio_run(&fio_args(
+        &c,
+        1,
+        "write",
+        &[
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--verify_fatal=1",
+            "--verify_state_save=0",
+        ],
+    ));
+
+    let roles = c.roles("default");
+    assert_eq!(
+        (&roles["primary"], &roles["secondary"]),
+        (&"m2".into(), &"m3".into()),
+        "{roles}"
+    );
+    assert!(roles["epoch"].as_u64().unwrap() > epoch, "{roles}");
+    assert!(roles["why"].as_str().unwrap().contains("m1"), "{roles}");
+
+    // m1 comes back: an Alternate, Standby; m2 keeps the role.
+    c.restart(0);
+    let m1 = c.members[0].portal;
+    alua::wait_state(
+        m1,
+        TARGET,
+        HOST,
+        0,
+        1,
+        state::STANDBY,
+        Duration::from_secs(30),
+    );
+    eventually("m1 back as an Alternate", Duration::from_secs(30), || {
+        let r = c.roles("default");
+        (r["alternates"] == serde_json::json!(["m1"]))
+            .then_some(())
+            .ok_or(r.to_string())
+    });
+    let roles = c.roles("default");
+    assert_eq!(roles["primary"], "m2", "{roles}");
+    let r = alua::rtpg(m1, TARGET, HOST, 0).unwrap();
+    assert_eq!(
+        (r.state_of(1), r.state_of(2)),
+        (Some(state::STANDBY), Some(state::AO)),
+        "{r:?}"
+    );
+}
