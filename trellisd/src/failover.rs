@@ -9,6 +9,8 @@
 //!  trellis-paths    on changes and every 25 ms (leases run out by the clock):
 //!                   committed roles + this member's lease ─> paths::device_table / own_state
 //!                   ─> Registry::set_port_states (ALUA, unit attentions)
+//!                   ─> Registry::set_write_fence (the lease's end: no write
+//!                      reaches the disk after it, whatever the port state says)
 //! ```
 //!
 //! A member serves nothing Active/Optimized before a role is committed for
@@ -329,7 +331,18 @@ impl Paths {
     fn apply(&mut self) {
         let state = self.service.reader().state();
         let lease = self.lease();
+        // Writes stop at the lease's end, and at once while the lease was
+        // granted at an epoch this member has not applied yet.
+        let fence = match lease {
+            LeaseState::Valid { until, epoch } | LeaseState::Expiring { until, epoch }
+                if epoch <= state.roles.last_epoch =>
+            {
+                until
+            }
+            _ => Instant::now(),
+        };
         for device in state.config.devices.values() {
+            self.registry.set_write_fence(device.uuid, Some(fence));
             let assignment = state.roles.sets.get(&device.set);
             let t = device_table(&state.config, device, assignment);
             let groups = t

@@ -61,6 +61,19 @@ pub struct PortStates {
     /// `version << 8 | state code` of this member's own group.
     word: AtomicU64,
     table: RwLock<Arc<PortTable>>,
+    /// The write fence: nanoseconds after [`clock_base`] from which writes
+    /// are refused; `u64::MAX`: none.
+    fence: AtomicU64,
+}
+
+/// The instant write fences are counted from (the first use).
+fn clock_base() -> std::time::Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
+fn since_base(t: std::time::Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(clock_base()).as_nanos()).unwrap_or(u64::MAX - 1)
 }
 
 impl Default for PortStates {
@@ -76,7 +89,23 @@ impl PortStates {
         PortStates {
             word: AtomicU64::new(u64::from(state.code())),
             table: RwLock::new(Arc::new(PortTable::default())),
+            fence: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Refuses writes from `until` on (None: no fence, a member on its
+    /// own). A cluster member sets it to the end of its lease, and to now
+    /// when it may not write at all; the data path checks it when each
+    /// write is submitted ([`PortStates::writable_at`]).
+    pub fn set_write_fence(&self, until: Option<std::time::Instant>) {
+        let v = until.map_or(u64::MAX, since_base);
+        self.fence.store(v, Ordering::Release);
+    }
+
+    /// Whether a write submitted at `now` may reach the disk.
+    pub fn writable_at(&self, now: std::time::Instant) -> bool {
+        let fence = self.fence.load(Ordering::Acquire);
+        fence == u64::MAX || since_base(now) < fence
     }
 
     /// The version (moves on every change of any group's state) and this
@@ -297,6 +326,23 @@ mod tests {
         a.observe(&lu);
         assert_eq!(a.access_state(), AluaState::Unavailable);
         assert_eq!(lu.ports().own().1, AluaState::Unavailable);
+    }
+
+    #[test]
+    fn the_write_fence_refuses_writes_from_its_instant_on() {
+        let lu = LunShared::new();
+        let now = std::time::Instant::now();
+        let later = now + std::time::Duration::from_secs(1);
+        assert!(lu.ports().writable_at(later), "no fence by default");
+        lu.ports().set_write_fence(Some(later));
+        assert!(lu.ports().writable_at(now));
+        assert!(!lu.ports().writable_at(later));
+        lu.ports().set_write_fence(Some(now));
+        assert!(!lu.ports().writable_at(now));
+        lu.ports().set_write_fence(None);
+        assert!(lu
+            .ports()
+            .writable_at(later + std::time::Duration::from_secs(3600)));
     }
 
     #[test]

@@ -26,6 +26,18 @@ pub(super) fn medium_error(read: bool) -> Sense {
     }
 }
 
+/// The sense of a write that failed with `result` (-errno): a write the
+/// target refused to submit past its write fence (`-ESTALE`: this member's
+/// lease ran out) is NOT READY, ASYMMETRIC ACCESS STATE TRANSITION, which
+/// hosts retry on another path; anything else a medium error.
+pub(super) fn write_error(result: i32) -> Sense {
+    if result == -libc::ESTALE {
+        Sense::not_ready_alua_transitioning()
+    } else {
+        medium_error(false)
+    }
+}
+
 impl Session {
     pub(super) fn lun_table(&self) -> Option<std::rc::Rc<LunTable>> {
         self.luns.clone()
@@ -602,7 +614,7 @@ impl Connection {
         let Some(req) = t.io() else { return };
         let expect = buf.as_ref().map_or(0, |b| b.len() as i32);
         let ok = result >= 0 && result == expect;
-        if result < 0 {
+        if result < 0 && result != -libc::ESTALE {
             tracing::warn!(errno = -result, op = ?req.op, lba = req.lba, "disk I/O failed");
         }
         match req.op {
@@ -636,7 +648,7 @@ impl Connection {
                 let status = if ok {
                     TaskStatus::good()
                 } else {
-                    TaskStatus::check(medium_error(false))
+                    TaskStatus::check(write_error(result))
                 };
                 self.respond_status(t.itt, t.edtl, t.xfer, status, t.r2tsn);
             }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use trellis_datapath::{Buf, Extent};
 
-use super::exec::medium_error;
+use super::exec::{medium_error, write_error};
 use super::task::{Purpose, Stage, Task, TaskStatus};
 use super::{Connection, DiskOp, DiskRequest};
 use crate::scsi::blocklock::{self, Exclusive};
@@ -362,7 +362,7 @@ impl Connection {
         };
         let Some(req) = t.io() else { return };
         let ok = result >= 0 && buf.as_ref().is_none_or(|b| result == b.len() as i32);
-        if result < 0 {
+        if result < 0 && result != -libc::ESTALE {
             tracing::warn!(errno = -result, op = ?req.op, lba = req.lba, "disk I/O failed");
         }
         let status = match (req.op, t.stage) {
@@ -416,7 +416,7 @@ impl Connection {
                 return;
             }
             _ if ok => TaskStatus::good(),
-            _ => TaskStatus::check(medium_error(false)),
+            _ => TaskStatus::check(write_error(result)),
         };
         self.finish(id, status);
     }
@@ -428,7 +428,7 @@ impl Connection {
         };
         if result < 0 {
             tracing::warn!(errno = -result, "unmap failed");
-            self.finish(id, TaskStatus::check(medium_error(false)));
+            self.finish(id, TaskStatus::check(write_error(result)));
             return;
         }
         t.ranges.remove(0);

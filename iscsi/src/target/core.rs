@@ -27,9 +27,9 @@ use super::registry::{CoreDevice, Snapshot};
 use super::{Refusal, RefusalKind, Registry, Ticket};
 use crate::damp::Damper;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
-use crate::scsi::LunDevice;
+use crate::scsi::{LunDevice, LunShared};
 use crate::session::{
-    CloseReason, ConnConfig, Connection, DiskOp, Host, LoginRefusal, LunTable,
+    CloseReason, ConnConfig, Connection, DiskOp, DiskRequest, Host, LoginRefusal, LunTable,
     PROTOCOL_ERROR_WINDOW,
 };
 
@@ -159,8 +159,11 @@ struct Core<'a> {
     slots: Vec<Option<StoreSlot>>,
     /// SCSI description of each device, by device id.
     devs: Vec<Option<Rc<LunDevice>>>,
-    /// I/O counters by ring slot.
-    slot_stats: Vec<Option<Arc<IoStats>>>,
+    /// I/O counters and the logical unit (its write fence) by ring slot.
+    slot_stats: Vec<Option<SlotUnit>>,
+    /// Writes waiting to be checked against their fence and submitted, by
+    /// connection index (counted in the connection's `disk_busy`).
+    staged: Vec<(usize, DiskRequest)>,
     /// Slots of removed devices, released once no connection names them.
     retired: Vec<StoreSlot>,
     /// Devices whose store could not be registered (retried every tick).
@@ -218,6 +221,9 @@ pub(super) fn run(
         for i in 0..core.listeners.len() {
             core.arm_accept(i);
         }
+        // Last before entering the kernel: the write fence is checked as
+        // close to the submission as the process can.
+        core.flush_staged();
         if let Err(e) = core.ring.submit_and_wait(1, Some(TICK)) {
             tracing::error!(core = id, error = %e, "ring wait failed");
             std::thread::sleep(Duration::from_millis(10));
@@ -291,6 +297,7 @@ impl<'a> Core<'a> {
             slots: Vec::new(),
             devs: Vec::new(),
             slot_stats: Vec::new(),
+            staged: Vec::new(),
             retired: Vec::new(),
             failed: BTreeSet::new(),
             snap: Snapshot::default(),
@@ -347,7 +354,11 @@ impl<'a> Core<'a> {
     fn register(&mut self, id: usize, d: &CoreDevice) {
         match self.ring.register_store(Arc::clone(&d.store)) {
             Ok(slot) => {
-                set_slot(&mut self.slot_stats, slot, Some(Arc::clone(&d.stats)));
+                let unit = SlotUnit {
+                    stats: Arc::clone(&d.stats),
+                    unit: Arc::clone(&d.shared),
+                };
+                set_slot(&mut self.slot_stats, slot, Some(unit));
                 self.slots[id] = Some(slot);
                 self.devs[id] = Some(Rc::new(d.lun.clone()));
                 if self.failed.remove(&id) {
@@ -716,7 +727,8 @@ impl<'a> Core<'a> {
             let stats = c
                 .conn
                 .task_store(task)
-                .and_then(|slot| self.slot_stats.get(slot as usize)?.as_ref());
+                .and_then(|slot| self.slot_stats.get(slot as usize)?.as_ref())
+                .map(|s| &s.stats);
             if let Some(stats) = stats {
                 stats.record_error(self.id);
             }
@@ -810,68 +822,117 @@ impl<'a> Core<'a> {
         }
     }
 
+    /// Hands one disk request of connection `idx` to the ring (counted in
+    /// `disk_busy` already); a failed submission completes it with EIO.
+    fn submit_disk(&mut self, c: &mut Conn, idx: usize, req: DiskRequest) {
+        let t = tag(KIND_DISK, idx, req.task);
+        if let Some(Some(s)) = self.slot_stats.get(req.slot as usize) {
+            s.stats.record(self.id, io_kind(&req.op));
+        }
+        let r = match req.op {
+            DiskOp::Read(buf) => self
+                .ring
+                .read(req.slot, buf, req.offset, t)
+                .map_err(|(e, b)| (e, Some(b))),
+            DiskOp::Write { buf, fua } => self
+                .ring
+                .write(req.slot, buf, req.offset, fua, t)
+                .map_err(|(e, b)| (e, Some(b))),
+            DiskOp::WriteAtomic { buf, fua } => self
+                .ring
+                .write_with(
+                    req.slot,
+                    buf,
+                    req.offset,
+                    WriteFlags { fua, atomic: true },
+                    t,
+                )
+                .map_err(|(e, b)| (e, Some(b))),
+            DiskOp::Flush => self.ring.flush(req.slot, t).map_err(|e| (e, None)),
+            DiskOp::Prefetch { len } => self
+                .ring
+                .prefetch(req.slot, req.offset, len, t)
+                .map_err(|e| (e, None)),
+            DiskOp::Unmap { len } => self
+                .ring
+                .unmap(req.slot, req.offset, len, t)
+                .map_err(|e| (e, None)),
+            DiskOp::WriteZeroes { len } => self
+                .ring
+                .write_zeroes(req.slot, req.offset, len, t)
+                .map_err(|e| (e, None)),
+            DiskOp::Extent => Err((RingError::Busy, None)),
+        };
+        if let Err((e, buf)) = r {
+            tracing::error!(core = self.id, error = %e, "disk submission failed");
+            c.disk_busy -= 1;
+            c.conn
+                .disk_done(req.task, -libc::EIO, buf, self.ring.pool());
+        }
+    }
+
+    /// Pushes the staged writes to the ring, right before it enters the
+    /// kernel: a write past its unit's write fence (this member's lease ran
+    /// out, or it has not applied the epoch its lease was granted at) never
+    /// reaches the disk and is answered NOT READY, ASYMMETRIC ACCESS STATE
+    /// TRANSITION. The clock is read here, when the write is submitted, not
+    /// only when the command arrived: a member stalled longer than its
+    /// lease wakes with commands it must not execute.
+    fn flush_staged(&mut self) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for (idx, req) in std::mem::take(&mut self.staged) {
+            let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) else {
+                continue;
+            };
+            let fenced = self
+                .slot_stats
+                .get(req.slot as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|s| !s.unit.ports().writable_at(now));
+            if fenced {
+                let buf = match req.op {
+                    DiskOp::Write { buf, .. } | DiskOp::WriteAtomic { buf, .. } => Some(buf),
+                    _ => None,
+                };
+                c.disk_busy -= 1;
+                c.conn
+                    .disk_done(req.task, -libc::ESTALE, buf, self.ring.pool());
+            } else {
+                self.submit_disk(&mut c, idx, req);
+            }
+            self.conns[idx] = Some(c);
+        }
+    }
+
     /// Moves a connection's queued work into the ring.
     fn drive(&mut self, idx: usize) {
         let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) else {
             return;
         };
         // Disk requests, while the ring has room (completions make more).
-        while self.ring.free_slots() > 1 {
+        // Writes are staged: they are checked against the write fence and
+        // pushed to the ring just before it enters the kernel
+        // ([`Core::flush_staged`]).
+        while self.ring.free_slots() > self.staged.len() + 1 {
             let Some(req) = c.conn.next_disk() else { break };
-            let t = tag(KIND_DISK, idx, req.task);
-            if let Some(Some(stats)) = self.slot_stats.get(req.slot as usize) {
-                stats.record(self.id, io_kind(&req.op));
+            if matches!(req.op, DiskOp::Extent) {
+                // lseek(SEEK_DATA/SEEK_HOLE) has no io_uring opcode; it is
+                // a metadata lookup, answered inline.
+                let extent = match self.ring.store(req.slot) {
+                    Ok(store) => store.extent_at(req.offset),
+                    Err(e) => Err(std::io::Error::other(e)),
+                };
+                c.conn.extent_done(req.task, extent, self.ring.pool());
+                continue;
             }
-            let r = match req.op {
-                DiskOp::Read(buf) => self
-                    .ring
-                    .read(req.slot, buf, req.offset, t)
-                    .map_err(|(e, b)| (e, Some(b))),
-                DiskOp::Write { buf, fua } => self
-                    .ring
-                    .write(req.slot, buf, req.offset, fua, t)
-                    .map_err(|(e, b)| (e, Some(b))),
-                DiskOp::WriteAtomic { buf, fua } => self
-                    .ring
-                    .write_with(
-                        req.slot,
-                        buf,
-                        req.offset,
-                        WriteFlags { fua, atomic: true },
-                        t,
-                    )
-                    .map_err(|(e, b)| (e, Some(b))),
-                DiskOp::Flush => self.ring.flush(req.slot, t).map_err(|e| (e, None)),
-                DiskOp::Prefetch { len } => self
-                    .ring
-                    .prefetch(req.slot, req.offset, len, t)
-                    .map_err(|e| (e, None)),
-                DiskOp::Unmap { len } => self
-                    .ring
-                    .unmap(req.slot, req.offset, len, t)
-                    .map_err(|e| (e, None)),
-                DiskOp::WriteZeroes { len } => self
-                    .ring
-                    .write_zeroes(req.slot, req.offset, len, t)
-                    .map_err(|e| (e, None)),
-                DiskOp::Extent => {
-                    // lseek(SEEK_DATA/SEEK_HOLE) has no io_uring opcode; it is
-                    // a metadata lookup, answered inline.
-                    let extent = match self.ring.store(req.slot) {
-                        Ok(store) => store.extent_at(req.offset),
-                        Err(e) => Err(std::io::Error::other(e)),
-                    };
-                    c.conn.extent_done(req.task, extent, self.ring.pool());
-                    continue;
-                }
-            };
-            match r {
-                Ok(()) => c.disk_busy += 1,
-                Err((e, buf)) => {
-                    tracing::error!(core = self.id, error = %e, "disk submission failed");
-                    c.conn
-                        .disk_done(req.task, -libc::EIO, buf, self.ring.pool());
-                }
+            c.disk_busy += 1;
+            if modifies(&req.op) {
+                self.staged.push((idx, req));
+            } else {
+                self.submit_disk(&mut c, idx, req);
             }
         }
         if !c.login_counted && c.conn.is_full_feature() {
@@ -984,12 +1045,31 @@ fn io_kind(op: &DiskOp) -> IoKind {
 }
 
 /// Sets the counters of ring slot `slot`.
-fn set_slot(table: &mut Vec<Option<Arc<IoStats>>>, slot: StoreSlot, stats: Option<Arc<IoStats>>) {
+/// What a core keeps of a device per ring slot.
+#[derive(Debug, Clone)]
+struct SlotUnit {
+    stats: Arc<IoStats>,
+    unit: Arc<LunShared>,
+}
+
+fn set_slot(table: &mut Vec<Option<SlotUnit>>, slot: StoreSlot, unit: Option<SlotUnit>) {
     let i = slot as usize;
     if table.len() <= i {
         table.resize(i + 1, None);
     }
-    table[i] = stats;
+    table[i] = unit;
+}
+
+/// Whether `op` changes the medium (and so must not reach the disk past the
+/// member's write fence).
+fn modifies(op: &DiskOp) -> bool {
+    matches!(
+        op,
+        DiskOp::Write { .. }
+            | DiskOp::WriteAtomic { .. }
+            | DiskOp::Unmap { .. }
+            | DiskOp::WriteZeroes { .. }
+    )
 }
 
 /// The key a peer is counted under (see [`source_key`]).

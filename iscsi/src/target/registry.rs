@@ -279,6 +279,20 @@ impl Registry {
         Some(changed)
     }
 
+    /// Refuses writes to the device `uuid` from `until` on (None: no
+    /// fence): checked by every core when it submits a write. Returns
+    /// whether the device is served.
+    pub fn set_write_fence(&self, uuid: uuid::Uuid, until: Option<std::time::Instant>) -> bool {
+        let devices = self.table();
+        match devices.iter().flatten().find(|e| e.dev.spec().uuid == uuid) {
+            Some(e) => {
+                e.shared.ports().set_write_fence(until);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The port-state table of the device `uuid` and this member's own
     /// state in it.
     pub fn port_states(&self, uuid: uuid::Uuid) -> Option<(PortTable, AluaState)> {

@@ -355,6 +355,28 @@ fn write_disk_error_is_check_condition_medium_error() {
     r.statsn_is(resp.statsn);
 }
 
+#[test]
+fn a_write_refused_at_the_write_fence_is_not_ready_transitioning() {
+    // The core refuses to submit a write past the member's write fence
+    // (its lease ran out) and hands it back with -ESTALE.
+    let mut r = Rig::ready(&Keys::default());
+    let data = pattern(1024, 2);
+    let itt = r.scsi(write10(0, 2), 1024, false, true, &data, true);
+    let req = r.disk();
+    let DiskOp::Write { buf, .. } = req.op else {
+        panic!("write");
+    };
+    r.disk_done(req.task, -libc::ESTALE, Some(buf));
+    let p = r.one();
+    let resp = p.response();
+    assert_eq!((resp.itt, resp.status), (itt, 0x02));
+    assert_eq!(
+        sense_of(&p),
+        (0x02, 0x04, 0x0A),
+        "NOT READY, ASYMMETRIC ACCESS STATE TRANSITION: hosts retry elsewhere"
+    );
+}
+
 /// A Data-Out sequence error ends the command (ERL 0 has no recovery R2T)
 /// with CHECK CONDITION, ABORTED COMMAND and the iSCSI ASC/ASCQ of RFC 7143
 /// §11.4.7.2; nothing is written, the connection goes on, and later Data-Out
