@@ -82,6 +82,13 @@ impl Conn {
         })
     }
 
+    /// Reads and writes on the connection time out after `limit`.
+    pub fn set_timeout(&self, limit: Duration) -> Result<()> {
+        self.stream.set_read_timeout(Some(limit))?;
+        self.stream.set_write_timeout(Some(limit))?;
+        Ok(())
+    }
+
     /// Connects and logs in to the default target, straight to full
     /// feature phase.
     pub fn login(portal: SocketAddr) -> Result<Self> {

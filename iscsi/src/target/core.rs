@@ -893,6 +893,11 @@ impl<'a> Core<'a> {
                 .and_then(Option::as_ref)
                 .is_some_and(|s| !s.unit.ports().writable_at(now));
             if fenced {
+                tracing::info!(
+                    core = self.id,
+                    task = req.task,
+                    "write refused at the write fence (the lease ran out)"
+                );
                 let buf = match req.op {
                     DiskOp::Write { buf, .. } | DiskOp::WriteAtomic { buf, .. } => Some(buf),
                     _ => None,
