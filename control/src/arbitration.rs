@@ -29,9 +29,9 @@
 //!   assigned with the old one `outgoing` (both serve), and after
 //!   [`HANDOVER`] the old one steps down in the next epoch.
 //! - **Cold boot**: a set with no assignment yet gets none while any of its
-//!   members was never heard from, until the boot window has passed
-//!   (`settled`), so the preferred member, not the first to start, becomes
-//!   Primary.
+//!   members is not eligible (never heard from, not renewing its lease yet,
+//!   booting), until the boot window has passed (`settled`), so the
+//!   preferred member, not the first to start, becomes Primary.
 //! - **Hierarchical** sets: each child set is decided on its own; the
 //!   parent's Primary is the Primary of its active child (the child of the
 //!   current Primary while that child has one: a failure inside a child is
@@ -249,16 +249,16 @@ fn roles_of(
     let eligible: Vec<&MemberId> = members.iter().filter(|m| facts(m).eligible()).collect();
     let mut why = Vec::new();
     if current.is_none() && !inputs.settled {
-        let unheard: Vec<MemberId> = members
+        // Cold boot: the set starts when every member can take a role (or
+        // the boot window has passed), so that the preferred member, not
+        // the first ready, becomes Primary.
+        let waiting: Vec<String> = members
             .iter()
-            .filter(|m| facts(m).liveness == Liveness::Unknown)
-            .cloned()
+            .filter(|m| !facts(m).eligible())
+            .map(|m| format!("{m} ({})", facts(m).why_not()))
             .collect();
-        if !unheard.is_empty() {
-            return Err(format!(
-                "cold boot: waiting to hear from {}",
-                names(&unheard)
-            ));
+        if !waiting.is_empty() {
+            return Err(format!("cold boot: waiting for {}", waiting.join(", ")));
         }
     }
     // An outgoing Primary of a finished handover steps down now.

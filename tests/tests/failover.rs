@@ -198,6 +198,19 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
     );
     assert!(roles["epoch"].as_u64().unwrap() > epoch, "{roles}");
     assert!(roles["why"].as_str().unwrap().contains("m1"), "{roles}");
+    // m2's /metrics tells the same.
+    let metrics = api_request(c.api_ports[1], &c.token, "GET", "/metrics", "", None);
+    for line in [
+        "trellis_role{set=\"default\",member=\"m2\",role=\"primary\"} 1",
+        "trellis_alua_state{device=\"vol\",state=\"active_optimized\"} 1",
+        "trellis_lease_valid 1",
+        "trellis_failovers_total 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in\n{metrics}"
+        );
+    }
 
     // m1 comes back: an Alternate, Standby; m2 keeps the role.
     c.restart(0);

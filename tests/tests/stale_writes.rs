@@ -202,7 +202,9 @@ fn stall_rounds(c: &Cluster, lun: u16, rounds: usize) {
         acks_grow_by(3 * BLOCKS, "writes through the other members");
         pause.store(true, Ordering::SeqCst);
         eventually("the writer paused", Duration::from_secs(90), || {
-            idle.load(Ordering::SeqCst).then_some(()).ok_or_else(|| "writing".to_owned())
+            idle.load(Ordering::SeqCst)
+                .then_some(())
+                .ok_or_else(|| "writing".to_owned())
         });
         let held = stopped.elapsed();
         assert!(held > CLIENT_TIMEOUT, "round {round}: stopped for {held:?}");

@@ -202,6 +202,8 @@ pub fn start(
     let serve_stats = Arc::new(trellis_control::api::ServeStats::default());
     let api_max = settings.api_serve.max_connections;
     let dyn_service: Arc<dyn ClusterService> = Arc::clone(&service) as Arc<dyn ClusterService>;
+    let failover_stats = failover.stats();
+    let reader = service.reader();
     let local = match registry {
         Some(reg) => {
             let who = me.id.to_string();
@@ -215,6 +217,7 @@ pub fn start(
                         .clone();
                     crate::metrics::render(&reg.device_io(), &unserved)
                         + &crate::metrics::render_admission(&reg.admission().stats())
+                        + &crate::failover::render(&failover_stats, &reader.state())
                         + &stats.render(api_max)
                 }),
                 member: who.clone(),

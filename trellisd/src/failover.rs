@@ -18,7 +18,7 @@
 //! without a valid lease for the epoch it has applied.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,9 +49,33 @@ const PATHS_EVERY: Duration = Duration::from_millis(25);
 /// The failover threads of one member.
 pub struct Failover {
     threads: Vec<JoinHandle<()>>,
+    stats: Arc<Stats>,
+}
+
+/// What the failover threads count, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lease renewals granted.
+    pub renewals: AtomicU64,
+    /// Lease renewals that failed (no leader, no quorum, timeout).
+    pub renewal_failures: AtomicU64,
+    /// Times this member's lease ran out while it held one.
+    pub losses: AtomicU64,
+    /// Whether the lease is held now.
+    pub lease_valid: AtomicBool,
+    /// Changes of a set's Primary this member's replica applied (a first
+    /// assignment is not one).
+    pub failovers: AtomicU64,
+    /// This member's own ALUA state per device, as last set.
+    pub own: Mutex<BTreeMap<String, Access>>,
 }
 
 impl Failover {
+    /// The counters, for `/metrics`.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Waits for the threads (after `stop` was set and `wake` notified).
     pub fn join(self) {
         for t in self.threads {
@@ -84,6 +108,7 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             .spawn(f)
             .context("cannot start a thread")
     };
+    let stats = Arc::new(Stats::default());
     let arbiter = Arbiter::new(&src);
     threads.push(spawn("trellis-arbiter", Box::new(move || arbiter.run()))?);
     if let Some(registry) = registry {
@@ -94,6 +119,7 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             me: src.me.clone(),
             stop: Arc::clone(&src.stop),
             changes: src.changes.clone(),
+            stats: Arc::clone(&stats),
         };
         threads.push(spawn("trellis-lease", Box::new(move || lease.run()))?);
         let paths = Paths {
@@ -104,10 +130,13 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             stop: Arc::clone(&src.stop),
             changes: src.changes.clone(),
             last: BTreeMap::new(),
+            stats: Arc::clone(&stats),
+            primaries: BTreeMap::new(),
+            serving: false,
         };
         threads.push(spawn("trellis-paths", Box::new(move || paths.run()))?);
     }
-    Ok(Failover { threads })
+    Ok(Failover { threads, stats })
 }
 
 fn unix_ms() -> u64 {
@@ -122,6 +151,7 @@ struct LeaseThread {
     me: MemberId,
     stop: Arc<AtomicBool>,
     changes: Watch,
+    stats: Arc<Stats>,
 }
 
 impl LeaseThread {
@@ -138,6 +168,7 @@ impl LeaseThread {
             let seq = self.lock().request(now);
             match self.service.renew_lease(&self.me, timers.renew_every) {
                 Ok(epoch) => {
+                    self.stats.renewals.fetch_add(1, Ordering::Relaxed);
                     let was = self.lock().state(Instant::now()).serves();
                     self.lock().granted(seq, epoch);
                     if !said.is_empty() {
@@ -150,6 +181,7 @@ impl LeaseThread {
                     }
                 }
                 Err(e) => {
+                    self.stats.renewal_failures.fetch_add(1, Ordering::Relaxed);
                     let why = e.to_string();
                     if why != said {
                         tracing::warn!(member = %self.me, error = %why, "cannot renew the lease; ports step down when it runs out");
@@ -240,13 +272,36 @@ impl Arbiter {
 
     fn round(&mut self, term: u64) {
         let state = self.service.reader().state();
+        let settled = self.started.elapsed() >= BOOT_WINDOW;
+        if !settled {
+            // Cold boot: until every Raft member has registered, the sets
+            // do not know all their members yet (the default set grows as
+            // members register), and the first to register would become
+            // Primary.
+            let raft = trellis_control::service::ClusterService::raft(&*self.service);
+            let unregistered: Vec<u64> = raft
+                .voters
+                .iter()
+                .chain(&raft.learners)
+                .copied()
+                .filter(|id| !state.config.members.values().any(|m| m.node_id == *id))
+                .collect();
+            if !unregistered.is_empty() {
+                let why = format!("cold boot: waiting for nodes {unregistered:?} to register");
+                if self.waits.get("*") != Some(&why) {
+                    tracing::info!("arbitration waits: {why}");
+                    self.waits.insert("*".into(), why);
+                }
+                return;
+            }
+        }
         let facts = self.facts(&state.config, term);
         let decisions = decide(&Inputs {
             config: &state.config,
             facts: &facts,
             current: &state.roles.sets,
             now_ms: unix_ms(),
-            settled: self.started.elapsed() >= BOOT_WINDOW,
+            settled,
         });
         let mut proposals = Vec::new();
         for (set, d) in decisions {
@@ -300,6 +355,11 @@ struct Paths {
     changes: Watch,
     /// The table last set, by device.
     last: BTreeMap<uuid::Uuid, PortTable>,
+    stats: Arc<Stats>,
+    /// Each set's Primary as last applied, with its epoch.
+    primaries: BTreeMap<String, (u64, Option<MemberId>)>,
+    /// Whether the lease was held at the last look.
+    serving: bool,
 }
 
 fn alua(a: Access) -> AluaState {
@@ -328,9 +388,30 @@ impl Paths {
             .state(Instant::now())
     }
 
+    /// Counts lease losses and changes of Primary.
+    fn count(&mut self, state: &trellis_control::config::ReplicatedState, lease: LeaseState) {
+        let serving = lease.serves();
+        if self.serving && !serving {
+            self.stats.losses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(member = %self.me, "lease ran out: this member's ports step down");
+        }
+        self.serving = serving;
+        self.stats.lease_valid.store(serving, Ordering::Relaxed);
+        for (set, a) in &state.roles.sets {
+            let now = (a.epoch, a.roles.primary.clone());
+            match self.primaries.insert(set.clone(), now.clone()) {
+                Some((epoch, Some(before))) if epoch < now.0 && now.1.as_ref() != Some(&before) => {
+                    self.stats.failovers.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn apply(&mut self) {
         let state = self.service.reader().state();
         let lease = self.lease();
+        self.count(&state, lease);
         // Writes stop at the lease's end, and at once while the lease was
         // granted at an epoch this member has not applied yet.
         let fence = match lease {
@@ -352,6 +433,11 @@ impl Paths {
                     let mut access = g.state;
                     if g.member == self.me {
                         access = own_state(access, device.policy, lease, state.roles.last_epoch);
+                        self.stats
+                            .own
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(device.name.clone(), access);
                     }
                     PortGroup {
                         id: g.id,
@@ -383,4 +469,79 @@ impl Paths {
         self.last
             .retain(|u, _| state.config.devices.values().any(|d| d.uuid == *u));
     }
+}
+
+/// Prometheus text: roles per set and member, each set's epoch, this
+/// member's ALUA state per device, failovers, lease renewals and losses.
+pub fn render(stats: &Stats, state: &trellis_control::config::ReplicatedState) -> String {
+    use std::fmt::Write;
+    let mut out = String::from(
+        "# HELP trellis_role A member's role in a Failover Set (1), as committed.\n# TYPE trellis_role gauge\n",
+    );
+    for (set, a) in &state.roles.sets {
+        for m in state.config.set_members(set) {
+            if let Some(role) = a.roles.role_of(&m) {
+                let _ = writeln!(
+                    out,
+                    "trellis_role{{set=\"{set}\",member=\"{m}\",role=\"{role}\"}} 1"
+                );
+            }
+        }
+    }
+    out.push_str("# HELP trellis_set_epoch The epoch of a set's committed roles.\n# TYPE trellis_set_epoch gauge\n");
+    for (set, a) in &state.roles.sets {
+        let _ = writeln!(out, "trellis_set_epoch{{set=\"{set}\"}} {}", a.epoch);
+    }
+    out.push_str("# HELP trellis_alua_state This member's ALUA state per device (1).\n# TYPE trellis_alua_state gauge\n");
+    for (device, access) in stats
+        .own
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        let _ = writeln!(
+            out,
+            "trellis_alua_state{{device=\"{device}\",state=\"{}\"}} 1",
+            access.name()
+        );
+    }
+    let counters = [
+        (
+            "trellis_failovers_total",
+            "counter",
+            "Changes of a set's Primary this member applied.",
+            stats.failovers.load(Ordering::Relaxed),
+        ),
+        (
+            "trellis_lease_renewals_total",
+            "counter",
+            "Lease renewals granted to this member.",
+            stats.renewals.load(Ordering::Relaxed),
+        ),
+        (
+            "trellis_lease_renewal_failures_total",
+            "counter",
+            "Lease renewals that failed (no leader, no quorum, no answer in time).",
+            stats.renewal_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "trellis_lease_losses_total",
+            "counter",
+            "Times this member's lease ran out while it held one.",
+            stats.losses.load(Ordering::Relaxed),
+        ),
+        (
+            "trellis_lease_valid",
+            "gauge",
+            "Whether this member holds its lease now.",
+            u64::from(stats.lease_valid.load(Ordering::Relaxed)),
+        ),
+    ];
+    for (name, kind, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    out
 }

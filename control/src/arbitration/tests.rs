@@ -237,9 +237,16 @@ fn arbitration_table() {
         case(
             "cold boot waits for unheard members",
             "s",
-            Want::Wait("cold boot: waiting to hear from m3"),
+            Want::Wait("cold boot: waiting for m3 (not heard from)"),
         )
         .with("m3", unknown())
+        .unsettled(),
+        case(
+            "cold boot waits for a member still starting",
+            "s",
+            Want::Wait("cold boot: waiting for m1 (not renewing its lease)"),
+        )
+        .with("m1", with(|f| f.renewing = false))
         .unsettled(),
         case(
             "cold boot settled: assigns without them",
