@@ -1,5 +1,8 @@
 //! CDB dispatch: the SCSI layer's decision for READ(10) and WRITE(16) (the
-//! per-command hot path) and for INQUIRY (a slow-path command, for scale).
+//! per-command hot path, the ALUA state check included) and for INQUIRY (a
+//! slow-path command, for scale); what each command pays to catch up with
+//! its unit's shared state (`observe`), and the write fence check against a
+//! clock read (with the clock read alone as its baseline).
 
 use std::hint::black_box;
 
@@ -94,6 +97,24 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+    // What every command pays for the unit's shared state before dispatch:
+    // resets, reservations, mode changes and the ALUA port state (one
+    // atomic word each), and the write fence a core checks per write.
+    let mut g = c.benchmark_group("scsi_unit_state");
+    g.bench_function("observe", |b| {
+        b.iter(|| {
+            nexus.observe(black_box(&lu));
+            black_box(nexus.access_state())
+        })
+    });
+    lu.ports().set_write_fence(Some(
+        std::time::Instant::now() + std::time::Duration::from_secs(3600),
+    ));
+    g.bench_function("write_fence", |b| {
+        b.iter(|| black_box(lu.ports().writable_at(black_box(std::time::Instant::now()))))
+    });
+    g.bench_function("clock", |b| b.iter(|| black_box(std::time::Instant::now())));
     g.finish();
 }
 
