@@ -75,6 +75,9 @@ pub struct MemberView {
     pub incarnation: Option<u64>,
     /// Its links as seen from here.
     pub links: Vec<LinkView>,
+    /// Drained by an operator: it takes no roles.
+    #[serde(default)]
+    pub drained: bool,
 }
 
 /// One link of a member.

@@ -24,6 +24,9 @@ pub enum CommandError {
     /// The answer is not what this version of the CLI expects.
     #[error("unexpected answer from the API: {0}")]
     Answer(#[from] serde_json::Error),
+    /// The cluster took the request but did not finish in time.
+    #[error("{0}")]
+    Unfinished(String),
 }
 
 /// Runs `command`; returns what to print.
@@ -31,6 +34,17 @@ pub fn run(client: &Client, command: &Command, json: bool) -> Result<String, Com
     let (answer, human) = match command {
         Command::Status => get(client, "/v1/status", render_status)?,
         Command::Member(MemberCmd::List) => get(client, "/v1/members", render_members)?,
+        Command::Member(MemberCmd::Drain { member, wait }) => {
+            failover::drain(client, member, *wait)?
+        }
+        Command::Member(MemberCmd::Undrain { member }) => write(
+            client,
+            Method::Post,
+            &format!("/v1/members/{}/undrain", segment(member)),
+            NO_BODY,
+            format!("{member} may take roles again"),
+            format!("{member} was not drained"),
+        )?,
         Command::Device(cmd) => device(client, cmd)?,
         Command::Target(cmd) => target(client, cmd)?,
         Command::Acl(cmd) => acl(client, cmd)?,
@@ -296,6 +310,9 @@ fn render_members(list: MemberList) -> String {
         }
         if m.witness {
             role.push("witness");
+        }
+        if m.drained {
+            role.push("drained");
         }
         t.row(vec![
             m.id,

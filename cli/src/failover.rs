@@ -214,6 +214,63 @@ fn render_roles_at(list: RoleList, now_ms: u64) -> String {
     t.render()
 }
 
+/// Runs `trellis member drain`: drains `member`, then waits up to `wait`
+/// seconds until it is Primary (or outgoing Primary) of no set; reports
+/// where the roles went, or fails naming the sets it still leads.
+pub fn drain(client: &Client, member: &str, wait: u64) -> Result<Outcome, CommandError> {
+    let (answer, _) = write(
+        client,
+        Method::Post,
+        &format!("/v1/members/{}/drain", segment(member)),
+        NO_BODY,
+        String::new(),
+        String::new(),
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let roles = client.call(Method::Get, "/v1/roles", NO_BODY)?;
+        let list: RoleList = serde_json::from_value(roles.value)?;
+        let leads: Vec<String> = list
+            .roles
+            .iter()
+            .filter(|r| {
+                r.primary.as_deref() == Some(member) || r.outgoing.as_deref() == Some(member)
+            })
+            .map(|r| r.set.clone())
+            .collect();
+        if leads.is_empty() {
+            let moved: Vec<String> = list
+                .roles
+                .iter()
+                .filter(|r| r.primary.is_some())
+                .map(|r| {
+                    format!(
+                        "set {} epoch {}: {} Primary",
+                        r.set,
+                        r.epoch,
+                        r.primary.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            let human = format!("{member} drained; {}\n", moved.join("; "));
+            return Ok((answer, human));
+        }
+        if wait == 0 {
+            return Ok((
+                answer,
+                format!("{member} drained; still Primary of {}\n", leads.join(", ")),
+            ));
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CommandError::Unfinished(format!(
+                "{member} is drained but still Primary of {} after {wait} s (no other eligible member?)",
+                leads.join(", ")
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Runs `trellis set ...`.
 pub fn set(client: &Client, cmd: &SetCmd) -> Result<Outcome, CommandError> {
     match cmd {

@@ -96,6 +96,20 @@ pub enum Command {
 pub enum MemberCmd {
     /// Members, their state and their links.
     List,
+    /// Move a member's roles away (a planned handover: the new Primary is
+    /// Active/Optimized first) and wait until it holds no Primary role.
+    Drain {
+        /// The member.
+        member: String,
+        /// Seconds to wait for the roles to move (0: do not wait).
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+    },
+    /// Let a drained member take roles again.
+    Undrain {
+        /// The member.
+        member: String,
+    },
 }
 
 /// `trellis device ...`

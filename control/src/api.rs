@@ -166,6 +166,8 @@ pub fn router(service: Arc<dyn ClusterService>, token: String, local: Local) -> 
         )
         .route("/v1/sets/{name}/failback", post(failover::set_failback))
         .route("/v1/roles", get(failover::list_roles))
+        .route("/v1/members/{id}/drain", post(failover::drain_member))
+        .route("/v1/members/{id}/undrain", post(failover::undrain_member))
         .route(
             "/v1/targets",
             get(handlers::list_targets).post(handlers::create_target),

@@ -6,7 +6,9 @@
 //! writes through it: m2 becomes Active/Optimized (the time from the kill
 //! is printed), a session on m2 gets ASYMMETRIC ACCESS STATE CHANGED, fio
 //! writes and verifies through m2, the roles moved with a new epoch. m1
-//! restarted rejoins as an Alternate without taking the role back.
+//! restarted rejoins as an Alternate without taking the role back. m2
+//! drained: its role moves to m3 in a planned handover; undrained, it is
+//! an Alternate again.
 
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -238,4 +240,40 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
         (Some(state::STANDBY), Some(state::AO)),
         "{r:?}"
     );
+
+    // Planned: m2 drained. Its roles move to m3 (Active/Optimized first),
+    // m2 is left without a role, its group Unavailable; undrained, it is
+    // an Alternate again.
+    let out = c.cli(&["member", "drain", "m2"]);
+    assert!(
+        out.contains("m2 drained") && out.contains("m3 Primary"),
+        "{out}"
+    );
+    let roles = c.roles("default");
+    assert_eq!(roles["primary"], "m3", "{roles}");
+    let r = alua::wait_state(
+        m1,
+        TARGET,
+        HOST,
+        0,
+        2,
+        state::UNAVAILABLE,
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.state_of(3), Some(state::AO), "{r:?}");
+    assert!(c.cli(&["member", "list"]).contains("drained"));
+    c.cli(&["member", "undrain", "m2"]);
+    eventually("m2 back as an Alternate", Duration::from_secs(30), || {
+        let r = c.roles("default");
+        r["alternates"]
+            .as_array()
+            .is_some_and(|a| a.contains(&"m2".into()))
+            .then_some(())
+            .ok_or(r.to_string())
+    });
+    // A witness or an unknown member cannot be drained.
+    let (code, out) =
+        trellis_tests::trellis_cli(&c.endpoints(), &c.token, &["member", "drain", "m9"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no member m9"), "{out}");
 }

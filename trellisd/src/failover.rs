@@ -256,6 +256,7 @@ impl Arbiter {
                 liveness,
                 renewing,
                 lease_may_hold,
+                drained: config.drained.contains(&m.id),
                 eligible_for: Duration::ZERO,
                 ..MemberFacts::up(Duration::ZERO)
             };

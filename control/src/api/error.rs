@@ -142,6 +142,7 @@ impl ApiError {
                 C::NestedOnce => (StatusCode::BAD_REQUEST, "nested_once"),
                 C::InvalidSet { .. } => (StatusCode::BAD_REQUEST, "invalid_set"),
                 C::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
+                C::Witness { .. } => (StatusCode::BAD_REQUEST, "witness"),
             },
         }
     }

@@ -261,3 +261,38 @@ pub(super) async fn list_roles(State(st): State<AppState>) -> Json<RoleList> {
             .collect(),
     })
 }
+
+/// `POST /v1/members/{id}/drain`: the member's roles move away (a planned
+/// handover: the new Primary Active/Optimized first).
+pub(super) async fn drain_member(
+    State(st): State<AppState>,
+    PathParams(id): PathParams<String>,
+    key: IdempotencyKey,
+) -> ApiResult<Json<WriteResult>> {
+    let member = crate::MemberId(id);
+    st.write(
+        &key,
+        Command::DrainMember {
+            member,
+            drained: true,
+        },
+    )
+    .await
+}
+
+/// `POST /v1/members/{id}/undrain`: the member may take roles again.
+pub(super) async fn undrain_member(
+    State(st): State<AppState>,
+    PathParams(id): PathParams<String>,
+    key: IdempotencyKey,
+) -> ApiResult<Json<WriteResult>> {
+    let member = crate::MemberId(id);
+    st.write(
+        &key,
+        Command::DrainMember {
+            member,
+            drained: false,
+        },
+    )
+    .await
+}

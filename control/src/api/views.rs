@@ -294,6 +294,7 @@ pub fn member_list(
             .to_owned(),
         since_ms: status.map(|s| millis(s.since)),
         incarnation: status.and_then(|s| s.incarnation),
+        drained: false,
         links: status.map_or_else(Vec::new, |s| {
             s.links
                 .iter()
@@ -316,6 +317,7 @@ pub fn member_list(
             view.node_id = Some(m.node_id);
             view.api = Some(m.api.to_string());
             view.witness = m.witness;
+            view.drained = config.drained.contains(&m.id);
             view.local = local;
             if local {
                 "alive".clone_into(&mut view.state);

@@ -146,6 +146,14 @@ pub enum Command {
         #[serde(default)]
         policy: Option<PortPolicy>,
     },
+    /// Drain a member (its roles move away in a planned handover) or
+    /// undrain it.
+    DrainMember {
+        /// The member.
+        member: MemberId,
+        /// Drained (true) or not.
+        drained: bool,
+    },
     /// Commit role assignments (the Raft leader's arbiter): all, or none
     /// when one is stale.
     AssignRoles {
@@ -352,6 +360,12 @@ pub enum ConfigError {
         /// The set's epoch now.
         current: u64,
     },
+    /// A witness holds no roles (nothing to drain).
+    #[error("member {member} is a witness: it serves no data and holds no roles")]
+    Witness {
+        /// The member.
+        member: String,
+    },
     /// A Failover Set breaks a rule.
     #[error("set {set}: {reason}")]
     InvalidSet {
@@ -423,11 +437,29 @@ impl ClusterConfig {
             Command::SetDevicePolicy { name, set, policy } => {
                 self.set_device_policy(name, set.as_deref(), *policy)
             }
+            Command::DrainMember { member, drained } => {
+                let m = self
+                    .members
+                    .get(member)
+                    .ok_or_else(|| not_found(Object::Member, &member.0))?;
+                if m.witness {
+                    return Err(ConfigError::Witness {
+                        member: member.0.clone(),
+                    });
+                }
+                let did = if *drained {
+                    self.drained.insert(member.clone())
+                } else {
+                    self.drained.remove(member)
+                };
+                Ok(changed(did))
+            }
             // Role assignments are the replicated log's state
             // (`ReplicatedState::apply`), not the configuration's.
             Command::AssignRoles { .. } => Ok(Response::Unchanged),
             Command::RemoveMember { id } => {
                 self.check_member_unused(id)?;
+                self.drained.remove(id);
                 self.members
                     .remove(id)
                     .ok_or_else(|| not_found(Object::Member, &id.0))?;

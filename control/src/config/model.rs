@@ -47,6 +47,9 @@ pub struct ClusterConfig {
     /// [`DEFAULT_SET`](super::sets::DEFAULT_SET).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sets: BTreeMap<String, FailoverSet>,
+    /// Members an operator drained: their roles move away (planned).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub drained: BTreeSet<MemberId>,
 }
 
 /// A member of the cluster as configured (its live state is membership's).
