@@ -9,10 +9,11 @@
 //!                    snapshot_data                    install snapshots
 //! ```
 //!
-//! The state machine lives in memory ([`ClusterConfig`] plus the last
-//! applied log id and membership) and is written back to `applied` with
-//! each applied batch, so a member restarts with the configuration it had.
-//! A snapshot is the whole configuration serialized as one blob; the
+//! The state machine lives in memory (the [`ReplicatedState`]: the
+//! configuration and the log's own state; plus the last applied log id
+//! and membership) and is written back to `applied` with each applied
+//! batch, so a member restarts with the state it had. A snapshot is the
+//! whole replicated state serialized as one blob; the
 //! latest is kept in the same file. Every write is one redb transaction,
 //! durable when it commits, and the calls do their (small, local) I/O
 //! inline rather than on a blocking pool.
