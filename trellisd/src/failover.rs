@@ -133,6 +133,7 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             stats: Arc::clone(&stats),
             primaries: BTreeMap::new(),
             serving: false,
+            cached: None,
         };
         threads.push(spawn("trellis-paths", Box::new(move || paths.run()))?);
     }
@@ -361,6 +362,9 @@ struct Paths {
     primaries: BTreeMap<String, (u64, Option<MemberId>)>,
     /// Whether the lease was held at the last look.
     serving: bool,
+    /// The replicated state as of an applied index: copied again only when
+    /// the replica applied more (this thread looks every 25 ms).
+    cached: Option<(Option<u64>, Arc<trellis_control::config::ReplicatedState>)>,
 }
 
 fn alua(a: Access) -> AluaState {
@@ -409,8 +413,22 @@ impl Paths {
         }
     }
 
+    /// The replicated state, copied only when the replica moved on.
+    fn state(&mut self) -> Arc<trellis_control::config::ReplicatedState> {
+        let reader = self.service.reader();
+        let index = reader.applied_index();
+        match &self.cached {
+            Some((at, s)) if *at == index => Arc::clone(s),
+            _ => {
+                let s = Arc::new(reader.state());
+                self.cached = Some((index, Arc::clone(&s)));
+                s
+            }
+        }
+    }
+
     fn apply(&mut self) {
-        let state = self.service.reader().state();
+        let state = self.state();
         let lease = self.lease();
         self.count(&state, lease);
         // Writes stop at the lease's end, and at once while the lease was

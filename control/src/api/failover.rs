@@ -262,6 +262,18 @@ pub(super) async fn list_roles(State(st): State<AppState>) -> Json<RoleList> {
     })
 }
 
+/// Drains (`drained`) or undrains member `id`.
+async fn set_drained(
+    st: AppState,
+    id: String,
+    key: IdempotencyKey,
+    drained: bool,
+) -> ApiResult<Json<WriteResult>> {
+    let member = crate::MemberId(id);
+    st.write(&key, Command::DrainMember { member, drained })
+        .await
+}
+
 /// `POST /v1/members/{id}/drain`: the member's roles move away (a planned
 /// handover: the new Primary Active/Optimized first).
 pub(super) async fn drain_member(
@@ -269,15 +281,7 @@ pub(super) async fn drain_member(
     PathParams(id): PathParams<String>,
     key: IdempotencyKey,
 ) -> ApiResult<Json<WriteResult>> {
-    let member = crate::MemberId(id);
-    st.write(
-        &key,
-        Command::DrainMember {
-            member,
-            drained: true,
-        },
-    )
-    .await
+    set_drained(st, id, key, true).await
 }
 
 /// `POST /v1/members/{id}/undrain`: the member may take roles again.
@@ -286,13 +290,5 @@ pub(super) async fn undrain_member(
     PathParams(id): PathParams<String>,
     key: IdempotencyKey,
 ) -> ApiResult<Json<WriteResult>> {
-    let member = crate::MemberId(id);
-    st.write(
-        &key,
-        Command::DrainMember {
-            member,
-            drained: false,
-        },
-    )
-    .await
+    set_drained(st, id, key, false).await
 }
