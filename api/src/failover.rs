@@ -161,6 +161,15 @@ pub struct RoleView {
     pub why: String,
 }
 
+/// `GET /v1/events`: the history of committed role assignments (every set,
+/// the last 256, oldest first), each as the roles it gave and why. It is
+/// replicated: every member answers the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventList {
+    /// Oldest first.
+    pub events: Vec<RoleView>,
+}
+
 /// `GET /v1/roles`: every set, the built-in one first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleList {

@@ -50,6 +50,7 @@ pub fn run(client: &Client, command: &Command, json: bool) -> Result<String, Com
         Command::Acl(cmd) => acl(client, cmd)?,
         Command::Set(cmd) => failover::set(client, cmd)?,
         Command::Role(cmd) => failover::role(client, cmd)?,
+        Command::Events(args) => failover::events(client, args)?,
     };
     if json {
         let mut out = answer.text;

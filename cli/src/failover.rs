@@ -3,8 +3,8 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use trellis_api::{
-    AddSetMember, Composition, CreateSet, FailbackMode, Others, Policy, RoleList, SetDevicePolicy,
-    SetFailback, SetList, SetView,
+    AddSetMember, Composition, CreateSet, EventList, FailbackMode, Others, Policy, RoleList,
+    SetDevicePolicy, SetFailback, SetList, SetView,
 };
 
 use crate::client::{segment, Client, Method, NO_BODY};
@@ -166,6 +166,60 @@ pub enum RoleCmd {
     List,
 }
 
+/// `trellis events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only the events of this Failover Set.
+    #[arg(long, value_name = "SET")]
+    pub set: Option<String>,
+    /// Only the last N events (after --set).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub last: usize,
+}
+
+/// Runs `trellis events`: the replicated history of role assignments, the
+/// oldest shown first; `--json` prints the same selection.
+pub fn events(client: &Client, args: &EventsArgs) -> Result<Outcome, CommandError> {
+    let mut answer = client.call(Method::Get, "/v1/events", NO_BODY)?;
+    let mut list: EventList = serde_json::from_value(answer.value.clone())?;
+    select_events(&mut list, args.set.as_deref(), args.last);
+    answer.value = serde_json::to_value(&list)?;
+    answer.text = serde_json::to_string_pretty(&list)?;
+    let human = render_events_at(list, now_ms());
+    Ok((answer, human))
+}
+
+/// Keeps the events of `set` (all: None), the last `last` of them.
+fn select_events(list: &mut EventList, set: Option<&str>, last: usize) {
+    if let Some(set) = set {
+        list.events.retain(|e| e.set == set);
+    }
+    let skip = list.events.len().saturating_sub(last);
+    list.events.drain(..skip);
+}
+
+fn render_events_at(list: EventList, now_ms: u64) -> String {
+    if list.events.is_empty() {
+        return "no role assignments yet\n".to_owned();
+    }
+    let mut t = Table::new(&["WHEN", "SET", "EPOCH", "WHAT"]);
+    for e in list.events {
+        t.row(vec![
+            format!("{} ago", duration(now_ms.saturating_sub(e.since_ms))),
+            e.set,
+            e.epoch.to_string(),
+            e.why,
+        ]);
+    }
+    t.render()
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Runs `trellis role ...`.
 pub fn role(client: &Client, cmd: &RoleCmd) -> Result<Outcome, CommandError> {
     match cmd {
@@ -174,10 +228,7 @@ pub fn role(client: &Client, cmd: &RoleCmd) -> Result<Outcome, CommandError> {
 }
 
 fn render_roles(list: RoleList) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    render_roles_at(list, now)
+    render_roles_at(list, now_ms())
 }
 
 fn render_roles_at(list: RoleList, now_ms: u64) -> String {
@@ -471,6 +522,36 @@ mod tests {
             shown.contains("n-way (built in: every data member)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn events_are_selected_by_set_then_the_last_n() {
+        let event = |set: &str, epoch: u64, why: &str| json!({"set": set, "epoch": epoch, "primary": "m1", "since_ms": 1_000 * epoch, "why": why});
+        let all: EventList = serde_json::from_value(json!({"events": [
+            event("default", 1, "cold boot -> set default: m1 Primary"),
+            event("s1", 2, "cold boot -> set s1: m1 Primary"),
+            event("default", 3, "m1 failed on every link -> set default: m2 Primary"),
+            event("default", 4, "m2 drained -> set default: m3 Primary"),
+        ]}))
+        .expect("view");
+        let mut list = all.clone();
+        select_events(&mut list, Some("default"), 2);
+        let epochs: Vec<u64> = list.events.iter().map(|e| e.epoch).collect();
+        assert_eq!(epochs, [3, 4]);
+        let out = render_events_at(list, 10_000);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].starts_with("WHEN    SET      EPOCH  WHAT"),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with("7s ago  default  3      m1 failed on every link"),
+            "{out}"
+        );
+        let mut none = all;
+        select_events(&mut none, Some("s9"), 20);
+        assert_eq!(render_events_at(none, 0), "no role assignments yet\n");
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub enum Command {
     /// Roles (Primary, Secondary, Alternates) of each set.
     #[command(subcommand)]
     Role(failover::RoleCmd),
+    /// The history of role assignments (replicated: every member shows the
+    /// same), oldest first: when, which set, the epoch, what changed and why.
+    Events(failover::EventsArgs),
 }
 
 /// `trellis member ...`

@@ -166,6 +166,7 @@ pub fn router(service: Arc<dyn ClusterService>, token: String, local: Local) -> 
         )
         .route("/v1/sets/{name}/failback", post(failover::set_failback))
         .route("/v1/roles", get(failover::list_roles))
+        .route("/v1/events", get(failover::list_events))
         .route("/v1/members/{id}/drain", post(failover::drain_member))
         .route("/v1/members/{id}/undrain", post(failover::undrain_member))
         .route(

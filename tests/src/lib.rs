@@ -508,6 +508,92 @@ pub fn fio_bin() -> PathBuf {
     path
 }
 
+/// fio running in the background. Ending it ends every process it forked:
+/// fio runs each job in a child process that leaves the parent's process
+/// group, so killing the parent (or its group) leaves the job running, and a
+/// job whose target died retries its connection forever. Killed on drop.
+#[derive(Debug)]
+pub struct BackgroundFio {
+    child: Child,
+}
+
+/// The processes whose parent is `pid`, from `/proc`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let child: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let ppid: u32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == pid).then_some(child)
+    })
+    .collect()
+}
+
+fn sigkill(pid: u32) {
+    let pid = i32::try_from(pid).expect("pid fits i32");
+    // Never 0, 1 or a negative number (a group, or every process).
+    assert!(pid > 1, "refusing to signal pid {pid}");
+    // SAFETY: kill(2) on one positive pid has no memory effects.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+impl BackgroundFio {
+    /// Starts fio with `args`, its output discarded.
+    pub fn start(args: &[String]) -> BackgroundFio {
+        let child = Command::new(fio_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fio");
+        BackgroundFio { child }
+    }
+
+    /// Kills fio's job processes and fio, and reaps it.
+    pub fn stop(&mut self) {
+        let parent = self.child.id();
+        // The parent first stopped, so it forks no job after the walk.
+        let pid = i32::try_from(parent).expect("pid fits i32");
+        assert!(pid > 1, "refusing to signal pid {pid}");
+        // SAFETY: as in sigkill.
+        unsafe {
+            libc::kill(pid, libc::SIGSTOP);
+        }
+        let mut todo = vec![parent];
+        let mut all = Vec::new();
+        while let Some(p) = todo.pop() {
+            let kids = children_of(p);
+            todo.extend(&kids);
+            all.extend(kids);
+        }
+        for p in all {
+            sigkill(p);
+        }
+        sigkill(parent);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BackgroundFio {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
 /// Runs fio with `args`; panics unless it succeeds with no errors. Its
 /// output.
 pub fn fio_run(args: &[String]) -> String {

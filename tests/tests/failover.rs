@@ -13,13 +13,14 @@
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use trellis_tests::alua::{self, state};
 use trellis_tests::cluster::Cluster;
 use trellis_tests::raw::Conn;
-use trellis_tests::{api_request, eventually, fio_bin, fio_filename, fio_run, require_tool};
+use trellis_tests::{
+    api_request, eventually, fio_filename, fio_run, require_tool, trellis_cli, BackgroundFio,
+};
 
 const TARGET: &str = "iqn.2026-12.io.trellis:failover-test";
 const HOST: &str = "iqn.2026-12.io.trellis:failover-host";
@@ -127,17 +128,12 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
     assert_eq!(write10(&mut primary, 0, 0xAB).status, 0);
 
     // A host writing through m1 when it is SIGKILLed.
-    let mut load = Command::new(fio_bin())
-        .args(fio_args(
-            &c,
-            0,
-            "randwrite",
-            &["--time_based", "--runtime=30"],
-        ))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fio");
+    let mut load = BackgroundFio::start(&fio_args(
+        &c,
+        0,
+        "randwrite",
+        &["--time_based", "--runtime=30"],
+    ));
     let written = |c: &Cluster| -> u64 {
         let m = api_request(c.api_ports[0], &c.token, "GET", "/metrics", "", None);
         m.lines()
@@ -170,8 +166,7 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
         "FIGURE failover: SIGKILL of the Primary -> Active/Optimized on the Secondary in {} ms",
         took.as_millis()
     );
-    let _ = load.kill();
-    let _ = load.wait();
+    load.stop();
     assert_eq!(report.state_of(1), Some(state::UNAVAILABLE), "{report:?}");
     assert_eq!(report.state_of(3), Some(state::STANDBY), "{report:?}");
     assert!(report.groups.iter().any(|g| g.id == 2 && g.preferred));
@@ -200,6 +195,26 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
     );
     assert!(roles["epoch"].as_u64().unwrap() > epoch, "{roles}");
     assert!(roles["why"].as_str().unwrap().contains("m1"), "{roles}");
+    // The event history tells what changed and why, the same through each
+    // surviving member (it is replicated).
+    let events_through = |i: usize| -> serde_json::Value {
+        let api = format!("http://127.0.0.1:{}", c.api_ports[i]);
+        let (code, out) = trellis_cli(&api, &c.token, &["--json", "events", "--set", "default"]);
+        assert_eq!(code, 0, "{out}");
+        serde_json::from_str(&out).expect("events JSON")
+    };
+    let events = events_through(1);
+    assert_eq!(events, events_through(2));
+    let last = events["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .expect("an event");
+    assert_eq!(last["epoch"], roles["epoch"], "{events}");
+    assert_eq!(last["primary"], "m2", "{events}");
+    let why = last["why"].as_str().unwrap();
+    assert!(why.starts_with("m1 ") && why.contains("on every link"), "{events}");
+    let human = c.cli(&["events", "--set", "default", "--last", "1"]);
+    assert!(human.contains(why) && human.lines().count() == 2, "{human}");
     // m2's /metrics tells the same.
     let metrics = api_request(c.api_ports[1], &c.token, "GET", "/metrics", "", None);
     for line in [

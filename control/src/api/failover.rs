@@ -6,16 +6,17 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use trellis_api::{
-    AddSetMember, Composition as ApiComposition, CreateSet, FailbackMode, Others as ApiOthers,
-    Policy as ApiPolicy, RoleList, RoleView, SetDevicePolicy, SetFailback, SetList, SetView,
-    WriteResult,
+    AddSetMember, Composition as ApiComposition, CreateSet, EventList, FailbackMode,
+    Others as ApiOthers, Policy as ApiPolicy, RoleList, RoleView, SetDevicePolicy, SetFailback,
+    SetList, SetView, WriteResult,
 };
 
 use super::extract::{Body, IdempotencyKey, PathParams};
 use super::handlers::not_found;
 use super::{ApiError, AppState};
 use crate::config::{
-    ClusterConfig, Command, Composition, Failback, FailoverSet, Object, Others, PortPolicy,
+    Assignment, ClusterConfig, Command, Composition, Failback, FailoverSet, Object, Others,
+    PortPolicy,
 };
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -226,27 +227,32 @@ pub(super) async fn set_device_policy(
     .await
 }
 
+/// How an API client sees the committed `a` of `set`.
+fn role_view(set: &str, a: &Assignment) -> RoleView {
+    let name = |m: &crate::MemberId| m.0.clone();
+    RoleView {
+        set: set.to_owned(),
+        epoch: a.epoch,
+        primary: a.roles.primary.as_ref().map(name),
+        secondary: a.roles.secondary.as_ref().map(name),
+        alternates: a.roles.alternates.iter().map(name).collect(),
+        outgoing: a.roles.outgoing.as_ref().map(name),
+        since_ms: a.since_ms,
+        why: a.why.clone(),
+    }
+}
+
 /// `GET /v1/roles`: the committed roles of every set (epoch 0 where none
 /// is committed yet).
 pub(super) async fn list_roles(State(st): State<AppState>) -> Json<RoleList> {
     let config = st.service.config();
     let table = st.service.roles();
-    let name = |m: &crate::MemberId| m.0.clone();
     Json(RoleList {
         roles: config
             .failover_sets()
             .iter()
             .map(|s| match table.sets.get(&s.name) {
-                Some(a) => RoleView {
-                    set: s.name.clone(),
-                    epoch: a.epoch,
-                    primary: a.roles.primary.as_ref().map(name),
-                    secondary: a.roles.secondary.as_ref().map(name),
-                    alternates: a.roles.alternates.iter().map(name).collect(),
-                    outgoing: a.roles.outgoing.as_ref().map(name),
-                    since_ms: a.since_ms,
-                    why: a.why.clone(),
-                },
+                Some(a) => role_view(&s.name, a),
                 None => RoleView {
                     set: s.name.clone(),
                     epoch: 0,
@@ -258,6 +264,18 @@ pub(super) async fn list_roles(State(st): State<AppState>) -> Json<RoleList> {
                     why: "no roles committed yet".to_owned(),
                 },
             })
+            .collect(),
+    })
+}
+
+/// `GET /v1/events`: the replicated history of role assignments.
+pub(super) async fn list_events(State(st): State<AppState>) -> Json<EventList> {
+    let table = st.service.roles();
+    Json(EventList {
+        events: table
+            .history
+            .iter()
+            .map(|e| role_view(&e.set, &e.assignment))
             .collect(),
     })
 }

@@ -16,7 +16,7 @@
 //! [`ReplicatedState::roles`]: super::ReplicatedState::roles
 //! [`Command::AssignRoles`]: super::Command::AssignRoles
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -97,6 +97,19 @@ pub struct Proposal {
     pub why: String,
 }
 
+/// One committed assignment in the history: what changed in which set,
+/// when and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleEvent {
+    /// The set.
+    pub set: String,
+    /// The assignment, as committed.
+    pub assignment: Assignment,
+}
+
+/// How many assignments the history keeps (the oldest go first).
+pub const HISTORY: usize = 256;
+
 /// The role assignments of every set and the last epoch given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleTable {
@@ -106,6 +119,11 @@ pub struct RoleTable {
     /// By set name.
     #[serde(default)]
     pub sets: BTreeMap<String, Assignment>,
+    /// The last [`HISTORY`] assignments of every set, oldest first. Part
+    /// of the replicated state, so every member shows the same history and
+    /// it survives restarts (snapshots carry it).
+    #[serde(default, skip_serializing_if = "VecDeque::is_empty")]
+    pub history: VecDeque<RoleEvent>,
 }
 
 impl RoleTable {
@@ -156,15 +174,20 @@ impl RoleTable {
         }
         for p in proposals {
             self.last_epoch += 1;
-            self.sets.insert(
-                p.set.clone(),
-                Assignment {
-                    epoch: self.last_epoch,
-                    roles: p.roles.clone(),
-                    since_ms: p.since_ms,
-                    why: p.why.clone(),
-                },
-            );
+            let assignment = Assignment {
+                epoch: self.last_epoch,
+                roles: p.roles.clone(),
+                since_ms: p.since_ms,
+                why: p.why.clone(),
+            };
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(RoleEvent {
+                set: p.set.clone(),
+                assignment: assignment.clone(),
+            });
+            self.sets.insert(p.set.clone(), assignment);
         }
         Ok(if proposals.is_empty() {
             Response::Unchanged
@@ -241,5 +264,32 @@ mod tests {
             t.sets["default"].roles.role_of(&MemberId("m3".into())),
             Some("secondary")
         );
+        // The history has both commits, in order; refusals left no trace.
+        let epochs: Vec<u64> = t.history.iter().map(|e| e.assignment.epoch).collect();
+        assert_eq!(epochs, [1, 2]);
+        assert_eq!(t.history[1].assignment, t.sets["default"]);
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_assignments() {
+        let config = with_data_members(&["m1", "m2"]);
+        let mut t = RoleTable::default();
+        for e in 0..HISTORY as u64 + 10 {
+            let r = if e % 2 == 0 {
+                roles("m1", Some("m2"))
+            } else {
+                roles("m2", Some("m1"))
+            };
+            t.assign(&config, &[proposal("default", e, r)]).unwrap();
+        }
+        assert_eq!(t.history.len(), HISTORY);
+        assert_eq!(t.history.front().unwrap().assignment.epoch, 11);
+        assert_eq!(
+            t.history.back().unwrap().assignment.epoch,
+            HISTORY as u64 + 10
+        );
+        // Survives a round trip through JSON (snapshots).
+        let back: RoleTable = serde_json::from_value(serde_json::to_value(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
     }
 }
