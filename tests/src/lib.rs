@@ -72,13 +72,26 @@ pub fn api_request(
     header: &str,
     body: Option<&str>,
 ) -> String {
+    api_request_at("127.0.0.1", port, token, method, path, header, body)
+}
+
+/// [`api_request`] to the API on `host`:`port`.
+pub fn api_request_at(
+    host: &str,
+    port: u16,
+    token: &str,
+    method: &str,
+    path: &str,
+    header: &str,
+    body: Option<&str>,
+) -> String {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the API");
+    let mut s = std::net::TcpStream::connect((host, port)).expect("connect to the API");
     // A stuck API fails the test instead of hanging it.
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n"
     );
     if !header.is_empty() {
         head.push_str(header);

@@ -13,6 +13,11 @@
 //! A namespace with no trellisd in it is a host: with a veth on each
 //! network it is a multipath initiator (`Lab::exec` runs clients there).
 //!
+//! [`Lab::with_host_network`] adds a third network, `h`, for hosts only:
+//! the members serve their portals there, and the root namespace (the test
+//! itself) has an address on it, so a test's own clients reach every
+//! portal while the members' cluster networks `a` and `b` are cut.
+//!
 //! Needs root and iproute2. Names carry a per-lab tag, so labs of tests
 //! running at the same time do not meet; everything is deleted on drop.
 
@@ -34,6 +39,11 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 pub struct Lab {
     tag: String,
     members: usize,
+    /// The networks: [`LINKS`], and `h` with a host network.
+    nets: Vec<char>,
+    /// The third octet of network `h`'s addresses (per lab, so that labs
+    /// running at once do not share a route in the root namespace).
+    host_subnet: u8,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -54,14 +64,31 @@ fn ip(args: &[&str]) -> Result<()> {
 impl Lab {
     /// Creates the namespaces, bridges and links, all up.
     pub fn new(members: usize) -> Result<Self> {
+        Self::build(members, false)
+    }
+
+    /// [`Lab::new`] plus the host network `h`, on which the root namespace
+    /// has address [`Lab::root_ip`].
+    pub fn with_host_network(members: usize) -> Result<Self> {
+        Self::build(members, true)
+    }
+
+    fn build(members: usize, host: bool) -> Result<Self> {
         // Interface names are at most 15 bytes: keep the tag short.
-        let tag = format!(
-            "{}{}",
-            std::process::id() % 10_000,
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
-        let lab = Lab { tag, members };
-        for l in LINKS {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{n}", std::process::id() % 10_000);
+        let mut nets = LINKS.to_vec();
+        if host {
+            nets.push('h');
+        }
+        let host_subnet = u8::try_from((std::process::id() + n) % 200 + 20).expect("below 256");
+        let lab = Lab {
+            tag,
+            members,
+            nets,
+            host_subnet,
+        };
+        for &l in &lab.nets {
             let br = lab.bridge(l);
             ip(&["link", "add", &br, "type", "bridge"])?;
             ip(&["link", "set", &br, "up"])?;
@@ -70,7 +97,7 @@ impl Lab {
             let ns = lab.ns(i);
             ip(&["netns", "add", &ns])?;
             ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"])?;
-            for l in LINKS {
+            for &l in &lab.nets {
                 let (inner, outer) = (lab.veth(i, l), lab.outer(i, l));
                 ip(&[
                     "link", "add", &inner, "type", "veth", "peer", "name", &outer,
@@ -85,7 +112,16 @@ impl Lab {
                 ip(&["netns", "exec", &ns, "ip", "link", "set", &inner, "up"])?;
             }
         }
+        if host {
+            let addr = format!("{}/24", lab.root_ip());
+            ip(&["addr", "add", &addr, "dev", &lab.bridge('h')])?;
+        }
         Ok(lab)
+    }
+
+    /// The root namespace's address on the host network `h`.
+    pub fn root_ip(&self) -> String {
+        format!("10.203.{}.254", self.host_subnet)
     }
 
     /// Member `i`'s namespace.
@@ -107,8 +143,11 @@ impl Lab {
 
     /// Member `i`'s address on network `l`.
     pub fn ip(&self, i: usize, l: char) -> String {
-        let net = if l == 'a' { 201 } else { 202 };
-        format!("10.{net}.0.{i}")
+        match l {
+            'a' => format!("10.201.0.{i}"),
+            'b' => format!("10.202.0.{i}"),
+            _ => format!("10.203.{}.{i}", self.host_subnet),
+        }
     }
 
     /// Cuts member `i` off network `l` (its cable pulled from the switch).
@@ -176,7 +215,7 @@ impl Drop for Lab {
         for i in 1..=self.members {
             let _ = ip(&["netns", "del", &self.ns(i)]);
         }
-        for l in LINKS {
+        for &l in &self.nets {
             let _ = ip(&["link", "del", &self.bridge(l)]);
         }
     }

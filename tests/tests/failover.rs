@@ -212,7 +212,10 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
     assert_eq!(last["epoch"], roles["epoch"], "{events}");
     assert_eq!(last["primary"], "m2", "{events}");
     let why = last["why"].as_str().unwrap();
-    assert!(why.starts_with("m1 ") && why.contains("on every link"), "{events}");
+    assert!(
+        why.starts_with("m1 ") && why.contains("on every link"),
+        "{events}"
+    );
     let human = c.cli(&["events", "--set", "default", "--last", "1"]);
     assert!(human.contains(why) && human.lines().count() == 2, "{human}");
     // m2's /metrics tells the same.

@@ -1,0 +1,422 @@
+//! Never two writers, with real members in network namespaces: three
+//! members on two cluster networks (`a`, `b`) and a host network (`h`)
+//! that only carries their portals and APIs; this test process is the host.
+//!
+//! First one cluster network of the Primary is cut: a link alarm, and
+//! nothing else: the Primary keeps renewing its lease, no role and no epoch
+//! changes, its writes go on. Then the Primary is cut off from the other
+//! members on both cluster networks while the host still reaches every
+//! portal. Two writers record when each write was acknowledged, one through
+//! the old Primary (m1), one through the Secondary (m2): m1 stops taking
+//! writes once it can no longer renew its lease, and m2 takes them only
+//! after that. No write is acknowledged by m1 after m2 acknowledged its
+//! first, and every acknowledged write reads back. The gap between m1's
+//! first refusal and m2's first acknowledgement is printed.
+
+// Test helpers: a panic is the test failing, with the message in hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use trellis_tests::netns::{Lab, Member};
+use trellis_tests::raw::Conn;
+use trellis_tests::{api_request_at, eventually, require_tool, run_id, trellis_cli};
+
+const TARGET: &str = "iqn.2026-12.io.trellis:partition";
+const HOST_OLD: &str = "iqn.2026-12.io.trellis:partition-host-a";
+const HOST_NEW: &str = "iqn.2026-12.io.trellis:partition-host-b";
+const MEMBERS: usize = 3;
+const WAIT: Duration = Duration::from_secs(30);
+/// Blocks each writer rewrites in turn (its own range).
+const BLOCKS: u32 = 32;
+
+struct Setup {
+    lab: Lab,
+    members: Vec<Member>,
+    _dirs: Vec<tempfile::TempDir>,
+    _storage: tempfile::TempDir,
+    token: String,
+}
+
+fn config(lab: &Lab, i: usize, id: &str, key: &str, token: &str, storage: &Path) -> String {
+    let voters: String = (1..=MEMBERS)
+        .map(|p| format!("{{ id = {p}, raft = \"{}:7501\" }},", lab.ip(p, 'b')))
+        .collect();
+    let seeds: String = (1..=MEMBERS)
+        .filter(|&p| p != i)
+        .flat_map(|p| {
+            ['a', 'b'].map(|l| format!("{{ link = \"{l}\", addr = \"{}:7401\" }},", lab.ip(p, l)))
+        })
+        .collect();
+    format!(
+        "portals = [\"{h}:3260\"]\n\
+         [cluster]\nid = \"{id}\"\nmember = \"m{i}\"\nkey = \"{key}\"\n\
+         links = [\n  {{ name = \"a\", addr = \"{a}:7401\" }},\n  {{ name = \"b\", addr = \"{b}:7401\" }},\n]\n\
+         seeds = [{seeds}]\n\
+         storage_dir = \"{storage}\"\nnode_id = {i}\nraft = \"{b}:7501\"\napi = \"{h}:8080\"\n\
+         api_token = \"{token}\"\napi_plaintext = true\nvoters = [{voters}]\n",
+        a = lab.ip(i, 'a'),
+        b = lab.ip(i, 'b'),
+        h = lab.ip(i, 'h'),
+        storage = storage.display(),
+    )
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let lab = Lab::with_host_network(MEMBERS).expect("lab");
+        let run = run_id();
+        let (id, key, token) = (
+            format!("part-{run}"),
+            format!("partition-key-{run}"),
+            format!("token-{run}"),
+        );
+        let storage = tempfile::tempdir().unwrap();
+        let dirs: Vec<tempfile::TempDir> =
+            (0..MEMBERS).map(|_| tempfile::tempdir().unwrap()).collect();
+        let members: Vec<Member> = (1..=MEMBERS)
+            .map(|i| {
+                let text = config(&lab, i, &id, &key, &token, storage.path());
+                lab.trellisd(i, dirs[i - 1].path(), &text)
+                    .expect("trellisd starts")
+            })
+            .collect();
+        for (i, m) in members.iter().enumerate() {
+            for p in (1..=MEMBERS).filter(|&p| p != i + 1) {
+                m.wait_for(&["member admitted", &format!("member=m{p}")], 1, WAIT)
+                    .unwrap();
+            }
+        }
+        Setup {
+            lab,
+            members,
+            _dirs: dirs,
+            _storage: storage,
+            token,
+        }
+    }
+
+    fn portal(&self, i: usize) -> SocketAddr {
+        format!("{}:3260", self.lab.ip(i, 'h')).parse().unwrap()
+    }
+
+    fn endpoint(&self, i: usize) -> String {
+        format!("http://{}:8080", self.lab.ip(i, 'h'))
+    }
+
+    /// The CLI through member `i` only; panics unless it succeeds.
+    fn cli_via(&self, i: usize, args: &[&str]) -> String {
+        let (code, out) = trellis_cli(&self.endpoint(i), &self.token, args);
+        assert_eq!(code, 0, "trellis {args:?} via m{i}: {out}");
+        out
+    }
+
+    /// The roles of the default set as member `i` has them.
+    fn roles_via(&self, i: usize) -> Result<serde_json::Value, String> {
+        let (code, out) = trellis_cli(&self.endpoint(i), &self.token, &["--json", "role", "list"]);
+        if code != 0 {
+            return Err(out);
+        }
+        let all: serde_json::Value =
+            serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+        all["roles"]
+            .as_array()
+            .and_then(|r| r.iter().find(|v| v["set"] == "default").cloned())
+            .ok_or(out)
+    }
+
+    /// A counter from member `i`'s /metrics (0 when absent).
+    fn metric(&self, i: usize, name: &str) -> u64 {
+        let text = api_request_at(
+            &self.lab.ip(i, 'h'),
+            8080,
+            &self.token,
+            "GET",
+            "/metrics",
+            "",
+            None,
+        );
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// What became of one write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ack {
+    /// GOOD.
+    Good,
+    /// CHECK CONDITION with this sense key, ASC, ASCQ.
+    Refused(u8, u8, u8),
+    /// No answer (timeout, lost connection).
+    Failed(String),
+}
+
+/// A write's answer: when it arrived, the block, the sequence number
+/// written, and what it was.
+type Record = (Instant, u32, u64, Ack);
+
+/// One writer: one session through one member, one WRITE (10) at a time
+/// over its own blocks, each write's answer stamped with when it arrived.
+struct Writer {
+    log: Arc<Mutex<Vec<Record>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(portal: SocketAddr, initiator: &'static str, base: u32) -> Writer {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l, s) = (Arc::clone(&log), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            let mut conn: Option<Conn> = None;
+            let mut seq = 0u64;
+            while !s.load(Ordering::SeqCst) {
+                if conn.is_none() {
+                    conn = Conn::login_to(portal, TARGET, initiator).ok();
+                    if let Some(c) = &conn {
+                        c.set_timeout(Duration::from_secs(3)).unwrap();
+                    } else {
+                        // The portal refused the login: try again shortly.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                }
+                seq += 1;
+                let lba = base + (seq % u64::from(BLOCKS)) as u32;
+                let mut cdb = [0u8; 10];
+                cdb[0] = 0x2A;
+                cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+                cdb[8] = 1;
+                let data = seq.to_be_bytes().repeat(64);
+                let ack = match conn.as_mut().unwrap().scsi(&cdb, &data, 0) {
+                    Ok(r) if r.status == 0 => Ack::Good,
+                    Ok(r) => Ack::Refused(
+                        r.sense.get(2).map_or(0, |k| k & 0x0F),
+                        r.sense.get(12).copied().unwrap_or(0),
+                        r.sense.get(13).copied().unwrap_or(0),
+                    ),
+                    Err(e) => {
+                        conn = None;
+                        Ack::Failed(format!("{e:#}"))
+                    }
+                };
+                let refused = ack != Ack::Good;
+                l.lock().unwrap().push((Instant::now(), lba, seq, ack));
+                if refused {
+                    // A refusing member is not hammered.
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Writer {
+            log,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn records(&self) -> Vec<Record> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn goods_since(&self, t: Instant) -> usize {
+        self.records()
+            .iter()
+            .filter(|r| r.0 >= t && r.3 == Ack::Good)
+            .count()
+    }
+
+    fn finish(&mut self) -> Vec<Record> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        self.records()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The last acknowledged sequence number of each block in `records`.
+fn last_acked(records: &[Record]) -> Vec<(u32, u64)> {
+    let mut last = std::collections::BTreeMap::new();
+    for (_, lba, seq, ack) in records {
+        if *ack == Ack::Good {
+            last.insert(*lba, *seq);
+        }
+    }
+    last.into_iter().collect()
+}
+
+#[test]
+fn a_primary_cut_off_from_the_cluster_acknowledges_nothing_once_the_new_primary_has() {
+    require_tool("ip");
+    let s = Setup::start();
+    let roles = eventually("m1 Primary, m2 Secondary", WAIT, || {
+        let r = s.roles_via(1)?;
+        (r["primary"] == "m1" && r["secondary"] == "m2")
+            .then_some(r.clone())
+            .ok_or(r.to_string())
+    });
+    let epoch = roles["epoch"].as_u64().unwrap();
+    for args in [
+        vec!["device", "create", "vol", "--size", "64MiB", "--thin"],
+        vec!["target", "create", TARGET],
+        vec!["target", "map", TARGET, "vol", "--lun", "0"],
+        vec!["acl", "allow", TARGET, HOST_OLD],
+        vec!["acl", "allow", TARGET, HOST_NEW],
+    ] {
+        s.cli_via(1, &args);
+    }
+    let mut old = Writer::start(s.portal(1), HOST_OLD, 0);
+    let mut new = Writer::start(s.portal(2), HOST_NEW, 1000);
+    let started = Instant::now();
+    eventually("writes acknowledged through m1", WAIT, || {
+        let n = old.goods_since(started);
+        (n >= 20)
+            .then_some(())
+            .ok_or(format!("{n} so far: {:?}", old.records().last()))
+    });
+
+    // One cluster network cut: an alarm, the lease still renewed, no
+    // role or epoch change, writes through m1 go on.
+    let cut_a = Instant::now();
+    let down = ["link down (alarm)", "member=m1", "link=a"];
+    let downs = s.members[1].count(&down);
+    s.lab.cut(1, 'a').unwrap();
+    s.members[1].wait_for(&down, downs + 1, WAIT).unwrap();
+    let renewals = s.metric(1, "trellis_lease_renewals_total");
+    eventually("m1 renewing its lease with network a cut", WAIT, || {
+        let now = s.metric(1, "trellis_lease_renewals_total");
+        (now >= renewals + 5)
+            .then_some(())
+            .ok_or(format!("{now} renewals (from {renewals})"))
+    });
+    for i in 1..=MEMBERS {
+        let r = s.roles_via(i).unwrap();
+        assert_eq!(
+            (&r["primary"], r["epoch"].as_u64()),
+            (&"m1".into(), Some(epoch)),
+            "via m{i}: {r}"
+        );
+    }
+    let during: Vec<_> = old.records().into_iter().filter(|r| r.0 >= cut_a).collect();
+    assert!(
+        during.iter().any(|r| r.3 == Ack::Good),
+        "no write through m1 with a cut"
+    );
+    assert!(
+        during.iter().all(|r| r.3 == Ack::Good),
+        "writes through m1 refused with one network cut: {:?}",
+        during.iter().find(|r| r.3 != Ack::Good)
+    );
+    let up = ["link up", "member=m1", "link=a"];
+    let ups = s.members[1].count(&up);
+    s.lab.restore(1, 'a').unwrap();
+    s.members[1].wait_for(&up, ups + 1, WAIT).unwrap();
+
+    // Both cluster networks cut: m1 is alone, the host still reaches it.
+    let cut = Instant::now();
+    s.lab.cut(1, 'a').unwrap();
+    s.lab.cut(1, 'b').unwrap();
+    let moved = eventually("m2 Primary after m1 was cut off", WAIT, || {
+        let r = s.roles_via(2)?;
+        (r["primary"] == "m2" && r["epoch"].as_u64() > Some(epoch))
+            .then_some(r.clone())
+            .ok_or(r.to_string())
+    });
+    eventually("writes acknowledged through m2", WAIT, || {
+        let n = new.goods_since(cut);
+        (n >= 20)
+            .then_some(())
+            .ok_or(format!("{n} so far: {:?}", new.records().last()))
+    });
+    eventually("m1 refusing writes", WAIT, || {
+        let r = old.records();
+        r.iter()
+            .any(|r| r.0 >= cut && r.3 != Ack::Good)
+            .then_some(())
+            .ok_or(format!("{:?}", r.last()))
+    });
+    let old_log = old.finish();
+    let new_log = new.finish();
+
+    let old_last_good = old_log.iter().rev().find(|r| r.3 == Ack::Good).unwrap().0;
+    let old_first_refusal = old_log
+        .iter()
+        .find(|r| r.0 >= cut && r.3 != Ack::Good)
+        .unwrap();
+    let new_first_good = new_log.iter().find(|r| r.3 == Ack::Good).unwrap().0;
+    // Before the cut, m2 (Standby) took no write: it refused them with
+    // 02/04/0B.
+    assert!(new_first_good > cut, "m2 took a write before the cut");
+    assert!(
+        new_log
+            .iter()
+            .any(|r| r.0 < cut && r.3 == Ack::Refused(2, 0x04, 0x0B)),
+        "m2 did not refuse writes as Standby: {:?}",
+        &new_log[..new_log.len().min(5)]
+    );
+    assert!(
+        old_last_good < new_first_good,
+        "m1 acknowledged a write {} ms after m2 acknowledged its first",
+        (old_last_good - new_first_good).as_millis()
+    );
+    eprintln!(
+        "FIGURE partition: cut -> m1 refuses writes {} ms ({:?}); m1's first refusal -> m2's first acknowledgement {} ms; m1's last acknowledgement -> m2's first {} ms; cut -> m2's first {} ms; roles {}",
+        (old_first_refusal.0 - cut).as_millis(),
+        old_first_refusal.3,
+        (new_first_good - old_first_refusal.0).as_millis(),
+        (new_first_good - old_last_good).as_millis(),
+        (new_first_good - cut).as_millis(),
+        moved["why"],
+    );
+
+    // Every acknowledged write, through either member, reads back through
+    // the new Primary.
+    let mut reader = Conn::login_to(s.portal(2), TARGET, HOST_NEW).unwrap();
+    reader.clear_unit_attentions().unwrap();
+    let mut lost = Vec::new();
+    for (lba, seq) in last_acked(&old_log).into_iter().chain(last_acked(&new_log)) {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[8] = 1;
+        let r = reader.scsi(&cdb, &[], 512).unwrap();
+        assert_eq!(r.status, 0, "READ of {lba}: {r:?}");
+        let on_disk = u64::from_be_bytes(r.data[..8].try_into().unwrap());
+        if on_disk != seq {
+            lost.push((lba, seq, on_disk));
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "acknowledged writes lost (block, acknowledged, on disk): {lost:?}"
+    );
+
+    // m1, back on the networks, does not take the role back.
+    s.lab.restore(1, 'a').unwrap();
+    s.lab.restore(1, 'b').unwrap();
+    let back = eventually("m1 back with a role", WAIT, || {
+        let r = s.roles_via(2)?;
+        let holds = r["secondary"] == "m1"
+            || r["alternates"]
+                .as_array()
+                .is_some_and(|a| a.contains(&"m1".into()));
+        holds.then_some(r.clone()).ok_or(r.to_string())
+    });
+    assert_eq!(back["primary"], "m2", "{back}");
+}
