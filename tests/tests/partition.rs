@@ -2,9 +2,10 @@
 //! members on two cluster networks (`a`, `b`) and a host network (`h`)
 //! that only carries their portals and APIs; this test process is the host.
 //!
-//! First one cluster network of the Primary is cut: a link alarm, and
-//! nothing else: the Primary keeps renewing its lease, no role and no epoch
-//! changes, its writes go on. Then the Primary is cut off from the other
+//! Raft runs on both cluster networks. First each cluster network of the
+//! Primary is cut in turn: a link alarm, and nothing else: the Primary
+//! keeps renewing its lease, no role and no epoch changes, its writes go
+//! on. Then the Primary is cut off from the other
 //! members on both cluster networks while the host still reaches every
 //! portal. Two writers record when each write was acknowledged, one through
 //! the old Primary (m1), one through the Secondary (m2): m1 stops taking
@@ -45,7 +46,13 @@ struct Setup {
 
 fn config(lab: &Lab, i: usize, id: &str, key: &str, token: &str, storage: &Path) -> String {
     let voters: String = (1..=MEMBERS)
-        .map(|p| format!("{{ id = {p}, raft = \"{}:7501\" }},", lab.ip(p, 'b')))
+        .map(|p| {
+            format!(
+                "{{ id = {p}, raft = [\"{}:7501\", \"{}:7501\"] }},",
+                lab.ip(p, 'a'),
+                lab.ip(p, 'b')
+            )
+        })
         .collect();
     let seeds: String = (1..=MEMBERS)
         .filter(|&p| p != i)
@@ -58,7 +65,7 @@ fn config(lab: &Lab, i: usize, id: &str, key: &str, token: &str, storage: &Path)
          [cluster]\nid = \"{id}\"\nmember = \"m{i}\"\nkey = \"{key}\"\n\
          links = [\n  {{ name = \"a\", addr = \"{a}:7401\" }},\n  {{ name = \"b\", addr = \"{b}:7401\" }},\n]\n\
          seeds = [{seeds}]\n\
-         storage_dir = \"{storage}\"\nnode_id = {i}\nraft = \"{b}:7501\"\napi = \"{h}:8080\"\n\
+         storage_dir = \"{storage}\"\nnode_id = {i}\nraft = [\"{a}:7501\", \"{b}:7501\"]\napi = \"{h}:8080\"\n\
          api_token = \"{token}\"\napi_plaintext = true\nvoters = [{voters}]\n",
         a = lab.ip(i, 'a'),
         b = lab.ip(i, 'b'),
@@ -291,42 +298,54 @@ fn a_primary_cut_off_from_the_cluster_acknowledges_nothing_once_the_new_primary_
             .ok_or(format!("{n} so far: {:?}", old.records().last()))
     });
 
-    // One cluster network cut: an alarm, the lease still renewed, no
-    // role or epoch change, writes through m1 go on.
-    let cut_a = Instant::now();
-    let down = ["link down (alarm)", "member=m1", "link=a"];
-    let downs = s.members[1].count(&down);
-    s.lab.cut(1, 'a').unwrap();
-    s.members[1].wait_for(&down, downs + 1, WAIT).unwrap();
-    let renewals = s.metric(1, "trellis_lease_renewals_total");
-    eventually("m1 renewing its lease with network a cut", WAIT, || {
-        let now = s.metric(1, "trellis_lease_renewals_total");
-        (now >= renewals + 5)
-            .then_some(())
-            .ok_or(format!("{now} renewals (from {renewals})"))
-    });
-    for i in 1..=MEMBERS {
-        let r = s.roles_via(i).unwrap();
-        assert_eq!(
-            (&r["primary"], r["epoch"].as_u64()),
-            (&"m1".into(), Some(epoch)),
-            "via m{i}: {r}"
+    // One cluster network cut, each in turn (Raft runs on both): an
+    // alarm, the lease still renewed, no role or epoch change, every write
+    // through m1 taken.
+    for net in ['a', 'b'] {
+        let link = format!("link={net}");
+        let down = ["link down (alarm)", "member=m1", &link];
+        let downs = s.members[1].count(&down);
+        let cut_one = Instant::now();
+        s.lab.cut(1, net).unwrap();
+        s.members[1].wait_for(&down, downs + 1, WAIT).unwrap();
+        let renewals = s.metric(1, "trellis_lease_renewals_total");
+        eventually(
+            &format!("m1 renewing its lease with network {net} cut"),
+            WAIT,
+            || {
+                let now = s.metric(1, "trellis_lease_renewals_total");
+                (now >= renewals + 5)
+                    .then_some(())
+                    .ok_or(format!("{now} renewals (from {renewals})"))
+            },
         );
+        for i in 1..=MEMBERS {
+            let r = s.roles_via(i).unwrap();
+            assert_eq!(
+                (&r["primary"], r["epoch"].as_u64()),
+                (&"m1".into(), Some(epoch)),
+                "network {net} cut, via m{i}: {r}"
+            );
+        }
+        let during: Vec<_> = old
+            .records()
+            .into_iter()
+            .filter(|r| r.0 >= cut_one)
+            .collect();
+        assert!(
+            during.iter().any(|r| r.3 == Ack::Good),
+            "no write through m1 with network {net} cut"
+        );
+        assert!(
+            during.iter().all(|r| r.3 == Ack::Good),
+            "writes through m1 refused with network {net} cut: {:?}",
+            during.iter().find(|r| r.3 != Ack::Good)
+        );
+        let up = ["link up", "member=m1", &link];
+        let ups = s.members[1].count(&up);
+        s.lab.restore(1, net).unwrap();
+        s.members[1].wait_for(&up, ups + 1, WAIT).unwrap();
     }
-    let during: Vec<_> = old.records().into_iter().filter(|r| r.0 >= cut_a).collect();
-    assert!(
-        during.iter().any(|r| r.3 == Ack::Good),
-        "no write through m1 with a cut"
-    );
-    assert!(
-        during.iter().all(|r| r.3 == Ack::Good),
-        "writes through m1 refused with one network cut: {:?}",
-        during.iter().find(|r| r.3 != Ack::Good)
-    );
-    let up = ["link up", "member=m1", "link=a"];
-    let ups = s.members[1].count(&up);
-    s.lab.restore(1, 'a').unwrap();
-    s.members[1].wait_for(&up, ups + 1, WAIT).unwrap();
 
     // Both cluster networks cut: m1 is alone, the host still reaches it.
     let cut = Instant::now();

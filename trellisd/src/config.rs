@@ -11,6 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 use toml::Spanned;
+use trellis_control::config::RaftAddress;
 use trellis_control::discovery::Identity;
 use trellis_control::node::NodeConfig;
 use trellis_control::wire::ClusterKey;
@@ -78,8 +79,9 @@ struct ClusterSection {
     /// This member's Raft node id (with `raft`, `api`, `api_token`: the
     /// replicated configuration and the management API run here).
     node_id: Option<u64>,
-    /// Where this member serves Raft.
-    raft: Option<Spanned<String>>,
+    /// Where this member serves Raft: one address, or one per storage
+    /// network (a list), so Raft and the leases survive losing a network.
+    raft: Option<Spanned<Addresses>>,
     /// Where this member serves the management API.
     api: Option<Spanned<String>>,
     /// The token API clients must present.
@@ -155,7 +157,40 @@ impl ClusterSection {
 #[serde(deny_unknown_fields)]
 struct VoterSection {
     id: u64,
-    raft: String,
+    raft: Addresses,
+}
+
+/// `"IP:PORT"` or `["IP:PORT", ...]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Addresses {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Addresses {
+    /// The Raft address these name: each must be an `IP:PORT` that is not
+    /// a wildcard, with no repeats; `what` names them in an error.
+    fn raft_address(&self, what: &str) -> Result<RaftAddress> {
+        let list = match self {
+            Addresses::One(a) => std::slice::from_ref(a),
+            Addresses::Many(v) => v.as_slice(),
+        };
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in list {
+            let addr: SocketAddr = a
+                .parse()
+                .map_err(|_| anyhow!("{what}: bad raft address {a:?} (expected IP:PORT)"))?;
+            if addr.ip().is_unspecified() {
+                bail!("{what}: raft address {addr} is a wildcard; give the address the other members reach this one at");
+            }
+            if addrs.contains(&addr) {
+                bail!("{what}: raft address {addr} is listed twice");
+            }
+            addrs.push(addr);
+        }
+        RaftAddress::new(addrs).ok_or_else(|| anyhow!("{what}: raft lists no address"))
+    }
 }
 
 /// The replicated configuration and management API settings of `[cluster]`.
@@ -163,14 +198,14 @@ struct VoterSection {
 pub struct ControlSettings {
     /// Raft node id.
     pub node_id: u64,
-    /// Raft address.
-    pub raft: SocketAddr,
+    /// Raft address (one per network).
+    pub raft: RaftAddress,
     /// Management API address.
     pub api: SocketAddr,
     /// API token.
     pub api_token: String,
     /// Initial voters.
-    pub voters: std::collections::BTreeMap<u64, SocketAddr>,
+    pub voters: std::collections::BTreeMap<u64, RaftAddress>,
     /// Where relative device backings live (shared storage), and the only
     /// place device files may be.
     pub storage_dir: PathBuf,
@@ -709,10 +744,7 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
     for v in &c.voters {
         let at = src.at(v);
         let v = v.get_ref();
-        let a = v
-            .raft
-            .parse()
-            .map_err(|_| anyhow!("{at}: voter {}: bad raft address {:?}", v.id, v.raft))?;
+        let a = v.raft.raft_address(&format!("{at}: voter {}", v.id))?;
         voters.insert(v.id, a);
     }
     if !c.witness {
@@ -768,13 +800,7 @@ pub fn load_control(name: &str, text: &str, over: &Overrides) -> Result<Option<C
         header_timeout: positive(c.api_header_timeout_secs, 10, "api_header_timeout_secs")?,
         request_timeout: positive(c.api_request_timeout_secs, 60, "api_request_timeout_secs")?,
     };
-    let raft_addr = addr(raft, "raft")?;
-    if raft_addr.ip().is_unspecified() {
-        bail!(
-            "{}: raft address {raft_addr} is a wildcard; give the address the other members reach this one at",
-            src.at(raft)
-        );
-    }
+    let raft_addr = raft.get_ref().raft_address(&src.at(raft))?;
     Ok(Some(ControlSettings {
         key,
         protocol: ProtocolVersion::CURRENT,
@@ -1087,6 +1113,40 @@ mod tests {
             e.contains("needs all of node_id, raft, api and api_token"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn raft_takes_one_address_per_network() {
+        let base = "[cluster]\nid = \"c\"\nmember = \"m\"\nkey = \"0123456789abcdefg\"\n\
+                    links = []\nnode_id = 1\napi = \"127.0.0.1:8080\"\napi_token = \"0123456789abcdef\"\n";
+        let load =
+            |extra: &str| load_control("t.toml", &format!("{base}{extra}"), &Overrides::default());
+        let c = load(
+            "raft = [\"10.1.0.1:7501\", \"10.2.0.1:7501\"]\n\
+             voters = [{ id = 1, raft = [\"10.1.0.1:7501\", \"10.2.0.1:7501\"] }, { id = 2, raft = \"10.2.0.2:7501\" }]\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.raft.to_string(), "10.1.0.1:7501,10.2.0.1:7501");
+        assert_eq!(c.voters[&1], c.raft);
+        assert_eq!(c.voters[&2].to_string(), "10.2.0.2:7501");
+        for (raft, want) in [
+            (
+                "[\"10.1.0.1:7501\", \"10.1.0.1:7501\"]",
+                "10.1.0.1:7501 is listed twice",
+            ),
+            ("[]", "raft lists no address"),
+            ("[\"0.0.0.0:7501\"]", "is a wildcard"),
+            ("[\"10.1.0.1\"]", "bad raft address \"10.1.0.1\""),
+        ] {
+            let e = format!("{:#}", load(&format!("raft = {raft}\n")).unwrap_err());
+            assert!(e.contains("t.toml:") && e.contains(want), "{raft}: {e}");
+        }
+        let e = format!(
+            "{:#}",
+            load("raft = \"10.1.0.1:7501\"\nvoters = [{ id = 2, raft = [\"x\"] }]\n").unwrap_err()
+        );
+        assert!(e.contains("voter 2: bad raft address \"x\""), "{e}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use trellis_control::config::raft::{ConfigService, RaftSettings};
+use trellis_control::config::raft::{ConfigService, RaftAddress, RaftSettings};
 use trellis_control::config::{ClusterConfig, Command, ConfigStore, Member};
 use trellis_control::node::{Node, NodeConfig};
 use trellis_control::service::ClusterService;
@@ -68,7 +68,7 @@ pub fn start(
         .with_context(|| format!("cannot open the configuration database {}", path.display()))?;
     let service = ConfigService::start(
         settings.node_id,
-        settings.raft,
+        settings.raft.clone(),
         store,
         settings.key.clone(),
         RaftSettings {
@@ -94,7 +94,7 @@ pub fn start(
     // Join as a learner if this member is not a voter, then register (or
     // refresh) this member once a leader accepts writes.
     let (svc, who, stop2) = (Arc::clone(&service), me.clone(), Arc::clone(&stop));
-    let voters: Vec<SocketAddr> = settings.voters.values().copied().collect();
+    let voters: Vec<RaftAddress> = settings.voters.values().cloned().collect();
     threads.push(
         std::thread::Builder::new()
             .name("trellis-register".into())

@@ -42,7 +42,7 @@ pub use model::{
     AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, Member, Object, Target,
     MAX_DEVICE_SIZE,
 };
-pub use raft::{ConfigService, MembersSource, RaftError, RaftSettings};
+pub use raft::{ConfigService, MembersSource, RaftAddress, RaftError, RaftSettings};
 pub use roles::{Assignment, Proposal, RoleTable, Roles};
 pub use sets::{Composition, Failback, FailoverSet, Others, PortPolicy, DEFAULT_SET};
 pub use state::{Outcome, ReplicatedState};

@@ -57,6 +57,44 @@ use crate::ProtocolVersion;
 /// role naming the next one) before giving up.
 const MAX_HOPS: usize = 3;
 
+/// A member's Raft address: one `IP:PORT` per network it is reached on
+/// (a member on two storage networks lists both, so Raft, and the leases
+/// that ride on it, survive the loss of either network). A connection tries
+/// them in turn, the one that answered last first (see `transport`). In the
+/// membership it is written as the addresses joined by commas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftAddress(Vec<SocketAddr>);
+
+impl RaftAddress {
+    /// The address of a member reached at each of `addrs` (at least one).
+    pub fn new(addrs: Vec<SocketAddr>) -> Option<RaftAddress> {
+        (!addrs.is_empty()).then_some(RaftAddress(addrs))
+    }
+
+    /// Each network's address, in the order given.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.0
+    }
+}
+
+impl From<SocketAddr> for RaftAddress {
+    fn from(a: SocketAddr) -> Self {
+        RaftAddress(vec![a])
+    }
+}
+
+impl fmt::Display for RaftAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Timers and sizes of the Raft node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftSettings {
@@ -163,7 +201,7 @@ pub type MembersSource = Arc<dyn Fn() -> Vec<MemberStatus> + Send + Sync>;
 /// What the runtime's tasks share.
 struct Shared {
     id: NodeId,
-    addr: SocketAddr,
+    addr: RaftAddress,
     /// Authenticates Raft connections, made and accepted.
     key: ClusterKey,
     raft: Raft<TypeConfig>,
@@ -180,7 +218,8 @@ pub struct ConfigService {
     shared: Arc<Shared>,
     handle: Handle,
     runtime: Option<Runtime>,
-    server: Option<JoinHandle<()>>,
+    /// One per address served on.
+    servers: Vec<JoinHandle<()>>,
     members: Option<MembersSource>,
 }
 
@@ -232,17 +271,19 @@ impl Drop for RuntimeGuard {
 }
 
 impl ConfigService {
-    /// Starts the Raft node `node_id` on `store`, serving Raft on
-    /// `raft_addr` (port 0 picks one; see [`ConfigService::raft_addr`]).
+    /// Starts the Raft node `node_id` on `store`, serving Raft on each
+    /// address of `raft_addr` (port 0 picks one; see
+    /// [`ConfigService::raft_addr`]).
     /// A store that was part of a cluster rejoins it; a new one waits for
     /// [`ConfigService::initialize`] or to be added by the leader.
     pub fn start(
         node_id: u64,
-        raft_addr: SocketAddr,
+        raft_addr: impl Into<RaftAddress>,
         store: ConfigStore,
         key: ClusterKey,
         settings: RaftSettings,
     ) -> Result<ConfigService, RaftError> {
+        let raft_addr: RaftAddress = raft_addr.into();
         let config = Arc::new(settings.openraft()?);
         let mut guard = RuntimeGuard(Some(
             tokio::runtime::Builder::new_multi_thread()
@@ -264,32 +305,34 @@ impl ConfigService {
             key: key.clone(),
             protocol: settings.protocol,
         };
-        let (listener, addr, raft) = run_blocking(&handle, async move {
-            let listener =
-                TcpListener::bind(raft_addr)
-                    .await
-                    .map_err(|source| RaftError::Bind {
-                        addr: raft_addr,
-                        source,
-                    })?;
-            let addr = listener.local_addr().map_err(|source| RaftError::Bind {
-                addr: raft_addr,
-                source,
-            })?;
+        let (listeners, addr, raft) = run_blocking(&handle, async move {
+            let mut listeners = Vec::new();
+            let mut bound = Vec::new();
+            for &want in raft_addr.addrs() {
+                let bind_error = |source| RaftError::Bind { addr: want, source };
+                let listener = TcpListener::bind(want).await.map_err(bind_error)?;
+                bound.push(listener.local_addr().map_err(bind_error)?);
+                listeners.push(listener);
+            }
             let raft = Raft::new(node_id, config, network, log, state_machine)
                 .await
                 .map_err(|e| RaftError::Start(Box::new(e)))?;
-            Ok::<_, RaftError>((listener, addr, raft))
+            Ok::<_, RaftError>((listeners, RaftAddress(bound), raft))
         })??;
         let leases = Arc::new(Leases::new(settings.leases, reader.clone()));
-        let server = handle.spawn(transport::serve(
-            listener,
-            raft.clone(),
-            Arc::clone(&leases),
-            settings.write_timeout,
-            key.clone(),
-            settings.protocol,
-        ));
+        let servers = listeners
+            .into_iter()
+            .map(|listener| {
+                handle.spawn(transport::serve(
+                    listener,
+                    raft.clone(),
+                    Arc::clone(&leases),
+                    settings.write_timeout,
+                    key.clone(),
+                    settings.protocol,
+                ))
+            })
+            .collect();
         tracing::info!(node_id, %addr, "Raft node started");
         Ok(ConfigService {
             shared: Arc::new(Shared {
@@ -304,7 +347,7 @@ impl ConfigService {
             }),
             handle,
             runtime: guard.0.take(),
-            server: Some(server),
+            servers,
             members: None,
         })
     }
@@ -320,9 +363,14 @@ impl ConfigService {
         self.shared.id
     }
 
-    /// The address Raft is served on.
+    /// The (first) address Raft is served on.
     pub fn raft_addr(&self) -> SocketAddr {
-        self.shared.addr
+        self.shared.addr.addrs()[0]
+    }
+
+    /// Every address Raft is served on, one per network.
+    pub fn raft_address(&self) -> &RaftAddress {
+        &self.shared.addr
     }
 
     /// A reader of this replica's applied configuration.
@@ -373,10 +421,13 @@ impl ConfigService {
     /// Forms a new cluster of `voters` (this node among them) on first
     /// start. Every initial voter may call it with the same map; on a store
     /// that is already part of a cluster it does nothing.
-    pub fn initialize(&self, voters: BTreeMap<u64, SocketAddr>) -> Result<(), RaftError> {
+    pub fn initialize<A: Into<RaftAddress>>(
+        &self,
+        voters: BTreeMap<u64, A>,
+    ) -> Result<(), RaftError> {
         let nodes: BTreeMap<NodeId, BasicNode> = voters
             .into_iter()
-            .map(|(id, addr)| (id, BasicNode::new(addr.to_string())))
+            .map(|(id, addr)| (id, BasicNode::new(addr.into().to_string())))
             .collect();
         let raft = self.shared.raft.clone();
         let result = run_blocking(&self.handle, async move {
@@ -395,10 +446,10 @@ impl ConfigService {
 
     /// Adds node `id` at Raft address `addr` as a non-voting member and
     /// waits until it has caught up (through the leader).
-    pub fn add_learner(&self, id: u64, addr: SocketAddr) -> Result<(), ServiceError> {
+    pub fn add_learner(&self, id: u64, addr: impl Into<RaftAddress>) -> Result<(), ServiceError> {
         let forwarded = Forwarded::AddLearner {
             id,
-            addr: addr.to_string(),
+            addr: addr.into().to_string(),
         };
         self.submit_blocking(forwarded).map(|_| ())
     }
@@ -421,11 +472,12 @@ impl ConfigService {
     /// addresses of members; a follower passes the request to the leader).
     /// Returns once the leader has added this node and it has caught up;
     /// does nothing when this node is a member already.
-    pub fn join(&self, peers: &[SocketAddr]) -> Result<(), ServiceError> {
+    pub fn join<A: Clone + Into<RaftAddress>>(&self, peers: &[A]) -> Result<(), ServiceError> {
         if self.is_member() {
             return Ok(());
         }
-        run_blocking(&self.handle, join(self.shared.clone(), peers.to_vec()))
+        let peers = peers.iter().cloned().map(Into::into).collect();
+        run_blocking(&self.handle, join(self.shared.clone(), peers))
             .map_err(|e| ServiceError::Internal(e.to_string()))?
     }
 
@@ -449,7 +501,7 @@ impl ConfigService {
     /// Stops the node: Raft, the server, the runtime. When it returns
     /// (outside an async context) the store is closed and can be reopened.
     pub fn shutdown(mut self) -> Result<(), RaftError> {
-        if let Some(server) = self.server.take() {
+        for server in self.servers.drain(..) {
             server.abort();
         }
         let raft = self.shared.raft.clone();
@@ -464,7 +516,7 @@ impl ConfigService {
 
 impl Drop for ConfigService {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
+        for server in self.servers.drain(..) {
             server.abort();
         }
         if let Some(runtime) = self.runtime.take() {
@@ -641,14 +693,14 @@ async fn lease(shared: Arc<Shared>, member: String, ttl: Duration) -> Result<u64
 
 /// Asks each of `peers` in turn to add this node as a learner, following
 /// leader hints.
-async fn join(shared: Arc<Shared>, peers: Vec<SocketAddr>) -> Result<(), ServiceError> {
+async fn join(shared: Arc<Shared>, peers: Vec<RaftAddress>) -> Result<(), ServiceError> {
     let deadline = Instant::now() + shared.settings.write_timeout;
     let request = Forwarded::AddLearner {
         id: shared.id,
         addr: shared.addr.to_string(),
     };
     let mut why = String::from("no peer to ask");
-    for peer in peers.iter().filter(|&&p| p != shared.addr) {
+    for peer in peers.iter().filter(|&p| *p != shared.addr) {
         let mut addr = peer.to_string();
         for _ in 0..MAX_HOPS {
             let remaining = deadline.saturating_duration_since(Instant::now());

@@ -489,3 +489,51 @@ fn leases_are_granted_by_the_leader_with_a_quorum_and_outwaited_by_a_new_one() {
         cluster.stop(id);
     }
 }
+
+/// A member reached on two networks, the first of which is silent (a
+/// listener that never accepts stands for a network whose packets are
+/// lost, the second for one that works): Raft forms, replicates and
+/// forwards through the second; and a node given two addresses serves on
+/// both.
+#[test]
+fn a_member_with_a_silent_network_is_reached_on_its_other_one() {
+    // Its backlog holds the connection, but nothing ever answers on it.
+    let silent = std::net::TcpListener::bind(loopback()).expect("silent listener");
+    let silent_addr = silent.local_addr().expect("address");
+    let dir = TempDir::new().expect("tempdir");
+    let start = |id: u64, addr: RaftAddress| {
+        let store = ConfigStore::open(dir.path().join(format!("m{id}.redb"))).expect("store");
+        ConfigService::start(id, addr, store, key(), settings()).expect("start")
+    };
+    let one = start(1, RaftAddress::from(loopback()));
+    let two = start(
+        2,
+        RaftAddress::new(vec![loopback(), loopback()]).expect("two addresses"),
+    );
+    let served = two.raft_address().addrs().to_vec();
+    assert_eq!(served.len(), 2, "{served:?}");
+    assert_ne!(served[0], served[1]);
+    // Node 2 as the others see it: the silent address first.
+    let voters = BTreeMap::from([
+        (1, RaftAddress::from(one.raft_addr())),
+        (
+            2,
+            RaftAddress::new(vec![silent_addr, served[1]]).expect("two addresses"),
+        ),
+    ]);
+    for n in [&one, &two] {
+        n.initialize(voters.clone()).expect("initialize");
+    }
+    // Both vote and replicate: a write through either commits on both.
+    write_eventually(&one, create_target(1)).expect("write through 1");
+    write_eventually(&two, create_target(2)).expect("write through 2");
+    wait_until("both replicas to apply both writes", || {
+        [&one, &two]
+            .iter()
+            .all(|n| has_target(&n.config(), 1) && has_target(&n.config(), 2))
+            .then_some(())
+    });
+    // Node 2 serves on its first address too.
+    std::net::TcpStream::connect(served[0]).expect("connect to the first address");
+    drop(silent);
+}

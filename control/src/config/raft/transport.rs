@@ -15,6 +15,14 @@
 //! on any error or timeout, so the next call reconnects; a forwarded write
 //! opens a connection of its own. A connection whose peer does not prove
 //! the cluster key is closed before anything is read from it.
+//!
+//! A member's Raft address may list one address per network
+//! (`10.1.0.1:7501,10.2.0.1:7501`). A connection starts with the one that
+//! answered last; when it has not connected within [`STAGGER`] (a cut
+//! network drops the SYN, so a connect would hang) or failed, the next is
+//! tried alongside, and the first to prove the key wins. An established
+//! connection that stops answering times out and is dropped, so the next
+//! call connects again, by the network that still works.
 
 use std::io;
 use std::sync::Arc;
@@ -48,6 +56,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections authenticating at once; more are closed at once, so an
 /// unauthenticated flood holds a bounded number of tasks and descriptors.
 const MAX_HANDSHAKES: usize = 64;
+
+/// How long a connection attempt on one network runs alone before the
+/// next network is tried alongside it.
+pub(super) const STAGGER: Duration = Duration::from_millis(150);
+
+/// For each multi-network Raft address, which of its addresses connected
+/// last (tried first next time).
+static PREFERRED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, usize>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The largest frame accepted (a snapshot chunk or a batch of entries is
 /// far smaller).
@@ -176,7 +193,74 @@ pub(super) struct Conn {
     session: Session,
 }
 
+/// Connects to the member at `addr` (one address, or one per network
+/// joined by commas) and proves the cluster key.
 async fn connect(
+    addr: &str,
+    key: &ClusterKey,
+    protocol: ProtocolVersion,
+) -> Result<Conn, TransportError> {
+    let addrs: Vec<String> = addr
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if addrs.len() <= 1 {
+        return connect_one(addr, key, protocol).await;
+    }
+    let preferred = {
+        let p = PREFERRED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        p.get(addr).copied().unwrap_or(0) % addrs.len()
+    };
+    let order: Vec<usize> = (0..addrs.len())
+        .map(|i| (preferred + i) % addrs.len())
+        .collect();
+    // Dropping the set (on return) aborts the attempts still running.
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut started = 0;
+    let mut last_error = None;
+    loop {
+        if started < order.len() {
+            let i = order[started];
+            let (a, key) = (addrs[i].clone(), key.clone());
+            attempts.spawn(async move { (i, connect_one(&a, &key, protocol).await) });
+            started += 1;
+        }
+        let next = if started < order.len() {
+            match tokio::time::timeout(STAGGER, attempts.join_next()).await {
+                Ok(next) => next,
+                // Not connected yet: start the next network alongside.
+                Err(_) => continue,
+            }
+        } else {
+            attempts.join_next().await
+        };
+        match next {
+            Some(Ok((i, Ok(conn)))) => {
+                PREFERRED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(addr.to_owned(), i);
+                return Ok(conn);
+            }
+            Some(Ok((_, Err(e)))) => last_error = Some(e),
+            // An attempt panicked: count it as failed.
+            Some(Err(_)) => {}
+            None => {
+                return Err(last_error.unwrap_or_else(|| TransportError::Connect {
+                    addr: addr.to_owned(),
+                    source: io::Error::other("no address answered"),
+                }))
+            }
+        }
+    }
+}
+
+/// [`connect`] to one `IP:PORT`.
+async fn connect_one(
     addr: &str,
     key: &ClusterKey,
     protocol: ProtocolVersion,
