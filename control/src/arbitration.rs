@@ -261,6 +261,13 @@ fn roles_of(
             return Err(format!("cold boot: waiting for {}", waiting.join(", ")));
         }
     }
+    if current.is_none() {
+        why.push(if inputs.settled {
+            "first roles".to_owned()
+        } else {
+            "cold boot: every member up".to_owned()
+        });
+    }
     // An outgoing Primary of a finished handover steps down now.
     let old = current.and_then(|r| r.primary.clone());
     let mut primary = old.clone().filter(|p| facts(p).can_hold());

@@ -64,6 +64,14 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members and waits until each has admitted the others.
     pub fn start(n: u8) -> Cluster {
+        Self::start_over(n, Duration::ZERO, |_| {})
+    }
+
+    /// Starts `n` members one at a time, `gap` apart (a cold boot whose
+    /// members come up over a while), calling `meanwhile` with the members
+    /// started so far every 100 ms or so until the next is due; then waits
+    /// until each has admitted the others.
+    pub fn start_over(n: u8, gap: Duration, mut meanwhile: impl FnMut(&Cluster)) -> Cluster {
         let run = run_id();
         let (id, key) = (format!("c-{run}"), format!("cluster-key-{run}"));
         let token = format!("token-{run}");
@@ -79,17 +87,25 @@ impl Cluster {
                     + &control_lines(i, &raft_ports, api_ports[usize::from(i) - 1], &dir, &token)
             })
             .collect();
-        let members: Vec<Trellisd> = texts
-            .iter()
-            .map(|t| Trellisd::start_with(Some(t), &[]).expect("trellisd starts"))
-            .collect();
-        let c = Cluster {
-            members,
+        let mut c = Cluster {
+            members: Vec::new(),
             texts,
             api_ports,
             token,
             storage,
         };
+        for i in 0..c.texts.len() {
+            let next = std::time::Instant::now() + gap;
+            let m = Trellisd::start_with(Some(&c.texts[i]), &[]).expect("trellisd starts");
+            c.members.push(m);
+            if i + 1 < c.texts.len() {
+                while std::time::Instant::now() < next {
+                    meanwhile(&c);
+                    let left = next.saturating_duration_since(std::time::Instant::now());
+                    std::thread::sleep(left.min(Duration::from_millis(100)));
+                }
+            }
+        }
         for i in 0..c.members.len() {
             for p in (1..=n).filter(|&p| usize::from(p) != i + 1) {
                 c.wait_log(i, &["member admitted", &format!("member=m{p}")]);
