@@ -78,6 +78,22 @@ pub struct MemberView {
     /// Drained by an operator: it takes no roles.
     #[serde(default)]
     pub drained: bool,
+    /// Its role and epoch per Failover Set, as its heartbeats announce them
+    /// (what it applies; empty for the answering member and for members
+    /// not heard lately).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub announced: Vec<AnnouncedRole>,
+}
+
+/// A member's role in one set, as its heartbeats announce it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnouncedRole {
+    /// The set.
+    pub set: String,
+    /// `primary`, `secondary`, `alternate`, `witness` or `none`.
+    pub role: String,
+    /// The epoch of the assignment it applies.
+    pub epoch: u64,
 }
 
 /// One link of a member.

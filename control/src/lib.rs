@@ -27,6 +27,7 @@
 pub mod api;
 pub mod arbitration;
 pub mod config;
+pub mod crosscheck;
 pub mod discovery;
 pub mod lease;
 pub mod mdns;
@@ -78,7 +79,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
 
     /// Whether a member speaking `self` can share a cluster with one
     /// speaking `other`: same major version (minors only add optional

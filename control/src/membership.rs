@@ -266,6 +266,9 @@ pub struct MemberStatus {
     pub incarnation: Option<u64>,
     /// Its links, by name.
     pub links: Vec<LinkStatus>,
+    /// Its role and epoch per Failover Set, as its heartbeats announce them
+    /// (filled in by the node; empty here).
+    pub announced: Vec<(String, crate::wire::Role, u64)>,
 }
 
 #[derive(Debug)]
@@ -433,6 +436,7 @@ impl Peer {
                     last_heard: l.last_heard.map(|h| now.saturating_duration_since(h)),
                 })
                 .collect(),
+            announced: Vec::new(),
         }
     }
 }

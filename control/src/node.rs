@@ -24,13 +24,19 @@ use crate::discovery::{self, Discovery, Identity, Output};
 use crate::mdns::{Found, Mdns};
 use crate::membership::{self, Event, LinkState, MemberState, MemberStatus, Membership};
 use crate::watch::Watch;
-use crate::wire::{self, Header, Message, Role};
+use crate::wire::{self, Header, Message, Role, SetRole};
 use crate::{LinkName, MemberId};
 
 /// How often discovery is ticked (hello retries).
 const DISCOVERY_TICK: Duration = Duration::from_millis(100);
 /// How long receiver threads block before checking for shutdown.
 const RECV_POLL: Duration = Duration::from_millis(200);
+/// How many bytes of a heartbeat carry per-set roles (a member in more
+/// sets announces them over successive heartbeats).
+const ROLES_BUDGET: usize = 700;
+/// A peer's announced role in a set is forgotten when not heard again
+/// within this long (the set was deleted, or the peer is gone).
+const ANNOUNCE_TTL: Duration = Duration::from_secs(5);
 
 /// What a control node needs.
 #[derive(Debug, Clone)]
@@ -91,12 +97,84 @@ pub struct Status {
     pub members: Vec<MemberStatus>,
     /// Their control addresses per link.
     pub addresses: BTreeMap<MemberId, Vec<(LinkName, String)>>,
+    /// The role and epoch each peer announces per set in its heartbeats.
+    pub announced: BTreeMap<MemberId, BTreeMap<String, Announced>>,
+}
+
+/// A peer's role in one set, as its heartbeats announce it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announced {
+    /// The role it applies.
+    pub role: Role,
+    /// The epoch of the assignment it applies.
+    pub epoch: u64,
+    /// When a heartbeat last said so.
+    pub heard: Instant,
+}
+
+/// Sets the roles this member announces in its heartbeats (the failover
+/// services call it with what they apply).
+#[derive(Debug, Clone, Default)]
+pub struct Announcer(Arc<Mutex<Vec<SetRole>>>);
+
+impl Announcer {
+    /// From now on, heartbeats announce `roles`.
+    pub fn set(&self, roles: Vec<SetRole>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = roles;
+    }
+
+    fn get(&self) -> Vec<SetRole> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The summary of `roles` a 1.0 peer reads: the strongest role held and the
+/// highest epoch.
+fn summary(roles: &[SetRole]) -> (Role, u64) {
+    let rank = |r: Role| match r {
+        Role::Primary => 4,
+        Role::Secondary => 3,
+        Role::Alternate => 2,
+        Role::Witness => 1,
+        Role::None => 0,
+    };
+    let role = roles
+        .iter()
+        .map(|r| r.role)
+        .max_by_key(|&r| rank(r))
+        .unwrap_or(Role::None);
+    (role, roles.iter().map(|r| r.epoch).max().unwrap_or(0))
+}
+
+/// The roles from `from` (cyclically) that fit [`ROLES_BUDGET`] bytes, and
+/// where the next heartbeat starts.
+fn window(roles: &[SetRole], from: usize) -> (Vec<SetRole>, usize) {
+    if roles.is_empty() {
+        return (Vec::new(), 0);
+    }
+    let mut out = Vec::new();
+    let mut used = 0;
+    let mut i = from % roles.len();
+    while out.len() < roles.len() && out.len() < usize::from(u8::MAX) {
+        let r = &roles[i];
+        if used + r.wire_len() > ROLES_BUDGET {
+            break;
+        }
+        used += r.wire_len();
+        out.push(r.clone());
+        i = (i + 1) % roles.len();
+    }
+    (out, i)
 }
 
 /// A running control node.
 #[derive(Debug)]
 pub struct Node {
     status: Arc<Mutex<Status>>,
+    announcer: Announcer,
     changes: Watch,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -172,7 +250,10 @@ impl Node {
             threads.push(t);
         }
         let member = cfg.identity.member.clone();
+        let announcer = Announcer::default();
         let state = State {
+            announcer: announcer.clone(),
+            announce_from: 0,
             cfg,
             disc,
             members,
@@ -190,6 +271,7 @@ impl Node {
         threads.push(t);
         Ok(Node {
             status,
+            announcer,
             changes,
             stop,
             threads,
@@ -221,6 +303,22 @@ impl Node {
     /// heartbeat).
     pub fn changes(&self) -> Watch {
         self.changes.clone()
+    }
+
+    /// Where the failover services set the roles this member announces.
+    pub fn announcer(&self) -> Announcer {
+        self.announcer.clone()
+    }
+
+    /// A source of [`Node::status`] for other threads.
+    pub fn status_source(&self) -> Arc<dyn Fn() -> Status + Send + Sync> {
+        let status = Arc::clone(&self.status);
+        Arc::new(move || {
+            status
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
     }
 
     /// A copy of what this member knows of the others.
@@ -279,6 +377,10 @@ struct State {
     seq: u64,
     status: Arc<Mutex<Status>>,
     changes: Watch,
+    /// What this member announces.
+    announcer: Announcer,
+    /// Where the next heartbeat's roles start (when they do not all fit).
+    announce_from: usize,
 }
 
 /// What of a peer's status is news: its state, incarnation and links'
@@ -346,7 +448,10 @@ impl State {
         match wire::decode(data, &id.key, &id.cluster, id.protocol) {
             Ok(msg @ Message::Heartbeat { .. }) => {
                 match self.members.heard_message(now, link, &msg) {
-                    Ok(events) => self.events(&events),
+                    Ok(events) => {
+                        self.events(&events);
+                        self.heard_roles(now, &msg);
+                    }
                     Err(why) => tracing::debug!(%link, %from, %why, "heartbeat ignored"),
                 }
             }
@@ -418,9 +523,39 @@ impl State {
         }
     }
 
+    /// Records the roles a peer's heartbeat announces; a change of role or
+    /// epoch in some set is news.
+    fn heard_roles(&mut self, now: Instant, msg: &Message) {
+        let Message::Heartbeat { header, roles, .. } = msg else {
+            return;
+        };
+        let moved = {
+            let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            let known = s.announced.entry(header.from.clone()).or_default();
+            let mut moved = false;
+            for r in roles {
+                let new = Announced {
+                    role: r.role,
+                    epoch: r.epoch,
+                    heard: now,
+                };
+                let old = known.insert(r.set.clone(), new);
+                moved |= old.is_none_or(|o| (o.role, o.epoch) != (r.role, r.epoch));
+            }
+            moved
+        };
+        if moved {
+            self.changes.notify();
+        }
+    }
+
     /// One heartbeat to every admitted peer on every link we share.
     fn heartbeats(&mut self) {
         let id = self.cfg.identity.clone();
+        let all = self.announcer.get();
+        let (summary_role, summary_epoch) = summary(&all);
+        let (roles, next) = window(&all, self.announce_from);
+        self.announce_from = next;
         let targets: Vec<(LinkName, String)> = self
             .addresses
             .values()
@@ -428,7 +563,7 @@ impl State {
             .collect();
         for (link, to) in targets {
             self.seq += 1;
-            let msg = Message::Heartbeat {
+            let mut msg = Message::Heartbeat {
                 header: Header {
                     cluster: id.cluster.clone(),
                     from: id.member.clone(),
@@ -438,10 +573,20 @@ impl State {
                     link: link.clone(),
                     seq: self.seq,
                 },
-                role: Role::None,
-                epoch: 0,
+                role: summary_role,
+                epoch: summary_epoch,
+                roles: roles.clone(),
             };
-            match wire::encode(&msg, &id.key) {
+            let mut encoded = wire::encode(&msg, &id.key);
+            if let (Err(wire::WireError::TooLarge), Message::Heartbeat { roles, .. }) =
+                (&encoded, &mut msg)
+            {
+                // Long names left no room: the heartbeat goes without
+                // per-set roles rather than not at all.
+                roles.clear();
+                encoded = wire::encode(&msg, &id.key);
+            }
+            match encoded {
                 Ok(d) => self.send(&link, &to, &d),
                 Err(e) => tracing::error!(error = %e, "cannot encode a heartbeat"),
             }
@@ -458,10 +603,21 @@ impl State {
     }
 
     fn publish(&self, now: Instant) {
-        let members = self.members.members(now);
+        let mut members = self.members.members(now);
         let moved = {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             let moved = news(&s.members) != news(&members);
+            for sets in s.announced.values_mut() {
+                sets.retain(|_, a| now.saturating_duration_since(a.heard) < ANNOUNCE_TTL);
+            }
+            s.announced.retain(|_, sets| !sets.is_empty());
+            for m in &mut members {
+                m.announced = s.announced.get(&m.member).map_or_else(Vec::new, |sets| {
+                    sets.iter()
+                        .map(|(set, a)| (set.clone(), a.role, a.epoch))
+                        .collect()
+                });
+            }
             s.members = members;
             s.addresses = self.addresses.clone();
             moved
@@ -574,7 +730,77 @@ mod tests {
             ],
         );
         wait_both_up(&n1, &n2, "not admitted with both links up");
+        // What one announces in its heartbeats, the other hears, per set.
+        let roles = vec![
+            SetRole {
+                set: "default".into(),
+                role: Role::Primary,
+                epoch: 3,
+            },
+            SetRole {
+                set: "s1".into(),
+                role: Role::Alternate,
+                epoch: 5,
+            },
+        ];
+        n1.announcer().set(roles);
+        let heard = |n: &Node| -> Vec<(String, Role, u64)> {
+            n.status()
+                .announced
+                .get(&MemberId("n1".into()))
+                .map(|sets| {
+                    sets.iter()
+                        .map(|(s, a)| (s.clone(), a.role, a.epoch))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while heard(&n2).len() < 2 {
+            assert!(Instant::now() < deadline, "n2 heard {:?}", heard(&n2));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            heard(&n2),
+            [
+                ("default".to_owned(), Role::Primary, 3),
+                ("s1".to_owned(), Role::Alternate, 5)
+            ]
+        );
         n1.shutdown();
         n2.shutdown();
+    }
+
+    #[test]
+    fn many_roles_go_over_successive_heartbeats_and_sum_up() {
+        let roles: Vec<SetRole> = (0..200)
+            .map(|i| SetRole {
+                set: format!("set-with-a-long-name-{i:03}"),
+                role: if i == 7 {
+                    Role::Primary
+                } else {
+                    Role::Alternate
+                },
+                epoch: i,
+            })
+            .collect();
+        assert_eq!(summary(&roles), (Role::Primary, 199));
+        assert_eq!(summary(&[]), (Role::None, 0));
+        let mut from = 0;
+        let mut sent = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let (part, next) = window(&roles, from);
+            assert!(part.iter().map(SetRole::wire_len).sum::<usize>() <= ROLES_BUDGET);
+            assert!(!part.is_empty() && part.len() < roles.len());
+            sent.extend(part.into_iter().map(|r| r.set));
+            from = next;
+        }
+        assert_eq!(
+            sent.len(),
+            roles.len(),
+            "every set announced within 20 heartbeats"
+        );
+        let (few, next) = window(&roles[..3], 1);
+        assert_eq!((few.len(), next), (3, 1));
     }
 }

@@ -5,7 +5,14 @@
 //! ```text
 //! "TRLS" | format u8 | kind u8 | body length u16 | body | HMAC-SHA256 (32 bytes, over all before it)
 //! body = header (cluster, from, software, protocol major/minor, incarnation, link, seq) + kind fields
+//! heartbeat fields = role u8 | epoch u64 | (1.1) count u8 | count x (set string | role u8 | epoch u64)
 //! ```
+//!
+//! A heartbeat's first role and epoch sum its roles up (Primary of some set,
+//! else Secondary, ...; the highest epoch) for members of protocol 1.0,
+//! which ignore what follows; from 1.1 it lists its role and epoch in each
+//! Failover Set it holds one in (as many as fit; a member in more sets
+//! announces them over successive heartbeats).
 //!
 //! Strings are a length byte and UTF-8; integers are big-endian. Decoding
 //! reads the header first, so a datagram from another cluster or an
@@ -102,6 +109,17 @@ pub enum Role {
 }
 
 impl Role {
+    /// Its name, as people read it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::None => "none",
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+            Role::Alternate => "alternate",
+            Role::Witness => "witness",
+        }
+    }
+
     fn code(self) -> u8 {
         match self {
             Role::None => 0,
@@ -124,6 +142,24 @@ impl Role {
     }
 }
 
+/// A member's role in one Failover Set, as it announces it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetRole {
+    /// The set.
+    pub set: String,
+    /// The role the sender applies there.
+    pub role: Role,
+    /// The epoch of the assignment it applies.
+    pub epoch: u64,
+}
+
+impl SetRole {
+    /// Its size in a heartbeat.
+    pub fn wire_len(&self) -> usize {
+        1 + self.set.len() + 1 + 8
+    }
+}
+
 /// A control datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -131,10 +167,12 @@ pub enum Message {
     Heartbeat {
         /// Sender.
         header: Header,
-        /// Its role.
+        /// Its roles summed up (for protocol 1.0 peers).
         role: Role,
-        /// The role assignment epoch it holds (a fencing token).
+        /// The highest epoch of its roles.
         epoch: u64,
+        /// Its role and epoch per set (protocol 1.1).
+        roles: Vec<SetRole>,
     },
     /// A candidate's greeting on one network, carrying its links.
     Hello {
@@ -237,9 +275,18 @@ pub fn encode(msg: &Message, key: &ClusterKey) -> Result<Vec<u8>, WireError> {
     put_str(&mut body, &h.link.0)?;
     body.extend_from_slice(&h.seq.to_be_bytes());
     match msg {
-        Message::Heartbeat { role, epoch, .. } => {
+        Message::Heartbeat {
+            role, epoch, roles, ..
+        } => {
             body.push(role.code());
             body.extend_from_slice(&epoch.to_be_bytes());
+            let n = u8::try_from(roles.len()).map_err(|_| WireError::TooLarge)?;
+            body.push(n);
+            for r in roles {
+                put_str(&mut body, &r.set)?;
+                body.push(r.role.code());
+                body.extend_from_slice(&r.epoch.to_be_bytes());
+            }
         }
         Message::Hello { nonce, links, .. } => {
             body.extend_from_slice(&nonce.to_be_bytes());
@@ -329,6 +376,21 @@ pub fn decode(
             header,
             role: Role::from_code(b.u8()?)?,
             epoch: b.u64()?,
+            // A 1.0 sender stops here.
+            roles: if b.0.is_empty() {
+                Vec::new()
+            } else {
+                let n = b.u8()?;
+                let mut roles = Vec::with_capacity(usize::from(n));
+                for _ in 0..n {
+                    roles.push(SetRole {
+                        set: b.string()?,
+                        role: Role::from_code(b.u8()?)?,
+                        epoch: b.u64()?,
+                    });
+                }
+                roles
+            },
         },
         2 => {
             let nonce = b.u64()?;
@@ -422,6 +484,24 @@ mod tests {
                 header: header("m1"),
                 role: Role::Secondary,
                 epoch: 7,
+                roles: Vec::new(),
+            },
+            Message::Heartbeat {
+                header: header("m1"),
+                role: Role::Primary,
+                epoch: 9,
+                roles: vec![
+                    SetRole {
+                        set: "default".into(),
+                        role: Role::Secondary,
+                        epoch: 7,
+                    },
+                    SetRole {
+                        set: "chassis-a".into(),
+                        role: Role::Primary,
+                        epoch: 9,
+                    },
+                ],
             },
             Message::Hello {
                 header: header("m2"),
@@ -440,6 +520,40 @@ mod tests {
             let d = encode(&m, &key()).expect("encode");
             assert_eq!(dec(&d), Ok(m));
         }
+    }
+
+    /// A 1.0 heartbeat (no per-set roles) reads as one with none; a 1.0
+    /// reader, which stops after the epoch, reads a 1.1 heartbeat's summary.
+    #[test]
+    fn heartbeats_of_1_0_and_1_1_read_each_other() {
+        let mut old_header = header("m1");
+        old_header.protocol = ProtocolVersion { major: 1, minor: 0 };
+        let full = Message::Heartbeat {
+            header: old_header,
+            role: Role::Primary,
+            epoch: 4,
+            roles: vec![SetRole {
+                set: "s1".into(),
+                role: Role::Primary,
+                epoch: 4,
+            }],
+        };
+        let d = encode(&full, &key()).expect("encode");
+        // The same datagram as 1.0 wrote it: the body ends after the epoch.
+        let body_len = usize::from(u16::from_be_bytes([d[6], d[7]]));
+        let cut = body_len - (1 + (1 + 2) + 1 + 8);
+        let mut old = d[..8 + cut].to_vec();
+        old[6..8].copy_from_slice(&u16::try_from(cut).unwrap().to_be_bytes());
+        let mut mac = key().mac();
+        mac.update(&old);
+        old.extend_from_slice(&mac.finalize().into_bytes());
+        let Ok(Message::Heartbeat {
+            role, epoch, roles, ..
+        }) = dec(&old)
+        else {
+            panic!("a 1.0 heartbeat refused");
+        };
+        assert_eq!((role, epoch, roles), (Role::Primary, 4, Vec::new()));
     }
 
     #[test]
@@ -489,7 +603,7 @@ mod tests {
         let e = dec(&d2).expect_err("refused");
         assert_eq!(
             e.to_string(),
-            "member m5 speaks control protocol 2.0, incompatible with our 1.0"
+            "member m5 speaks control protocol 2.0, incompatible with our 1.1"
         );
         // A newer minor is fine.
         let mut h = header("m6");
@@ -527,7 +641,8 @@ mod tests {
             let mut h = header(&from);
             h.incarnation = inc;
             h.seq = seq;
-            let m = Message::Heartbeat { header: h, role: Role::from_code(role).expect("role"), epoch };
+            let roles = vec![SetRole { set: from.clone(), role: Role::from_code(role).expect("role"), epoch }];
+            let m = Message::Heartbeat { header: h, role: Role::from_code(role).expect("role"), epoch, roles };
             let d = encode(&m, &key()).expect("encode");
             prop_assert_eq!(dec(&d), Ok(m));
         }

@@ -216,6 +216,26 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
         why.starts_with("m1 ") && why.contains("on every link"),
         "{events}"
     );
+    // m2 announces its new role in its heartbeats; m3 hears it.
+    let m3_api = format!("http://127.0.0.1:{}", c.api_ports[2]);
+    eventually(
+        "m3 hearing m2 announce itself Primary",
+        Duration::from_secs(20),
+        || {
+            let (_, out) = trellis_cli(&m3_api, &c.token, &["--json", "member", "list"]);
+            let list: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+            let m2 = list["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|v| v["id"] == "m2"))
+                .ok_or(out.clone())?;
+            let want =
+                serde_json::json!([{"set": "default", "role": "primary", "epoch": roles["epoch"]}]);
+            (m2["announced"] == want)
+                .then_some(())
+                .ok_or(m2.to_string())
+        },
+    );
     let human = c.cli(&["events", "--set", "default", "--last", "1"]);
     assert!(human.contains(why) && human.lines().count() == 2, "{human}");
     // m2's /metrics tells the same.

@@ -153,6 +153,23 @@ pub fn start(
             service: Arc::clone(&service),
             members: node.members_source(),
             changes: changes.clone(),
+            announcer: node.announcer(),
+            announced: {
+                let status = node.status_source();
+                Arc::new(move || {
+                    status()
+                        .announced
+                        .into_iter()
+                        .map(|(m, sets)| {
+                            let sets = sets
+                                .into_iter()
+                                .map(|(s, a)| (s, (a.role, a.epoch)))
+                                .collect();
+                            (m, sets)
+                        })
+                        .collect()
+                })
+            },
             me: me.id.clone(),
             stop: Arc::clone(&stop),
         },

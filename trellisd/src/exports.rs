@@ -260,6 +260,7 @@ mod tests {
 
     fn status(id: &str, state: MemberState) -> MemberStatus {
         MemberStatus {
+            announced: Vec::new(),
             member: MemberId(id.into()),
             state,
             since: Duration::ZERO,

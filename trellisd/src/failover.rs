@@ -11,6 +11,10 @@
 //!                   ─> Registry::set_port_states (ALUA, unit attentions)
 //!                   ─> Registry::set_write_fence (the lease's end: no write
 //!                      reaches the disk after it, whatever the port state says)
+//!                   ─> the roles this member announces in its heartbeats, and
+//!                      crosscheck of what the others announce (a set some peer
+//!                      applies a newer epoch of stops serving here until this
+//!                      replica catches up)
 //! ```
 //!
 //! A member serves nothing Active/Optimized before a role is committed for
@@ -26,10 +30,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use trellis_control::arbitration::{decide, Decision, Inputs, Liveness, MemberFacts};
 use trellis_control::config::{ClusterConfig, Command, ConfigService, Proposal};
+use trellis_control::crosscheck::{self, Disagreement};
 use trellis_control::lease::{Holder, LeaseState};
 use trellis_control::membership::{MemberState, MemberStatus};
+use trellis_control::node::Announcer;
 use trellis_control::paths::{device_table, own_state, Access};
 use trellis_control::watch::Watch;
+use trellis_control::wire::{Role, SetRole};
 use trellis_control::MemberId;
 use trellis_iscsi::scsi::{AluaState, PortGroup, PortTable};
 use trellis_iscsi::target::Registry;
@@ -45,6 +52,17 @@ const ARBITER_EVERY: Duration = Duration::from_millis(100);
 /// How often port states are recomputed without a change (a lease runs
 /// out by the clock alone).
 const PATHS_EVERY: Duration = Duration::from_millis(25);
+
+/// How long a peer may announce a newer epoch than this replica applied
+/// before this member's ports of that set stop serving (a healthy replica
+/// applies a commit within milliseconds of the member that announced it).
+const LAG_GRACE: Duration = Duration::from_millis(250);
+
+/// How long another disagreement may last before it is logged.
+const DISAGREEMENT_GRACE: Duration = Duration::from_secs(2);
+
+/// What peers announce: per member, per set, role and epoch.
+pub type Announcements = BTreeMap<MemberId, BTreeMap<String, (Role, u64)>>;
 
 /// The failover threads of one member.
 pub struct Failover {
@@ -68,6 +86,23 @@ pub struct Stats {
     pub failovers: AtomicU64,
     /// This member's own ALUA state per device, as last set.
     pub own: Mutex<BTreeMap<String, Access>>,
+    /// Disagreements between what a peer announced and the applied roles
+    /// that lasted past their grace.
+    pub disagreements: AtomicU64,
+    /// The epoch this replica was last reported lagging behind, per set.
+    lag_reported: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// Whether the lag of this replica in `set` behind `epoch` is news (to
+    /// be logged once).
+    fn lag_logged(&self, set: &str, epoch: u64) -> bool {
+        let mut last = self
+            .lag_reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        last.insert(set.to_owned(), epoch) != Some(epoch)
+    }
 }
 
 impl Failover {
@@ -90,8 +125,12 @@ pub struct Sources {
     pub service: Arc<ConfigService>,
     /// The failure detector's view of the other members.
     pub members: Arc<dyn Fn() -> Vec<MemberStatus> + Send + Sync>,
-    /// Changes to wait for (replica applied, member states).
+    /// Changes to wait for (replica applied, member states, announced roles).
     pub changes: Watch,
+    /// Where this member's announced roles go (its heartbeats).
+    pub announcer: Announcer,
+    /// What the other members announce.
+    pub announced: Arc<dyn Fn() -> Announcements + Send + Sync>,
     /// This member.
     pub me: MemberId,
     /// Stops the threads.
@@ -134,6 +173,11 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             primaries: BTreeMap::new(),
             serving: false,
             cached: None,
+            announcer: src.announcer.clone(),
+            announced: Arc::clone(&src.announced),
+            announcing: Vec::new(),
+            lag_since: BTreeMap::new(),
+            seen: BTreeMap::new(),
         };
         threads.push(spawn("trellis-paths", Box::new(move || paths.run()))?);
     }
@@ -365,6 +409,14 @@ struct Paths {
     /// The replicated state as of an applied index: copied again only when
     /// the replica applied more (this thread looks every 25 ms).
     cached: Option<(Option<u64>, Arc<trellis_control::config::ReplicatedState>)>,
+    announcer: Announcer,
+    announced: Arc<dyn Fn() -> Announcements + Send + Sync>,
+    /// What this member announces now.
+    announcing: Vec<SetRole>,
+    /// Sets some peer applies a newer epoch of: since when, and the epoch.
+    lag_since: BTreeMap<String, (Instant, u64)>,
+    /// Other disagreements: since when, and whether logged.
+    seen: BTreeMap<String, (Instant, bool)>,
 }
 
 fn alua(a: Access) -> AluaState {
@@ -427,10 +479,61 @@ impl Paths {
         }
     }
 
+    /// Announces this member's roles and checks the others'; the sets
+    /// this replica lags in (past the grace), whose ports must not serve.
+    fn cross_check(
+        &mut self,
+        state: &trellis_control::config::ReplicatedState,
+    ) -> BTreeMap<String, u64> {
+        let mine = crosscheck::announcement(&state.roles, &self.me);
+        if mine != self.announcing {
+            self.announcer.set(mine.clone());
+            self.announcing = mine;
+        }
+        let found = crosscheck::cross_check(&state.roles, &(self.announced)());
+        let now = Instant::now();
+        let ahead = crosscheck::lagging_sets(&found);
+        for (set, &epoch) in &ahead {
+            let since = self.lag_since.entry(set.clone()).or_insert((now, epoch));
+            if since.1 != epoch {
+                *since = (now, epoch);
+            }
+        }
+        let mut lagging = BTreeMap::new();
+        let me = self.me.clone();
+        self.lag_since.retain(|set, (since, epoch)| {
+            if !ahead.contains_key(set) {
+                tracing::info!(member = %me, %set, "this replica caught up with the announced roles");
+                return false;
+            }
+            if now.duration_since(*since) >= LAG_GRACE {
+                lagging.insert(set.clone(), *epoch);
+            }
+            true
+        });
+        // Behind and wrong roles: logged once each when they last.
+        let others: Vec<String> = found
+            .iter()
+            .filter(|d| !matches!(d, Disagreement::Ahead { .. }))
+            .map(ToString::to_string)
+            .collect();
+        self.seen.retain(|k, _| others.contains(k));
+        for d in others {
+            let (since, logged) = self.seen.entry(d.clone()).or_insert((now, false));
+            if !*logged && now.duration_since(*since) >= DISAGREEMENT_GRACE {
+                *logged = true;
+                self.stats.disagreements.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(member = %self.me, "announced roles disagree with the committed assignment: {d}");
+            }
+        }
+        lagging
+    }
+
     fn apply(&mut self) {
         let state = self.state();
         let lease = self.lease();
         self.count(&state, lease);
+        let lagging = self.cross_check(&state);
         // Writes stop at the lease's end, and at once while the lease was
         // granted at an epoch this member has not applied yet.
         let fence = match lease {
@@ -442,6 +545,18 @@ impl Paths {
             _ => Instant::now(),
         };
         for device in state.config.devices.values() {
+            let behind = lagging.get(&device.set);
+            if let Some(epoch) = behind {
+                if self.stats.lag_logged(&device.set, *epoch) {
+                    tracing::warn!(member = %self.me, set = %device.set, epoch, "a peer applies a newer assignment of this set than this replica: its ports here stop serving until the replica catches up");
+                    self.stats.disagreements.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let fence = if behind.is_some() {
+                Instant::now()
+            } else {
+                fence
+            };
             self.registry.set_write_fence(device.uuid, Some(fence));
             let assignment = state.roles.sets.get(&device.set);
             let t = device_table(&state.config, device, assignment);
@@ -452,6 +567,11 @@ impl Paths {
                     let mut access = g.state;
                     if g.member == self.me {
                         access = own_state(access, device.policy, lease, state.roles.last_epoch);
+                        if behind.is_some()
+                            && matches!(access, Access::Optimized | Access::NonOptimized)
+                        {
+                            access = Access::Transitioning;
+                        }
                         self.stats
                             .own
                             .lock()
@@ -548,6 +668,12 @@ pub fn render(stats: &Stats, state: &trellis_control::config::ReplicatedState) -
             "counter",
             "Times this member's lease ran out while it held one.",
             stats.losses.load(Ordering::Relaxed),
+        ),
+        (
+            "trellis_role_disagreements_total",
+            "counter",
+            "Announced roles that disagreed with the committed assignment past their grace (a lagging replica, a wrong role).",
+            stats.disagreements.load(Ordering::Relaxed),
         ),
         (
             "trellis_lease_valid",

@@ -702,6 +702,7 @@ async fn targets_luns_and_acl() {
 
 fn peer(name: &str, state: MemberState, links: &[(&str, LinkState)]) -> MemberStatus {
     MemberStatus {
+        announced: Vec::new(),
         member: MemberId(name.into()),
         state,
         since: Duration::from_secs(3),

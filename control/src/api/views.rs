@@ -12,8 +12,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use trellis_api::{
-    AclView, AllowInitiator, CreateDevice, DeviceView, LinkView, LunRef, LunView, MemberCounts,
-    MemberList, MemberView, Outcome, RaftView, StatusView, TargetView, DEFAULT_BLOCK_SIZE,
+    AclView, AllowInitiator, AnnouncedRole, CreateDevice, DeviceView, LinkView, LunRef, LunView,
+    MemberCounts, MemberList, MemberView, Outcome, RaftView, StatusView, TargetView,
+    DEFAULT_BLOCK_SIZE,
 };
 use uuid::Uuid;
 
@@ -295,6 +296,16 @@ pub fn member_list(
         since_ms: status.map(|s| millis(s.since)),
         incarnation: status.and_then(|s| s.incarnation),
         drained: false,
+        announced: status.map_or_else(Vec::new, |s| {
+            s.announced
+                .iter()
+                .map(|(set, role, epoch)| AnnouncedRole {
+                    set: set.clone(),
+                    role: role.name().to_owned(),
+                    epoch: *epoch,
+                })
+                .collect()
+        }),
         links: status.map_or_else(Vec::new, |s| {
             s.links
                 .iter()

@@ -255,6 +255,7 @@ fn member_list_reports_states_incarnations_and_silence() {
     assert_eq!(
         list[0],
         MemberStatus {
+            announced: Vec::new(),
             member: m("m2"),
             state: MemberState::Alive,
             since: Duration::from_millis(1250),
@@ -345,6 +346,7 @@ fn decoded_heartbeats_count_on_the_link_they_name() {
             seq: 1,
         },
         role: Role::None,
+        roles: Vec::new(),
         epoch: 0,
     };
     let bytes = wire::encode(&beat("a"), &key).expect("encode");

@@ -146,6 +146,7 @@ impl Cluster {
                     seq,
                 },
                 role: Role::None,
+                roles: Vec::new(),
                 epoch: 0,
             };
             let bytes = wire::encode(&msg, &self.key).expect("encode");
