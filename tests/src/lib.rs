@@ -17,6 +17,7 @@ pub mod alua;
 pub mod cluster;
 pub mod netns;
 pub mod raw;
+pub mod writer;
 
 /// The default target's name.
 pub const DEFAULT_TARGET: &str = "iqn.2026-11.io.trellis:default";

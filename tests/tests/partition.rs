@@ -19,13 +19,11 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use trellis_tests::netns::{Lab, Member};
 use trellis_tests::raw::Conn;
+use trellis_tests::writer::{check_acked, Ack, Record, Writer};
 use trellis_tests::{api_request_at, eventually, require_tool, run_id, trellis_cli};
 
 const TARGET: &str = "iqn.2026-12.io.trellis:partition";
@@ -33,8 +31,6 @@ const HOST_OLD: &str = "iqn.2026-12.io.trellis:partition-host-a";
 const HOST_NEW: &str = "iqn.2026-12.io.trellis:partition-host-b";
 const MEMBERS: usize = 3;
 const WAIT: Duration = Duration::from_secs(30);
-/// Blocks each writer rewrites in turn (its own range).
-const BLOCKS: u32 = 32;
 
 struct Setup {
     lab: Lab,
@@ -155,119 +151,6 @@ impl Setup {
     }
 }
 
-/// What became of one write.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Ack {
-    /// GOOD.
-    Good,
-    /// CHECK CONDITION with this sense key, ASC, ASCQ.
-    Refused(u8, u8, u8),
-    /// No answer (timeout, lost connection).
-    Failed(String),
-}
-
-/// A write's answer: when it arrived, the block, the sequence number
-/// written, and what it was.
-type Record = (Instant, u32, u64, Ack);
-
-/// One writer: one session through one member, one WRITE (10) at a time
-/// over its own blocks, each write's answer stamped with when it arrived.
-struct Writer {
-    log: Arc<Mutex<Vec<Record>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Writer {
-    fn start(portal: SocketAddr, initiator: &'static str, base: u32) -> Writer {
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (l, s) = (Arc::clone(&log), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            let mut conn: Option<Conn> = None;
-            let mut seq = 0u64;
-            while !s.load(Ordering::SeqCst) {
-                if conn.is_none() {
-                    conn = Conn::login_to(portal, TARGET, initiator).ok();
-                    if let Some(c) = &conn {
-                        c.set_timeout(Duration::from_secs(3)).unwrap();
-                    } else {
-                        // The portal refused the login: try again shortly.
-                        std::thread::sleep(Duration::from_millis(50));
-                        continue;
-                    }
-                }
-                seq += 1;
-                let lba = base + (seq % u64::from(BLOCKS)) as u32;
-                let mut cdb = [0u8; 10];
-                cdb[0] = 0x2A;
-                cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-                cdb[8] = 1;
-                let data = seq.to_be_bytes().repeat(64);
-                let ack = match conn.as_mut().unwrap().scsi(&cdb, &data, 0) {
-                    Ok(r) if r.status == 0 => Ack::Good,
-                    Ok(r) => Ack::Refused(
-                        r.sense.get(2).map_or(0, |k| k & 0x0F),
-                        r.sense.get(12).copied().unwrap_or(0),
-                        r.sense.get(13).copied().unwrap_or(0),
-                    ),
-                    Err(e) => {
-                        conn = None;
-                        Ack::Failed(format!("{e:#}"))
-                    }
-                };
-                let refused = ack != Ack::Good;
-                l.lock().unwrap().push((Instant::now(), lba, seq, ack));
-                if refused {
-                    // A refusing member is not hammered.
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        });
-        Writer {
-            log,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn records(&self) -> Vec<Record> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn goods_since(&self, t: Instant) -> usize {
-        self.records()
-            .iter()
-            .filter(|r| r.0 >= t && r.3 == Ack::Good)
-            .count()
-    }
-
-    fn finish(&mut self) -> Vec<Record> {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        self.records()
-    }
-}
-
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// The last acknowledged sequence number of each block in `records`.
-fn last_acked(records: &[Record]) -> Vec<(u32, u64)> {
-    let mut last = std::collections::BTreeMap::new();
-    for (_, lba, seq, ack) in records {
-        if *ack == Ack::Good {
-            last.insert(*lba, *seq);
-        }
-    }
-    last.into_iter().collect()
-}
-
 #[test]
 fn a_primary_cut_off_from_the_cluster_acknowledges_nothing_once_the_new_primary_has() {
     require_tool("ip");
@@ -288,8 +171,8 @@ fn a_primary_cut_off_from_the_cluster_acknowledges_nothing_once_the_new_primary_
     ] {
         s.cli_via(1, &args);
     }
-    let mut old = Writer::start(s.portal(1), HOST_OLD, 0);
-    let mut new = Writer::start(s.portal(2), HOST_NEW, 1000);
+    let mut old = Writer::start(s.portal(1), TARGET, HOST_OLD, 0);
+    let mut new = Writer::start(s.portal(2), TARGET, HOST_NEW, 1000);
     let started = Instant::now();
     eventually("writes acknowledged through m1", WAIT, || {
         let n = old.goods_since(started);
@@ -408,23 +291,8 @@ fn a_primary_cut_off_from_the_cluster_acknowledges_nothing_once_the_new_primary_
     // the new Primary.
     let mut reader = Conn::login_to(s.portal(2), TARGET, HOST_NEW).unwrap();
     reader.clear_unit_attentions().unwrap();
-    let mut lost = Vec::new();
-    for (lba, seq) in last_acked(&old_log).into_iter().chain(last_acked(&new_log)) {
-        let mut cdb = [0u8; 10];
-        cdb[0] = 0x28;
-        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-        cdb[8] = 1;
-        let r = reader.scsi(&cdb, &[], 512).unwrap();
-        assert_eq!(r.status, 0, "READ of {lba}: {r:?}");
-        let on_disk = u64::from_be_bytes(r.data[..8].try_into().unwrap());
-        if on_disk != seq {
-            lost.push((lba, seq, on_disk));
-        }
-    }
-    assert!(
-        lost.is_empty(),
-        "acknowledged writes lost (block, acknowledged, on disk): {lost:?}"
-    );
+    let both: Vec<Record> = old_log.iter().chain(&new_log).cloned().collect();
+    check_acked(&mut reader, &both);
 
     // m1, back on the networks, does not take the role back.
     s.lab.restore(1, 'a').unwrap();
