@@ -83,6 +83,14 @@ pub struct MemberView {
     /// not heard lately).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub announced: Vec<AnnouncedRole>,
+    /// Normal iSCSI sessions logged in to it, as its heartbeats (or, for
+    /// the answering member, its own data path) tell; null when unknown.
+    #[serde(default)]
+    pub sessions: Option<u64>,
+    /// Whether it serves every device (false: some device's backing is out
+    /// of its reach, and it takes no new role); null when unknown.
+    #[serde(default)]
+    pub healthy: Option<bool>,
 }
 
 /// A member's role in one set, as its heartbeats announce it.

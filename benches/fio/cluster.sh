@@ -127,6 +127,21 @@ for ((i = 0; i < 100; i++)); do
     iscsi-ls -i "$FIO_INITIATOR" -s iscsi://127.0.0.1:3361 2>/dev/null | grep -q "Lun:0" && break
     sleep 0.2
 done
+# Cluster members serve a device only once a role is committed: wait until
+# m1 (the set's preferred member) reports vol1 Active/Optimized.
+m1_optimized() {
+    python3 - "$TOKEN" <<'PY'
+import sys, urllib.request
+req = urllib.request.Request("http://127.0.0.1:7801/metrics", headers={"Authorization": "Bearer " + sys.argv[1]})
+text = urllib.request.urlopen(req, timeout=5).read().decode()
+sys.exit(0 if 'trellis_alua_state{device="vol1",state="active_optimized"} 1' in text else 1)
+PY
+}
+for ((i = 0; i < 150; i++)); do
+    m1_optimized 2>/dev/null && break
+    sleep 0.2
+done
+m1_optimized || die "m1 never served vol1 Active/Optimized (see $RESULTS/m1.log)"
 
 # one_job NAME PORTAL JOB -> IOPS
 one_job() {

@@ -297,7 +297,9 @@ fn render_members(list: MemberList) -> String {
     if list.members.is_empty() {
         return "no members\n".to_owned();
     }
-    let mut t = Table::new(&["ID", "NODE", "STATE", "FOR", "LINKS", "API", "ROLE"]);
+    let mut t = Table::new(&[
+        "ID", "NODE", "STATE", "FOR", "LINKS", "SESSIONS", "API", "ROLE",
+    ]);
     for m in list.members {
         let links = m
             .links
@@ -315,6 +317,9 @@ fn render_members(list: MemberList) -> String {
         if m.drained {
             role.push("drained");
         }
+        if m.healthy == Some(false) {
+            role.push("unhealthy");
+        }
         t.row(vec![
             m.id,
             opt(m.node_id),
@@ -325,6 +330,7 @@ fn render_members(list: MemberList) -> String {
             } else {
                 links
             },
+            opt(m.sessions),
             opt(m.api),
             role.join(", "),
         ]);

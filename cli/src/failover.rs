@@ -303,8 +303,9 @@ pub fn drain(client: &Client, member: &str, wait: u64) -> Result<Outcome, Comman
                     )
                 })
                 .collect();
-            let human = format!("{member} drained; {}\n", moved.join("; "));
-            return Ok((answer, human));
+            let roles = moved.join("; ");
+            return drain_sessions(client, member, deadline, wait, roles)
+                .map(|human| (answer, human));
         }
         if wait == 0 {
             return Ok((
@@ -319,6 +320,45 @@ pub fn drain(client: &Client, member: &str, wait: u64) -> Result<Outcome, Comman
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The second half of a drain: waits until `member` has no sessions
+/// (hosts asked to log out go, and log in elsewhere) or the deadline.
+fn drain_sessions(
+    client: &Client,
+    member: &str,
+    deadline: std::time::Instant,
+    wait: u64,
+    roles: String,
+) -> Result<String, CommandError> {
+    loop {
+        let answer = client.call(Method::Get, "/v1/members", NO_BODY)?;
+        let list: trellis_api::MemberList = serde_json::from_value(answer.value)?;
+        let sessions = list
+            .members
+            .iter()
+            .find(|m| m.id == member)
+            .and_then(|m| m.sessions);
+        match sessions {
+            Some(0) => return Ok(format!("{member} drained: no sessions; {roles}\n")),
+            None => {
+                return Ok(format!(
+                    "{member} drained ({member}'s sessions are not known here); {roles}\n"
+                ))
+            }
+            Some(n) if wait == 0 => {
+                return Ok(format!(
+                    "{member} drained; {n} sessions asked to log out; {roles}\n"
+                ))
+            }
+            Some(n) if std::time::Instant::now() >= deadline => {
+                return Err(CommandError::Unfinished(format!(
+                    "{member} is drained and Primary of no set, but {n} sessions are still logged in to it after {wait} s"
+                )))
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
     }
 }
 

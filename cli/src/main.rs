@@ -100,11 +100,14 @@ pub enum MemberCmd {
     /// Members, their state and their links.
     List,
     /// Move a member's roles away (a planned handover: the new Primary is
-    /// Active/Optimized first) and wait until it holds no Primary role.
+    /// Active/Optimized first), ask the hosts logged in to it to log out
+    /// (it refuses new logins while drained), and wait until it holds no
+    /// Primary role and has no sessions.
     Drain {
         /// The member.
         member: String,
-        /// Seconds to wait for the roles to move (0: do not wait).
+        /// Seconds to wait for the roles to move and the sessions to go
+        /// (0: do not wait).
         #[arg(long, default_value_t = 30)]
         wait: u64,
     },

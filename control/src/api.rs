@@ -98,6 +98,9 @@ pub struct Local {
     pub check_timeout: std::time::Duration,
     /// This member's id, for messages ("" for none).
     pub member: String,
+    /// What this member announces in its heartbeats (its sessions and
+    /// health, shown for it in `member list`); None for a witness.
+    pub announcer: Option<crate::node::Announcer>,
 }
 
 impl Default for Local {
@@ -107,6 +110,7 @@ impl Default for Local {
             check_backing: Arc::new(|_| Ok(())),
             check_timeout: std::time::Duration::from_secs(5),
             member: String::new(),
+            announcer: None,
         }
     }
 }

@@ -273,15 +273,18 @@ fn roles_of(
     let mut primary = old.clone().filter(|p| facts(p).can_hold());
     if let (Some(p), None) = (&old, &primary) {
         let f = facts(p);
-        if f.lease_may_hold && !f.drained {
+        // Drained or unhealthy but up: a planned handover, below. Else
+        // (silent, not renewing) the role moves only once its lease ran out.
+        if f.lease_may_hold && !f.drained && f.healthy {
             return Err(format!("{p} is {}; its lease may still hold", f.why_not()));
         }
         why.push(format!("{p} {}", f.why_not()));
     }
     let mut planned = None;
     if let Some(p) = &old {
-        if facts(p).drained && facts(p).can_hold_but_drained() {
-            // Drained but up: a planned handover.
+        let f = facts(p);
+        if (f.drained || !f.healthy) && f.can_hand_over() {
+            // Drained or unhealthy but up: a planned handover.
             planned = Some(p.clone());
             primary = None;
         }
@@ -336,10 +339,12 @@ fn roles_of(
 }
 
 impl MemberFacts {
-    fn can_hold_but_drained(&self) -> bool {
+    /// Whether it is up and may serve until a successor is Active/Optimized
+    /// (a drained or unhealthy Primary hands over; a quarantined one does
+    /// not serve).
+    fn can_hand_over(&self) -> bool {
         matches!(self.liveness, Liveness::Alive | Liveness::Suspect)
             && self.lease_may_hold
-            && self.healthy
             && !self.quarantined
     }
 }
@@ -358,7 +363,7 @@ fn settle(
             // has lasted long enough, then let it step down.
             let elapsed = inputs.now_ms.saturating_sub(cur.since_ms);
             if next.primary == cur.roles.primary && next.outgoing.is_none() {
-                if elapsed < HANDOVER.as_millis() as u64 && inputs.facts(o).can_hold_but_drained() {
+                if elapsed < HANDOVER.as_millis() as u64 && inputs.facts(o).can_hand_over() {
                     next.outgoing = Some(o.clone());
                     next.alternates.retain(|m| m != o);
                     if next.secondary.as_ref() == Some(o) {

@@ -269,6 +269,8 @@ pub struct MemberStatus {
     /// Its role and epoch per Failover Set, as its heartbeats announce them
     /// (filled in by the node; empty here).
     pub announced: Vec<(String, crate::wire::Role, u64)>,
+    /// What its heartbeats say of its data path (filled in by the node).
+    pub data: Option<crate::wire::DataState>,
 }
 
 #[derive(Debug)]
@@ -437,6 +439,7 @@ impl Peer {
                 })
                 .collect(),
             announced: Vec::new(),
+            data: None,
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::discovery::{self, Discovery, Identity, Output};
 use crate::mdns::{Found, Mdns};
 use crate::membership::{self, Event, LinkState, MemberState, MemberStatus, Membership};
 use crate::watch::Watch;
-use crate::wire::{self, Header, Message, Role, SetRole};
+use crate::wire::{self, DataState, Header, Message, Role, SetRole};
 use crate::{LinkName, MemberId};
 
 /// How often discovery is ticked (hello retries).
@@ -99,6 +99,8 @@ pub struct Status {
     pub addresses: BTreeMap<MemberId, Vec<(LinkName, String)>>,
     /// The role and epoch each peer announces per set in its heartbeats.
     pub announced: BTreeMap<MemberId, BTreeMap<String, Announced>>,
+    /// What each peer's heartbeats say of its data path, and when.
+    pub data: BTreeMap<MemberId, (DataState, Instant)>,
 }
 
 /// A peer's role in one set, as its heartbeats announce it.
@@ -112,18 +114,29 @@ pub struct Announced {
     pub heard: Instant,
 }
 
-/// Sets the roles this member announces in its heartbeats (the failover
-/// services call it with what they apply).
+/// Sets what this member announces in its heartbeats: the roles it
+/// applies (the failover services) and its data path's state.
 #[derive(Debug, Clone, Default)]
-pub struct Announcer(Arc<Mutex<Vec<SetRole>>>);
+pub struct Announcer(Arc<Mutex<(Vec<SetRole>, Option<DataState>)>>);
 
 impl Announcer {
     /// From now on, heartbeats announce `roles`.
     pub fn set(&self, roles: Vec<SetRole>) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = roles;
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).0 = roles;
     }
 
-    fn get(&self) -> Vec<SetRole> {
+    /// From now on, heartbeats announce `state`.
+    pub fn set_state(&self, state: DataState) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1 = Some(state);
+    }
+
+    /// What this member announces of its data path (None: not a data
+    /// member, or not known yet).
+    pub fn state(&self) -> Option<DataState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).1
+    }
+
+    fn get(&self) -> (Vec<SetRole>, Option<DataState>) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -526,13 +539,24 @@ impl State {
     /// Records the roles a peer's heartbeat announces; a change of role or
     /// epoch in some set is news.
     fn heard_roles(&mut self, now: Instant, msg: &Message) {
-        let Message::Heartbeat { header, roles, .. } = msg else {
+        let Message::Heartbeat {
+            header,
+            roles,
+            state,
+            ..
+        } = msg
+        else {
             return;
         };
         let moved = {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
-            let known = s.announced.entry(header.from.clone()).or_default();
             let mut moved = false;
+            if let Some(d) = state {
+                let old = s.data.insert(header.from.clone(), (*d, now));
+                // A change of health is news (a session count is not).
+                moved |= old.is_none_or(|(o, _)| o.healthy != d.healthy);
+            }
+            let known = s.announced.entry(header.from.clone()).or_default();
             for r in roles {
                 let new = Announced {
                     role: r.role,
@@ -552,7 +576,7 @@ impl State {
     /// One heartbeat to every admitted peer on every link we share.
     fn heartbeats(&mut self) {
         let id = self.cfg.identity.clone();
-        let all = self.announcer.get();
+        let (all, data) = self.announcer.get();
         let (summary_role, summary_epoch) = summary(&all);
         let (roles, next) = window(&all, self.announce_from);
         self.announce_from = next;
@@ -576,6 +600,7 @@ impl State {
                 role: summary_role,
                 epoch: summary_epoch,
                 roles: roles.clone(),
+                state: data,
             };
             let mut encoded = wire::encode(&msg, &id.key);
             if let (Err(wire::WireError::TooLarge), Message::Heartbeat { roles, .. }) =
@@ -611,7 +636,10 @@ impl State {
                 sets.retain(|_, a| now.saturating_duration_since(a.heard) < ANNOUNCE_TTL);
             }
             s.announced.retain(|_, sets| !sets.is_empty());
+            s.data
+                .retain(|_, (_, heard)| now.saturating_duration_since(*heard) < ANNOUNCE_TTL);
             for m in &mut members {
+                m.data = s.data.get(&m.member).map(|(d, _)| *d);
                 m.announced = s.announced.get(&m.member).map_or_else(Vec::new, |sets| {
                     sets.iter()
                         .map(|(set, a)| (set.clone(), a.role, a.epoch))
@@ -744,6 +772,10 @@ mod tests {
             },
         ];
         n1.announcer().set(roles);
+        n1.announcer().set_state(DataState {
+            sessions: 4,
+            healthy: false,
+        });
         let heard = |n: &Node| -> Vec<(String, Role, u64)> {
             n.status()
                 .announced
@@ -766,6 +798,25 @@ mod tests {
                 ("default".to_owned(), Role::Primary, 3),
                 ("s1".to_owned(), Role::Alternate, 5)
             ]
+        );
+        // And its data path's state, in the member status too.
+        let data = |n: &Node| {
+            n.status()
+                .members
+                .iter()
+                .find(|m| m.member == MemberId("n1".into()))
+                .and_then(|m| m.data)
+        };
+        while data(&n2).is_none() {
+            assert!(Instant::now() < deadline, "n2 heard no data state");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            data(&n2),
+            Some(DataState {
+                sessions: 4,
+                healthy: false
+            })
         );
         n1.shutdown();
         n2.shutdown();

@@ -5,7 +5,8 @@
 //! ```text
 //! "TRLS" | format u8 | kind u8 | body length u16 | body | HMAC-SHA256 (32 bytes, over all before it)
 //! body = header (cluster, from, software, protocol major/minor, incarnation, link, seq) + kind fields
-//! heartbeat fields = role u8 | epoch u64 | (1.1) count u8 | count x (set string | role u8 | epoch u64)
+//! heartbeat fields = role u8 | epoch u64
+//!                   | (1.1) count u8 | count x (set string | role u8 | epoch u64) | sessions u32 | flags u8 (1: unhealthy)
 //! ```
 //!
 //! A heartbeat's first role and epoch sum its roles up (Primary of some set,
@@ -160,6 +161,16 @@ impl SetRole {
     }
 }
 
+/// What a member's heartbeats say of its data path (protocol 1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DataState {
+    /// Normal iSCSI sessions logged in to it.
+    pub sessions: u32,
+    /// Whether it serves every device of the configuration (a device whose
+    /// backing it cannot open makes it unhealthy: no new role for it).
+    pub healthy: bool,
+}
+
 /// A control datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -173,6 +184,8 @@ pub enum Message {
         epoch: u64,
         /// Its role and epoch per set (protocol 1.1).
         roles: Vec<SetRole>,
+        /// Its data path's state (protocol 1.1; None from a 1.0 sender).
+        state: Option<DataState>,
     },
     /// A candidate's greeting on one network, carrying its links.
     Hello {
@@ -276,7 +289,11 @@ pub fn encode(msg: &Message, key: &ClusterKey) -> Result<Vec<u8>, WireError> {
     body.extend_from_slice(&h.seq.to_be_bytes());
     match msg {
         Message::Heartbeat {
-            role, epoch, roles, ..
+            role,
+            epoch,
+            roles,
+            state,
+            ..
         } => {
             body.push(role.code());
             body.extend_from_slice(&epoch.to_be_bytes());
@@ -286,6 +303,10 @@ pub fn encode(msg: &Message, key: &ClusterKey) -> Result<Vec<u8>, WireError> {
                 put_str(&mut body, &r.set)?;
                 body.push(r.role.code());
                 body.extend_from_slice(&r.epoch.to_be_bytes());
+            }
+            if let Some(d) = state {
+                body.extend_from_slice(&d.sessions.to_be_bytes());
+                body.push(u8::from(!d.healthy));
             }
         }
         Message::Hello { nonce, links, .. } => {
@@ -391,6 +412,16 @@ pub fn decode(
                 }
                 roles
             },
+            state: if b.0.is_empty() {
+                None
+            } else {
+                let sessions = b.u32()?;
+                let flags = b.u8()?;
+                Some(DataState {
+                    sessions,
+                    healthy: flags & 1 == 0,
+                })
+            },
         },
         2 => {
             let nonce = b.u64()?;
@@ -440,6 +471,11 @@ impl<'a> Reader<'a> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
     fn u64(&mut self) -> Result<u64, WireError> {
         let mut a = [0u8; 8];
         a.copy_from_slice(self.take(8)?);
@@ -485,6 +521,7 @@ mod tests {
                 role: Role::Secondary,
                 epoch: 7,
                 roles: Vec::new(),
+                state: None,
             },
             Message::Heartbeat {
                 header: header("m1"),
@@ -502,6 +539,10 @@ mod tests {
                         epoch: 9,
                     },
                 ],
+                state: Some(DataState {
+                    sessions: 12,
+                    healthy: false,
+                }),
             },
             Message::Hello {
                 header: header("m2"),
@@ -537,11 +578,15 @@ mod tests {
                 role: Role::Primary,
                 epoch: 4,
             }],
+            state: Some(DataState {
+                sessions: 3,
+                healthy: true,
+            }),
         };
         let d = encode(&full, &key()).expect("encode");
         // The same datagram as 1.0 wrote it: the body ends after the epoch.
         let body_len = usize::from(u16::from_be_bytes([d[6], d[7]]));
-        let cut = body_len - (1 + (1 + 2) + 1 + 8);
+        let cut = body_len - (1 + (1 + 2) + 1 + 8) - (4 + 1);
         let mut old = d[..8 + cut].to_vec();
         old[6..8].copy_from_slice(&u16::try_from(cut).unwrap().to_be_bytes());
         let mut mac = key().mac();
@@ -642,7 +687,8 @@ mod tests {
             h.incarnation = inc;
             h.seq = seq;
             let roles = vec![SetRole { set: from.clone(), role: Role::from_code(role).expect("role"), epoch }];
-            let m = Message::Heartbeat { header: h, role: Role::from_code(role).expect("role"), epoch, roles };
+            let state = Some(DataState { sessions: seq as u32, healthy: inc % 2 == 0 });
+            let m = Message::Heartbeat { header: h, role: Role::from_code(role).expect("role"), epoch, roles, state };
             let d = encode(&m, &key()).expect("encode");
             prop_assert_eq!(dec(&d), Ok(m));
         }

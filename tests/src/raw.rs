@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use trellis_iscsi::pdu::{
-    split_pdu, write_pdu, DataIn, Digests, LoginRequest, LoginResponse, NopIn, NopOut, Reject,
-    ScsiCommand, ScsiResponse, Stage, BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
+    split_pdu, write_pdu, AsyncMessage, DataIn, Digests, LoginRequest, LoginResponse,
+    LogoutRequest, LogoutResponse, NopIn, NopOut, Reject, ScsiCommand, ScsiResponse, Stage,
+    BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
 };
 use trellis_iscsi::text::{parse_pairs, push_pair};
 
@@ -375,6 +376,52 @@ impl Conn {
         );
         self.statsn = self.statsn.wrapping_add(1);
         Ok(())
+    }
+
+    /// Waits for the target's request to log out (Async Message, event 1),
+    /// then logs out as an initiator does: the Logout Response must answer
+    /// and the connection close. The Async Message.
+    pub fn logout_when_asked(&mut self) -> Result<AsyncMessage> {
+        let p = self.recv()?.context("closed before an Async Message")?;
+        ensure!(
+            p.opcode() == OP_ASYNC_MESSAGE,
+            "expected an Async Message, got opcode {:#x}",
+            p.opcode()
+        );
+        let msg = AsyncMessage::parse(&p.bhs)?;
+        ensure!(
+            msg.event == 1,
+            "Async event {}, not a logout request",
+            msg.event
+        );
+        let itt = self.itt();
+        let mut bhs = [0u8; BHS_LEN];
+        LogoutRequest {
+            immediate: true,
+            reason_code: 0,
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            itt,
+            cid: 0,
+            cmdsn: self.cmdsn,
+            exp_statsn: msg.statsn.wrapping_add(1),
+        }
+        .encode(&mut bhs);
+        self.send(&bhs, &[])?;
+        let p = self
+            .recv()?
+            .context("closed instead of a Logout Response")?;
+        ensure!(
+            p.opcode() == OP_LOGOUT_RESPONSE,
+            "expected a Logout Response, got {p:?}"
+        );
+        let resp = LogoutResponse::parse(&p.bhs)?;
+        ensure!(
+            (resp.itt, resp.response) == (itt, 0),
+            "Logout Response {resp:?}"
+        );
+        self.expect_closed()?;
+        Ok(msg)
     }
 }
 

@@ -280,13 +280,33 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
     );
 
     // Planned: m2 drained. Its roles move to m3 (Active/Optimized first),
-    // m2 is left without a role, its group Unavailable; undrained, it is
-    // an Alternate again.
+    // the hosts logged in to it are asked to log out and new logins are
+    // refused (0x0301: retry later); once they are gone, drain reports
+    // no sessions. m2 is left without a role, its group Unavailable;
+    // undrained, it takes logins and is an Alternate again.
+    let mut on_m2 = Conn::login_to(c.members[1].portal, TARGET, HOST).unwrap();
+    on_m2.ping().unwrap();
+    let out = c.cli(&["member", "drain", "m2", "--wait", "0"]);
+    assert!(out.contains("m2 drained"), "{out}");
+    let asked = on_m2.logout_when_asked().unwrap();
+    assert!(asked.param3 > 0, "{asked:?}");
+    let refused = Conn::login_to(c.members[1].portal, TARGET, HOST).unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("login failed: 0x03/0x01"),
+        "{refused:#}"
+    );
     let out = c.cli(&["member", "drain", "m2"]);
     assert!(
-        out.contains("m2 drained") && out.contains("m3 Primary"),
+        out.contains("m2 drained: no sessions") && out.contains("m3 Primary"),
         "{out}"
     );
+    let members: serde_json::Value =
+        serde_json::from_str(&c.cli(&["--json", "member", "list"])).unwrap();
+    let m2 = members["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|v| v["id"] == "m2"))
+        .unwrap();
+    assert_eq!(m2["sessions"], 0, "{members}");
     let roles = c.roles("default");
     assert_eq!(roles["primary"], "m3", "{roles}");
     let r = alua::wait_state(
@@ -301,6 +321,11 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
     assert_eq!(r.state_of(3), Some(state::AO), "{r:?}");
     assert!(c.cli(&["member", "list"]).contains("drained"));
     c.cli(&["member", "undrain", "m2"]);
+    eventually("logins to m2 taken again", Duration::from_secs(30), || {
+        Conn::login_to(c.members[1].portal, TARGET, HOST)
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+    });
     eventually("m2 back as an Alternate", Duration::from_secs(30), || {
         let r = c.roles("default");
         r["alternates"]

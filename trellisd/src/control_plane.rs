@@ -147,34 +147,6 @@ pub fn start(
     // state moves (and at shutdown), never on a timer but to retry.
     let wake = Watch::new();
     let changes = merged(&[&service.reader().changes(), &node.changes(), &wake]);
-    // Roles, leases and port states.
-    let failover = crate::failover::start(
-        crate::failover::Sources {
-            service: Arc::clone(&service),
-            members: node.members_source(),
-            changes: changes.clone(),
-            announcer: node.announcer(),
-            announced: {
-                let status = node.status_source();
-                Arc::new(move || {
-                    status()
-                        .announced
-                        .into_iter()
-                        .map(|(m, sets)| {
-                            let sets = sets
-                                .into_iter()
-                                .map(|(s, a)| (s, (a.role, a.epoch)))
-                                .collect();
-                            (m, sets)
-                        })
-                        .collect()
-                })
-            },
-            me: me.id.clone(),
-            stop: Arc::clone(&stop),
-        },
-        registry.clone(),
-    )?;
     let mut unserved = crate::exports::Unserved::default();
     if let Some(reg) = &registry {
         let (reader, members, me_id, stop4) = (
@@ -214,6 +186,36 @@ pub fn start(
         );
     }
 
+    // Roles, leases and port states.
+    let failover = crate::failover::start(
+        crate::failover::Sources {
+            service: Arc::clone(&service),
+            members: node.members_source(),
+            changes: changes.clone(),
+            announcer: node.announcer(),
+            announced: {
+                let status = node.status_source();
+                Arc::new(move || {
+                    status()
+                        .announced
+                        .into_iter()
+                        .map(|(m, sets)| {
+                            let sets = sets
+                                .into_iter()
+                                .map(|(s, a)| (s, (a.role, a.epoch)))
+                                .collect();
+                            (m, sets)
+                        })
+                        .collect()
+                })
+            },
+            unserved: registry.as_ref().map(|_| Arc::clone(&unserved)),
+            me: me.id.clone(),
+            stop: Arc::clone(&stop),
+        },
+        registry.clone(),
+    )?;
+
     // The management API, with this member's data path: its counters on
     // /metrics, and its view of the storage checking new devices' backings.
     let serve_stats = Arc::new(trellis_control::api::ServeStats::default());
@@ -227,6 +229,7 @@ pub fn start(
             let served = Arc::clone(&reg);
             let stats = Arc::clone(&serve_stats);
             trellis_control::api::Local {
+                announcer: Some(node.announcer()),
                 metrics: Arc::new(move || {
                     let unserved = unserved
                         .lock()

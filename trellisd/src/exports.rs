@@ -261,6 +261,7 @@ mod tests {
     fn status(id: &str, state: MemberState) -> MemberStatus {
         MemberStatus {
             announced: Vec::new(),
+            data: None,
             member: MemberId(id.into()),
             state,
             since: Duration::ZERO,

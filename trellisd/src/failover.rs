@@ -36,7 +36,7 @@ use trellis_control::membership::{MemberState, MemberStatus};
 use trellis_control::node::Announcer;
 use trellis_control::paths::{device_table, own_state, Access};
 use trellis_control::watch::Watch;
-use trellis_control::wire::{Role, SetRole};
+use trellis_control::wire::{DataState, Role, SetRole};
 use trellis_control::MemberId;
 use trellis_iscsi::scsi::{AluaState, PortGroup, PortTable};
 use trellis_iscsi::target::Registry;
@@ -131,6 +131,9 @@ pub struct Sources {
     pub announcer: Announcer,
     /// What the other members announce.
     pub announced: Arc<dyn Fn() -> Announcements + Send + Sync>,
+    /// On a data member, the devices it cannot serve (any makes it
+    /// unhealthy: it takes no new role and hands a Primary role over).
+    pub unserved: Option<crate::exports::Unserved>,
     /// This member.
     pub me: MemberId,
     /// Stops the threads.
@@ -178,6 +181,7 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             announcing: Vec::new(),
             lag_since: BTreeMap::new(),
             seen: BTreeMap::new(),
+            unserved: src.unserved.clone().unwrap_or_default(),
         };
         threads.push(spawn("trellis-paths", Box::new(move || paths.run()))?);
     }
@@ -253,6 +257,8 @@ struct Arbiter {
     eligible_since: BTreeMap<MemberId, Instant>,
     /// The waits last logged, by set.
     waits: BTreeMap<String, String>,
+    /// What this member announces (its own health).
+    announcer: Announcer,
 }
 
 impl Arbiter {
@@ -266,6 +272,7 @@ impl Arbiter {
             started: Instant::now(),
             eligible_since: BTreeMap::new(),
             waits: BTreeMap::new(),
+            announcer: src.announcer.clone(),
         }
     }
 
@@ -286,15 +293,17 @@ impl Arbiter {
         let peers = (self.members)();
         let mut facts = BTreeMap::new();
         for m in config.members.values().filter(|m| !m.witness) {
-            let liveness = if m.id == self.me {
-                Liveness::Alive
+            let peer = peers.iter().find(|p| p.member == m.id);
+            let (liveness, data) = if m.id == self.me {
+                (Liveness::Alive, self.announcer.state())
             } else {
-                match peers.iter().find(|p| p.member == m.id).map(|p| p.state) {
+                let liveness = match peer.map(|p| p.state) {
                     Some(MemberState::Alive) => Liveness::Alive,
                     Some(MemberState::Suspect) => Liveness::Suspect,
                     Some(MemberState::Failed) => Liveness::Failed,
                     None => Liveness::Unknown,
-                }
+                };
+                (liveness, peer.and_then(|p| p.data))
             };
             let (renewing, lease_may_hold) = self.service.lease_facts(term, &m.id, now);
             let mut f = MemberFacts {
@@ -302,6 +311,9 @@ impl Arbiter {
                 renewing,
                 lease_may_hold,
                 drained: config.drained.contains(&m.id),
+                // What its heartbeats say (a member that says nothing, of
+                // protocol 1.0, counts as healthy).
+                healthy: data.is_none_or(|d| d.healthy),
                 eligible_for: Duration::ZERO,
                 ..MemberFacts::up(Duration::ZERO)
             };
@@ -417,6 +429,8 @@ struct Paths {
     lag_since: BTreeMap<String, (Instant, u64)>,
     /// Other disagreements: since when, and whether logged.
     seen: BTreeMap<String, (Instant, bool)>,
+    /// The devices this member cannot serve.
+    unserved: crate::exports::Unserved,
 }
 
 fn alua(a: Access) -> AluaState {
@@ -529,10 +543,34 @@ impl Paths {
         lagging
     }
 
+    /// Drains this member's portals while the configuration says so, and
+    /// announces its sessions and health.
+    fn data_state(&mut self, state: &trellis_control::config::ReplicatedState) {
+        let drained = state.config.drained.contains(&self.me);
+        if self.registry.set_draining(drained) {
+            if drained {
+                tracing::info!(member = %self.me, "drained: hosts asked to log out, new logins refused (0x0301) until undrained");
+            } else {
+                tracing::info!(member = %self.me, "undrained: logins accepted again");
+            }
+        }
+        let unserved = self
+            .unserved
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let sessions = u32::try_from(self.registry.session_count()).unwrap_or(u32::MAX);
+        self.announcer.set_state(DataState {
+            sessions,
+            healthy: unserved == 0,
+        });
+    }
+
     fn apply(&mut self) {
         let state = self.state();
         let lease = self.lease();
         self.count(&state, lease);
+        self.data_state(&state);
         let lagging = self.cross_check(&state);
         // Writes stop at the lease's end, and at once while the lease was
         // granted at an epoch this member has not applied yet.

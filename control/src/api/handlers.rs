@@ -77,7 +77,8 @@ pub(super) async fn status(State(st): State<AppState>) -> Json<StatusView> {
 /// `GET /v1/members`.
 pub(super) async fn members(State(st): State<AppState>) -> Json<MemberList> {
     let s = &st.service;
-    Json(member_list(&s.config(), &s.raft(), &s.members()))
+    let own = st.local.announcer.as_ref().and_then(|a| a.state());
+    Json(member_list(&s.config(), &s.raft(), &s.members(), own))
 }
 
 /// `GET /v1/devices`.

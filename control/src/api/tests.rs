@@ -703,6 +703,7 @@ async fn targets_luns_and_acl() {
 fn peer(name: &str, state: MemberState, links: &[(&str, LinkState)]) -> MemberStatus {
     MemberStatus {
         announced: Vec::new(),
+        data: None,
         member: MemberId(name.into()),
         state,
         since: Duration::from_secs(3),
@@ -827,7 +828,7 @@ fn this_members_own_links_show_what_its_peers_hear() {
             &[("a", LinkState::Down), ("b", LinkState::Flapping)],
         ),
     ];
-    let list = views::member_list(&config, &raft, &peers);
+    let list = views::member_list(&config, &raft, &peers, None);
     let local = list.members.iter().find(|m| m.local).expect("this member");
     assert_eq!(local.state, "alive");
     let states: Vec<(&str, &str)> = local

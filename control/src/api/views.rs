@@ -283,6 +283,7 @@ pub fn member_list(
     config: &ClusterConfig,
     raft: &RaftStatus,
     peers: &[MemberStatus],
+    own: Option<crate::wire::DataState>,
 ) -> MemberList {
     let view_of = |id: &str, status: Option<&MemberStatus>| MemberView {
         id: id.to_owned(),
@@ -296,6 +297,8 @@ pub fn member_list(
         since_ms: status.map(|s| millis(s.since)),
         incarnation: status.and_then(|s| s.incarnation),
         drained: false,
+        sessions: status.and_then(|s| s.data).map(|d| u64::from(d.sessions)),
+        healthy: status.and_then(|s| s.data).map(|d| d.healthy),
         announced: status.map_or_else(Vec::new, |s| {
             s.announced
                 .iter()
@@ -332,6 +335,8 @@ pub fn member_list(
             view.local = local;
             if local {
                 "alive".clone_into(&mut view.state);
+                view.sessions = own.map(|d| u64::from(d.sessions));
+                view.healthy = own.map(|d| d.healthy);
                 view.links = m.links.keys().map(|l| own_link(l, peers)).collect();
             }
             view

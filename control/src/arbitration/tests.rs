@@ -440,6 +440,39 @@ fn arbitration_table() {
         )
         .with("m4", with(|f| f.drained = true))
         .at("one", roles(Some("m4"), None, &[], None)),
+        // Health: an unhealthy Primary (some device's backing out of its
+        // reach) hands over like a drained one; an unhealthy member takes
+        // no new role.
+        case(
+            "unhealthy Primary: planned handover to the Secondary",
+            "s",
+            Want::Assign(
+                roles(Some("m2"), Some("m3"), &[], Some("m1")),
+                "m1 unhealthy",
+            ),
+        )
+        .with("m1", with(|f| f.healthy = false))
+        .at("s", s_1_2_3.clone()),
+        case(
+            "unhealthy and drained Primary: still a planned handover",
+            "s",
+            Want::Assign(roles(Some("m2"), Some("m3"), &[], Some("m1")), "m1 drained"),
+        )
+        .with(
+            "m1",
+            with(|f| {
+                f.healthy = false;
+                f.drained = true;
+            }),
+        )
+        .at("s", s_1_2_3.clone()),
+        case(
+            "unhealthy Secondary: replaced, no handover",
+            "s",
+            Want::Assign(roles(Some("m1"), Some("m3"), &[], None), ""),
+        )
+        .with("m2", with(|f| f.healthy = false))
+        .at("s", s_1_2_3.clone()),
         // Hierarchical.
         case(
             "hierarchy from nothing: first child's roles, then the next child's",

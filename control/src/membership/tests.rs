@@ -256,6 +256,7 @@ fn member_list_reports_states_incarnations_and_silence() {
         list[0],
         MemberStatus {
             announced: Vec::new(),
+            data: None,
             member: m("m2"),
             state: MemberState::Alive,
             since: Duration::from_millis(1250),
@@ -347,6 +348,7 @@ fn decoded_heartbeats_count_on_the_link_they_name() {
         },
         role: Role::None,
         roles: Vec::new(),
+        state: None,
         epoch: 0,
     };
     let bytes = wire::encode(&beat("a"), &key).expect("encode");

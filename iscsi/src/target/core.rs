@@ -54,6 +54,9 @@ const DRAIN: Duration = Duration::from_secs(10);
 /// How long shutdown gives initiators to log out after the Async Message
 /// asking them to (they may move their I/O to another path meanwhile).
 const LOGOUT_GRACE: Duration = Duration::from_secs(3);
+/// How long a drained member waits for a session it asked to log out
+/// before closing it (once it has no command in flight).
+pub const DRAIN_LOGOUT_WAIT: Duration = Duration::from_secs(10);
 /// The first pause of a portal's accepts after the process ran out of
 /// descriptors (or memory); it doubles while accepts keep failing.
 const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(50);
@@ -83,6 +86,8 @@ struct Conn {
     hold_until: Option<Instant>,
     /// Whether its login was counted as a success.
     login_counted: bool,
+    /// When a drain asked it to log out.
+    logout_asked: Option<Instant>,
     sock: Rc<TcpStream>,
     fd: Rc<dyn AsRawFd>,
     local: Option<SocketAddr>,
@@ -508,6 +513,7 @@ impl<'a> Core<'a> {
             peer,
             hold_until: (!hold.is_zero()).then_some(now + hold),
             login_counted: false,
+            logout_asked: None,
             fd: Rc::clone(&sock) as Rc<dyn AsRawFd>,
             sock,
             local,
@@ -775,12 +781,45 @@ impl<'a> Core<'a> {
         for c in self.conns.iter_mut().flatten() {
             c.conn.tick(now);
         }
+        self.drain(now);
         if let Some(since) = self.stopping {
             let waited = now.duration_since(since);
             for c in self.conns.iter_mut().flatten() {
                 if (c.conn.task_count() == 0 && waited > LOGOUT_GRACE) || waited > DRAIN {
                     c.conn.close(CloseReason::Shutdown);
                 }
+            }
+        }
+    }
+
+    /// While this member is drained: asks each logged-in session once to
+    /// log out, and closes it when it has not after [`DRAIN_LOGOUT_WAIT`]
+    /// and has no command in flight.
+    fn drain(&mut self, now: Instant) {
+        let draining = self.reg.draining();
+        for c in self.conns.iter_mut().flatten() {
+            if !draining {
+                c.logout_asked = None;
+                continue;
+            }
+            if !c.conn.is_full_feature() || c.conn.closing().is_some() {
+                continue;
+            }
+            match c.logout_asked {
+                None => {
+                    c.conn.request_logout(DRAIN_LOGOUT_WAIT.as_secs() as u16);
+                    c.logout_asked = Some(now);
+                }
+                Some(at)
+                    if now.duration_since(at) > DRAIN_LOGOUT_WAIT && c.conn.task_count() == 0 =>
+                {
+                    tracing::info!(
+                        core = self.id,
+                        "drained: closing a session that did not log out when asked"
+                    );
+                    c.conn.close(CloseReason::Shutdown);
+                }
+                Some(_) => {}
             }
         }
     }

@@ -111,6 +111,9 @@ pub struct Registry {
     sessions: Mutex<Sessions>,
     /// Connection caps of the portals.
     admission: Arc<Admission>,
+    /// Drained by an operator: sessions are asked to log out and new
+    /// normal-session logins are refused (0x0301, retry later).
+    draining: AtomicBool,
 }
 
 impl Registry {
@@ -141,6 +144,7 @@ impl Registry {
                 by_key: HashMap::new(),
                 next_tsih: 1,
             }),
+            draining: AtomicBool::new(false),
         };
         // Targets name devices by index, which is their id from the start.
         let table = devices.into_iter().map(|d| Some(reg.entry(d))).collect();
@@ -277,6 +281,34 @@ impl Registry {
             tracing::debug!(device = %entry.dev.spec().name, "port states changed");
         }
         Some(changed)
+    }
+
+    /// Drains this member (`on`) or ends the drain: while drained, every
+    /// core asks its sessions to log out (Async Message, event 1), closes
+    /// those still there once idle after [`DRAIN_LOGOUT_WAIT`], and new
+    /// normal-session logins are refused with 0x0301 (service unavailable:
+    /// an initiator retries later, and its multipath uses its other paths
+    /// meanwhile). Returns whether it changed.
+    ///
+    /// [`DRAIN_LOGOUT_WAIT`]: super::core::DRAIN_LOGOUT_WAIT
+    pub fn set_draining(&self, on: bool) -> bool {
+        let changed = self.draining.swap(on, Ordering::SeqCst) != on;
+        if changed {
+            for w in &self.wakers {
+                w.wake();
+            }
+        }
+        changed
+    }
+
+    /// Whether this member is drained.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Normal sessions logged in to this member now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().map_or(0, |s| s.by_key.len())
     }
 
     /// Refuses writes to the device `uuid` from `until` on (None: no
@@ -642,6 +674,9 @@ impl Registry {
                 Some(e) if e.tsih == req.tsih => LoginStatus::TooManyConnections,
                 _ => LoginStatus::SessionDoesNotExist,
             });
+        }
+        if req.kind == SessionKind::Normal && self.draining() {
+            return Err(LoginStatus::ServiceUnavailable);
         }
         if req.kind == SessionKind::Normal {
             if let Some(old) = s.by_key.remove(&key) {

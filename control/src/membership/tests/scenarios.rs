@@ -147,6 +147,7 @@ impl Cluster {
                 },
                 role: Role::None,
                 roles: Vec::new(),
+                state: None,
                 epoch: 0,
             };
             let bytes = wire::encode(&msg, &self.key).expect("encode");
