@@ -553,8 +553,9 @@ impl State {
             let mut moved = false;
             if let Some(d) = state {
                 let old = s.data.insert(header.from.clone(), (*d, now));
-                // A change of health is news (a session count is not).
-                moved |= old.is_none_or(|(o, _)| o.healthy != d.healthy);
+                // A change of health or boot state is news (a session
+                // count is not).
+                moved |= old.is_none_or(|(o, _)| (o.healthy, o.booted) != (d.healthy, d.booted));
             }
             let known = s.announced.entry(header.from.clone()).or_default();
             for r in roles {
@@ -775,6 +776,7 @@ mod tests {
         n1.announcer().set_state(DataState {
             sessions: 4,
             healthy: false,
+            booted: true,
         });
         let heard = |n: &Node| -> Vec<(String, Role, u64)> {
             n.status()
@@ -815,7 +817,8 @@ mod tests {
             data(&n2),
             Some(DataState {
                 sessions: 4,
-                healthy: false
+                healthy: false,
+                booted: true
             })
         );
         n1.shutdown();

@@ -6,7 +6,7 @@
 //! "TRLS" | format u8 | kind u8 | body length u16 | body | HMAC-SHA256 (32 bytes, over all before it)
 //! body = header (cluster, from, software, protocol major/minor, incarnation, link, seq) + kind fields
 //! heartbeat fields = role u8 | epoch u64
-//!                   | (1.1) count u8 | count x (set string | role u8 | epoch u64) | sessions u32 | flags u8 (1: unhealthy)
+//!                   | (1.1) count u8 | count x (set string | role u8 | epoch u64) | sessions u32 | flags u8 (1: unhealthy, 2: booting)
 //! ```
 //!
 //! A heartbeat's first role and epoch sum its roles up (Primary of some set,
@@ -169,6 +169,9 @@ pub struct DataState {
     /// Whether it serves every device of the configuration (a device whose
     /// backing it cannot open makes it unhealthy: no new role for it).
     pub healthy: bool,
+    /// Whether it has finished booting: its replica applied and its
+    /// exports set up (no role before).
+    pub booted: bool,
 }
 
 /// A control datagram.
@@ -306,7 +309,7 @@ pub fn encode(msg: &Message, key: &ClusterKey) -> Result<Vec<u8>, WireError> {
             }
             if let Some(d) = state {
                 body.extend_from_slice(&d.sessions.to_be_bytes());
-                body.push(u8::from(!d.healthy));
+                body.push(u8::from(!d.healthy) | (u8::from(!d.booted) << 1));
             }
         }
         Message::Hello { nonce, links, .. } => {
@@ -420,6 +423,7 @@ pub fn decode(
                 Some(DataState {
                     sessions,
                     healthy: flags & 1 == 0,
+                    booted: flags & 2 == 0,
                 })
             },
         },
@@ -542,6 +546,7 @@ mod tests {
                 state: Some(DataState {
                     sessions: 12,
                     healthy: false,
+                    booted: true,
                 }),
             },
             Message::Hello {
@@ -581,6 +586,7 @@ mod tests {
             state: Some(DataState {
                 sessions: 3,
                 healthy: true,
+                booted: false,
             }),
         };
         let d = encode(&full, &key()).expect("encode");
@@ -687,7 +693,7 @@ mod tests {
             h.incarnation = inc;
             h.seq = seq;
             let roles = vec![SetRole { set: from.clone(), role: Role::from_code(role).expect("role"), epoch }];
-            let state = Some(DataState { sessions: seq as u32, healthy: inc % 2 == 0 });
+            let state = Some(DataState { sessions: seq as u32, healthy: inc % 2 == 0, booted: seq % 3 == 0 });
             let m = Message::Heartbeat { header: h, role: Role::from_code(role).expect("role"), epoch, roles, state };
             let d = encode(&m, &key()).expect("encode");
             prop_assert_eq!(dec(&d), Ok(m));

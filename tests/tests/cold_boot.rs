@@ -6,7 +6,8 @@
 //! PORT GROUPS answer that shows an AO group comes from a member whose own
 //! replica already has the committed assignment. Then the set has one
 //! Primary, the preferred member m1, and every member reports exactly one
-//! AO group, m1's.
+//! AO group, m1's. The first assignment gives every member a role: the
+//! arbiter waited (up to 10 s from its election) for the last one.
 
 // Test helpers: a panic is the test failing, with the message in hand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -100,9 +101,31 @@ fn members_starting_over_ten_seconds_serve_nothing_optimized_before_roles_then_o
     );
     assert!(seen.violations.is_empty(), "{:?}", seen.violations);
     assert_eq!(r["primary"], "m1", "{r}");
+    // The first assignment waited for m3, which started 10 s after m1:
+    // every member has a role in it.
+    let events: serde_json::Value =
+        serde_json::from_str(&c.cli(&["--json", "events", "--last", "100"])).unwrap();
+    let first = &events["events"][0];
+    assert_eq!(
+        (
+            &first["epoch"],
+            &first["primary"],
+            &first["secondary"],
+            &first["alternates"]
+        ),
+        (
+            &1.into(),
+            &"m1".into(),
+            &"m2".into(),
+            &serde_json::json!(["m3"])
+        ),
+        "{events}"
+    );
     eprintln!(
-        "cold boot: {} RTPG answers before roles, none AO; then {}",
-        seen.before_roles, r["why"]
+        "cold boot: {} RTPG answers before roles, none AO; then {}\n{}",
+        seen.before_roles,
+        r["why"],
+        c.cli(&["events"])
     );
     // One Primary: through every member, exactly one AO group, m1's.
     for (i, m) in c.members.iter().enumerate() {

@@ -148,6 +148,7 @@ pub fn start(
     let wake = Watch::new();
     let changes = merged(&[&service.reader().changes(), &node.changes(), &wake]);
     let mut unserved = crate::exports::Unserved::default();
+    let booted = Arc::new(AtomicBool::new(false));
     if let Some(reg) = &registry {
         let (reader, members, me_id, stop4) = (
             service.reader(),
@@ -157,6 +158,7 @@ pub fn start(
         );
         let mut changes = changes.subscribe();
         let mut applier = Applier::new(Arc::clone(reg), storage.clone());
+        let booted = Arc::clone(&booted);
         unserved = applier.unserved();
         let reg = Arc::clone(reg);
         threads.push(
@@ -175,6 +177,7 @@ pub fn start(
                         if applied != Some(index) || retry {
                             cfg = reader.config();
                             applier.apply(&cfg);
+                            booted.store(true, Ordering::SeqCst);
                             applied = Some(index);
                             last_try = std::time::Instant::now();
                         }
@@ -210,6 +213,7 @@ pub fn start(
                 })
             },
             unserved: registry.as_ref().map(|_| Arc::clone(&unserved)),
+            booted: registry.as_ref().map(|_| Arc::clone(&booted)),
             me: me.id.clone(),
             stop: Arc::clone(&stop),
         },

@@ -41,9 +41,10 @@ use trellis_control::MemberId;
 use trellis_iscsi::scsi::{AluaState, PortGroup, PortTable};
 use trellis_iscsi::target::Registry;
 
-/// How long after its start the arbiter assigns a set some of whose
-/// members it has never heard from (cold boot: the preferred member, not
-/// the first to start, should become Primary).
+/// How long after this member became the leader its arbiter waits, before
+/// giving a set with no roles yet its first ones, for every member of the
+/// set to be eligible (cold boot: the members come up over a while, and
+/// the preferred member, not the first one up, should become Primary).
 pub const BOOT_WINDOW: Duration = Duration::from_secs(10);
 
 /// How often the arbiter looks again without a change.
@@ -134,6 +135,9 @@ pub struct Sources {
     /// On a data member, the devices it cannot serve (any makes it
     /// unhealthy: it takes no new role and hands a Primary role over).
     pub unserved: Option<crate::exports::Unserved>,
+    /// On a data member, set once its exports first followed the
+    /// replicated configuration (boot finished: it may take a role).
+    pub booted: Option<Arc<AtomicBool>>,
     /// This member.
     pub me: MemberId,
     /// Stops the threads.
@@ -182,6 +186,8 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             lag_since: BTreeMap::new(),
             seen: BTreeMap::new(),
             unserved: src.unserved.clone().unwrap_or_default(),
+            booted: src.booted.clone().unwrap_or_default(),
+            boot_told: false,
         };
         threads.push(spawn("trellis-paths", Box::new(move || paths.run()))?);
     }
@@ -252,7 +258,9 @@ struct Arbiter {
     changes: Watch,
     me: MemberId,
     stop: Arc<AtomicBool>,
-    started: Instant,
+    /// The term this member leads in, and since when (the boot window runs
+    /// from there: a cold boot has a leader only once a quorum is up).
+    leading: Option<(u64, Instant)>,
     /// Since when each member has been eligible without a break.
     eligible_since: BTreeMap<MemberId, Instant>,
     /// The waits last logged, by set.
@@ -269,7 +277,7 @@ impl Arbiter {
             changes: src.changes.clone(),
             me: src.me.clone(),
             stop: Arc::clone(&src.stop),
-            started: Instant::now(),
+            leading: None,
             eligible_since: BTreeMap::new(),
             waits: BTreeMap::new(),
             announcer: src.announcer.clone(),
@@ -314,6 +322,7 @@ impl Arbiter {
                 // What its heartbeats say (a member that says nothing, of
                 // protocol 1.0, counts as healthy).
                 healthy: data.is_none_or(|d| d.healthy),
+                booted: data.is_none_or(|d| d.booted),
                 eligible_for: Duration::ZERO,
                 ..MemberFacts::up(Duration::ZERO)
             };
@@ -330,7 +339,12 @@ impl Arbiter {
 
     fn round(&mut self, term: u64) {
         let state = self.service.reader().state();
-        let settled = self.started.elapsed() >= BOOT_WINDOW;
+        if self.leading.is_none_or(|(t, _)| t != term) {
+            self.leading = Some((term, Instant::now()));
+        }
+        let settled = self
+            .leading
+            .is_some_and(|(_, since)| since.elapsed() >= BOOT_WINDOW);
         if !settled {
             // Cold boot: until every Raft member has registered, the sets
             // do not know all their members yet (the default set grows as
@@ -431,6 +445,10 @@ struct Paths {
     seen: BTreeMap<String, (Instant, bool)>,
     /// The devices this member cannot serve.
     unserved: crate::exports::Unserved,
+    /// Set once its exports followed the replicated configuration.
+    booted: Arc<AtomicBool>,
+    /// Whether the boot type was logged.
+    boot_told: bool,
 }
 
 fn alua(a: Access) -> AluaState {
@@ -560,10 +578,41 @@ impl Paths {
             .unwrap_or_else(PoisonError::into_inner)
             .len();
         let sessions = u32::try_from(self.registry.session_count()).unwrap_or(u32::MAX);
+        let booted = self.booted.load(Ordering::SeqCst);
+        if booted && !self.boot_told {
+            self.boot_told = true;
+            self.tell_boot(state);
+        }
         self.announcer.set_state(DataState {
             sessions,
             healthy: unserved == 0,
+            booted,
         });
+    }
+
+    /// Logs how this member booted, once it has: a cold boot (its sets
+    /// have no roles yet: they start together) or a rejoin of running sets
+    /// (it takes the role arbitration gives it, never the Primary's).
+    fn tell_boot(&self, state: &trellis_control::config::ReplicatedState) {
+        let running: Vec<String> = state
+            .roles
+            .sets
+            .iter()
+            .filter(|(set, _)| state.config.set_members(set).contains(&self.me))
+            .map(|(set, a)| {
+                let primary = a
+                    .roles
+                    .primary
+                    .as_ref()
+                    .map_or("none".to_owned(), ToString::to_string);
+                format!("{set} (epoch {}, Primary {primary})", a.epoch)
+            })
+            .collect();
+        if running.is_empty() {
+            tracing::info!(member = %self.me, "booted: cold boot, no roles yet; arbitration assigns them once the set's members are up");
+        } else {
+            tracing::info!(member = %self.me, sets = %running.join(", "), "booted: rejoining running sets; this member takes the role arbitration gives it");
+        }
     }
 
     fn apply(&mut self) {
