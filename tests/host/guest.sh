@@ -68,12 +68,12 @@ iscsiadm -m node -T "$TARGET" -p "10.0.2.2:$1" -I nic0 --login >/host/login.txt 
 # Waits (60 s at most) until multipath -ll shows $1 paths "active ready",
 # tracing each change of its output in /host/multipath-trace.txt.
 wait_map() {
-    local i ll last ready
-    i=0
+    local deadline ll last ready
+    deadline=$(($(cut -d. -f1 /proc/uptime) + 60))
     last=""
     while :; do
         wwid="$(multipathd show maps raw format '%w' 2>/dev/null | head -1)"
-        ll="$(multipath -ll 2>&1)"
+        ll="$(multipath -ll 2>/dev/null)"
         if [ "$ll" != "$last" ]; then
             printf '%s\n%s\n' "--- $(cut -d' ' -f1 /proc/uptime)" "$ll" >>/host/multipath-trace.txt
             last="$ll"
@@ -81,8 +81,8 @@ wait_map() {
         ready=0
         [ -n "$wwid" ] && ready="$(multipath -ll "$wwid" 2>/dev/null | grep -c 'active ready running')"
         [ "$ready" = "$1" ] && return 0
-        i=$((i + 1))
-        [ $i -lt 600 ] || fail "no map of $1 ready paths in 60 s: $ll"
+        [ "$(cut -d. -f1 /proc/uptime)" -lt "$deadline" ] \
+            || fail "no map of $1 ready paths in 60 s: $(multipath -ll 2>&1)"
         sleep 0.1
     done
 }

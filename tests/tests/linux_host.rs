@@ -321,16 +321,23 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     let shipped = |f: &str| std::fs::read_to_string(repo().join("examples/host").join(f)).unwrap();
     // Debian's multipath-tools defaults to find_multipaths "strict" (only
     // WWIDs already known); "yes" takes any device with two paths.
-    // TRELLIS_HOST_MULTIPATH_DEFAULTS adds lines to the defaults section,
-    // for experiments with other settings (said on stderr).
-    let extra = std::env::var("TRELLIS_HOST_MULTIPATH_DEFAULTS").unwrap_or_default();
-    if !extra.is_empty() {
-        eprintln!("NOT THE SHIPPED SETTINGS: multipath.conf defaults += {extra:?}");
-    }
+    // TRELLIS_HOST_MULTIPATH_DEFAULTS puts other lines in the defaults
+    // section, for experiments with other settings (said on stderr).
+    let defaults = match std::env::var("TRELLIS_HOST_MULTIPATH_DEFAULTS") {
+        Ok(extra) if !extra.is_empty() => {
+            eprintln!("NOT THE SHIPPED SETTINGS: multipath.conf defaults {extra:?}");
+            if extra.contains("find_multipaths") {
+                extra
+            } else {
+                format!("find_multipaths yes\n    {extra}")
+            }
+        }
+        _ => "find_multipaths yes".to_owned(),
+    };
     std::fs::write(
         s.join("etc/multipath.conf"),
         format!(
-            "defaults {{\n    find_multipaths yes\n    {extra}\n}}\n{}",
+            "defaults {{\n    {defaults}\n}}\n{}",
             shipped("multipath.conf")
         ),
     )
