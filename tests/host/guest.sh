@@ -15,7 +15,10 @@
 # logging every completion's time. It records what the test needs in
 # /host; any step that does not happen ends the script with a non-zero
 # status and a line "guest: FAIL: why".
+# The image's sh is dash, which has local.
+# shellcheck disable=SC3043
 set -u
+# shellcheck source=/dev/null
 . /host/params
 S=/host/state
 
@@ -34,10 +37,10 @@ paths() {
         [ -e "$d" ] || continue
         sys="$(readlink -f "$d/device")"
         sess="$(echo "$sys" | grep -o 'session[0-9]*' | head -1)"
-        conn="$(ls -d /sys/class/iscsi_connection/connection${sess#session}:* | head -1)"
+        conn="$(ls -d /sys/class/iscsi_connection/"connection${sess#session}":* | head -1)"
         echo "$(basename "$d") $(cat "$conn/persistent_address"):$(cat "$conn/persistent_port")" \
             "$(cat "$d/device/access_state" 2>/dev/null)" "dh=$(cat "$d/device/dh_state")" \
-            "recovery_tmo=$(cat /sys/class/iscsi_session/$sess/recovery_tmo)"
+            "recovery_tmo=$(cat /sys/class/iscsi_session/"$sess"/recovery_tmo)"
     done
 }
 
@@ -51,19 +54,23 @@ for p in $PORTS; do
     iscsiadm -m node -o new -T "$TARGET" -p "10.0.2.2:$p" -I nic0 >/dev/null || fail "node 10.0.2.2:$p"
     iscsiadm -m node -o new -T "$TARGET" -p "10.0.3.2:$p" -I nic1 >/dev/null || fail "node 10.0.3.2:$p"
 done
+# shellcheck disable=SC2086 # one word per port
 set -- $PORTS
 iscsiadm -m node -T "$TARGET" -p "10.0.2.2:$1" -I nic0 \
     | grep -E 'noop_out|replacement_timeout' >/host/node-settings.txt
 
-# The map, then, has an Active/Optimized group from the start: when the
-# first two paths of a WWID are Standby ones, multipathd creates the map
-# with no path that takes I/O, udev's blkid on the new device queues
-# (queue_if_no_path), and multipathd waits uev_wait_timeout (30 s) for
-# the creation uevent before it adds the other paths.
+login() { # port NIC-number address
+    iscsiadm -m node -T "$TARGET" -p "$3:$1" -I "nic$2" --login >>/host/login.txt 2>&1 \
+        || fail "login to $3:$1 through nic$2: $(cat /host/login.txt)"
+}
+# The Primary first, so that the map has an Active/Optimized group from the
+# start: when the first two paths of a WWID are Standby ones, multipathd
+# creates the map with no path that takes I/O, udev's blkid on the new
+# device queues (queue_if_no_path), and multipathd waits uev_wait_timeout
+# (30 s) for the creation uevent before it adds the other paths.
 say "logging in to the Primary's portals (port $1) through both NICs"
-iscsiadm -m node -T "$TARGET" -p "10.0.2.2:$1" -I nic0 --login >/host/login.txt 2>&1 \
-    && iscsiadm -m node -T "$TARGET" -p "10.0.3.2:$1" -I nic1 --login >>/host/login.txt 2>&1 \
-    || fail "login to the Primary: $(cat /host/login.txt)"
+login "$1" 0 10.0.2.2
+login "$1" 1 10.0.3.2
 
 # Waits (60 s at most) until multipath -ll shows $1 paths "active ready",
 # tracing each change of its output in /host/multipath-trace.txt.
@@ -91,9 +98,8 @@ wait_map 2
 say "logging in to the other members"
 shift
 for p in "$@"; do
-    iscsiadm -m node -T "$TARGET" -p "10.0.2.2:$p" -I nic0 --login >>/host/login.txt 2>&1 \
-        && iscsiadm -m node -T "$TARGET" -p "10.0.3.2:$p" -I nic1 --login >>/host/login.txt 2>&1 \
-        || fail "login to port $p: $(cat /host/login.txt)"
+    login "$p" 0 10.0.2.2
+    login "$p" 1 10.0.3.2
 done
 sessions="$(iscsiadm -m session | grep -c "$TARGET")"
 [ "$sessions" = 6 ] || fail "$sessions sessions, not 6: $(iscsiadm -m session)"

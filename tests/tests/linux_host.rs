@@ -157,7 +157,7 @@ fn wait_file(share: &Path, guest: &mut Guest, file: &str, limit: Duration) {
         let ended = share.join("state/exit").exists() && file != "state/exit";
         assert!(
             guest.running() && !ended && start.elapsed() < limit,
-            "{file} did not appear (qemu running: {}, waited {:?})\n{}",
+            "{file} did not appear (qemu running: {}, the guest's script ended: {ended}, waited {:?})\n{}",
             guest.running(),
             start.elapsed(),
             guest_story(share, guest)
@@ -262,11 +262,11 @@ fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
 #[test]
 fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     let test_started = Instant::now();
+    let image = image();
     assert!(
         have_tool("qemu-system-x86_64"),
         "qemu-system-x86_64 is not installed (tests/host/build-image.sh installs it)"
     );
-    let image = image();
 
     let mut c = Cluster::start(3);
     c.wait_primary("default", Duration::from_secs(60));
