@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs Trellis's whole test suite on a fresh Debian machine: installs what the
-# tests need (libiscsi's tools; fio built with libiscsi), builds trellisd, runs
+# tests need (libiscsi's tools; fio built with libiscsi; the Linux host image
+# for QEMU), builds trellisd, runs
 # every unit and integration test with cargo-nextest (cargo test where nextest
 # is missing), and runs each criterion benchmark once.
 set -euo pipefail
@@ -27,6 +28,11 @@ fi
 export FIO_DIR="${FIO_DIR:-$HOME/.cache/trellis/fio}"
 benches/fio/build-fio.sh
 export FIO="$FIO_DIR/fio"
+
+# The real Linux host (tests/tests/linux_host.rs): a Debian kernel and
+# initramfs for QEMU, cached like fio (it installs qemu-system-x86 too).
+log "the Linux host image (tests/host/build-image.sh, cached)"
+tests/host/build-image.sh >/dev/null
 
 log "building trellisd (the integration tests drive the real binary)"
 cargo build -p trellisd -p trellis-cli
