@@ -34,6 +34,7 @@ pub mod mdns;
 pub mod membership;
 pub mod node;
 pub mod paths;
+pub mod quarantine;
 pub mod service;
 #[cfg(test)]
 mod sim;

@@ -334,11 +334,19 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
         }
         _ => "find_multipaths yes".to_owned(),
     };
+    // The test's lines go into the shipped defaults section (a section
+    // given twice is refused).
+    let conf = shipped("multipath.conf");
+    assert!(
+        conf.contains("\ndefaults {\n"),
+        "the shipped multipath.conf has a defaults section"
+    );
     std::fs::write(
         s.join("etc/multipath.conf"),
-        format!(
-            "defaults {{\n    {defaults}\n}}\n{}",
-            shipped("multipath.conf")
+        conf.replacen(
+            "\ndefaults {\n",
+            &format!("\ndefaults {{\n    {defaults}\n"),
+            1,
         ),
     )
     .unwrap();

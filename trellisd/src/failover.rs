@@ -267,6 +267,8 @@ struct Arbiter {
     waits: BTreeMap<String, String>,
     /// What this member announces (its own health).
     announcer: Announcer,
+    /// Restarts seen per member (quarantine).
+    restarts: trellis_control::quarantine::RestartWatch,
 }
 
 impl Arbiter {
@@ -281,6 +283,7 @@ impl Arbiter {
             eligible_since: BTreeMap::new(),
             waits: BTreeMap::new(),
             announcer: src.announcer.clone(),
+            restarts: Default::default(),
         }
     }
 
@@ -311,6 +314,12 @@ impl Arbiter {
                     Some(MemberState::Failed) => Liveness::Failed,
                     None => Liveness::Unknown,
                 };
+                if self
+                    .restarts
+                    .observe(&m.id, peer.and_then(|p| p.incarnation), now)
+                {
+                    tracing::warn!(member = %m.id, "quarantined: restarted {} times within {:?}; it takes no role until fewer restarts fall in that window", trellis_control::quarantine::RESTARTS, trellis_control::quarantine::WINDOW);
+                }
                 (liveness, peer.and_then(|p| p.data))
             };
             let (renewing, lease_may_hold) = self.service.lease_facts(term, &m.id, now);
@@ -323,6 +332,7 @@ impl Arbiter {
                 // protocol 1.0, counts as healthy).
                 healthy: data.is_none_or(|d| d.healthy),
                 booted: data.is_none_or(|d| d.booted),
+                quarantined: self.restarts.quarantined(&m.id, now),
                 eligible_for: Duration::ZERO,
                 ..MemberFacts::up(Duration::ZERO)
             };
