@@ -285,12 +285,10 @@ impl Registry {
 
     /// Drains this member (`on`) or ends the drain: while drained, every
     /// core asks its sessions to log out (Async Message, event 1), closes
-    /// those still there once idle after [`DRAIN_LOGOUT_WAIT`], and new
-    /// normal-session logins are refused with 0x0301 (service unavailable:
-    /// an initiator retries later, and its multipath uses its other paths
-    /// meanwhile). Returns whether it changed.
-    ///
-    /// [`DRAIN_LOGOUT_WAIT`]: super::core::DRAIN_LOGOUT_WAIT
+    /// those still there once idle after 10 s, and new normal-session
+    /// logins are refused with 0x0301 (service unavailable: an initiator
+    /// retries later, and its multipath uses its other paths meanwhile).
+    /// Returns whether it changed.
     pub fn set_draining(&self, on: bool) -> bool {
         let changed = self.draining.swap(on, Ordering::SeqCst) != on;
         if changed {
