@@ -429,7 +429,7 @@ pub fn datagram(data: &[u8]) {
 
 /// A valid heartbeat datagram of the fuzz cluster.
 pub fn seed_datagram() -> Vec<u8> {
-    use trellis_control::wire::{encode, Header, Message, Role};
+    use trellis_control::wire::{encode, DataState, Header, Message, Role, SetRole};
     use trellis_control::{ClusterId, LinkName, MemberId, ProtocolVersion};
     let msg = Message::Heartbeat {
         header: Header {
@@ -443,6 +443,23 @@ pub fn seed_datagram() -> Vec<u8> {
         },
         role: Role::Primary,
         epoch: 3,
+        roles: vec![
+            SetRole {
+                set: "default".into(),
+                role: Role::Primary,
+                epoch: 3,
+            },
+            SetRole {
+                set: "s1".into(),
+                role: Role::Alternate,
+                epoch: 2,
+            },
+        ],
+        state: Some(DataState {
+            sessions: 2,
+            healthy: true,
+            booted: true,
+        }),
     };
     encode(&msg, &key()).unwrap_or_default()
 }

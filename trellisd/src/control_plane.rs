@@ -63,6 +63,16 @@ pub fn start(
     data_dir: &Path,
     registry: Option<Arc<Registry>>,
 ) -> Result<ControlPlane> {
+    if registry.is_some() {
+        // Until its exports follow the replicated configuration, a data
+        // member's heartbeats say it is booting: no role for it yet.
+        node.announcer()
+            .set_state(trellis_control::wire::DataState {
+                sessions: 0,
+                healthy: true,
+                booted: false,
+            });
+    }
     let path = data_dir.join("control.redb");
     let store = ConfigStore::open(&path)
         .with_context(|| format!("cannot open the configuration database {}", path.display()))?;

@@ -179,7 +179,7 @@ pub fn start(src: Sources, registry: Option<Arc<Registry>>) -> Result<Failover> 
             stats: Arc::clone(&stats),
             primaries: BTreeMap::new(),
             serving: false,
-            cached: None,
+            cache: StateCache::default(),
             announcer: src.announcer.clone(),
             announced: Arc::clone(&src.announced),
             announcing: Vec::new(),
@@ -252,6 +252,27 @@ impl LeaseThread {
     }
 }
 
+/// The replicated state as of an applied index, copied again only when
+/// the replica applied more (the failover threads look often; a copy holds
+/// the whole state, the idempotency table included).
+#[derive(Default)]
+struct StateCache(Option<(Option<u64>, Arc<trellis_control::config::ReplicatedState>)>);
+
+impl StateCache {
+    fn get(&mut self, service: &ConfigService) -> Arc<trellis_control::config::ReplicatedState> {
+        let reader = service.reader();
+        let index = reader.applied_index();
+        match &self.0 {
+            Some((at, s)) if *at == index => Arc::clone(s),
+            _ => {
+                let s = Arc::new(reader.state());
+                self.0 = Some((index, Arc::clone(&s)));
+                s
+            }
+        }
+    }
+}
+
 struct Arbiter {
     service: Arc<ConfigService>,
     members: Arc<dyn Fn() -> Vec<MemberStatus> + Send + Sync>,
@@ -269,6 +290,8 @@ struct Arbiter {
     announcer: Announcer,
     /// Restarts seen per member (quarantine).
     restarts: trellis_control::quarantine::RestartWatch,
+    /// The replicated state (it looks every 100 ms).
+    cache: StateCache,
 }
 
 impl Arbiter {
@@ -284,6 +307,7 @@ impl Arbiter {
             waits: BTreeMap::new(),
             announcer: src.announcer.clone(),
             restarts: Default::default(),
+            cache: StateCache::default(),
         }
     }
 
@@ -348,7 +372,7 @@ impl Arbiter {
     }
 
     fn round(&mut self, term: u64) {
-        let state = self.service.reader().state();
+        let state = self.cache.get(&self.service);
         if self.leading.is_none_or(|(t, _)| t != term) {
             self.leading = Some((term, Instant::now()));
         }
@@ -442,9 +466,8 @@ struct Paths {
     primaries: BTreeMap<String, (u64, Option<MemberId>)>,
     /// Whether the lease was held at the last look.
     serving: bool,
-    /// The replicated state as of an applied index: copied again only when
-    /// the replica applied more (this thread looks every 25 ms).
-    cached: Option<(Option<u64>, Arc<trellis_control::config::ReplicatedState>)>,
+    /// The replicated state (this thread looks every 25 ms).
+    cache: StateCache,
     announcer: Announcer,
     announced: Arc<dyn Fn() -> Announcements + Send + Sync>,
     /// What this member announces now.
@@ -503,20 +526,6 @@ impl Paths {
                     self.stats.failovers.fetch_add(1, Ordering::Relaxed);
                 }
                 _ => {}
-            }
-        }
-    }
-
-    /// The replicated state, copied only when the replica moved on.
-    fn state(&mut self) -> Arc<trellis_control::config::ReplicatedState> {
-        let reader = self.service.reader();
-        let index = reader.applied_index();
-        match &self.cached {
-            Some((at, s)) if *at == index => Arc::clone(s),
-            _ => {
-                let s = Arc::new(reader.state());
-                self.cached = Some((index, Arc::clone(&s)));
-                s
             }
         }
     }
@@ -626,7 +635,7 @@ impl Paths {
     }
 
     fn apply(&mut self) {
-        let state = self.state();
+        let state = self.cache.get(&self.service);
         let lease = self.lease();
         self.count(&state, lease);
         self.data_state(&state);
