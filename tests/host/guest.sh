@@ -100,11 +100,11 @@ map_in() {
 }
 
 # Waits (60 s at most) until the maps of LUN 0 and LUN 1 both show $1
-# paths "active ready running": in multipathd's view first (cheap), then
-# in multipath -ll, which checks every path again (slow: a SCSI command or
-# two on each path). Traces each change of multipathd's topology in
-# /host/multipath-trace.txt; sets AP and AA to the maps' WWIDs and LL to
-# the multipath -ll that showed them ready.
+# paths "active ready running": in multipathd's view (cheap), then, when
+# $2 is "check", in multipath -ll too, which checks every path again
+# (slow: 4 s for 12 paths here). Traces each change of multipathd's
+# topology in /host/multipath-trace.txt; sets AP and AA to the maps'
+# WWIDs and LL to the multipath -ll that showed them ready.
 AP=""
 AA=""
 LL=""
@@ -122,6 +122,7 @@ wait_maps() {
         AA="$(wwid_of_lun 1)"
         if [ -n "$AP" ] && [ -n "$AA" ] && [ "$(ready_in "$top" "$AP")" = "$1" ] \
             && [ "$(ready_in "$top" "$AA")" = "$1" ]; then
+            [ "$2" = check ] || return 0
             LL="$(multipath -ll 2>/dev/null)"
             printf '%s\n%s\n' "--- $(cut -d' ' -f1 /proc/uptime) multipath -ll" "$LL" >>/host/multipath-trace.txt
             [ "$(ready_in "$LL" "$AP")" = "$1" ] && [ "$(ready_in "$LL" "$AA")" = "$1" ] && return 0
@@ -132,7 +133,7 @@ wait_maps() {
     done
 }
 say "waiting for the maps of the Primary's 2 paths"
-wait_maps 2
+wait_maps 2 no-check
 say "logging in to the other members"
 shift
 for p in "$@"; do
@@ -142,7 +143,7 @@ done
 sessions="$(iscsiadm -m session | grep -c "$TARGET")"
 [ "$sessions" = 6 ] || fail "$sessions sessions, not 6: $(iscsiadm -m session)"
 say "waiting for the maps of 6 paths"
-wait_maps 6
+wait_maps 6 check
 ap="$AP"
 aa="$AA"
 [ "$ap" != "$aa" ] || fail "LUN 0 and LUN 1 in one map $ap"

@@ -391,7 +391,8 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
 
     // What the host gets: the shipped settings, as a host administrator
     // installs them.
-    // TRELLIS_HOST_KEEP=1 keeps what the guest left, for a look after.
+    // TRELLIS_HOST_KEEP=1 keeps what the guest left, and the members'
+    // logs (m1.log...), for a look after.
     let keep = std::env::var_os("TRELLIS_HOST_KEEP").is_some();
     let share = tempfile::Builder::new()
         .prefix("trellis-host-")
@@ -551,6 +552,11 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     );
 
     wait_file(s, &mut guest, "state/exit", Duration::from_secs(600));
+    if keep {
+        for (i, m) in c.members.iter().enumerate() {
+            std::fs::write(s.join(format!("m{}.log", i + 1)), m.log_text()).unwrap();
+        }
+    }
     let story = guest_story(s, &guest);
     let guest_exit = read(&s.join("state/exit")).trim().to_owned();
     let before_ll = read(&s.join("multipath-before.txt"));
