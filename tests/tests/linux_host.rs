@@ -4,15 +4,27 @@
 //! with two NICs on QEMU's user-mode networks, each of which reaches this
 //! machine's loopback as 10.0.2.2 and 10.0.3.2.
 //!
-//! Three members serve an active-passive device. The host logs in to every
-//! member through both NICs (six paths) with the shipped
+//! Three members serve two devices through one target: an active-passive
+//! one (LUN 0) and an active-active one (LUN 1). The host logs in to every
+//! member through both NICs (six paths to each LUN) with the shipped
 //! examples/host/multipath.conf and iscsid.conf; `multipath -ll` must show
-//! the ALUA hardware handler and the paths grouped by priority: m1's two
-//! paths Active/Optimized (prio 50) first, the Standby paths in a lower
-//! group. fio writes with crc32c verification through the multipath
-//! device while the Primary is SIGKILLed; it must finish with no I/O error
-//! and a clean verify, and the host's longest stretch without a completed
-//! I/O around the kill is printed (goal 5 s; reported, not asserted).
+//! the ALUA hardware handler on both maps, the AP map's paths grouped by
+//! priority (m1's two paths Active/Optimized, prio 50, first; the Standby
+//! paths in a lower group) and the AA map's six paths in one group at prio
+//! 50 (every member Active/Optimized). One fio on each map writes with
+//! crc32c verification, at the same time, while the Primary (m1) is
+//! SIGKILLed; the AA fio writes through m1 and the others before the kill.
+//! Both must finish with no I/O error and a clean verify; after the kill
+//! the AP map serves through m2 and the AA map through the four paths of
+//! m2 and m3, m1's two failed. Each map's longest stretch without a
+//! completed I/O around the kill is printed (goal 5 s; reported, not
+//! asserted), with the I/Os that took over a second: fio paced by
+//! `rate_iops` waits for every I/O in flight before it sleeps, so on the
+//! AA map the one I/O that went to m1 as it died (failed over after
+//! `fast_io_fail_tmo`) holds the job although m2's and m3's paths serve.
+//! `TRELLIS_HOST_FIO_AA_OPTIONS` adds fio options to the AA job, for
+//! experiments (e.g. `--numjobs=4 --size=6m --offset_increment=6m
+//! --rate_iops=63`: four paced jobs, each with its own I/O in flight).
 //!
 //! Needs root (the image build), qemu-system-x86_64 and Debian's package
 //! archive the first time (the image is cached under
@@ -30,12 +42,15 @@ use trellis_tests::cluster::Cluster;
 use trellis_tests::{api_request, eventually, have_tool, run};
 
 const TARGET: &str = "iqn.2026-12.io.trellis:linux-host";
+/// The active-passive device (LUN 0) and the active-active one (LUN 1).
+const AP_DEV: &str = "vol";
+const AA_DEV: &str = "aa";
 /// The host's initiator name.
 const HOST: &str = "iqn.2026-12.io.trellis:qemu-host";
 /// The test's own initiator (RTPG probes).
 const PROBE: &str = "iqn.2026-12.io.trellis:linux-host-probe";
-/// What fio writes (then verifies), and at what pace: long enough that the
-/// kill falls in the write phase with time to spare after it.
+/// What each fio writes (then verifies), and at what pace: long enough
+/// that the kill falls in the write phase with time to spare after it.
 const FIO_SIZE: &str = "24m";
 const FIO_RATE_IOPS: u32 = 250;
 
@@ -140,10 +155,12 @@ fn guest_story(share: &Path, guest: &Guest) -> String {
     let console = read(&guest.console);
     let tail: Vec<&str> = console.lines().rev().take(40).collect();
     format!(
-        "--- guest.log ---\n{}\n--- console (last 40 lines) ---\n{}\n--- fio.txt ---\n{}",
+        "--- guest.log ---\n{}\n--- console (last 40 lines) ---\n{}\n\
+         --- fio-ap.txt ---\n{}\n--- fio-aa.txt ---\n{}",
         read(&share.join("guest.log")),
         tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-        read(&share.join("fio.txt"))
+        read(&share.join("fio-ap.txt")),
+        read(&share.join("fio-aa.txt"))
     )
 }
 
@@ -166,13 +183,21 @@ fn wait_file(share: &Path, guest: &mut Guest, file: &str, limit: Duration) {
     }
 }
 
-/// One path group of `multipath -ll`: its priority, status and devices
-/// with their device-mapper state (`active`, `failed`).
+/// One path group of `multipath -ll`: its priority, status and paths.
 #[derive(Debug)]
 struct PathGroup {
     prio: u32,
     status: String,
-    devs: Vec<(String, String)>,
+    devs: Vec<MapPath>,
+}
+
+/// A path of a map: its device (sdX), its device-mapper state (`active`,
+/// `failed`) and multipathd's checker state (`ready`, `ghost`, `faulty`).
+#[derive(Debug)]
+struct MapPath {
+    dev: String,
+    dm: String,
+    checker: String,
 }
 
 fn path_groups(ll: &str) -> Vec<PathGroup> {
@@ -194,8 +219,14 @@ fn path_groups(ll: &str) -> Vec<PathGroup> {
             // "| |- 2:0:0:0 sda 8:0 active ready running"
             let words: Vec<&str> = line.split_whitespace().collect();
             if let Some(i) = words.iter().position(|w| w.matches(':').count() == 3) {
-                if let (Some(dev), Some(dm)) = (words.get(i + 1), words.get(i + 3)) {
-                    g.devs.push(((*dev).to_owned(), (*dm).to_owned()));
+                if let (Some(dev), Some(dm), Some(checker)) =
+                    (words.get(i + 1), words.get(i + 3), words.get(i + 4))
+                {
+                    g.devs.push(MapPath {
+                        dev: (*dev).to_owned(),
+                        dm: (*dm).to_owned(),
+                        checker: (*checker).to_owned(),
+                    });
                 }
             }
         }
@@ -204,7 +235,8 @@ fn path_groups(ll: &str) -> Vec<PathGroup> {
 }
 
 /// The port each path (sdX) leads to, from the guest's paths file
-/// ("sda 10.0.2.2:3261 active/optimized dh=alua recovery_tmo=2").
+/// ("sda 10.0.2.2:3261 active/optimized dh=alua recovery_tmo=3
+/// hctl=2:0:0:1").
 fn path_ports(paths: &str) -> Vec<(String, u16)> {
     paths
         .lines()
@@ -225,6 +257,15 @@ fn completions(log: &str) -> Vec<u64> {
         .collect();
     t.sort_unstable();
     t
+}
+
+/// The completion latencies (ms) in fio's completion-latency log (its
+/// second column, in ns).
+fn latencies_ms(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter_map(|l| l.split(',').nth(1)?.trim().parse::<u64>().ok())
+        .map(|ns| ns / 1_000_000)
+        .collect()
 }
 
 /// The longest stretch without a completion: (from, to) in Unix ms.
@@ -251,12 +292,52 @@ fn first_conn_error(dmesg: &str, clock: &str) -> Option<u64> {
     Some(((unix - uptime + stamp) * 1000.0) as u64)
 }
 
-fn metric(c: &Cluster, i: usize, name: &str) -> u64 {
+/// The ALUA state the host's kernel holds for a path (sdX), from the
+/// guest's paths file.
+fn access_state<'a>(paths: &'a str, dev: &str) -> Option<&'a str> {
+    paths.lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        (w.next()? == dev).then(|| w.nth(1))?
+    })
+}
+
+/// Bytes of `device` member `i` wrote to the backing store.
+fn written(c: &Cluster, i: usize, device: &str) -> u64 {
     let m = api_request(c.api_ports[i], &c.token, "GET", "/metrics", "", None);
+    let name = format!("trellis_device_write_bytes_total{{device=\"{device}\"");
     m.lines()
-        .find(|l| l.starts_with(name))
+        .find(|l| l.starts_with(&name))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The longest stall in a map's completion log, printed as a FIGURE
+/// line with the I/Os that took over a second (fio paced by `rate_iops`
+/// waits for every I/O in flight before it sleeps, so one slow I/O holds
+/// the job); its length in ms.
+fn stall_figure(map: &str, log: &str, dropped: Option<u64>) -> u64 {
+    let t = completions(log);
+    assert!(t.len() > 1000, "{map} map: {} completions logged", t.len());
+    let (from, to) = longest_gap(&t);
+    let slow: Vec<u64> = latencies_ms(log)
+        .into_iter()
+        .filter(|&ms| ms > 1000)
+        .collect();
+    eprintln!(
+        "FIGURE linux-host: {map} map: {} I/Os completed; longest stall {} ms ({}); \
+         I/Os over 1 s: {slow:?} ms",
+        t.len(),
+        to - from,
+        match dropped {
+            Some(d) => format!(
+                "from {} ms to {} ms after the host saw m1's connection drop",
+                from as i64 - d as i64,
+                to as i64 - d as i64
+            ),
+            None => "no connection drop in dmesg".into(),
+        }
+    );
+    to - from
 }
 
 #[test]
@@ -278,31 +359,40 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
             .ok_or(r.to_string())
     });
     for args in [
-        vec!["device", "create", "vol", "--size", "256MiB", "--thin"],
+        vec!["device", "create", AP_DEV, "--size", "256MiB", "--thin"],
+        vec![
+            "device", "create", AA_DEV, "--size", "256MiB", "--thin", "--policy", "aa",
+        ],
         vec!["target", "create", TARGET],
-        vec!["target", "map", TARGET, "vol", "--lun", "0"],
+        vec!["target", "map", TARGET, AP_DEV, "--lun", "0"],
+        vec!["target", "map", TARGET, AA_DEV, "--lun", "1"],
         vec!["acl", "allow", TARGET, HOST],
         vec!["acl", "allow", TARGET, PROBE],
     ] {
         c.cli(&args);
     }
+    // LUN 0 (AP): m1 Active/Optimized, the others Standby; LUN 1 (AA):
+    // every member Active/Optimized.
     let want = [state::AO, state::STANDBY, state::STANDBY];
     for (i, m) in c.members.iter().enumerate() {
-        alua::wait_state(
-            m.portal,
-            TARGET,
-            PROBE,
-            0,
-            i as u16 + 1,
-            want[i],
-            Duration::from_secs(30),
-        );
+        for (lun, want) in [(0, want[i]), (1, state::AO)] {
+            alua::wait_state(
+                m.portal,
+                TARGET,
+                PROBE,
+                lun,
+                i as u16 + 1,
+                want,
+                Duration::from_secs(30),
+            );
+        }
     }
     let ports: Vec<u16> = c.members.iter().map(|m| m.portal.port()).collect();
 
     // What the host gets: the shipped settings, as a host administrator
     // installs them.
-    // TRELLIS_HOST_KEEP=1 keeps what the guest left, for a look after.
+    // TRELLIS_HOST_KEEP=1 keeps what the guest left, and the members'
+    // logs (m1.log...), for a look after.
     let keep = std::env::var_os("TRELLIS_HOST_KEEP").is_some();
     let share = tempfile::Builder::new()
         .prefix("trellis-host-")
@@ -363,10 +453,17 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     .unwrap();
     std::fs::copy(repo().join("tests/host/guest.sh"), s.join("guest.sh")).unwrap();
     let port_list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    // TRELLIS_HOST_FIO_AA_OPTIONS gives the AA map's fio more options, for
+    // experiments (said on stderr).
+    let aa_extra = std::env::var("TRELLIS_HOST_FIO_AA_OPTIONS").unwrap_or_default();
+    if !aa_extra.is_empty() {
+        eprintln!("NOT THE TEST'S fio OPTIONS: the AA map's fio also gets {aa_extra:?}");
+    }
     std::fs::write(
         s.join("params"),
         format!(
-            "TARGET={TARGET}\nPORTS=\"{}\"\nFIO_SIZE={FIO_SIZE}\nFIO_RATE_IOPS={FIO_RATE_IOPS}\n",
+            "TARGET={TARGET}\nPORTS=\"{}\"\nFIO_SIZE={FIO_SIZE}\nFIO_RATE_IOPS={FIO_RATE_IOPS}\n\
+             FIO_AA_EXTRA=\"{aa_extra}\"\n",
             port_list.join(" ")
         ),
     )
@@ -383,23 +480,32 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     );
     wait_file(s, &mut guest, "state/fio-started", Duration::from_secs(300));
     let fio_seen = Instant::now();
+    let fio_done = |s: &Path| ["ap", "aa"].map(|j| s.join(format!("state/fio-{j}-done")).exists());
 
-    // fio writes through m1 (the Primary): then m1 dies.
-    let before = metric(&c, 0, "trellis_device_write_bytes_total{device=\"vol\"");
-    eventually(
-        "the host writing through m1",
+    // The AP fio writes through m1 (the Primary), the AA one through m1
+    // and the others at once: then m1 dies.
+    let ap_before = written(&c, 0, AP_DEV);
+    let aa_before: Vec<u64> = (0..3).map(|i| written(&c, i, AA_DEV)).collect();
+    let aa_through = eventually(
+        "the host writing through m1 to both devices, and through m2 or m3 to the AA one",
         Duration::from_secs(120),
         || {
             assert!(guest.running(), "{}", guest_story(s, &guest));
-            let now = metric(&c, 0, "trellis_device_write_bytes_total{device=\"vol\"");
-            (now > before + (1 << 20))
-                .then_some(())
-                .ok_or(format!("{now} bytes written through m1"))
+            let ap = written(&c, 0, AP_DEV) - ap_before;
+            let aa: Vec<u64> = (0..3)
+                .map(|i| written(&c, i, AA_DEV) - aa_before[i])
+                .collect();
+            (ap > 1 << 20 && aa[0] > 1 << 20 && aa[1] + aa[2] > 1 << 20)
+                .then(|| aa.clone())
+                .ok_or(format!(
+                    "{ap} bytes of {AP_DEV} through m1; {aa:?} of {AA_DEV} through m1, m2, m3"
+                ))
         },
     );
-    assert!(
-        !s.join("state/fio-done").exists(),
-        "fio finished before the kill\n{}",
+    assert_eq!(
+        fio_done(s),
+        [false, false],
+        "a fio finished before the kill\n{}",
         guest_story(s, &guest)
     );
     let killed = Instant::now();
@@ -415,34 +521,65 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     );
     let to_ao = killed.elapsed();
     eprintln!(
-        "FIGURE linux-host: SIGKILL of m1 {:.1} s into fio; m2 Active/Optimized {} ms later",
+        "FIGURE linux-host: SIGKILL of m1 {:.1} s into fio; m2 Active/Optimized {} ms later \
+         (the AA fio had written {} KiB through m1, {} KiB through m2, {} KiB through m3)",
         killed.duration_since(fio_seen).as_secs_f64(),
-        to_ao.as_millis()
+        to_ao.as_millis(),
+        aa_through[0] >> 10,
+        aa_through[1] >> 10,
+        aa_through[2] >> 10
     );
-    assert!(
-        !s.join("state/fio-done").exists(),
-        "fio finished before m2 took over: the kill was not under load\n{}",
+    assert_eq!(
+        fio_done(s),
+        [false, false],
+        "a fio finished before m2 took over: the kill was not under load\n{}",
         guest_story(s, &guest)
+    );
+    // The AA device's own change: m1's group Unavailable, m2 and m3 still
+    // Active/Optimized.
+    eventually(
+        "m1's group of the AA device Unavailable through m2",
+        Duration::from_secs(30),
+        || {
+            let r =
+                alua::rtpg(c.members[1].portal, TARGET, PROBE, 1).map_err(|e| format!("{e:#}"))?;
+            (r.state_of(1) == Some(state::UNAVAILABLE)
+                && r.state_of(2) == Some(state::AO)
+                && r.state_of(3) == Some(state::AO))
+            .then_some(())
+            .ok_or(format!("{r:?}"))
+        },
     );
 
     wait_file(s, &mut guest, "state/exit", Duration::from_secs(600));
+    if keep {
+        for (i, m) in c.members.iter().enumerate() {
+            std::fs::write(s.join(format!("m{}.log", i + 1)), m.log_text()).unwrap();
+        }
+    }
     let story = guest_story(s, &guest);
     let guest_exit = read(&s.join("state/exit")).trim().to_owned();
     let before_ll = read(&s.join("multipath-before.txt"));
     let after_ll = read(&s.join("multipath-after.txt"));
+    let aa_before_ll = read(&s.join("multipath-aa-before.txt"));
+    let aa_after_ll = read(&s.join("multipath-aa-after.txt"));
     let paths_before = read(&s.join("paths-before.txt"));
     let paths_after = read(&s.join("paths-after.txt"));
-    let fio_out = read(&s.join("fio.txt"));
-    let fio_exit = read(&s.join("fio-exit")).trim().to_owned();
+    let fio_out = read(&s.join("fio-ap.txt"));
+    let fio_exit = read(&s.join("fio-ap-exit")).trim().to_owned();
+    let aa_fio_out = read(&s.join("fio-aa.txt"));
+    let aa_fio_exit = read(&s.join("fio-aa-exit")).trim().to_owned();
     eprintln!(
-        "--- multipath -ll before the kill ---\n{before_ll}--- paths ---\n{paths_before}\
-         --- node settings ---\n{}--- multipath -ll after ---\n{after_ll}--- paths ---\n{paths_after}\
-         --- fio ---\n{fio_out}",
+        "--- AP map: multipath -ll before the kill ---\n{before_ll}\
+         --- AA map: multipath -ll before the kill ---\n{aa_before_ll}--- paths ---\n{paths_before}\
+         --- node settings ---\n{}--- AP map: multipath -ll after ---\n{after_ll}\
+         --- AA map: multipath -ll after ---\n{aa_after_ll}--- paths ---\n{paths_after}\
+         --- fio (AP) ---\n{fio_out}--- fio (AA) ---\n{aa_fio_out}",
         read(&s.join("node-settings.txt"))
     );
     assert_eq!(guest_exit, "0", "the guest's script failed\n{story}");
 
-    // The map: the ALUA handler, m1's two paths first at prio 50, the
+    // The AP map: the ALUA handler, m1's two paths first at prio 50, the
     // Standby paths below.
     assert!(before_ll.contains("hwhandler='1 alua'"), "{before_ll}");
     let groups = path_groups(&before_ll);
@@ -467,13 +604,13 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     assert!(
         top.devs
             .iter()
-            .all(|(d, dm)| member_of(d) == Some(0) && dm == "active"),
+            .all(|p| member_of(&p.dev) == Some(0) && p.dm == "active"),
         "the first group is not m1's two active paths: {groups:?}\n{paths_before}"
     );
     for g in &groups[1..] {
         assert!(g.prio < 50, "{before_ll}");
         assert!(
-            g.devs.iter().all(|(d, _)| member_of(d) != Some(0)),
+            g.devs.iter().all(|p| member_of(&p.dev) != Some(0)),
             "{before_ll}"
         );
     }
@@ -489,8 +626,8 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     let serving: Vec<Option<usize>> = top_after
         .devs
         .iter()
-        .filter(|(_, dm)| dm == "active")
-        .map(|(d, _)| member_after(d))
+        .filter(|p| p.dm == "active")
+        .map(|p| member_after(&p.dev))
         .collect();
     assert_eq!(
         (top_after.prio, serving),
@@ -498,36 +635,96 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
         "the first group after the kill is not m2's: {after_ll}\n{paths_after}"
     );
 
-    // fio: no error, a clean verify.
-    assert_eq!(fio_exit, "0", "fio failed\n{story}");
-    assert!(fio_out.contains("err= 0"), "{fio_out}");
-    assert!(!fio_out.contains("verify:"), "{fio_out}");
-
-    // The stall: the longest stretch without a completion, and where the
-    // host's kernel saw m1's connections drop.
-    let log = std::fs::read_dir(s)
-        .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("lat_clat"))
-        .map(|e| read(&e.path()))
-        .expect("fio's completion log");
-    let t = completions(&log);
-    assert!(t.len() > 1000, "{} completions logged", t.len());
-    let (from, to) = longest_gap(&t);
-    let dropped = first_conn_error(&read(&s.join("dmesg.txt")), &read(&s.join("clock.txt")));
-    eprintln!(
-        "FIGURE linux-host: {} I/Os completed; longest stall {} ms ({})",
-        t.len(),
-        to - from,
-        match dropped {
-            Some(d) => format!(
-                "from {} ms to {} ms after the host saw m1's connection drop",
-                from as i64 - d as i64,
-                to as i64 - d as i64
-            ),
-            None => "no connection drop in dmesg".into(),
-        }
+    // The AA map: the ALUA handler, one group of all six paths at prio 50,
+    // two through each member, every one Active/Optimized and in use.
+    assert!(
+        aa_before_ll.contains("hwhandler='1 alua'"),
+        "{aa_before_ll}"
     );
+    let aa_groups = path_groups(&aa_before_ll);
+    assert_eq!(aa_groups.len(), 1, "{aa_groups:?}\n{aa_before_ll}");
+    let g = &aa_groups[0];
+    assert_eq!(
+        (g.prio, g.status.as_str(), g.devs.len()),
+        (50, "active", 6),
+        "{aa_before_ll}"
+    );
+    let mut per_member = [0; 3];
+    for p in &g.devs {
+        assert_eq!(
+            (p.dm.as_str(), p.checker.as_str()),
+            ("active", "ready"),
+            "{aa_before_ll}"
+        );
+        assert_eq!(
+            access_state(&paths_before, &p.dev),
+            Some("active/optimized"),
+            "{}: {paths_before}",
+            p.dev
+        );
+        let m = member_of(&p.dev).unwrap_or_else(|| panic!("{}: {paths_before}", p.dev));
+        per_member[m] += 1;
+    }
+    assert_eq!(per_member, [2, 2, 2], "{aa_before_ll}\n{paths_before}");
+    // After: m1's two paths failed, the four of m2 and m3 serving in the
+    // group in use.
+    let aa_after = path_groups(&aa_after_ll);
+    let all_after: Vec<(&PathGroup, &MapPath)> = aa_after
+        .iter()
+        .flat_map(|g| g.devs.iter().map(move |p| (g, p)))
+        .collect();
+    let m1_paths: Vec<&str> = all_after
+        .iter()
+        .filter(|(_, p)| member_after(&p.dev) == Some(0))
+        .map(|(_, p)| p.dm.as_str())
+        .collect();
+    assert_eq!(
+        m1_paths,
+        ["failed", "failed"],
+        "m1's paths of the AA map after the kill: {aa_after_ll}\n{paths_after}"
+    );
+    let others: Vec<(u32, &str, &str, &str, Option<usize>)> = all_after
+        .iter()
+        .filter(|(_, p)| member_after(&p.dev) != Some(0))
+        .map(|(g, p)| {
+            (
+                g.prio,
+                g.status.as_str(),
+                p.dm.as_str(),
+                p.checker.as_str(),
+                member_after(&p.dev),
+            )
+        })
+        .collect();
+    assert_eq!(
+        others.len(),
+        4,
+        "the AA map's paths after the kill: {aa_after_ll}\n{paths_after}"
+    );
+    assert!(
+        others.iter().all(|&(prio, status, dm, checker, m)| {
+            (prio, status, dm, checker) == (50, "active", "active", "ready")
+                && matches!(m, Some(1 | 2))
+        }),
+        "the four paths of m2 and m3 are not all serving after the kill: {others:?}\n\
+         {aa_after_ll}\n{paths_after}"
+    );
+
+    // fio: no error, a clean verify, on both maps.
+    for (map, exit, out) in [
+        ("AP", &fio_exit, &fio_out),
+        ("AA", &aa_fio_exit, &aa_fio_out),
+    ] {
+        assert_eq!(exit, "0", "fio on the {map} map failed\n{story}");
+        assert!(out.contains("err= 0"), "{map}: {out}");
+        assert!(!out.contains("verify:"), "{map}: {out}");
+    }
+
+    // The stalls: the longest stretch without a completion on each map,
+    // and where the host's kernel saw m1's connections drop.
+    let dropped = first_conn_error(&read(&s.join("dmesg.txt")), &read(&s.join("clock.txt")));
+    stall_figure("AP", &read(&s.join("lat-ap.log")), dropped);
+    stall_figure("AA", &read(&s.join("lat-aa.log")), dropped);
     eprintln!(
         "FIGURE linux-host: whole test {:.1} s",
         test_started.elapsed().as_secs_f64()
