@@ -300,13 +300,25 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
         out.contains("m2 drained: no sessions") && out.contains("m3 Primary"),
         "{out}"
     );
-    let members: serde_json::Value =
-        serde_json::from_str(&c.cli(&["--json", "member", "list"])).unwrap();
-    let m2 = members["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|v| v["id"] == "m2"))
-        .unwrap();
-    assert_eq!(m2["sessions"], 0, "{members}");
+    // Every member's view of m2's sessions comes from its heartbeats: the
+    // one answering next may be a heartbeat behind the one drain asked.
+    for i in 0..3 {
+        let api = format!("http://127.0.0.1:{}", c.api_ports[i]);
+        eventually(
+            &format!("m{} seeing no sessions on m2", i + 1),
+            Duration::from_secs(10),
+            || {
+                let (_, out) = trellis_cli(&api, &c.token, &["--json", "member", "list"]);
+                let list: serde_json::Value =
+                    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+                let m2 = list["members"]
+                    .as_array()
+                    .and_then(|m| m.iter().find(|v| v["id"] == "m2"))
+                    .ok_or(out.clone())?;
+                (m2["sessions"] == 0).then_some(()).ok_or(m2.to_string())
+            },
+        );
+    }
     let roles = c.roles("default");
     assert_eq!(roles["primary"], "m3", "{roles}");
     let r = alua::wait_state(
