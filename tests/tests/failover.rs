@@ -59,6 +59,17 @@ fn fio_args(c: &Cluster, i: usize, rw: &str, extra: &[&str]) -> Vec<String> {
     args
 }
 
+/// Member `id` as `member list` through the API at `api` shows it.
+fn member_seen_by(api: &str, token: &str, id: &str) -> Result<serde_json::Value, String> {
+    let (_, out) = trellis_cli(api, token, &["--json", "member", "list"]);
+    let list: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+    list["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|v| v["id"] == id))
+        .cloned()
+        .ok_or(out)
+}
+
 #[test]
 fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_taking_it_back() {
     require_tool("iscsi-inq");
@@ -222,13 +233,7 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
         "m3 hearing m2 announce itself Primary",
         Duration::from_secs(20),
         || {
-            let (_, out) = trellis_cli(&m3_api, &c.token, &["--json", "member", "list"]);
-            let list: serde_json::Value =
-                serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-            let m2 = list["members"]
-                .as_array()
-                .and_then(|m| m.iter().find(|v| v["id"] == "m2"))
-                .ok_or(out.clone())?;
+            let m2 = member_seen_by(&m3_api, &c.token, "m2")?;
             let want =
                 serde_json::json!([{"set": "default", "role": "primary", "epoch": roles["epoch"]}]);
             (m2["announced"] == want)
@@ -308,13 +313,7 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
             &format!("m{} seeing no sessions on m2", i + 1),
             Duration::from_secs(10),
             || {
-                let (_, out) = trellis_cli(&api, &c.token, &["--json", "member", "list"]);
-                let list: serde_json::Value =
-                    serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-                let m2 = list["members"]
-                    .as_array()
-                    .and_then(|m| m.iter().find(|v| v["id"] == "m2"))
-                    .ok_or(out.clone())?;
+                let m2 = member_seen_by(&api, &c.token, "m2")?;
                 (m2["sessions"] == 0).then_some(()).ok_or(m2.to_string())
             },
         );
