@@ -4,12 +4,25 @@
 //! expectations in `tests/conformance/iscsi-test-cu.expect`: a test that does
 //! worse than expected (PASS > SKIP > FAIL) fails this test, and so does a
 //! test missing from the file.
+//!
+//! The same suite runs with its two URLs on two members of a three-member
+//! cluster (an active-active device, so both are Active/Optimized): the
+//! reservation tests with two initiators and MultipathIO then cross
+//! members. Its expectations are `tests/conformance/iscsi-test-cu-cluster.expect`;
+//! the failures there are what a per-member SCSI state still gets wrong.
 
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
+use trellis_tests::alua::{self, state};
+use trellis_tests::cluster::Cluster;
 use trellis_tests::{require_tool, run, Trellisd, DEFAULT_TARGET, INITIATOR, INITIATOR2};
+
+/// The expectations of the single-member run.
+const SINGLE: &str = "iscsi-test-cu.expect";
+/// The expectations of the run across two members.
+const ACROSS: &str = "iscsi-test-cu-cluster.expect";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
@@ -135,12 +148,13 @@ fn parse_output(text: &str) -> BTreeMap<String, (Outcome, String)> {
     out
 }
 
-fn load_expectations() -> BTreeMap<String, (Outcome, String)> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/conformance/iscsi-test-cu.expect"
-    );
-    let text = std::fs::read_to_string(path).expect("expectations file");
+fn expect_path(file: &str) -> String {
+    format!("{}/conformance/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load_expectations(file: &str) -> BTreeMap<String, (Outcome, String)> {
+    let path = expect_path(file);
+    let text = std::fs::read_to_string(&path).expect("expectations file");
     let mut map = BTreeMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -176,16 +190,13 @@ fn list_tests() -> Vec<String> {
         .collect()
 }
 
-/// Regenerates the expectations file from a run (TRELLIS_WRITE_EXPECT=1);
-/// review the diff before committing it.
-fn write_expectations(got: &BTreeMap<String, (Outcome, String)>) {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/conformance/iscsi-test-cu.expect"
-    );
-    let mut text = String::from(
+/// Regenerates expectations file `file` from a run against `what`
+/// (TRELLIS_WRITE_EXPECT=1); review the diff before committing it.
+fn write_expectations(got: &BTreeMap<String, (Outcome, String)>, file: &str, what: &str) {
+    let path = expect_path(file);
+    let mut text = format!(
         "# Expected outcome of each libiscsi iscsi-test-cu test (family ALL) against\n\
-         # trellisd's default device. The conformance test fails when a test does worse.\n\
+         # {what}. The conformance test fails when a test does worse.\n\
          # Format: Suite.Test PASS|SKIP|FAIL  # why, for SKIP and FAIL\n\
          # Not run (broken in libiscsi 1.19; reasons in EXCLUDED, tests/tests/conformance.rs):\n",
     );
@@ -224,11 +235,10 @@ fn parser_reads_outcomes() {
     assert_eq!(got.len(), 4);
 }
 
-#[test]
-fn iscsi_test_cu_all_meets_expectations() {
-    require_tool("iscsi-test-cu");
-    let d = Trellisd::start_default().expect("start trellisd");
-    let url = d.url(DEFAULT_TARGET, 0);
+/// Runs the suite (every test but the excluded) with `url1` as the first
+/// initiator's and `url2` as the second's; the outcomes, and the output
+/// saved as `log` in the temporary directory.
+fn run_suite(url1: &str, url2: &str, log: &str) -> BTreeMap<String, (Outcome, String)> {
     let tests = list_tests();
     assert!(
         tests.len() > 200,
@@ -247,37 +257,39 @@ fn iscsi_test_cu_all_meets_expectations() {
                 "-t",
             ])
             .arg(tests.join(","))
-            .arg(&url)
-            .arg(&url),
+            .arg(url1)
+            .arg(url2),
         Duration::from_secs(900),
     )
     .expect("run iscsi-test-cu");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::write(
-        std::env::temp_dir().join("trellis-iscsi-test-cu.log"),
-        &text,
-    );
-    let got = parse_output(&text);
-    let expect = load_expectations();
+    let _ = std::fs::write(std::env::temp_dir().join(log), &text);
+    parse_output(&text)
+}
+
+/// What did worse than `file` expects, after printing the counts (and
+/// rewriting the file from this run with TRELLIS_WRITE_EXPECT=1).
+fn regressions(got: &BTreeMap<String, (Outcome, String)>, file: &str, what: &str) -> Vec<String> {
+    let expect = load_expectations(file);
     if std::env::var_os("TRELLIS_WRITE_EXPECT").is_some() {
-        write_expectations(&got);
+        write_expectations(got, file, what);
     }
     let count = |o| got.values().filter(|v| v.0 == o).count();
     println!(
-        "iscsi-test-cu ALL: {} run, {} passed, {} skipped, {} failed",
+        "iscsi-test-cu ALL against {what}: {} run, {} passed, {} skipped, {} failed",
         got.len(),
         count(Outcome::Pass),
         count(Outcome::Skip),
         count(Outcome::Fail)
     );
     let mut worse = Vec::new();
-    for (name, (o, _)) in &got {
+    for (name, (o, _)) in got {
         match expect.get(name) {
-            None => worse.push(format!("{name}: {o:?}, not in the expectations file")),
+            None => worse.push(format!("{name}: {o:?}, not in {file}")),
             Some((e, why)) if o < e => worse.push(format!("{name}: {o:?}, expected {e:?} {why}")),
             Some((e, _)) if o > e => {
-                println!("better than expected: {name} {o:?} (expected {e:?}); update the file")
+                println!("better than expected: {name} {o:?} (expected {e:?}); update {file}")
             }
             _ => {}
         }
@@ -287,6 +299,16 @@ fn iscsi_test_cu_all_meets_expectations() {
             worse.push(format!("{name}: did not run"));
         }
     }
+    worse
+}
+
+#[test]
+fn iscsi_test_cu_all_meets_expectations() {
+    require_tool("iscsi-test-cu");
+    let d = Trellisd::start_default().expect("start trellisd");
+    let url = d.url(DEFAULT_TARGET, 0);
+    let got = run_suite(&url, &url, "trellis-iscsi-test-cu.log");
+    let worse = regressions(&got, SINGLE, "trellisd's default device");
     assert!(
         worse.is_empty(),
         "conformance regressions:\n{}\n(full output in {})\ntrellisd log:\n{}",
@@ -295,5 +317,53 @@ fn iscsi_test_cu_all_meets_expectations() {
             .join("trellis-iscsi-test-cu.log")
             .display(),
         d.log_text()
+    );
+}
+
+#[test]
+fn iscsi_test_cu_across_two_members_meets_expectations() {
+    require_tool("iscsi-test-cu");
+    const TARGET: &str = "iqn.2026-12.io.trellis:conformance";
+    let c = Cluster::start(3);
+    c.wait_primary("default", Duration::from_secs(60));
+    for args in [
+        vec![
+            "device", "create", "vol", "--size", "256MiB", "--thin", "--policy", "aa",
+        ],
+        vec!["target", "create", TARGET],
+        vec!["target", "map", TARGET, "vol", "--lun", "0"],
+        vec!["acl", "allow", TARGET, INITIATOR],
+        vec!["acl", "allow", TARGET, INITIATOR2],
+    ] {
+        c.cli(&args);
+    }
+    for i in 0..2 {
+        let own = i as u16 + 1;
+        let p = c.members[i].portal;
+        alua::wait_state(
+            p,
+            TARGET,
+            INITIATOR,
+            0,
+            own,
+            state::AO,
+            Duration::from_secs(30),
+        );
+    }
+    let (m1, m2) = (c.members[0].url(TARGET, 0), c.members[1].url(TARGET, 0));
+    let got = run_suite(&m1, &m2, "trellis-iscsi-test-cu-cluster.log");
+    let worse = regressions(
+        &got,
+        ACROSS,
+        "an active-active device of a three-member cluster, the first initiator through m1 and the second through m2",
+    );
+    assert!(
+        worse.is_empty(),
+        "conformance regressions across members:\n{}\n(full output in {})\nm1's log:\n{}",
+        worse.join("\n"),
+        std::env::temp_dir()
+            .join("trellis-iscsi-test-cu-cluster.log")
+            .display(),
+        c.members[0].log_tail(60)
     );
 }
