@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{Assignment, RoleTable};
+use crate::node::Announcements;
 use crate::wire::{Role, SetRole};
 use crate::MemberId;
 
@@ -133,10 +134,7 @@ impl std::fmt::Display for Disagreement {
 /// Compares `announced` (per member, per set: role and epoch) with the
 /// assignments in `roles`. Sets this replica does not know are compared
 /// as epoch 0 (a set created since: the announcer is ahead).
-pub fn cross_check(
-    roles: &RoleTable,
-    announced: &BTreeMap<MemberId, BTreeMap<String, (Role, u64)>>,
-) -> Vec<Disagreement> {
+pub fn cross_check(roles: &RoleTable, announced: &Announcements) -> Vec<Disagreement> {
     let mut out = Vec::new();
     for (member, sets) in announced {
         for (set, &(role, epoch)) in sets {

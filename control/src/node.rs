@@ -103,6 +103,9 @@ pub struct Status {
     pub data: BTreeMap<MemberId, (DataState, Instant)>,
 }
 
+/// What peers announce: per member, per set, role and epoch.
+pub type Announcements = BTreeMap<MemberId, BTreeMap<String, (Role, u64)>>;
+
 /// A peer's role in one set, as its heartbeats announce it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Announced {
@@ -323,14 +326,22 @@ impl Node {
         self.announcer.clone()
     }
 
-    /// A source of [`Node::status`] for other threads.
-    pub fn status_source(&self) -> Arc<dyn Fn() -> Status + Send + Sync> {
+    /// A source of what the peers announce, per member and set: role and
+    /// epoch (read under the lock; nothing else of the status is copied).
+    pub fn announced_source(&self) -> Arc<dyn Fn() -> Announcements + Send + Sync> {
         let status = Arc::clone(&self.status);
         Arc::new(move || {
-            status
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone()
+            let s = status.lock().unwrap_or_else(PoisonError::into_inner);
+            s.announced
+                .iter()
+                .map(|(m, sets)| {
+                    let sets = sets
+                        .iter()
+                        .map(|(set, a)| (set.clone(), (a.role, a.epoch)))
+                        .collect();
+                    (m.clone(), sets)
+                })
+                .collect()
         })
     }
 

@@ -206,22 +206,7 @@ pub fn start(
             members: node.members_source(),
             changes: changes.clone(),
             announcer: node.announcer(),
-            announced: {
-                let status = node.status_source();
-                Arc::new(move || {
-                    status()
-                        .announced
-                        .into_iter()
-                        .map(|(m, sets)| {
-                            let sets = sets
-                                .into_iter()
-                                .map(|(s, a)| (s, (a.role, a.epoch)))
-                                .collect();
-                            (m, sets)
-                        })
-                        .collect()
-                })
-            },
+            announced: node.announced_source(),
             unserved: registry.as_ref().map(|_| Arc::clone(&unserved)),
             booted: registry.as_ref().map(|_| Arc::clone(&booted)),
             me: me.id.clone(),

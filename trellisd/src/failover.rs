@@ -33,10 +33,10 @@ use trellis_control::config::{ClusterConfig, Command, ConfigService, Proposal};
 use trellis_control::crosscheck::{self, Disagreement};
 use trellis_control::lease::{Holder, LeaseState};
 use trellis_control::membership::{MemberState, MemberStatus};
-use trellis_control::node::Announcer;
+use trellis_control::node::{Announcements, Announcer};
 use trellis_control::paths::{device_table, own_state, Access};
 use trellis_control::watch::Watch;
-use trellis_control::wire::{DataState, Role, SetRole};
+use trellis_control::wire::{DataState, SetRole};
 use trellis_control::MemberId;
 use trellis_iscsi::scsi::{AluaState, PortGroup, PortTable};
 use trellis_iscsi::target::Registry;
@@ -61,9 +61,6 @@ const LAG_GRACE: Duration = Duration::from_millis(250);
 
 /// How long another disagreement may last before it is logged.
 const DISAGREEMENT_GRACE: Duration = Duration::from_secs(2);
-
-/// What peers announce: per member, per set, role and epoch.
-pub type Announcements = BTreeMap<MemberId, BTreeMap<String, (Role, u64)>>;
 
 /// The failover threads of one member.
 pub struct Failover {
@@ -90,20 +87,6 @@ pub struct Stats {
     /// Disagreements between what a peer announced and the applied roles
     /// that lasted past their grace.
     pub disagreements: AtomicU64,
-    /// The epoch this replica was last reported lagging behind, per set.
-    lag_reported: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Stats {
-    /// Whether the lag of this replica in `set` behind `epoch` is news (to
-    /// be logged once).
-    fn lag_logged(&self, set: &str, epoch: u64) -> bool {
-        let mut last = self
-            .lag_reported
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        last.insert(set.to_owned(), epoch) != Some(epoch)
-    }
 }
 
 impl Failover {
@@ -472,8 +455,9 @@ struct Paths {
     announced: Arc<dyn Fn() -> Announcements + Send + Sync>,
     /// What this member announces now.
     announcing: Vec<SetRole>,
-    /// Sets some peer applies a newer epoch of: since when, and the epoch.
-    lag_since: BTreeMap<String, (Instant, u64)>,
+    /// Sets some peer applies a newer epoch of: since when, the epoch, and
+    /// whether this member has stepped down for it (logged).
+    lag_since: BTreeMap<String, (Instant, u64, bool)>,
     /// Other disagreements: since when, and whether logged.
     seen: BTreeMap<String, (Instant, bool)>,
     /// The devices this member cannot serve.
@@ -545,19 +529,29 @@ impl Paths {
         let now = Instant::now();
         let ahead = crosscheck::lagging_sets(&found);
         for (set, &epoch) in &ahead {
-            let since = self.lag_since.entry(set.clone()).or_insert((now, epoch));
+            let since = self
+                .lag_since
+                .entry(set.clone())
+                .or_insert((now, epoch, false));
             if since.1 != epoch {
-                *since = (now, epoch);
+                *since = (now, epoch, false);
             }
         }
         let mut lagging = BTreeMap::new();
-        let me = self.me.clone();
-        self.lag_since.retain(|set, (since, epoch)| {
+        let (me, stats) = (&self.me, &self.stats);
+        self.lag_since.retain(|set, (since, epoch, stepped_down)| {
             if !ahead.contains_key(set) {
-                tracing::info!(member = %me, %set, "this replica caught up with the announced roles");
+                if *stepped_down {
+                    tracing::info!(member = %me, %set, "this replica caught up with the announced roles");
+                }
                 return false;
             }
             if now.duration_since(*since) >= LAG_GRACE {
+                if !*stepped_down {
+                    *stepped_down = true;
+                    tracing::warn!(member = %me, %set, epoch = *epoch, "a peer applies a newer assignment of this set than this replica: its ports here stop serving until the replica catches up");
+                    stats.disagreements.fetch_add(1, Ordering::Relaxed);
+                }
                 lagging.insert(set.clone(), *epoch);
             }
             true
@@ -652,12 +646,6 @@ impl Paths {
         };
         for device in state.config.devices.values() {
             let behind = lagging.get(&device.set);
-            if let Some(epoch) = behind {
-                if self.stats.lag_logged(&device.set, *epoch) {
-                    tracing::warn!(member = %self.me, set = %device.set, epoch, "a peer applies a newer assignment of this set than this replica: its ports here stop serving until the replica catches up");
-                    self.stats.disagreements.fetch_add(1, Ordering::Relaxed);
-                }
-            }
             let fence = if behind.is_some() {
                 Instant::now()
             } else {
