@@ -46,6 +46,26 @@ pub fn control_lines(
     )
 }
 
+/// The CLI commands that make a thin device `vol` of `size` (with `extra`
+/// options, e.g. `--policy aa`), map it as LUN 0 of a new target `target`,
+/// and let `initiators` log in to it.
+pub fn export_vol<'a>(
+    size: &'a str,
+    extra: &[&'a str],
+    target: &'a str,
+    initiators: &[&'a str],
+) -> Vec<Vec<&'a str>> {
+    let mut device = vec!["device", "create", "vol", "--size", size, "--thin"];
+    device.extend_from_slice(extra);
+    let mut all = vec![
+        device,
+        vec!["target", "create", target],
+        vec!["target", "map", target, "vol", "--lun", "0"],
+    ];
+    all.extend(initiators.iter().map(|i| vec!["acl", "allow", target, i]));
+    all
+}
+
 /// A running cluster.
 #[allow(missing_debug_implementations)]
 pub struct Cluster {

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use trellis_tests::alua::{self, state};
-use trellis_tests::cluster::Cluster;
+use trellis_tests::cluster::{export_vol, Cluster};
 use trellis_tests::raw::Conn;
 use trellis_tests::writer::{check_acked, Ack, Record, Writer};
 use trellis_tests::{eventually, fio_filename, fio_run, require_tool};
@@ -67,16 +67,12 @@ fn the_survivor_of_two_active_members_carries_on_when_the_other_dies() {
     require_tool("iscsi-inq");
     let mut c = Cluster::start(3);
     c.wait_primary("default", Duration::from_secs(60));
-    for args in [
-        vec![
-            "device", "create", "vol", "--size", "64MiB", "--thin", "--policy", "aa",
-        ],
-        vec!["target", "create", TARGET],
-        vec!["target", "map", TARGET, "vol", "--lun", "0"],
-        vec!["acl", "allow", TARGET, HOST],
-        vec!["acl", "allow", TARGET, HOST_M1],
-        vec!["acl", "allow", TARGET, HOST_M2],
-    ] {
+    for args in export_vol(
+        "64MiB",
+        &["--policy", "aa"],
+        TARGET,
+        &[HOST, HOST_M1, HOST_M2],
+    ) {
         c.cli(&args);
     }
     for (i, m) in c.members.iter().enumerate() {

@@ -16,7 +16,7 @@ use std::cell::RefCell;
 use std::time::Duration;
 
 use trellis_tests::alua::{self, state};
-use trellis_tests::cluster::Cluster;
+use trellis_tests::cluster::{export_vol, Cluster};
 use trellis_tests::{eventually, trellis_cli};
 
 const TARGET: &str = "iqn.2026-12.io.trellis:cold-boot";
@@ -52,17 +52,12 @@ fn primary_via(c: &Cluster, i: usize) -> Option<String> {
 fn look(c: &Cluster, seen: &mut Seen) {
     if !seen.made {
         // Needs a leader, so a quorum: m1 and m2.
-        let made = [
-            vec!["device", "create", "vol", "--size", "16MiB", "--thin"],
-            vec!["target", "create", TARGET],
-            vec!["target", "map", TARGET, "vol", "--lun", "0"],
-            vec!["acl", "allow", TARGET, HOST],
-        ]
-        .iter()
-        .all(|args| {
-            let (code, out) = trellis_cli(&c.endpoints(), &c.token, args);
-            code == 0 || out.contains("exists") || out.contains("already")
-        });
+        let made = export_vol("16MiB", &[], TARGET, &[HOST])
+            .iter()
+            .all(|args| {
+                let (code, out) = trellis_cli(&c.endpoints(), &c.token, args);
+                code == 0 || out.contains("exists") || out.contains("already")
+            });
         seen.made = made;
     }
     for (i, m) in c.members.iter().enumerate() {

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use trellis_tests::alua::{self, state};
-use trellis_tests::cluster::Cluster;
+use trellis_tests::cluster::{export_vol, Cluster};
 use trellis_tests::{require_tool, run, Trellisd, DEFAULT_TARGET, INITIATOR, INITIATOR2};
 
 /// The expectations of the single-member run.
@@ -326,15 +326,12 @@ fn iscsi_test_cu_across_two_members_meets_expectations() {
     const TARGET: &str = "iqn.2026-12.io.trellis:conformance";
     let c = Cluster::start(3);
     c.wait_primary("default", Duration::from_secs(60));
-    for args in [
-        vec![
-            "device", "create", "vol", "--size", "256MiB", "--thin", "--policy", "aa",
-        ],
-        vec!["target", "create", TARGET],
-        vec!["target", "map", TARGET, "vol", "--lun", "0"],
-        vec!["acl", "allow", TARGET, INITIATOR],
-        vec!["acl", "allow", TARGET, INITIATOR2],
-    ] {
+    for args in export_vol(
+        "256MiB",
+        &["--policy", "aa"],
+        TARGET,
+        &[INITIATOR, INITIATOR2],
+    ) {
         c.cli(&args);
     }
     for i in 0..2 {

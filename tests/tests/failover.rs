@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use trellis_tests::alua::{self, state};
-use trellis_tests::cluster::Cluster;
+use trellis_tests::cluster::{export_vol, Cluster};
 use trellis_tests::raw::Conn;
 use trellis_tests::{
     api_request, eventually, fio_filename, fio_run, require_tool, trellis_cli, BackgroundFio,
@@ -85,12 +85,7 @@ fn an_active_passive_device_fails_over_to_the_secondary_and_m1_rejoins_without_t
             .ok_or(r.to_string())
     });
     let epoch = roles["epoch"].as_u64().unwrap();
-    for args in [
-        vec!["device", "create", "vol", "--size", "64MiB", "--thin"],
-        vec!["target", "create", TARGET],
-        vec!["target", "map", TARGET, "vol", "--lun", "0"],
-        vec!["acl", "allow", TARGET, HOST],
-    ] {
+    for args in export_vol("64MiB", &[], TARGET, &[HOST]) {
         c.cli(&args);
     }
     let out = c.cli(&["device", "list"]);

@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use trellis_tests::cluster::export_vol;
 use trellis_tests::netns::{Lab, Member};
 use trellis_tests::raw::Conn;
 use trellis_tests::writer::{check_acked, Ack, Record, Writer};
@@ -162,13 +163,7 @@ fn a_primary_cut_off_from_the_cluster_acknowledges_nothing_once_the_new_primary_
             .ok_or(r.to_string())
     });
     let epoch = roles["epoch"].as_u64().unwrap();
-    for args in [
-        vec!["device", "create", "vol", "--size", "64MiB", "--thin"],
-        vec!["target", "create", TARGET],
-        vec!["target", "map", TARGET, "vol", "--lun", "0"],
-        vec!["acl", "allow", TARGET, HOST_OLD],
-        vec!["acl", "allow", TARGET, HOST_NEW],
-    ] {
+    for args in export_vol("64MiB", &[], TARGET, &[HOST_OLD, HOST_NEW]) {
         s.cli_via(1, &args);
     }
     let mut old = Writer::start(s.portal(1), TARGET, HOST_OLD, 0);
