@@ -80,7 +80,7 @@ pub struct ProtocolVersion {
 
 impl ProtocolVersion {
     /// The version this build speaks.
-    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 1 };
+    pub const CURRENT: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
 
     /// Whether a member speaking `self` can share a cluster with one
     /// speaking `other`: same major version (minors only add optional

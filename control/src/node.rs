@@ -63,6 +63,8 @@ enum Input {
     Datagram(LinkName, SocketAddr, Vec<u8>),
     /// The mDNS browser found a candidate.
     Found(Found),
+    /// Send heartbeats now (what this member announces changed).
+    Beat,
 }
 
 /// Starting a node failed.
@@ -120,30 +122,65 @@ pub struct Announced {
 /// Sets what this member announces in its heartbeats: the roles it
 /// applies (the failover services) and its data path's state.
 #[derive(Debug, Clone, Default)]
-pub struct Announcer(Arc<Mutex<(Vec<SetRole>, Option<DataState>)>>);
+pub struct Announcer {
+    state: Arc<Mutex<Announcing>>,
+    /// Asks the state thread for a heartbeat now.
+    beat: Option<mpsc::Sender<Input>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Announcing {
+    roles: Vec<SetRole>,
+    data: Option<DataState>,
+    /// The device-state changes applied to the data path, kept apart from
+    /// `data` (set by another thread).
+    devices: u64,
+}
 
 impl Announcer {
-    /// From now on, heartbeats announce `roles`.
-    pub fn set(&self, roles: Vec<SetRole>) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).0 = roles;
+    fn lock(&self) -> std::sync::MutexGuard<'_, Announcing> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// From now on, heartbeats announce `state`.
+    /// From now on, heartbeats announce `roles`.
+    pub fn set(&self, roles: Vec<SetRole>) {
+        self.lock().roles = roles;
+    }
+
+    /// From now on, heartbeats announce `state` (its `devices` aside,
+    /// which [`Announcer::set_devices`] sets).
     pub fn set_state(&self, state: DataState) {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).1 = Some(state);
+        self.lock().data = Some(state);
+    }
+
+    /// From now on, heartbeats announce that this member's data path has
+    /// applied the device-state changes up to `seq`; a heartbeat says so
+    /// at once (a member deciding a change waits for every peer to).
+    pub fn set_devices(&self, seq: u64) {
+        let moved = {
+            let mut a = self.lock();
+            let moved = a.devices != seq;
+            a.devices = seq;
+            moved
+        };
+        if let (true, Some(beat)) = (moved, &self.beat) {
+            let _ = beat.send(Input::Beat);
+        }
     }
 
     /// What this member announces of its data path (None: not a data
     /// member, or not known yet).
     pub fn state(&self) -> Option<DataState> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).1
+        self.get().1
     }
 
     fn get(&self) -> (Vec<SetRole>, Option<DataState>) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        let a = self.lock();
+        let data = a.data.map(|d| DataState {
+            devices: a.devices,
+            ..d
+        });
+        (a.roles.clone(), data)
     }
 }
 
@@ -266,7 +303,10 @@ impl Node {
             threads.push(t);
         }
         let member = cfg.identity.member.clone();
-        let announcer = Announcer::default();
+        let announcer = Announcer {
+            beat: Some(tx.clone()),
+            ..Announcer::default()
+        };
         let state = State {
             announcer: announcer.clone(),
             announce_from: 0,
@@ -448,6 +488,7 @@ impl State {
                     );
                     self.outputs(Instant::now(), out);
                 }
+                Ok(Input::Beat) => next_beat = Instant::now(),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -788,7 +829,10 @@ mod tests {
             sessions: 4,
             healthy: false,
             booted: true,
+            devices: 0,
         });
+        // Set apart (another thread does), and kept by set_state.
+        n1.announcer().set_devices(9);
         let heard = |n: &Node| -> Vec<(String, Role, u64)> {
             n.status()
                 .announced
@@ -829,7 +873,8 @@ mod tests {
             Some(DataState {
                 sessions: 4,
                 healthy: false,
-                booted: true
+                booted: true,
+                devices: 9,
             })
         );
         n1.shutdown();

@@ -7,6 +7,7 @@
 //! body = header (cluster, from, software, protocol major/minor, incarnation, link, seq) + kind fields
 //! heartbeat fields = role u8 | epoch u64
 //!                   | (1.1) count u8 | count x (set string | role u8 | epoch u64) | sessions u32 | flags u8 (1: unhealthy, 2: booting)
+//!                   | (1.2) devices u64 (device-state changes applied)
 //! ```
 //!
 //! A heartbeat's first role and epoch sum its roles up (Primary of some set,
@@ -172,6 +173,11 @@ pub struct DataState {
     /// Whether it has finished booting: its replica applied and its
     /// exports set up (no role before).
     pub booted: bool,
+    /// (1.2) The device-state changes its data path has applied
+    /// ([`DeviceStates::seq`](crate::config::DeviceStates::seq)): a member
+    /// answers a SCSI command that changed a device's shared state once
+    /// every live peer says it applied it.
+    pub devices: u64,
 }
 
 /// A control datagram.
@@ -310,6 +316,7 @@ pub fn encode(msg: &Message, key: &ClusterKey) -> Result<Vec<u8>, WireError> {
             if let Some(d) = state {
                 body.extend_from_slice(&d.sessions.to_be_bytes());
                 body.push(u8::from(!d.healthy) | (u8::from(!d.booted) << 1));
+                body.extend_from_slice(&d.devices.to_be_bytes());
             }
         }
         Message::Hello { nonce, links, .. } => {
@@ -424,6 +431,8 @@ pub fn decode(
                     sessions,
                     healthy: flags & 1 == 0,
                     booted: flags & 2 == 0,
+                    // A 1.1 sender stops before it.
+                    devices: if b.0.is_empty() { 0 } else { b.u64()? },
                 })
             },
         },
@@ -547,6 +556,7 @@ mod tests {
                     sessions: 12,
                     healthy: false,
                     booted: true,
+                    devices: 77,
                 }),
             },
             Message::Hello {
@@ -587,20 +597,29 @@ mod tests {
                 sessions: 3,
                 healthy: true,
                 booted: false,
+                devices: 5,
             }),
         };
         let d = encode(&full, &key()).expect("encode");
-        // The same datagram as 1.0 wrote it: the body ends after the epoch.
         let body_len = usize::from(u16::from_be_bytes([d[6], d[7]]));
-        let cut = body_len - (1 + (1 + 2) + 1 + 8) - (4 + 1);
-        let mut old = d[..8 + cut].to_vec();
-        old[6..8].copy_from_slice(&u16::try_from(cut).unwrap().to_be_bytes());
-        let mut mac = key().mac();
-        mac.update(&old);
-        old.extend_from_slice(&mac.finalize().into_bytes());
+        let resign = |cut: usize| {
+            let mut old = d[..8 + cut].to_vec();
+            old[6..8].copy_from_slice(&u16::try_from(cut).unwrap().to_be_bytes());
+            let mut mac = key().mac();
+            mac.update(&old);
+            old.extend_from_slice(&mac.finalize().into_bytes());
+            old
+        };
+        // As 1.1 wrote it: no device-state count, read as none applied.
+        let Ok(Message::Heartbeat { state, .. }) = dec(&resign(body_len - 8)) else {
+            panic!("a 1.1 heartbeat refused");
+        };
+        assert_eq!(state.map(|s| (s.sessions, s.devices)), Some((3, 0)));
+        // The same datagram as 1.0 wrote it: the body ends after the epoch.
+        let cut = body_len - (1 + (1 + 2) + 1 + 8) - (4 + 1 + 8);
         let Ok(Message::Heartbeat {
             role, epoch, roles, ..
-        }) = dec(&old)
+        }) = dec(&resign(cut))
         else {
             panic!("a 1.0 heartbeat refused");
         };
@@ -654,7 +673,7 @@ mod tests {
         let e = dec(&d2).expect_err("refused");
         assert_eq!(
             e.to_string(),
-            "member m5 speaks control protocol 2.0, incompatible with our 1.1"
+            "member m5 speaks control protocol 2.0, incompatible with our 1.2"
         );
         // A newer minor is fine.
         let mut h = header("m6");
@@ -693,7 +712,7 @@ mod tests {
             h.incarnation = inc;
             h.seq = seq;
             let roles = vec![SetRole { set: from.clone(), role: Role::from_code(role).expect("role"), epoch }];
-            let state = Some(DataState { sessions: seq as u32, healthy: inc % 2 == 0, booted: seq % 3 == 0 });
+            let state = Some(DataState { sessions: seq as u32, healthy: inc % 2 == 0, booted: seq % 3 == 0, devices: inc });
             let m = Message::Heartbeat { header: h, role: Role::from_code(role).expect("role"), epoch, roles, state };
             let d = encode(&m, &key()).expect("encode");
             prop_assert_eq!(dec(&d), Ok(m));

@@ -178,6 +178,12 @@ fn complete(conn: &mut Connection, req: trellis_iscsi::session::DiskRequest, poo
         | DiskOp::Prefetch { .. }
         | DiskOp::Unmap { .. }
         | DiskOp::WriteZeroes { .. } => conn.disk_done(req.task, 0, None, pool),
+        // The fuzzed unit is a lone gateway's: nothing goes to a cluster.
+        DiskOp::Shared(_) => conn.shared_done(
+            req.task,
+            trellis_iscsi::scsi::Completion::good(),
+            pool,
+        ),
     }
 }
 
@@ -459,6 +465,7 @@ pub fn seed_datagram() -> Vec<u8> {
             sessions: 2,
             healthy: true,
             booted: true,
+            devices: 0,
         }),
     };
     encode(&msg, &key()).unwrap_or_default()

@@ -362,7 +362,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         &members[0],
         &[
             "refused a control datagram",
-            "member m5 speaks control protocol 2.0, incompatible with our 1.1",
+            "member m5 speaks control protocol 2.0, incompatible with our 1.2",
         ],
         "incompatible protocol",
     );
@@ -370,7 +370,7 @@ fn three_members_form_a_cluster_and_see_a_killed_one_fail() {
         &newer,
         &[
             "cannot join the cluster yet",
-            "speaks control protocol 1.1, incompatible with our 2.0",
+            "speaks control protocol 1.2, incompatible with our 2.0",
         ],
         "the newer member's Raft join",
     );

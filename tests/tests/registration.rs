@@ -53,6 +53,7 @@ fn config(devices: Vec<VirtualDevice>, luns: Vec<(u16, usize)>) -> GatewayConfig
             ..RingConfig::default()
         },
         state_dir: None,
+        cluster: None,
     }
 }
 

@@ -586,6 +586,7 @@ pub fn load(name: &str, text: &str, over: &Overrides) -> Result<(GatewayConfig, 
         cores: over.cores.unwrap_or(file.cores),
         ring: RingConfig::default(),
         state_dir: Some(data_dir.clone()),
+        cluster: None,
     };
     Ok((cfg, data_dir))
 }

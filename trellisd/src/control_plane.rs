@@ -62,6 +62,7 @@ pub fn start(
     me: &Member,
     data_dir: &Path,
     registry: Option<Arc<Registry>>,
+    shared: Option<crate::shared::SharedScsi>,
 ) -> Result<ControlPlane> {
     if registry.is_some() {
         // Until its exports follow the replicated configuration, a data
@@ -71,6 +72,7 @@ pub fn start(
                 sessions: 0,
                 healthy: true,
                 booted: false,
+                devices: 0,
             });
     }
     let path = data_dir.join("control.redb");
@@ -197,6 +199,18 @@ pub fn start(
                 })
                 .context("cannot start a thread")?,
         );
+    }
+
+    // Reservations and the rest of the SCSI state every member shares.
+    if let (Some(reg), Some(shared)) = (&registry, &shared) {
+        threads.push(shared.start(
+            Arc::clone(&service),
+            node.members_source(),
+            Arc::clone(reg),
+            node.announcer(),
+            wake.clone(),
+            Arc::clone(&stop),
+        )?);
     }
 
     // Roles, leases and port states.

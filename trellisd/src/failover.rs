@@ -600,6 +600,7 @@ impl Paths {
             sessions,
             healthy: unserved == 0,
             booted,
+            devices: 0,
         });
     }
 

@@ -13,6 +13,7 @@ mod control_plane;
 mod exports;
 mod failover;
 mod metrics;
+mod shared;
 mod storage;
 
 use std::path::PathBuf;
@@ -137,10 +138,17 @@ fn run(args: Args) -> Result<()> {
         (Some(n), Some(c)) => Some(control_plane::member(n, c, cfg.portals.clone())),
         _ => None,
     };
-    if control.is_some() {
+    // A cluster member's units share their SCSI state (reservations) with
+    // the other members through the replicated log.
+    let shared = match &control {
+        Some(_) => Some(shared::SharedScsi::new()?),
+        None => None,
+    };
+    if let Some(s) = &shared {
         // A cluster member serves nothing Active/Optimized before a role
         // is committed for it (Boot Service).
         cfg.initial_port_state = trellis_iscsi::scsi::AluaState::Transitioning;
+        cfg.cluster = Some(Arc::new(s.clone()));
     }
     let targets: Vec<String> = cfg.targets.iter().map(|t| t.name.clone()).collect();
     let mut target = Target::start(cfg)?;
@@ -161,6 +169,7 @@ fn run(args: Args) -> Result<()> {
             me,
             &data_dir,
             Some(Arc::clone(target.registry())),
+            shared.clone(),
         )?),
         _ => None,
     };
@@ -261,7 +270,7 @@ fn run_witness(args: &Args, name: &str, text: &str, over: &config::Overrides) ->
     let me = control_plane::member(&cluster, &control, Vec::new());
     let node = trellis_control::node::Node::start(cluster)
         .context("cannot start the cluster control node")?;
-    let plane = control_plane::start(&control, &node, &me, &data_dir, None)?;
+    let plane = control_plane::start(&control, &node, &me, &data_dir, None, None)?;
     tracing::info!(member = %me.id, data_dir = %data_dir.display(), "trellisd serving as a witness (Raft voter, no data path)");
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));

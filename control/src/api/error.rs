@@ -143,6 +143,10 @@ impl ApiError {
                 C::InvalidSet { .. } => (StatusCode::BAD_REQUEST, "invalid_set"),
                 C::StaleEpoch { .. } => (StatusCode::CONFLICT, "stale_epoch"),
                 C::Witness { .. } => (StatusCode::BAD_REQUEST, "witness"),
+                C::DeviceStateMoved { .. } => (StatusCode::CONFLICT, "device_state_moved"),
+                C::DeviceStateTooLarge { .. } => {
+                    (StatusCode::BAD_REQUEST, "device_state_too_large")
+                }
             },
         }
     }

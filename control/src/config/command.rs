@@ -160,6 +160,18 @@ pub enum Command {
         /// One per set whose roles change.
         proposals: Vec<Proposal>,
     },
+    /// Set a device's data-path state (see [`devstate`](super::devstate)):
+    /// to `state` if its version is still `expect`; with no state, only
+    /// check that it is.
+    SetDeviceState {
+        /// The device's uuid.
+        device: Uuid,
+        /// The version the new state was computed from.
+        expect: u64,
+        /// The new state's text; `None` to check the version only.
+        #[serde(default)]
+        state: Option<String>,
+    },
     /// `command`, applied at most once under the client's idempotency key:
     /// sent again, it answers what it answered the first time (see
     /// [`once`](super::once)).
@@ -386,6 +398,25 @@ pub enum ConfigError {
     /// A keyed write holds another keyed write.
     #[error("a keyed write cannot hold another keyed write")]
     NestedOnce,
+    /// A device's state changed since the version a write was computed
+    /// from: decide again from the current one.
+    #[error("device {device}: state moved from version {expect} to {version}")]
+    DeviceStateMoved {
+        /// The device's uuid.
+        device: Uuid,
+        /// The version the write expected.
+        expect: u64,
+        /// The version now.
+        version: u64,
+    },
+    /// A device's state text is over [`MAX_DEVICE_STATE`](super::devstate::MAX_DEVICE_STATE).
+    #[error("device {device}: a state of {len} bytes is too large")]
+    DeviceStateTooLarge {
+        /// The device's uuid.
+        device: Uuid,
+        /// Its length.
+        len: usize,
+    },
     /// A data member's node id is also its target port group id and
     /// relative target port id, 16-bit in SCSI.
     #[error("member {member}: node id {node_id} must be 1..=65535 (it is also the member's target port group id)")]
@@ -456,7 +487,7 @@ impl ClusterConfig {
             }
             // Role assignments are the replicated log's state
             // (`ReplicatedState::apply`), not the configuration's.
-            Command::AssignRoles { .. } => Ok(Response::Unchanged),
+            Command::AssignRoles { .. } | Command::SetDeviceState { .. } => Ok(Response::Unchanged),
             Command::RemoveMember { id } => {
                 self.check_member_unused(id)?;
                 self.drained.remove(id);

@@ -15,6 +15,8 @@
 //! - [`once`]: idempotency keys, so that a write sent twice applies once.
 //! - [`sets`]: Failover Sets and each device's port policy.
 //! - [`roles`]: the committed role assignment of each set, with epochs.
+//! - [`devstate`]: each device's data-path state (shared SCSI state),
+//!   opaque, changed by compare-and-set.
 //! - [`state`]: the replicated state — the configuration and, apart from
 //!   it, the log's own state (the idempotency table).
 //! - [`store`]: openraft's storage traits on redb.
@@ -27,6 +29,7 @@
 //! the openraft halves with [`ConfigStore::into_raft_parts`].
 
 pub mod command;
+pub mod devstate;
 pub mod model;
 pub mod once;
 pub mod raft;
@@ -38,6 +41,7 @@ pub mod store;
 use std::path::Path;
 
 pub use command::{Command, ConfigError, Response};
+pub use devstate::{DeviceState, DeviceStates};
 pub use model::{
     AclEntry, Backing, ChapAuth, ChapCredentials, ClusterConfig, Device, Member, Object, Target,
     MAX_DEVICE_SIZE,
@@ -104,6 +108,26 @@ impl ConfigReader {
     /// The last role-assignment epoch applied (0: none).
     pub fn last_epoch(&self) -> u64 {
         store::read(&self.state).state.roles.last_epoch
+    }
+
+    /// The counter of device-state changes applied so far
+    /// ([`DeviceStates::seq`]).
+    pub fn device_seq(&self) -> u64 {
+        store::read(&self.state).state.device_states.seq
+    }
+
+    /// A copy of one device's data-path state, if it ever changed.
+    pub fn device_state(&self, device: &uuid::Uuid) -> Option<DeviceState> {
+        store::read(&self.state)
+            .state
+            .device_states
+            .get(device)
+            .cloned()
+    }
+
+    /// A copy of every device's data-path state.
+    pub fn device_states(&self) -> DeviceStates {
+        store::read(&self.state).state.device_states.clone()
     }
 
     /// A copy of the whole replicated state as applied so far.

@@ -1,7 +1,8 @@
 //! What the replicated log decides, in two parts kept apart: the user's
 //! configuration ([`ClusterConfig`]: members, devices, targets, access)
-//! and the log's own state (the idempotency table of keyed writes, and the
-//! role assignments of the Failover Sets). Only a change of the first is a
+//! and the log's own state (the idempotency table of keyed writes, the
+//! role assignments of the Failover Sets, and each device's data-path
+//! state). Only a change of the first is a
 //! configuration change: trellisd's exports applier follows
 //! [`Applied::config_index`](super::store) alone, so bookkeeping of the log
 //! does not look like a new configuration to it.
@@ -14,6 +15,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::command::{Command, ConfigError, Response};
+use super::devstate::DeviceStates;
 use super::once::RecentWrites;
 use super::roles::RoleTable;
 use super::ClusterConfig;
@@ -31,10 +33,14 @@ pub struct ReplicatedState {
     pub recent_writes: RecentWrites,
     /// The committed role assignment of each Failover Set.
     pub roles: RoleTable,
+    /// The data path's state of each device (SCSI state every member
+    /// shares), opaque here.
+    pub device_states: DeviceStates,
 }
 
 const RECENT_WRITES: &str = "recent_writes";
 const ROLES: &str = "roles";
+const DEVICE_STATES: &str = "device_states";
 
 impl Serialize for ReplicatedState {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -50,6 +56,10 @@ impl Serialize for ReplicatedState {
         if !self.roles.is_empty() {
             let r = serde_json::to_value(&self.roles).map_err(S::Error::custom)?;
             obj.insert(ROLES.into(), r);
+        }
+        if !self.device_states.is_empty() {
+            let d = serde_json::to_value(&self.device_states).map_err(S::Error::custom)?;
+            obj.insert(DEVICE_STATES.into(), d);
         }
         v.serialize(s)
     }
@@ -71,11 +81,16 @@ impl<'de> Deserialize<'de> for ReplicatedState {
             Some(r) => serde_json::from_value(r).map_err(D::Error::custom)?,
             None => RoleTable::default(),
         };
+        let device_states = match take(obj, DEVICE_STATES) {
+            Some(d) => serde_json::from_value(d).map_err(D::Error::custom)?,
+            None => DeviceStates::default(),
+        };
         let config = serde_json::from_value(v).map_err(D::Error::custom)?;
         Ok(ReplicatedState {
             config,
             recent_writes,
             roles,
+            device_states,
         })
     }
 }
@@ -115,11 +130,22 @@ impl ReplicatedState {
                 result: self.roles.assign(&self.config, proposals),
                 config_changed: false,
             },
+            Command::SetDeviceState {
+                device,
+                expect,
+                state,
+            } => Outcome {
+                result: self
+                    .device_states
+                    .set(&self.config, device, *expect, state.as_deref()),
+                config_changed: false,
+            },
             _ => {
                 let result = self.config.apply(command);
                 let config_changed = result == Ok(Response::Changed);
                 if config_changed {
                     self.roles.prune(&self.config);
+                    self.device_states.prune(&self.config);
                 }
                 Outcome {
                     result,

@@ -309,7 +309,7 @@ fn misconfigured_members_are_rejected_with_the_reason_once_per_interval() {
         (
             5,
             foreign_hello(5, "c1", KEY, v2),
-            "member m6 speaks control protocol 2.0, incompatible with our 1.1",
+            "member m6 speaks control protocol 2.0, incompatible with our 1.2",
         ),
     ];
     for (i, datagram, reason) in &cases {
@@ -607,7 +607,7 @@ fn sim_misconfigured_members_are_rejected_with_the_reason_and_never_admitted() {
         (4, "member m5 belongs to cluster c2, not ours"),
         (
             5,
-            "member m6 speaks control protocol 2.0, incompatible with our 1.1",
+            "member m6 speaks control protocol 2.0, incompatible with our 1.2",
         ),
     ];
     for i in 0..3 {

@@ -5,12 +5,30 @@
 //! through [`NexusState::observe`](super::nexus::NexusState::observe).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::alua::PortStates;
 use super::blocklock::BlockLocks;
-use super::persist::{PrState, PrStore};
+use super::persist::{ItNexus, PrRequest, PrState, PrStore};
 use super::Completion;
+
+/// Called with a command's completion, from any thread.
+pub type Done = Box<dyn FnOnce(Completion) + Send>;
+
+/// Where the state of a logical unit that several members export is
+/// decided: a cluster member's control plane, which orders the changes of
+/// every member. The target hands it what changes that state and answers
+/// the command when `done` is called; each member then installs the
+/// decided state ([`LunShared::install_pr`]).
+pub trait ClusterUnit: Send + Sync + std::fmt::Debug {
+    /// Decides PERSISTENT RESERVE OUT `req` (an [`PrRequest::Out`]) from
+    /// `nexus` for the whole cluster and calls `done` with its completion.
+    fn prout(&self, nexus: ItNexus, req: PrRequest, done: Done);
+
+    /// The persistent reservation state decided so far, if any (a unit
+    /// made now starts from it).
+    fn pr_state(&self) -> Option<PrState>;
+}
 
 /// State of a logical unit shared by every I_T nexus on every core: the
 /// number of LOGICAL UNIT RESETs so far and the I_T nexus holding its SPC-2
@@ -34,6 +52,7 @@ pub struct LunShared {
     pr_version: AtomicU64,
     pr: Mutex<PrState>,
     pr_store: Option<Box<dyn PrStore>>,
+    cluster: Option<Arc<dyn ClusterUnit>>,
     locks: BlockLocks,
     ports: PortStates,
 }
@@ -61,6 +80,31 @@ impl LunShared {
             pr_store: Some(store),
             ..Self::default()
         }
+    }
+
+    /// This unit as one of a cluster's: its shared state is decided by
+    /// `cluster` and installed from there, not kept here.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterUnit>) -> Self {
+        self.cluster = Some(cluster);
+        self.pr_store = None;
+        self
+    }
+
+    /// Where the unit's shared state is decided, in a cluster.
+    pub fn cluster(&self) -> Option<&Arc<dyn ClusterUnit>> {
+        self.cluster.as_ref()
+    }
+
+    /// Installs the persistent reservation state the cluster decided:
+    /// every nexus refreshes its view, and takes the events addressed to
+    /// it, before its next command.
+    pub fn install_pr(&self, state: PrState) {
+        let mut s = self.pr_lock();
+        if *s == state {
+            return;
+        }
+        *s = state;
+        self.pr_version.fetch_add(1, Ordering::AcqRel);
     }
 
     /// This unit with `notify` called when a block lock someone waits for

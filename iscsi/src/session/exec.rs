@@ -4,9 +4,10 @@
 use trellis_datapath::{Buf, BufPool};
 
 use super::task::{residual, Purpose, R2tState, Stage, Task, TaskStatus};
-use super::{Connection, LunTable, Session};
+use super::{Connection, DiskOp, DiskRequest, LunTable, Session, SharedOp};
 use crate::pdu::{DataIn, DataOut, R2t, RawPdu, ScsiCommand, ScsiResponse, BHS_LEN, RESERVED_TAG};
-use crate::scsi::{self, Action, Completion, IoOp, IoRequest, Sense, Status};
+use crate::scsi::{self, Action, Completion, IoOp, IoRequest, PrRequest, Sense, Status};
+use std::sync::Arc;
 
 /// Where Data-In payload comes from.
 #[derive(Debug, Clone, Copy)]
@@ -551,6 +552,25 @@ impl Connection {
             }
             Action::ExtendedCopy(list) => self.start_copy(id, list),
             Action::Sanitize(req) => self.start_sanitize(id, req),
+            Action::PersistentReserve(req @ PrRequest::Out { .. })
+                if entry.shared.cluster().is_some() =>
+            {
+                // Decided by the cluster; the task waits like a disk step.
+                t.stage = Stage::InFlight;
+                t.params = Vec::new();
+                let op = SharedOp {
+                    unit: Arc::clone(&entry.shared),
+                    nexus: s.nexus[t.lun_index].pr_identity().clone(),
+                    req,
+                };
+                let slot = t.slot;
+                self.disk.push_back(DiskRequest {
+                    task: id,
+                    slot,
+                    offset: 0,
+                    op: DiskOp::Shared(op),
+                });
+            }
             other => {
                 let c = match other {
                     Action::Complete(c) => c,
@@ -565,6 +585,19 @@ impl Connection {
                 self.respond_completion(t.itt, t.lun, t.edtl, c, 0);
             }
         }
+    }
+
+    /// The cluster decided a [`DiskOp::Shared`] change of task `id`: answer
+    /// it (unless task management aborted it meanwhile).
+    pub fn shared_done(&mut self, id: u32, c: Completion, pool: &BufPool) {
+        if let Some(s) = self.session() {
+            if let Some(t) = s.remove_task(id) {
+                if !t.aborted {
+                    self.respond_completion(t.itt, t.lun, t.edtl, c, 0);
+                }
+            }
+        }
+        self.after_disk(id, pool);
     }
 
     /// A disk request finished: `result` is bytes or -errno; `buf` is the

@@ -167,6 +167,21 @@ pub enum DiskOp {
     /// Find the allocation extent at the offset (SEEK_DATA / SEEK_HOLE; the
     /// driver answers synchronously with [`Connection::extent_done`]).
     Extent,
+    /// Have the cluster decide a change of the unit's shared state (no
+    /// disk I/O): the driver hands it to [`ClusterUnit`](crate::scsi::ClusterUnit)
+    /// and answers with [`Connection::shared_done`].
+    Shared(SharedOp),
+}
+
+/// A change of a logical unit's state shared by the members of a cluster.
+#[derive(Debug)]
+pub struct SharedOp {
+    /// The unit.
+    pub unit: std::sync::Arc<crate::scsi::LunShared>,
+    /// The I_T nexus asking.
+    pub nexus: crate::scsi::ItNexus,
+    /// What it asks (PERSISTENT RESERVE OUT).
+    pub req: crate::scsi::PrRequest,
 }
 
 /// A disk request with the task it belongs to.

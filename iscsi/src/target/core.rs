@@ -27,7 +27,7 @@ use super::registry::{CoreDevice, Snapshot};
 use super::{Refusal, RefusalKind, Registry, Ticket};
 use crate::damp::Damper;
 use crate::login::{ChapPolicy, LoginContext, LoginStatus, SessionRequest};
-use crate::scsi::{LunDevice, LunShared};
+use crate::scsi::{Completion, Done, LunDevice, LunShared, Sense};
 use crate::session::{
     CloseReason, ConnConfig, Connection, DiskOp, DiskRequest, Host, LoginRefusal, LunTable,
     PROTOCOL_ERROR_WINDOW,
@@ -196,6 +196,32 @@ struct Core<'a> {
     drop_log: Damper,
     stopping: Option<Instant>,
     seed: u64,
+    /// Answers of the cluster to [`DiskOp::Shared`] requests, posted from
+    /// other threads: (connection index, task, completion).
+    decided: Arc<Decided>,
+    waker: Arc<Waker>,
+}
+
+/// A core's mailbox for what other threads decided for its connections.
+#[derive(Debug, Default)]
+struct Decided(std::sync::Mutex<Vec<(usize, u32, Completion)>>);
+
+impl Decided {
+    fn post(&self, idx: usize, task: u32, c: Completion) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((idx, task, c));
+    }
+
+    fn take(&self) -> Vec<(usize, u32, Completion)> {
+        std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
 }
 
 /// Runs core `id` until the stop flag is set and its connections are gone.
@@ -207,7 +233,7 @@ pub(super) fn run(
     waker: &Arc<Waker>,
     ready: Sender<Result<(), (usize, RingError)>>,
 ) {
-    let mut core = match Core::new(id, reg, listeners) {
+    let mut core = match Core::new(id, reg, listeners, Arc::clone(waker)) {
         Ok(c) => {
             let _ = ready.send(Ok(()));
             c
@@ -256,6 +282,7 @@ pub(super) fn run(
                 _ => {}
             }
         }
+        core.shared_decided();
         let now = Instant::now();
         if stop.load(Ordering::SeqCst) && core.stopping.is_none() {
             core.begin_stop(now);
@@ -280,6 +307,7 @@ impl<'a> Core<'a> {
         id: usize,
         reg: &'a Registry,
         listeners: &[Arc<TcpListener>],
+        waker: Arc<Waker>,
     ) -> Result<Self, RingError> {
         let cfg = reg.config();
         let ring = Ring::new(&cfg.ring)?;
@@ -312,6 +340,8 @@ impl<'a> Core<'a> {
             accepting,
             stopping: None,
             seed: (id as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ now_nanos(),
+            decided: Arc::default(),
+            waker,
         };
         core.bind(reg.snapshot());
         Ok(core)
@@ -750,6 +780,21 @@ impl<'a> Core<'a> {
         self.conns[idx] = Some(c);
     }
 
+    /// Answers the tasks whose shared-state change the cluster decided.
+    fn shared_decided(&mut self) {
+        for (idx, task, completion) in self.decided.take() {
+            let Some(mut c) = self.conns.get_mut(idx).and_then(Option::take) else {
+                continue;
+            };
+            c.disk_busy -= 1;
+            c.conn.shared_done(task, completion, self.ring.pool());
+            if c.conn.blocked() {
+                self.consume(&mut c);
+            }
+            self.conns[idx] = Some(c);
+        }
+    }
+
     fn tick(&mut self, now: Instant) {
         self.retry_failed();
         if let Some(n) = self.drop_log.flush(now) {
@@ -901,6 +946,19 @@ impl<'a> Core<'a> {
                 .write_zeroes(req.slot, req.offset, len, t)
                 .map_err(|e| (e, None)),
             DiskOp::Extent => Err((RingError::Busy, None)),
+            DiskOp::Shared(op) => {
+                let (decided, waker) = (Arc::clone(&self.decided), Arc::clone(&self.waker));
+                let task = req.task;
+                let done: Done = Box::new(move |completion| {
+                    decided.post(idx, task, completion);
+                    waker.wake();
+                });
+                match op.unit.cluster() {
+                    Some(cluster) => cluster.prout(op.nexus, op.req, done),
+                    None => done(Completion::check(Sense::internal_target_failure())),
+                }
+                Ok(())
+            }
         };
         if let Err((e, buf)) = r {
             tracing::error!(core = self.id, error = %e, "disk submission failed");
@@ -1084,7 +1142,7 @@ fn io_kind(op: &DiskOp) -> IoKind {
         DiskOp::WriteZeroes { len } => IoKind::Write(*len),
         DiskOp::Flush => IoKind::Flush,
         DiskOp::Unmap { .. } => IoKind::Unmap,
-        DiskOp::Prefetch { .. } | DiskOp::Extent => IoKind::Other,
+        DiskOp::Prefetch { .. } | DiskOp::Extent | DiskOp::Shared(_) => IoKind::Other,
     }
 }
 

@@ -33,7 +33,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_LOGINS_PER_ADDRESS: usize = 64;
 
 use crate::login::ChapPolicy;
-use crate::scsi::AluaState;
+use crate::scsi::{AluaState, ClusterUnit};
 use crate::session::ConnConfig;
 
 /// One initiator allowed on a target.
@@ -94,7 +94,18 @@ pub struct GatewayConfig {
     pub ring: RingConfig,
     /// Where state that outlives the process is kept (persistent
     /// reservations with APTPL, `<device>.pr`); None: nothing persists.
+    /// Not used for the units of a cluster, whose log keeps that state.
     pub state_dir: Option<std::path::PathBuf>,
+    /// In a cluster member: where each unit's state shared with the other
+    /// members is decided (None: a gateway on its own decides alone).
+    pub cluster: Option<Arc<dyn ClusterUnits>>,
+}
+
+/// Hands each logical unit of a cluster member the [`ClusterUnit`] that
+/// decides its shared state.
+pub trait ClusterUnits: Send + Sync + std::fmt::Debug {
+    /// The decider of the device with `uuid`.
+    fn unit(&self, uuid: uuid::Uuid) -> Arc<dyn ClusterUnit>;
 }
 
 /// Starting the target failed.

@@ -156,9 +156,17 @@ impl Registry {
     /// live beside the device data; a released block lock someone waits
     /// for wakes every core.
     fn entry(&self, dev: VirtualDevice) -> DeviceEntry {
-        let lu = match self.pr_path(&dev.spec().name) {
-            Some(path) => LunShared::with_pr_store(Box::new(FilePrStore::new(path))),
-            None => LunShared::new(),
+        let lu = match (&self.cfg.cluster, self.pr_path(&dev.spec().name)) {
+            (Some(cluster), _) => {
+                let unit = cluster.unit(dev.spec().uuid);
+                let lu = LunShared::new();
+                if let Some(state) = unit.pr_state() {
+                    lu.install_pr(state);
+                }
+                lu.with_cluster(unit)
+            }
+            (None, Some(path)) => LunShared::with_pr_store(Box::new(FilePrStore::new(path))),
+            (None, None) => LunShared::new(),
         };
         let lu = lu.with_port_state(self.cfg.initial_port_state);
         let cores = self.wakers.clone();
@@ -185,6 +193,17 @@ impl Registry {
             .state_dir
             .as_ref()
             .map(|dir| dir.join(format!("{device}.pr")))
+    }
+
+    /// The logical unit of the device with `uuid`, if it is served.
+    pub fn unit(&self, uuid: uuid::Uuid) -> Option<Arc<LunShared>> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flatten()
+            .find(|d| d.dev.spec().uuid == uuid)
+            .map(|d| Arc::clone(&d.shared))
     }
 
     /// The portals' connection caps and counters.

@@ -331,11 +331,11 @@ mod tests {
         };
         assert_eq!(
             why(c),
-            "the peer speaks control protocol 1.1, incompatible with our 2.0"
+            "the peer speaks control protocol 1.2, incompatible with our 2.0"
         );
         assert_eq!(
             why(s),
-            "the peer speaks control protocol 2.0, incompatible with our 1.1"
+            "the peer speaks control protocol 2.0, incompatible with our 1.2"
         );
         // Another minor is fine.
         let v1_3 = ProtocolVersion { major: 1, minor: 3 };

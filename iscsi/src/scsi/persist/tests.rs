@@ -320,3 +320,36 @@ fn shared_state_reaches_other_nexus() {
     assert!(!b.take_abort());
     assert!(!b.pr_view().registered);
 }
+
+#[test]
+fn shared_form_carries_everything_and_installs_on_another_unit() {
+    // Member 1 runs PREEMPT AND ABORT; member 2 installs the state it
+    // shared, and its nexus of the preempted initiator port gets the unit
+    // attention and the abort, as it would on member 1.
+    let mut s = PrState::default();
+    assert_eq!(s.prout(&nx(1), 0, 0, &params(0, 1, 0)), Ok(true));
+    assert_eq!(s.prout(&nx(2), 0, 0, &params(0, 2, 1)), Ok(true));
+    assert_eq!(out(&mut s, 2, 1, 1, 2, 0), GOOD);
+    assert_eq!(out(&mut s, 1, 5, 1, 1, 2), GOOD);
+    let text = s.to_shared_text();
+    let back = PrState::from_text(&text).unwrap();
+    assert_eq!(back, s);
+    assert!(!back.aptpl || s.aptpl);
+    // The saved (APTPL) form has no events.
+    assert!(!s.to_text().contains("event"));
+    assert_eq!(PrState::from_text("trellis-pr 1\nevent 1 abort 1 x"), None);
+    assert_eq!(PrState::from_text("trellis-pr 2\nevent 1 bogus 1 x"), None);
+
+    let other = LunShared::new();
+    let mut b = NexusState::attached(&other, 2).with_pr_identity(nx(2));
+    b.observe(&other);
+    assert!(!b.take_abort());
+    let before = other.pr_version();
+    other.install_pr(back);
+    assert_ne!(other.pr_version(), before);
+    b.observe(&other);
+    assert!(b.pending().contains(&UnitAttention::RegistrationsPreempted));
+    assert!(b.take_abort());
+    assert!(!b.pr_view().registered);
+    assert_eq!(b.pr_view().kind, Some(PrType::WriteExclusive));
+}

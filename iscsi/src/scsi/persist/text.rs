@@ -1,10 +1,17 @@
-//! The saved form of a unit's persistent reservation state: one item a
-//! line (initiator port names hold no whitespace). Only what APTPL keeps is
-//! written: generation, registrations, reservation.
+//! The text forms of a unit's persistent reservation state: one item a
+//! line (initiator port names hold no whitespace).
+//!
+//! - The saved form (`trellis-pr 1`, [`PrState::to_text`]) holds what APTPL
+//!   keeps: generation, registrations, reservation.
+//! - The shared form (`trellis-pr 2`, [`PrState::to_shared_text`]) holds the
+//!   whole state, APTPL and the event log for other I_T nexuses included:
+//!   what every member of a cluster applies, so that a unit attention or a
+//!   PREEMPT AND ABORT reaches nexuses on every member.
 
 use std::fmt::Write as _;
 
-use super::{ItNexus, PrState, PrType, Registration, Reservation};
+use super::{Event, ItNexus, PrState, PrType, Registration, Reservation};
+use crate::scsi::ua::UnitAttention;
 
 impl PrState {
     /// The saved form of this state.
@@ -12,7 +19,25 @@ impl PrState {
         encode(self)
     }
 
-    /// The state saved as `text`; None if it is not a saved state.
+    /// The shared form of this state: all of it.
+    pub fn to_shared_text(&self) -> String {
+        let mut t = encode(self).replacen("trellis-pr 1", "trellis-pr 2", 1);
+        let _ = writeln!(t, "aptpl {}", u8::from(self.aptpl));
+        let _ = writeln!(t, "next_event {}", self.next_event);
+        for (seq, to, e) in &self.events {
+            let kind = match e {
+                Event::Ua(UnitAttention::ReservationsPreempted) => "preempted",
+                Event::Ua(UnitAttention::ReservationsReleased) => "released",
+                Event::Ua(UnitAttention::RegistrationsPreempted) => "registrations-preempted",
+                Event::Ua(_) => continue,
+                Event::Abort => "abort",
+            };
+            let _ = writeln!(t, "event {seq} {kind} {} {}", to.rel_port, to.initiator);
+        }
+        t
+    }
+
+    /// The state saved as `text` in either form; None if it is not one.
     pub fn from_text(text: &str) -> Option<Self> {
         decode(text)
     }
@@ -44,9 +69,11 @@ fn encode(s: &PrState) -> String {
 
 fn decode(text: &str) -> Option<PrState> {
     let mut lines = text.lines();
-    if lines.next()? != "trellis-pr 1" {
-        return None;
-    }
+    let shared = match lines.next()? {
+        "trellis-pr 1" => false,
+        "trellis-pr 2" => true,
+        _ => return None,
+    };
     let mut s = PrState {
         aptpl: true,
         ..PrState::default()
@@ -78,6 +105,28 @@ fn decode(text: &str) -> Option<PrState> {
                         rel_port,
                     },
                 });
+            }
+            "aptpl" if shared => s.aptpl = w.next()? == "1",
+            "next_event" if shared => s.next_event = w.next()?.parse().ok()?,
+            "event" if shared => {
+                let seq = w.next()?.parse().ok()?;
+                let e = match w.next()? {
+                    "preempted" => Event::Ua(UnitAttention::ReservationsPreempted),
+                    "released" => Event::Ua(UnitAttention::ReservationsReleased),
+                    "registrations-preempted" => Event::Ua(UnitAttention::RegistrationsPreempted),
+                    "abort" => Event::Abort,
+                    _ => return None,
+                };
+                let rel_port = w.next()?.parse().ok()?;
+                let initiator = w.next()?.to_string();
+                s.events.push_back((
+                    seq,
+                    ItNexus {
+                        initiator,
+                        rel_port,
+                    },
+                    e,
+                ));
             }
             _ => return None,
         }

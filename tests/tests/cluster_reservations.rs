@@ -1,0 +1,256 @@
+//! Persistent reservations as one state across three real members (an
+//! active-active device: every member serves it Active/Optimized).
+//!
+//! A host registers and reserves (Write Exclusive) through m1; READ KEYS
+//! and READ RESERVATION through m2 and m3 show it at once (the PR OUT is
+//! answered only once every live member applied it); another host's WRITE
+//! through m2 gets RESERVATION CONFLICT; that host registers and PREEMPTs
+//! through m3, which removes the first host's registration everywhere, and
+//! the first host's session on m1 gets REGISTRATIONS PREEMPTED. Then the
+//! member that took the reservation is SIGKILLed (the state stays, and
+//! changes through the two left), and all three are restarted (APTPL: the
+//! state is back, enforced on every member).
+
+// Test helpers: a panic is the test failing, with the message in hand.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use trellis_tests::alua::{self, state};
+use trellis_tests::cluster::{export_vol, Cluster};
+use trellis_tests::raw::{Conn, ScsiResult};
+use trellis_tests::{eventually, require_tool};
+
+const TARGET: &str = "iqn.2026-12.io.trellis:pr-test";
+const HOST_A: &str = "iqn.2026-12.io.trellis:pr-host-a";
+const HOST_B: &str = "iqn.2026-12.io.trellis:pr-host-b";
+const PROBE: &str = "iqn.2026-12.io.trellis:pr-probe";
+
+const GOOD: u8 = 0x00;
+const CHECK: u8 = 0x02;
+const CONFLICT: u8 = 0x18;
+
+const KEY_A: u64 = 0xA1A1;
+const KEY_B: u64 = 0xB2B2;
+
+/// Write Exclusive.
+const WE: u8 = 1;
+
+/// A session of `initiator` through `portal`, its unit attentions taken.
+fn session(portal: SocketAddr, initiator: &str) -> Conn {
+    let mut c = Conn::login_to(portal, TARGET, initiator).expect("login");
+    c.set_timeout(Duration::from_secs(30)).expect("timeout");
+    c.clear_unit_attentions().expect("unit attentions");
+    c
+}
+
+/// PERSISTENT RESERVE OUT `sa` with `key` and `sark` (APTPL set).
+fn prout(c: &mut Conn, sa: u8, kind: u8, key: u64, sark: u64) -> ScsiResult {
+    let mut p = vec![0u8; 24];
+    p[..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sark.to_be_bytes());
+    p[20] = 0x01;
+    let cdb = [0x5F, sa, kind, 0, 0, 0, 0, 0, 24, 0];
+    c.scsi(&cdb, &p, 0).expect("PR OUT")
+}
+
+/// PR OUT that must succeed.
+fn prout_good(c: &mut Conn, what: &str, sa: u8, kind: u8, key: u64, sark: u64) {
+    let r = prout(c, sa, kind, key, sark);
+    assert_eq!(r.status, GOOD, "{what}: {r:?}");
+}
+
+/// READ KEYS: the generation and the keys.
+fn read_keys(c: &mut Conn) -> (u32, Vec<u64>) {
+    let r = c
+        .scsi(&[0x5E, 0, 0, 0, 0, 0, 0, 0x10, 0, 0], &[], 4096)
+        .expect("READ KEYS");
+    assert_eq!(r.status, GOOD, "READ KEYS: {r:?}");
+    let generation = u32::from_be_bytes(r.data[..4].try_into().unwrap());
+    let len = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
+    let keys = r.data[8..8 + len]
+        .chunks(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+        .collect();
+    (generation, keys)
+}
+
+/// READ RESERVATION: the holder's key and the type, if reserved.
+fn read_reservation(c: &mut Conn) -> Option<(u64, u8)> {
+    let r = c
+        .scsi(&[0x5E, 1, 0, 0, 0, 0, 0, 0x10, 0, 0], &[], 4096)
+        .expect("READ RESERVATION");
+    assert_eq!(r.status, GOOD, "READ RESERVATION: {r:?}");
+    let len = u32::from_be_bytes(r.data[4..8].try_into().unwrap());
+    (len >= 16).then(|| {
+        (
+            u64::from_be_bytes(r.data[8..16].try_into().unwrap()),
+            r.data[21] & 0x0F,
+        )
+    })
+}
+
+/// WRITE (10) of one 512-byte block at `lba`: its status.
+fn write(c: &mut Conn, lba: u32) -> ScsiResult {
+    let l = lba.to_be_bytes();
+    let cdb = [0x2A, 0, l[0], l[1], l[2], l[3], 0, 0, 1, 0];
+    c.scsi(&cdb, &[0x5A; 512], 0).expect("WRITE")
+}
+
+/// (ASC, ASCQ) of the unit attentions pending on `c`, taken with TEST
+/// UNIT READY until GOOD.
+fn unit_attentions(c: &mut Conn) -> Vec<(u8, u8)> {
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let r = c.scsi(&[0u8; 6], &[], 0).expect("TEST UNIT READY");
+        if r.status == GOOD {
+            return seen;
+        }
+        assert_eq!(r.status, CHECK, "{r:?}");
+        assert_eq!(r.sense[2] & 0x0F, 6, "a unit attention: {r:?}");
+        seen.push((r.sense[12], r.sense[13]));
+    }
+    panic!("TEST UNIT READY never GOOD; saw {seen:?}");
+}
+
+/// What every listed member answers READ KEYS and READ RESERVATION with,
+/// through a probe session each (not registered: it only reads).
+/// READ KEYS (generation, keys) and READ RESERVATION (key, type).
+type View = ((u32, Vec<u64>), Option<(u64, u8)>);
+
+fn views(c: &Cluster, members: &[usize]) -> Vec<View> {
+    members
+        .iter()
+        .map(|&i| {
+            let mut s = session(c.members[i].portal, PROBE);
+            (read_keys(&mut s), read_reservation(&mut s))
+        })
+        .collect()
+}
+
+/// Waits until every listed member serves the device Active/Optimized.
+fn wait_serving(c: &Cluster, members: &[usize]) {
+    for &i in members {
+        alua::wait_state(
+            c.members[i].portal,
+            TARGET,
+            PROBE,
+            0,
+            i as u16 + 1,
+            state::AO,
+            Duration::from_secs(60),
+        );
+    }
+}
+
+#[test]
+fn a_reservation_taken_through_one_member_holds_on_every_member() {
+    require_tool("iscsi-inq");
+    let mut c = Cluster::start(3);
+    c.wait_primary("default", Duration::from_secs(60));
+    for args in export_vol(
+        "64MiB",
+        &["--policy", "aa", "--block-size", "512"],
+        TARGET,
+        &[HOST_A, HOST_B, PROBE],
+    ) {
+        c.cli(&args);
+    }
+    wait_serving(&c, &[0, 1, 2]);
+
+    // Host A registers and reserves through m1.
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    prout_good(&mut a1, "A registers through m1", 0, 0, 0, KEY_A);
+    prout_good(&mut a1, "A reserves through m1", 1, WE, KEY_A, 0);
+    // Every member answers the same, at once.
+    let all = views(&c, &[0, 1, 2]);
+    for v in &all {
+        assert_eq!(v.0 .1, vec![KEY_A], "{all:?}");
+        assert_eq!(v.1, Some((KEY_A, WE)), "{all:?}");
+        assert_eq!(v.0 .0, all[0].0 .0, "one generation: {all:?}");
+    }
+    // A registration of the same key through m2 is refused there: the
+    // key of another I_T nexus does not make host B a registrant.
+    let mut b2 = session(c.members[1].portal, HOST_B);
+    let r = prout(&mut b2, 0, 0, KEY_A, KEY_B);
+    assert_eq!(r.status, CONFLICT, "REGISTER with A's key by B: {r:?}");
+    // Host B's write through m2 conflicts with A's Write Exclusive.
+    let r = write(&mut b2, 8);
+    assert_eq!(r.status, CONFLICT, "B's write through m2: {r:?}");
+    // Host A's own write through m1 (the holding I_T nexus) goes.
+    assert_eq!(write(&mut a1, 8).status, GOOD);
+
+    // Host B registers and preempts A through m3.
+    let mut b3 = session(c.members[2].portal, HOST_B);
+    prout_good(&mut b3, "B registers through m3", 0, 0, 0, KEY_B);
+    prout_good(&mut b3, "B preempts A through m3", 4, WE, KEY_B, KEY_A);
+    let all = views(&c, &[0, 1, 2]);
+    for v in &all {
+        assert_eq!(v.0 .1, vec![KEY_B], "A's key gone everywhere: {all:?}");
+        assert_eq!(v.1, Some((KEY_B, WE)), "{all:?}");
+    }
+    // A's session on m1 is told.
+    let uas = unit_attentions(&mut a1);
+    assert!(
+        uas.contains(&(0x2A, 0x05)),
+        "REGISTRATIONS PREEMPTED on A's session through m1: {uas:?}"
+    );
+    // Now A's writes conflict, through any member.
+    assert_eq!(write(&mut a1, 8).status, CONFLICT);
+    let mut a2 = session(c.members[1].portal, HOST_A);
+    assert_eq!(write(&mut a2, 8).status, CONFLICT);
+    assert_eq!(write(&mut b3, 8).status, GOOD);
+    drop((a1, a2, b2, b3));
+
+    // The member that took the reservation dies: the state stays on the
+    // others, and changes through them.
+    c.kill(2);
+    // (Its port group turns Unavailable: the sessions made after that
+    // carry no unit attention for it.)
+    for i in 0..2 {
+        eventually("m3's group Unavailable", Duration::from_secs(30), || {
+            let r =
+                alua::rtpg(c.members[i].portal, TARGET, PROBE, 0).map_err(|e| format!("{e:#}"))?;
+            (r.state_of(3) == Some(state::UNAVAILABLE))
+                .then_some(())
+                .ok_or(format!("{r:?}"))
+        });
+    }
+    let left = views(&c, &[0, 1]);
+    for v in &left {
+        assert_eq!(v.0 .1, vec![KEY_B], "{left:?}");
+        assert_eq!(v.1, Some((KEY_B, WE)), "{left:?}");
+    }
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    assert_eq!(write(&mut a1, 16).status, CONFLICT);
+    prout_good(&mut a1, "A registers again through m1", 0, 0, 0, KEY_A);
+    prout_good(&mut a1, "A preempts B through m1", 4, WE, KEY_A, KEY_B);
+    let left = views(&c, &[0, 1]);
+    for v in &left {
+        assert_eq!(v.0 .1, vec![KEY_A], "{left:?}");
+        assert_eq!(v.1, Some((KEY_A, WE)), "{left:?}");
+    }
+    let generation = left[0].0 .0;
+    drop(a1);
+
+    // All three go down and come back (APTPL): the state is the same on
+    // every member, and enforced.
+    c.kill(0);
+    c.kill(1);
+    for i in 0..3 {
+        c.restart(i);
+    }
+    c.wait_primary("default", Duration::from_secs(90));
+    wait_serving(&c, &[0, 1, 2]);
+    let all = views(&c, &[0, 1, 2]);
+    for v in &all {
+        assert_eq!(v.0, (generation, vec![KEY_A]), "after a restart: {all:?}");
+        assert_eq!(v.1, Some((KEY_A, WE)), "after a restart: {all:?}");
+    }
+    for i in 0..3 {
+        let mut b = session(c.members[i].portal, HOST_B);
+        let r = write(&mut b, 24);
+        assert_eq!(r.status, CONFLICT, "B's write through m{}: {r:?}", i + 1);
+    }
+}

@@ -1,0 +1,356 @@
+//! One SCSI device across members: the persistent reservation state of
+//! each device is one state for the whole cluster, kept in the replicated
+//! log ([`DeviceStates`](trellis_control::config::DeviceStates)) and
+//! installed into every member's logical unit.
+//!
+//! ```text
+//!  PR OUT on any member (core thread)
+//!    ─> DiskOp::Shared ─> SharedScsi (this module, its own runtime):
+//!         read the device's state from the local replica (version v)
+//!         ─> PrState::prout, as on a lone gateway ─> answer + new state
+//!         ─> Command::SetDeviceState { expect: v, state } ─> Raft
+//!              moved meanwhile? decide again from the newer state
+//!         ─> wait: the local replica applied it, this member's units hold
+//!            it, and every live peer's heartbeats say its units do too
+//!    ─> answer through the core's mailbox
+//!  trellis-shared (thread): on each applied batch, install changed device
+//!    states into the units (LunShared::install_pr: one version bump; the
+//!    per-command check stays one atomic load) ─> announce the count
+//! ```
+//!
+//! Through the log rather than a per-device owner: every member must apply
+//! the same changes in the same order anyway (its own nexuses' checks and
+//! unit attentions), the log already orders, persists and survives the
+//! loss of any member and a restart of all, and a member joining later
+//! gets it with its snapshot. A PR OUT costs one commit; PR IN and the
+//! per-command checks read the local unit.
+//!
+//! A PR OUT that is refused (a key that does not match, a conflict) is
+//! committed too, as a check that the version it was decided from is
+//! still current, so its answer is the one the cluster's state gives.
+//! When no commit is possible (no quorum, no leader), the command gets
+//! NOT READY, ASYMMETRIC ACCESS STATE TRANSITION (02/04/0A), which hosts'
+//! multipath layers retry, and the state does not change (unless the
+//! write was already in the leader's log and a quorum comes back before
+//! another leader is elected, which Raft cannot rule out).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use trellis_control::config::raft::MembersSource;
+use trellis_control::config::{Command, ConfigError, ConfigService};
+use trellis_control::membership::MemberState;
+use trellis_control::node::Announcer;
+use trellis_control::service::{ClusterService, ServiceError};
+use trellis_control::watch::{merged, Watch};
+use trellis_iscsi::scsi::{ClusterUnit, Completion, Done, ItNexus, PrRequest, PrState, Sense};
+use trellis_iscsi::target::{ClusterUnits, Registry};
+use uuid::Uuid;
+
+/// How long a change may take, commit and every live member applying it
+/// included, before it is answered anyway (committed: GOOD; not: NOT READY).
+const DECIDE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How often a waiting decision looks again.
+const POLL: Duration = Duration::from_millis(1);
+
+/// How often the installer looks without being woken.
+const INSTALL_EVERY: Duration = Duration::from_millis(500);
+
+/// The deciders of a member's units, and what they need from the control
+/// plane (set once it runs; a change asked before is answered NOT READY).
+#[derive(Debug, Clone)]
+pub struct SharedScsi {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Taken only on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+    service: OnceLock<Arc<ConfigService>>,
+    members: OnceLock<MembersSource>,
+    /// The device-state changes this member's units hold (a `seq`).
+    installed: AtomicU64,
+    /// One decision at a time per device on this member.
+    locks: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Possibly on one of its own threads (a decision's task holding
+        // the last reference): never block there.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedScsi")
+            .field("installed", &self.installed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedScsi {
+    /// Deciders with a runtime of their own, not yet connected.
+    pub fn new() -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("trellis-scsi")
+            .enable_all()
+            .build()
+            .context("cannot start the shared SCSI state runtime")?;
+        Ok(SharedScsi {
+            inner: Arc::new(Inner {
+                runtime: Some(runtime),
+                service: OnceLock::new(),
+                members: OnceLock::new(),
+                installed: AtomicU64::new(0),
+                locks: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Connects the deciders to the Raft node and the failure detector's
+    /// view of the peers, and starts the thread that installs decided
+    /// states into `registry`'s units and announces how far it got.
+    pub fn start(
+        &self,
+        service: Arc<ConfigService>,
+        members: MembersSource,
+        registry: Arc<Registry>,
+        announcer: Announcer,
+        wake: Watch,
+        stop: Arc<AtomicBool>,
+    ) -> Result<JoinHandle<()>> {
+        let reader = service.reader();
+        let _ = self.inner.service.set(service);
+        let _ = self.inner.members.set(members);
+        let inner = Arc::clone(&self.inner);
+        let changes = merged(&[&reader.changes(), &wake]);
+        std::thread::Builder::new()
+            .name("trellis-shared".into())
+            .spawn(move || {
+                let mut changes = changes.subscribe();
+                let mut installer = Installer::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let seq = installer.round(&reader, &registry);
+                    inner.installed.store(seq, Ordering::Release);
+                    announcer.set_devices(seq);
+                    changes.wait(INSTALL_EVERY);
+                }
+            })
+            .context("cannot start a thread")
+    }
+}
+
+impl ClusterUnits for SharedScsi {
+    fn unit(&self, uuid: Uuid) -> Arc<dyn ClusterUnit> {
+        Arc::new(Unit {
+            device: uuid,
+            inner: Arc::clone(&self.inner),
+        })
+    }
+}
+
+/// The decider of one device.
+#[derive(Debug)]
+struct Unit {
+    device: Uuid,
+    inner: Arc<Inner>,
+}
+
+impl ClusterUnit for Unit {
+    fn prout(&self, nexus: ItNexus, req: PrRequest, done: Done) {
+        let Some(runtime) = &self.inner.runtime else {
+            return done(not_now());
+        };
+        let (inner, device) = (Arc::clone(&self.inner), self.device);
+        runtime.spawn(async move {
+            let answer = inner.decide(device, &nexus, &req).await;
+            done(answer);
+        });
+    }
+
+    fn pr_state(&self) -> Option<PrState> {
+        let state = self
+            .inner
+            .service
+            .get()?
+            .reader()
+            .device_state(&self.device)?;
+        PrState::from_text(&state.text)
+    }
+}
+
+/// The answer when the cluster cannot decide now: hosts retry it.
+fn not_now() -> Completion {
+    Completion::check(Sense::not_ready_alua_transitioning())
+}
+
+impl Inner {
+    fn lock(&self, device: Uuid) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(device).or_default())
+    }
+
+    /// Decides PERSISTENT RESERVE OUT `req` from `nexus` for `device`.
+    async fn decide(&self, device: Uuid, nexus: &ItNexus, req: &PrRequest) -> Completion {
+        let PrRequest::Out {
+            sa,
+            scope_type,
+            params,
+        } = req
+        else {
+            return Completion::check(Sense::internal_target_failure());
+        };
+        let Some(service) = self.service.get() else {
+            return not_now();
+        };
+        let lock = self.lock(device);
+        let _one_at_a_time = lock.lock().await;
+        let deadline = Instant::now() + DECIDE_TIMEOUT;
+        let reader = service.reader();
+        loop {
+            let (version, mut state) = match reader.device_state(&device) {
+                None => (0, PrState::default()),
+                Some(s) => match PrState::from_text(&s.text) {
+                    Some(state) => (s.version, state),
+                    None => {
+                        tracing::error!(%device, "the replicated reservation state does not parse");
+                        return Completion::check(Sense::internal_target_failure());
+                    }
+                },
+            };
+            let (text, answer) = match state.prout(nexus, *sa, *scope_type, params) {
+                Ok(true) => (Some(state.to_shared_text()), Completion::good()),
+                Ok(false) => (None, Completion::good()),
+                Err(c) => (None, c),
+            };
+            let changed = text.is_some();
+            let cmd = Command::SetDeviceState {
+                device,
+                expect: version,
+                state: text,
+            };
+            match service.write(cmd).await {
+                Ok(_) => {
+                    if changed {
+                        self.until_everywhere(service, device, version, deadline)
+                            .await;
+                    }
+                    return answer;
+                }
+                Err(ServiceError::Rejected(ConfigError::DeviceStateMoved {
+                    version: now, ..
+                })) => {
+                    // Another member's change came first: decide again
+                    // from it once this replica has it.
+                    let applied = || reader.device_state(&device).map_or(0, |s| s.version) >= now;
+                    if !until(deadline, applied).await {
+                        return not_now();
+                    }
+                }
+                Err(ServiceError::Rejected(ConfigError::NotFound { .. })) => {
+                    return Completion::check(Sense::lun_not_supported());
+                }
+                Err(e) => {
+                    tracing::warn!(%device, error = %e, "persistent reservation change not committed; answered NOT READY (hosts retry)");
+                    return not_now();
+                }
+            }
+            if Instant::now() >= deadline {
+                return not_now();
+            }
+        }
+    }
+
+    /// Waits until the change of `device` from `version` is applied here,
+    /// held by this member's units, and announced by every live peer.
+    async fn until_everywhere(
+        &self,
+        service: &ConfigService,
+        device: Uuid,
+        version: u64,
+        deadline: Instant,
+    ) {
+        let reader = service.reader();
+        let mut now = 0;
+        let here = until(deadline, || {
+            now = reader.device_state(&device).map_or(0, |s| s.version);
+            now > version
+        })
+        .await;
+        let installed =
+            here && until(deadline, || self.installed.load(Ordering::Acquire) >= now).await;
+        let lagging = || -> Vec<String> {
+            let members = self.members.get().map(|m| m()).unwrap_or_default();
+            members
+                .iter()
+                .filter(|m| m.state != MemberState::Failed)
+                .filter_map(|m| m.data.map(|d| (m, d)))
+                .filter(|(_, d)| d.booted && d.devices < now)
+                .map(|(m, _)| m.member.to_string())
+                .collect()
+        };
+        let peers = installed && until(deadline, || lagging().is_empty()).await;
+        if !peers {
+            tracing::warn!(%device, here, installed, lagging = ?lagging(), "a committed reservation change is answered before every member applied it");
+        }
+    }
+}
+
+/// Polls `f` until it holds (true) or `deadline` passes (false).
+async fn until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Installs the decided states into the units, remembering what each
+/// unit got.
+#[derive(Default)]
+struct Installer {
+    /// Per device: the version installed and into which unit.
+    done: HashMap<Uuid, (u64, usize)>,
+}
+
+impl Installer {
+    /// One pass; returns the `seq` of the states the units now hold.
+    fn round(&mut self, reader: &trellis_control::config::ConfigReader, reg: &Registry) -> u64 {
+        let states = reader.device_states();
+        for (uuid, state) in &states.devices {
+            let Some(unit) = reg.unit(*uuid) else {
+                continue;
+            };
+            let key = (state.version, Arc::as_ptr(&unit) as usize);
+            if self.done.get(uuid) == Some(&key) {
+                continue;
+            }
+            match PrState::from_text(&state.text) {
+                Some(pr) => {
+                    unit.install_pr(pr);
+                    self.done.insert(*uuid, key);
+                }
+                None => {
+                    tracing::error!(device = %uuid, "the replicated reservation state does not parse; not installed")
+                }
+            }
+        }
+        self.done
+            .retain(|uuid, _| states.devices.contains_key(uuid));
+        states.seq
+    }
+}
