@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use trellis_iscsi::pdu::{
     split_pdu, write_pdu, AsyncMessage, DataIn, Digests, LoginRequest, LoginResponse,
     LogoutRequest, LogoutResponse, NopIn, NopOut, Reject, ScsiCommand, ScsiResponse, Stage,
-    BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
+    TaskMgmtRequest, BHS_LEN, MAX_DATA_SEGMENT_LEN, RESERVED_TAG,
 };
 use trellis_iscsi::text::{parse_pairs, push_pair};
 
@@ -451,31 +451,12 @@ impl Conn {
         out: &[u8],
         edtl_in: u32,
     ) -> Result<ScsiResult> {
-        let mut c = [0u8; 16];
-        c[..cdb.len()].copy_from_slice(cdb);
-        let itt = self.itt();
-        let mut bhs = [0u8; BHS_LEN];
-        ScsiCommand {
-            immediate: false,
-            final_bit: true,
-            read: edtl_in > 0,
-            write: !out.is_empty(),
-            attr: 1,
-            total_ahs_len: 0,
-            data_segment_len: out.len() as u32,
-            lun: trellis_iscsi::scsi::lun_to_wire(lun),
-            itt,
-            expected_data_transfer_length: if out.is_empty() {
-                edtl_in
-            } else {
-                out.len() as u32
-            },
-            cmdsn: self.cmdsn,
-            exp_statsn: self.statsn,
-            cdb: c,
-        }
-        .encode(&mut bhs);
-        self.cmdsn = self.cmdsn.wrapping_add(1);
+        let edtl = if out.is_empty() {
+            edtl_in
+        } else {
+            out.len() as u32
+        };
+        let (itt, bhs) = self.command(lun, cdb, edtl_in > 0, out.len() as u32, edtl);
         self.send(&bhs, out)?;
         let mut data = Vec::new();
         loop {
@@ -510,6 +491,110 @@ impl Conn {
                 op => bail!("unexpected PDU {op:#x} while waiting for a SCSI status"),
             }
         }
+    }
+
+    /// Sends a write-direction command of `len` bytes on LUN 0 without its
+    /// data and waits for the target's first R2T: the task then waits for
+    /// data-out that has not come. Returns its ITT and the R2T's TTT.
+    pub fn start_write(&mut self, cdb: &[u8], len: u32) -> Result<(u32, u32)> {
+        let (itt, bhs) = self.command(0, cdb, false, 0, len);
+        self.send(&bhs, &[])?;
+        let p = self.recv()?.context("connection closed before the R2T")?;
+        ensure!(
+            p.opcode() == 0x31,
+            "expected an R2T, got PDU {:#x}",
+            p.opcode()
+        );
+        let ttt = u32::from_be_bytes([p.bhs[20], p.bhs[21], p.bhs[22], p.bhs[23]]);
+        Ok((itt, ttt))
+    }
+
+    /// Sends `data` as the one final Data-Out of task `itt` for R2T `ttt`.
+    pub fn data_out(&mut self, itt: u32, ttt: u32, data: &[u8]) -> Result<()> {
+        let mut bhs = [0u8; BHS_LEN];
+        trellis_iscsi::pdu::DataOut {
+            final_bit: true,
+            total_ahs_len: 0,
+            data_segment_len: data.len() as u32,
+            lun: trellis_iscsi::scsi::lun_to_wire(0),
+            itt,
+            ttt,
+            exp_statsn: self.statsn,
+            data_sn: 0,
+            buffer_offset: 0,
+        }
+        .encode(&mut bhs);
+        self.send(&bhs, data)
+    }
+
+    /// LOGICAL UNIT RESET of LUN `lun` (immediate): the response code of
+    /// the Task Management Function Response (0: function complete).
+    pub fn lun_reset(&mut self, lun: u16) -> Result<u8> {
+        let itt = self.itt();
+        let mut bhs = [0u8; BHS_LEN];
+        TaskMgmtRequest {
+            immediate: true,
+            function: 5,
+            total_ahs_len: 0,
+            data_segment_len: 0,
+            lun: trellis_iscsi::scsi::lun_to_wire(lun),
+            itt,
+            referenced_task_tag: RESERVED_TAG,
+            cmdsn: self.cmdsn,
+            exp_statsn: self.statsn,
+            ref_cmdsn: self.cmdsn,
+            exp_data_sn: 0,
+        }
+        .encode(&mut bhs);
+        self.send(&bhs, &[])?;
+        loop {
+            let p = self
+                .recv()?
+                .context("connection closed before the TMF response")?;
+            if p.opcode() == 0x22 {
+                ensure!(
+                    u32::from_be_bytes([p.bhs[16], p.bhs[17], p.bhs[18], p.bhs[19]]) == itt,
+                    "TMF response for another request"
+                );
+                self.statsn = u32::from_be_bytes([p.bhs[24], p.bhs[25], p.bhs[26], p.bhs[27]])
+                    .wrapping_add(1);
+                return Ok(p.bhs[2]);
+            }
+        }
+    }
+
+    /// The BHS of a SCSI command on LUN `lun` (a write when it has data or
+    /// is not a read), with the next ITT and CmdSN.
+    fn command(
+        &mut self,
+        lun: u16,
+        cdb: &[u8],
+        read: bool,
+        immediate_len: u32,
+        edtl: u32,
+    ) -> (u32, [u8; BHS_LEN]) {
+        let mut c = [0u8; 16];
+        c[..cdb.len()].copy_from_slice(cdb);
+        let itt = self.itt();
+        let mut bhs = [0u8; BHS_LEN];
+        ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read,
+            write: immediate_len > 0 || (!read && edtl > 0),
+            attr: 1,
+            total_ahs_len: 0,
+            data_segment_len: immediate_len,
+            lun: trellis_iscsi::scsi::lun_to_wire(lun),
+            itt,
+            expected_data_transfer_length: edtl,
+            cmdsn: self.cmdsn,
+            exp_statsn: self.statsn,
+            cdb: c,
+        }
+        .encode(&mut bhs);
+        self.cmdsn = self.cmdsn.wrapping_add(1);
+        (itt, bhs)
     }
 
     /// TEST UNIT READY until GOOD, consuming the unit attentions a new

@@ -47,7 +47,9 @@ use trellis_control::membership::MemberState;
 use trellis_control::node::Announcer;
 use trellis_control::service::{ClusterService, ServiceError};
 use trellis_control::watch::{merged, Watch};
-use trellis_iscsi::scsi::{ClusterUnit, Completion, Done, ItNexus, PrRequest, PrState, Sense};
+use trellis_iscsi::scsi::{
+    ClusterUnit, Completion, Done, ItNexus, PrRequest, Sense, UnitChange, UnitState,
+};
 use trellis_iscsi::target::{ClusterUnits, Registry};
 use uuid::Uuid;
 
@@ -73,6 +75,7 @@ struct Inner {
     runtime: Option<tokio::runtime::Runtime>,
     service: OnceLock<Arc<ConfigService>>,
     members: OnceLock<MembersSource>,
+    registry: OnceLock<Arc<Registry>>,
     /// The device-state changes this member's units hold (a `seq`).
     installed: AtomicU64,
     /// One decision at a time per device on this member.
@@ -111,6 +114,7 @@ impl SharedScsi {
                 runtime: Some(runtime),
                 service: OnceLock::new(),
                 members: OnceLock::new(),
+                registry: OnceLock::new(),
                 installed: AtomicU64::new(0),
                 locks: Mutex::new(HashMap::new()),
             }),
@@ -132,6 +136,7 @@ impl SharedScsi {
         let reader = service.reader();
         let _ = self.inner.service.set(service);
         let _ = self.inner.members.set(members);
+        let _ = self.inner.registry.set(Arc::clone(&registry));
         let inner = Arc::clone(&self.inner);
         let changes = merged(&[&reader.changes(), &wake]);
         std::thread::Builder::new()
@@ -167,25 +172,25 @@ struct Unit {
 }
 
 impl ClusterUnit for Unit {
-    fn prout(&self, nexus: ItNexus, req: PrRequest, done: Done) {
+    fn change(&self, nexus: ItNexus, change: UnitChange, done: Done) {
         let Some(runtime) = &self.inner.runtime else {
             return done(not_now());
         };
         let (inner, device) = (Arc::clone(&self.inner), self.device);
         runtime.spawn(async move {
-            let answer = inner.decide(device, &nexus, &req).await;
+            let answer = inner.decide(device, &nexus, &change).await;
             done(answer);
         });
     }
 
-    fn pr_state(&self) -> Option<PrState> {
+    fn state(&self) -> Option<UnitState> {
         let state = self
             .inner
             .service
             .get()?
             .reader()
             .device_state(&self.device)?;
-        PrState::from_text(&state.text)
+        UnitState::from_text(&state.text)
     }
 }
 
@@ -200,16 +205,26 @@ impl Inner {
         Arc::clone(locks.entry(device).or_default())
     }
 
-    /// Decides PERSISTENT RESERVE OUT `req` from `nexus` for `device`.
-    async fn decide(&self, device: Uuid, nexus: &ItNexus, req: &PrRequest) -> Completion {
-        let PrRequest::Out {
-            sa,
-            scope_type,
-            params,
-        } = req
-        else {
-            return Completion::check(Sense::internal_target_failure());
-        };
+    /// Decides `change` from `nexus` for `device`.
+    async fn decide(&self, device: Uuid, nexus: &ItNexus, change: &UnitChange) -> Completion {
+        let answer = self.decide_in_cluster(device, nexus, change).await;
+        if *change == UnitChange::Reset && answer.status != Completion::good().status {
+            // A reset is not refused: without the cluster, it is made on
+            // this member at least.
+            if let Some(unit) = self.registry.get().and_then(|r| r.unit(device)) {
+                unit.reset();
+            }
+            return Completion::good();
+        }
+        answer
+    }
+
+    async fn decide_in_cluster(
+        &self,
+        device: Uuid,
+        nexus: &ItNexus,
+        change: &UnitChange,
+    ) -> Completion {
         let Some(service) = self.service.get() else {
             return not_now();
         };
@@ -219,17 +234,31 @@ impl Inner {
         let reader = service.reader();
         loop {
             let (version, mut state) = match reader.device_state(&device) {
-                None => (0, PrState::default()),
-                Some(s) => match PrState::from_text(&s.text) {
+                None => (0, UnitState::default()),
+                Some(s) => match UnitState::from_text(&s.text) {
                     Some(state) => (s.version, state),
                     None => {
-                        tracing::error!(%device, "the replicated reservation state does not parse");
+                        tracing::error!(%device, "the replicated unit state does not parse");
                         return Completion::check(Sense::internal_target_failure());
                     }
                 },
             };
-            let (text, answer) = match state.prout(nexus, *sa, *scope_type, params) {
-                Ok(true) => (Some(state.to_shared_text()), Completion::good()),
+            let outcome = match change {
+                UnitChange::Prout(PrRequest::Out {
+                    sa,
+                    scope_type,
+                    params,
+                }) => state.pr.prout(nexus, *sa, *scope_type, params),
+                UnitChange::Prout(PrRequest::In { .. }) => {
+                    return Completion::check(Sense::internal_target_failure())
+                }
+                UnitChange::Reset => {
+                    state.resets += 1;
+                    Ok(true)
+                }
+            };
+            let (text, answer) = match outcome {
+                Ok(true) => (Some(state.to_text()), Completion::good()),
                 Ok(false) => (None, Completion::good()),
                 Err(c) => (None, c),
             };
@@ -261,7 +290,7 @@ impl Inner {
                     return Completion::check(Sense::lun_not_supported());
                 }
                 Err(e) => {
-                    tracing::warn!(%device, error = %e, "persistent reservation change not committed; answered NOT READY (hosts retry)");
+                    tracing::warn!(%device, error = %e, "shared SCSI state change not committed; answered NOT READY (hosts retry)");
                     return not_now();
                 }
             }
@@ -339,13 +368,13 @@ impl Installer {
             if self.done.get(uuid) == Some(&key) {
                 continue;
             }
-            match PrState::from_text(&state.text) {
-                Some(pr) => {
-                    unit.install_pr(pr);
+            match UnitState::from_text(&state.text) {
+                Some(decided) => {
+                    unit.install(decided);
                     self.done.insert(*uuid, key);
                 }
                 None => {
-                    tracing::error!(device = %uuid, "the replicated reservation state does not parse; not installed")
+                    tracing::error!(device = %uuid, "the replicated unit state does not parse; not installed")
                 }
             }
         }

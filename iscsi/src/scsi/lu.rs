@@ -15,19 +15,65 @@ use super::Completion;
 /// Called with a command's completion, from any thread.
 pub type Done = Box<dyn FnOnce(Completion) + Send>;
 
+/// A change of a logical unit's state that every member exporting it
+/// must make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitChange {
+    /// PERSISTENT RESERVE OUT (a [`PrRequest::Out`]).
+    Prout(PrRequest),
+    /// LOGICAL UNIT RESET: every nexus on every member aborts its tasks for
+    /// the unit and gets the unit attention.
+    Reset,
+}
+
+/// The state of a logical unit every member exporting it shares: the
+/// persistent reservations and the count of LOGICAL UNIT RESETs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitState {
+    /// Persistent reservations.
+    pub pr: PrState,
+    /// LOGICAL UNIT RESETs made through any member.
+    pub resets: u64,
+}
+
+impl UnitState {
+    /// The text form: the shared form of the reservations, and the resets.
+    pub fn to_text(&self) -> String {
+        format!("{}resets {}\n", self.pr.to_shared_text(), self.resets)
+    }
+
+    /// The state written as `text`; None if it is not one.
+    pub fn from_text(text: &str) -> Option<Self> {
+        let mut resets = 0;
+        let mut pr = String::new();
+        for line in text.lines() {
+            match line.strip_prefix("resets ") {
+                Some(n) => resets = n.parse().ok()?,
+                None => {
+                    pr.push_str(line);
+                    pr.push('\n');
+                }
+            }
+        }
+        Some(UnitState {
+            pr: PrState::from_text(&pr)?,
+            resets,
+        })
+    }
+}
+
 /// Where the state of a logical unit that several members export is
 /// decided: a cluster member's control plane, which orders the changes of
 /// every member. The target hands it what changes that state and answers
-/// the command when `done` is called; each member then installs the
-/// decided state ([`LunShared::install_pr`]).
+/// the command (or task management function) when `done` is called; each
+/// member then installs the decided state ([`LunShared::install`]).
 pub trait ClusterUnit: Send + Sync + std::fmt::Debug {
-    /// Decides PERSISTENT RESERVE OUT `req` (an [`PrRequest::Out`]) from
-    /// `nexus` for the whole cluster and calls `done` with its completion.
-    fn prout(&self, nexus: ItNexus, req: PrRequest, done: Done);
+    /// Decides `change` asked by `nexus` for the whole cluster and calls
+    /// `done` with its completion.
+    fn change(&self, nexus: ItNexus, change: UnitChange, done: Done);
 
-    /// The persistent reservation state decided so far, if any (a unit
-    /// made now starts from it).
-    fn pr_state(&self) -> Option<PrState>;
+    /// The state decided so far, if any (a unit made now starts from it).
+    fn state(&self) -> Option<UnitState>;
 }
 
 /// State of a logical unit shared by every I_T nexus on every core: the
@@ -53,6 +99,8 @@ pub struct LunShared {
     pr: Mutex<PrState>,
     pr_store: Option<Box<dyn PrStore>>,
     cluster: Option<Arc<dyn ClusterUnit>>,
+    /// The cluster's LOGICAL UNIT RESET count this unit has made.
+    cluster_resets: AtomicU64,
     locks: BlockLocks,
     ports: PortStates,
 }
@@ -93,6 +141,27 @@ impl LunShared {
     /// Where the unit's shared state is decided, in a cluster.
     pub fn cluster(&self) -> Option<&Arc<dyn ClusterUnit>> {
         self.cluster.as_ref()
+    }
+
+    /// Starts from the state the cluster decided so far: its reservations,
+    /// its resets counted as made.
+    pub fn start_from(&self, state: UnitState) {
+        self.cluster_resets.store(state.resets, Ordering::Release);
+        self.install_pr(state.pr);
+    }
+
+    /// Installs the state the cluster decided: the reservations (see
+    /// [`LunShared::install_pr`]), and a reset when the cluster made one
+    /// this unit has not.
+    pub fn install(&self, state: UnitState) {
+        self.install_pr(state.pr);
+        if self
+            .cluster_resets
+            .fetch_max(state.resets, Ordering::AcqRel)
+            < state.resets
+        {
+            self.reset();
+        }
     }
 
     /// Installs the persistent reservation state the cluster decided:

@@ -52,7 +52,7 @@ mod xcopy;
 pub use alua::{PortStates, PortTable};
 pub use cdb::{data_direction, expected_transfer_len, Direction};
 pub use dispatch::{dispatch, dispatch_data_out, dispatch_unmapped};
-pub use lu::{ClusterUnit, Done, LunShared};
+pub use lu::{ClusterUnit, Done, LunShared, UnitChange, UnitState};
 pub use luns::{lun_from_wire, lun_to_wire, MAX_LUN};
 pub use mode::mode_select;
 pub use nexus::NexusState;

@@ -6,7 +6,9 @@ use trellis_datapath::{Buf, BufPool};
 use super::task::{residual, Purpose, R2tState, Stage, Task, TaskStatus};
 use super::{Connection, DiskOp, DiskRequest, LunTable, Session, SharedOp};
 use crate::pdu::{DataIn, DataOut, R2t, RawPdu, ScsiCommand, ScsiResponse, BHS_LEN, RESERVED_TAG};
-use crate::scsi::{self, Action, Completion, IoOp, IoRequest, PrRequest, Sense, Status};
+use crate::scsi::{
+    self, Action, Completion, IoOp, IoRequest, PrRequest, Sense, Status, UnitChange,
+};
 use std::sync::Arc;
 
 /// Where Data-In payload comes from.
@@ -561,7 +563,7 @@ impl Connection {
                 let op = SharedOp {
                     unit: Arc::clone(&entry.shared),
                     nexus: s.nexus[t.lun_index].pr_identity().clone(),
-                    req,
+                    change: UnitChange::Prout(req),
                 };
                 let slot = t.slot;
                 self.disk.push_back(DiskRequest {
@@ -588,7 +590,8 @@ impl Connection {
     }
 
     /// The cluster decided a [`DiskOp::Shared`] change of task `id`: answer
-    /// it (unless task management aborted it meanwhile).
+    /// it (unless task management aborted it meanwhile). A reset's `id`
+    /// names no task: the task management function waiting on it goes.
     pub fn shared_done(&mut self, id: u32, c: Completion, pool: &BufPool) {
         if let Some(s) = self.session() {
             if let Some(t) = s.remove_task(id) {

@@ -180,8 +180,8 @@ pub struct SharedOp {
     pub unit: std::sync::Arc<crate::scsi::LunShared>,
     /// The I_T nexus asking.
     pub nexus: crate::scsi::ItNexus,
-    /// What it asks (PERSISTENT RESERVE OUT).
-    pub req: crate::scsi::PrRequest,
+    /// What it asks.
+    pub change: crate::scsi::UnitChange,
 }
 
 /// A disk request with the task it belongs to.

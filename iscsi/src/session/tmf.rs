@@ -7,9 +7,11 @@
 //! shared state ([`scsi::LunShared`]); every session, on every core, aborts
 //! its own tasks when it next wakes ([`Connection::poll_shared`]).
 
-use super::{CloseReason, Connection};
+use std::sync::Arc;
+
+use super::{CloseReason, Connection, DiskOp, DiskRequest, SharedOp};
 use crate::pdu::{TaskMgmtRequest, TaskMgmtResponse, BHS_LEN};
-use crate::scsi;
+use crate::scsi::{self, UnitChange};
 
 /// A task management response waiting for aborted I/O to drain.
 #[derive(Debug)]
@@ -118,6 +120,8 @@ impl Connection {
         let lun_index = luns.as_ref().and_then(|l| l.find(req.lun));
         let mut affected: Vec<u32> = Vec::new();
         let mut close_after = false;
+        // The cluster's decision a LOGICAL UNIT RESET waits for.
+        let mut cluster_wait = None;
         let lun_tasks = |s: &super::Session| -> Vec<u32> {
             s.tasks
                 .values()
@@ -185,8 +189,31 @@ impl Connection {
                 // core, aborts its tasks for the unit; a reset also reports
                 // itself to every nexus, this one included.
                 if let (Some(l), Some(i)) = (luns.as_ref(), lun_index) {
-                    let shared = &l.luns[i].shared;
-                    if function == LOGICAL_UNIT_RESET {
+                    let entry = &l.luns[i];
+                    let shared = &entry.shared;
+                    if function == LOGICAL_UNIT_RESET && shared.cluster().is_some() {
+                        // Every member's nexuses: the cluster decides it,
+                        // each member (this one too) makes the reset when it
+                        // installs it, and the response waits for that.
+                        let id = s.next_task;
+                        s.next_task = s.next_task.wrapping_add(1).max(1);
+                        let op = SharedOp {
+                            unit: Arc::clone(shared),
+                            nexus: s
+                                .nexus
+                                .get(i)
+                                .map(|n| n.pr_identity().clone())
+                                .unwrap_or_default(),
+                            change: UnitChange::Reset,
+                        };
+                        self.disk.push_back(DiskRequest {
+                            task: id,
+                            slot: entry.slot,
+                            offset: 0,
+                            op: DiskOp::Shared(op),
+                        });
+                        cluster_wait = Some(id);
+                    } else if function == LOGICAL_UNIT_RESET {
                         shared.reset();
                     } else if let Some(n) = s.nexus.get(i) {
                         shared.clear_task_set(n.id());
@@ -220,7 +247,8 @@ impl Connection {
             TASK_REASSIGN => REASSIGN_NOT_SUPPORTED,
             _ => NOT_SUPPORTED,
         };
-        let mut waiting = Vec::new();
+        let mut waiting: Vec<u32> = cluster_wait.into_iter().collect();
+        let Some(s) = self.session() else { return };
         for id in affected {
             let Some(t) = s.tasks.get_mut(&id) else {
                 continue;

@@ -954,7 +954,7 @@ impl<'a> Core<'a> {
                     waker.wake();
                 });
                 match op.unit.cluster() {
-                    Some(cluster) => cluster.prout(op.nexus, op.req, done),
+                    Some(cluster) => cluster.change(op.nexus, op.change, done),
                     None => done(Completion::check(Sense::internal_target_failure())),
                 }
                 Ok(())

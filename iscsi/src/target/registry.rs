@@ -160,8 +160,8 @@ impl Registry {
             (Some(cluster), _) => {
                 let unit = cluster.unit(dev.spec().uuid);
                 let lu = LunShared::new();
-                if let Some(state) = unit.pr_state() {
-                    lu.install_pr(state);
+                if let Some(state) = unit.state() {
+                    lu.start_from(state);
                 }
                 lu.with_cluster(unit)
             }

@@ -353,3 +353,33 @@ fn shared_form_carries_everything_and_installs_on_another_unit() {
     assert!(!b.pr_view().registered);
     assert_eq!(b.pr_view().kind, Some(PrType::WriteExclusive));
 }
+
+#[test]
+fn unit_state_text_round_trips_and_a_reset_installs_once() {
+    use crate::scsi::UnitState;
+    let mut s = UnitState::default();
+    assert_eq!(s.pr.prout(&nx(1), 0, 0, &params(0, 7, 0)), Ok(true));
+    s.resets = 3;
+    let back = UnitState::from_text(&s.to_text()).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(UnitState::from_text("trellis-pr 2\nresets x\n"), None);
+    assert_eq!(UnitState::from_text("nonsense"), None);
+
+    // A unit that starts from the state counts its resets as made; a
+    // later install with one more makes exactly one reset.
+    let lu = LunShared::new();
+    lu.start_from(s.clone());
+    let mut n = NexusState::attached(&lu, 1).with_pr_identity(nx(1));
+    n.observe(&lu);
+    let before = lu.resets();
+    lu.install(s.clone());
+    assert_eq!(lu.resets(), before, "the same state again: no reset");
+    s.resets += 1;
+    lu.install(s.clone());
+    lu.install(s);
+    assert_eq!(lu.resets(), before + 1);
+    n.observe(&lu);
+    assert!(n.pending().contains(&UnitAttention::LunReset));
+    assert!(n.take_abort());
+    assert!(n.pr_view().registered);
+}

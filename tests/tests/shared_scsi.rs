@@ -1,3 +1,6 @@
+//! One SCSI device across three real members: persistent reservations
+//! and LOGICAL UNIT RESET.
+//!
 //! Persistent reservations as one state across three real members (an
 //! active-active device: every member serves it Active/Optimized).
 //!
@@ -144,10 +147,10 @@ fn wait_serving(c: &Cluster, members: &[usize]) {
     }
 }
 
-#[test]
-fn a_reservation_taken_through_one_member_holds_on_every_member() {
+/// Three members exporting an active-active device to the hosts.
+fn exported() -> Cluster {
     require_tool("iscsi-inq");
-    let mut c = Cluster::start(3);
+    let c = Cluster::start(3);
     c.wait_primary("default", Duration::from_secs(60));
     for args in export_vol(
         "64MiB",
@@ -157,6 +160,12 @@ fn a_reservation_taken_through_one_member_holds_on_every_member() {
     ) {
         c.cli(&args);
     }
+    c
+}
+
+#[test]
+fn a_reservation_taken_through_one_member_holds_on_every_member() {
+    let mut c = exported();
     wait_serving(&c, &[0, 1, 2]);
 
     // Host A registers and reserves through m1.
@@ -253,4 +262,38 @@ fn a_reservation_taken_through_one_member_holds_on_every_member() {
         let r = write(&mut b, 24);
         assert_eq!(r.status, CONFLICT, "B's write through m{}: {r:?}", i + 1);
     }
+}
+
+#[test]
+fn a_lun_reset_through_one_member_aborts_the_tasks_on_another() {
+    let c = exported();
+    wait_serving(&c, &[0, 1]);
+    // A WRITE through m2 waits for its data-out.
+    let mut on_m2 = session(c.members[1].portal, HOST_B);
+    let (itt, ttt) = on_m2
+        .start_write(&[0x2A, 0, 0, 0, 0, 64, 0, 0, 8, 0], 4096)
+        .expect("a write waiting for data");
+    // LOGICAL UNIT RESET through m1; answered once every member made it.
+    let mut on_m1 = session(c.members[0].portal, HOST_A);
+    assert_eq!(
+        on_m1.lun_reset(0).expect("LUN RESET"),
+        0,
+        "function complete"
+    );
+    // m2's session is told, and its write is gone: its data-out now
+    // completes nothing (a write still there would be answered, and the
+    // next command's status would come after that response).
+    let uas = unit_attentions(&mut on_m2);
+    assert!(
+        uas.iter().any(|&(asc, _)| asc == 0x29),
+        "a reset unit attention on m2's session: {uas:?}"
+    );
+    on_m2.data_out(itt, ttt, &[0xEE; 4096]).expect("data-out");
+    let r = on_m2
+        .scsi(&[0u8; 6], &[], 0)
+        .expect("TEST UNIT READY after the data-out, with no response for the aborted write");
+    assert_eq!(r.status, GOOD, "{r:?}");
+    // And the reset reached m1's own nexus too.
+    let uas = unit_attentions(&mut on_m1);
+    assert!(uas.iter().any(|&(asc, _)| asc == 0x29), "{uas:?}");
 }
