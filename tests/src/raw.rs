@@ -394,6 +394,17 @@ impl Conn {
             "Async event {}, not a logout request",
             msg.event
         );
+        self.logout_with(msg.statsn.wrapping_add(1))?;
+        Ok(msg)
+    }
+
+    /// Logs out (close the session): the Logout Response must answer and
+    /// the connection close.
+    pub fn logout(&mut self) -> Result<()> {
+        self.logout_with(self.statsn)
+    }
+
+    fn logout_with(&mut self, exp_statsn: u32) -> Result<()> {
         let itt = self.itt();
         let mut bhs = [0u8; BHS_LEN];
         LogoutRequest {
@@ -404,7 +415,7 @@ impl Conn {
             itt,
             cid: 0,
             cmdsn: self.cmdsn,
-            exp_statsn: msg.statsn.wrapping_add(1),
+            exp_statsn,
         }
         .encode(&mut bhs);
         self.send(&bhs, &[])?;
@@ -420,8 +431,7 @@ impl Conn {
             (resp.itt, resp.response) == (itt, 0),
             "Logout Response {resp:?}"
         );
-        self.expect_closed()?;
-        Ok(msg)
+        self.expect_closed()
     }
 }
 

@@ -42,10 +42,29 @@ const WE: u8 = 1;
 
 /// A session of `initiator` through `portal`, its unit attentions taken.
 fn session(portal: SocketAddr, initiator: &str) -> Conn {
-    let mut c = Conn::login_to(portal, TARGET, initiator).expect("login");
-    c.set_timeout(Duration::from_secs(30)).expect("timeout");
+    let mut c = session_raw(portal, initiator);
     c.clear_unit_attentions().expect("unit attentions");
     c
+}
+
+/// A session of `initiator` through `portal`, as it comes (unit
+/// attentions pending; nothing run on it yet).
+fn session_raw(portal: SocketAddr, initiator: &str) -> Conn {
+    let c = Conn::login_to(portal, TARGET, initiator).expect("login");
+    c.set_timeout(Duration::from_secs(30)).expect("timeout");
+    c
+}
+
+/// The status of `cdb` on `c` once the unit attentions pending are taken
+/// (each answers a try with CHECK CONDITION, UNIT ATTENTION).
+fn status(c: &mut Conn, cdb: &[u8], edtl_in: u32) -> u8 {
+    for _ in 0..8 {
+        let r = c.scsi(cdb, &[], edtl_in).expect("command");
+        if r.status != CHECK || r.sense.get(2).map(|k| k & 0x0F) != Some(6) {
+            return r.status;
+        }
+    }
+    panic!("unit attentions without end");
 }
 
 /// PERSISTENT RESERVE OUT `sa` with `key` and `sark` (APTPL set).
@@ -296,4 +315,115 @@ fn a_lun_reset_through_one_member_aborts_the_tasks_on_another() {
     // And the reset reached m1's own nexus too.
     let uas = unit_attentions(&mut on_m1);
     assert!(uas.iter().any(|&(asc, _)| asc == 0x29), "{uas:?}");
+}
+
+#[test]
+fn an_spc2_reservation_holds_on_every_member_until_its_nexus_goes() {
+    let c = exported();
+    wait_serving(&c, &[0, 1, 2]);
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    let r = a1.scsi(&reserve6, &[], 0).expect("RESERVE(6)");
+    assert_eq!(r.status, GOOD, "{r:?}");
+    // Another host through m2 and m3: refused, its RESERVE too.
+    for i in [1, 2] {
+        let mut b = session_raw(c.members[i].portal, HOST_B);
+        assert_eq!(
+            status(&mut b, &[0u8; 6], 0),
+            CONFLICT,
+            "TUR through m{}",
+            i + 1
+        );
+        assert_eq!(
+            status(&mut b, &reserve6, 0),
+            CONFLICT,
+            "RESERVE through m{}",
+            i + 1
+        );
+    }
+    // A second session of the same initiator through m1 (another I_T
+    // nexus, as libiscsi's tests make): refused; the holder logs out, and
+    // the very next command through m1 is not.
+    let mut other = session_raw(c.members[0].portal, HOST_A);
+    assert_eq!(status(&mut other, &[0u8; 6], 0), CONFLICT);
+    a1.logout().expect("logout");
+    assert_eq!(
+        status(&mut other, &[0u8; 6], 0),
+        GOOD,
+        "right after the holder's logout"
+    );
+    // Through the other members it goes too.
+    eventually("the reservation released", Duration::from_secs(10), || {
+        let mut b = session_raw(c.members[1].portal, HOST_B);
+        let s = status(&mut b, &[0u8; 6], 0);
+        (s == GOOD).then_some(()).ok_or(format!("status {s:#x}"))
+    });
+    // Through m2, B reserves and releases.
+    let mut b2 = session(c.members[1].portal, HOST_B);
+    assert_eq!(b2.scsi(&reserve6, &[], 0).unwrap().status, GOOD);
+    let read10 = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let mut a3 = session_raw(c.members[2].portal, HOST_A);
+    assert_eq!(
+        status(&mut a3, &read10, 512),
+        CONFLICT,
+        "A's read through m3"
+    );
+    assert_eq!(
+        b2.scsi(&[0x17, 0, 0, 0, 0, 0], &[], 0).unwrap().status,
+        GOOD
+    );
+    assert_eq!(
+        status(&mut a3, &read10, 512),
+        GOOD,
+        "A's read after the release"
+    );
+}
+
+/// MODE SELECT (6) of the Control mode page with SWP `on`, through `c`.
+fn set_swp(c: &mut Conn, on: bool) -> ScsiResult {
+    let r = c
+        .scsi(&[0x1A, 0x08, 0x0A, 0, 255, 0], &[], 255)
+        .expect("MODE SENSE");
+    assert_eq!(r.status, GOOD, "MODE SENSE: {r:?}");
+    let mut p = vec![0, 0, 0, 0];
+    p.extend_from_slice(&r.data[4..4 + 2 + usize::from(r.data[5])]);
+    p[4] &= 0x3F;
+    if on {
+        p[8] |= 0x08;
+    } else {
+        p[8] &= !0x08;
+    }
+    c.scsi(&[0x15, 0x10, 0, 0, p.len() as u8, 0], &p, 0)
+        .expect("MODE SELECT")
+}
+
+#[test]
+fn software_write_protect_set_through_one_member_holds_on_every_member() {
+    let c = exported();
+    wait_serving(&c, &[0, 1, 2]);
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    let mut b2 = session(c.members[1].portal, HOST_B);
+    assert_eq!(write(&mut b2, 32).status, GOOD);
+    let r = set_swp(&mut a1, true);
+    assert_eq!(r.status, GOOD, "SWP on through m1: {r:?}");
+    // m2's nexus is told, and its writes are refused: DATA PROTECT,
+    // WRITE PROTECTED.
+    let uas = unit_attentions(&mut b2);
+    assert!(
+        uas.contains(&(0x2A, 0x01)),
+        "MODE PARAMETERS CHANGED on m2: {uas:?}"
+    );
+    let r = write(&mut b2, 32);
+    assert_eq!(
+        (r.status, r.sense[2] & 0x0F, r.sense[12]),
+        (CHECK, 7, 0x27),
+        "{r:?}"
+    );
+    // m1's own nexus is not told of its own change.
+    assert!(unit_attentions(&mut a1).is_empty());
+    // Off again through m3.
+    let mut a3 = session(c.members[2].portal, HOST_A);
+    assert_eq!(set_swp(&mut a3, false).status, GOOD);
+    assert!(unit_attentions(&mut b2).contains(&(0x2A, 0x01)));
+    assert_eq!(write(&mut b2, 32).status, GOOD);
 }

@@ -254,8 +254,34 @@ impl Inner {
                 }
                 UnitChange::Reset => {
                     state.resets += 1;
+                    state.spc2 = None;
                     Ok(true)
                 }
+                UnitChange::Reserve => match &state.spc2 {
+                    Some(h) if h == nexus => Ok(false),
+                    Some(_) => Err(Completion::reservation_conflict()),
+                    // SPC-4 5.13.3: no RESERVE while registrations exist.
+                    None if !state.pr.registrations.is_empty() => {
+                        Err(Completion::reservation_conflict())
+                    }
+                    None => {
+                        state.spc2 = Some(nexus.clone());
+                        Ok(true)
+                    }
+                },
+                UnitChange::Mode { swp } if state.swp == *swp => Ok(false),
+                UnitChange::Mode { swp } => {
+                    state.swp = *swp;
+                    state.swp_by = Some(nexus.clone());
+                    Ok(true)
+                }
+                UnitChange::Release => match &state.spc2 {
+                    Some(h) if h == nexus => {
+                        state.spc2 = None;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                },
             };
             let (text, answer) = match outcome {
                 Ok(true) => (Some(state.to_text()), Completion::good()),
@@ -268,7 +294,9 @@ impl Inner {
                 expect: version,
                 state: text,
             };
-            match service.write(cmd).await {
+            let result = service.write(cmd).await;
+            tracing::info!(%device, nexus = %format!("{},{}", nexus.initiator, nexus.rel_port), change = ?kind(change), changed, status = ?answer.status, ok = result.is_ok(), "shared SCSI state change decided");
+            match result {
                 Ok(_) => {
                     if changed {
                         self.until_everywhere(service, device, version, deadline)
@@ -332,6 +360,17 @@ impl Inner {
         if !peers {
             tracing::warn!(%device, here, installed, lagging = ?lagging(), "a committed reservation change is answered before every member applied it");
         }
+    }
+}
+
+/// What `change` is, for the log.
+fn kind(change: &UnitChange) -> &'static str {
+    match change {
+        UnitChange::Prout(_) => "PERSISTENT RESERVE OUT",
+        UnitChange::Reset => "LOGICAL UNIT RESET",
+        UnitChange::Reserve => "RESERVE",
+        UnitChange::Release => "RELEASE",
+        UnitChange::Mode { .. } => "MODE SELECT",
     }
 }
 

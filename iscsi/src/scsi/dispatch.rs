@@ -147,7 +147,7 @@ pub fn dispatch_data_out(
     nexus: &mut NexusState,
 ) -> Action {
     match cdb.first() {
-        Some(0x15) | Some(0x55) => Action::Complete(mode_select(cdb, data, dev, lu, nexus)),
+        Some(0x15) | Some(0x55) => mode_select(cdb, data, dev, lu, nexus),
         Some(0x5F) => {
             // Short CDBs read their missing bytes as zero, as everywhere else.
             let c = pad(cdb);

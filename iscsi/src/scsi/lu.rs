@@ -22,8 +22,18 @@ pub enum UnitChange {
     /// PERSISTENT RESERVE OUT (a [`PrRequest::Out`]).
     Prout(PrRequest),
     /// LOGICAL UNIT RESET: every nexus on every member aborts its tasks for
-    /// the unit and gets the unit attention.
+    /// the unit and gets the unit attention; the SPC-2 reservation goes.
     Reset,
+    /// RESERVE(6)/(10) (SPC-2).
+    Reserve,
+    /// RELEASE(6)/(10) (SPC-2), also made when the holding nexus goes.
+    Release,
+    /// MODE SELECT: software write protect (Control mode page SWP) on or
+    /// off; the other nexuses get MODE PARAMETERS CHANGED.
+    Mode {
+        /// SWP.
+        swp: bool,
+    },
 }
 
 /// The state of a logical unit every member exporting it shares: the
@@ -34,30 +44,70 @@ pub struct UnitState {
     pub pr: PrState,
     /// LOGICAL UNIT RESETs made through any member.
     pub resets: u64,
+    /// The I_T nexus holding the SPC-2 reservation, if any.
+    pub spc2: Option<ItNexus>,
+    /// Software write protect (Control mode page SWP).
+    pub swp: bool,
+    /// The I_T nexus that set SWP last (it gets no MODE PARAMETERS
+    /// CHANGED for its own change).
+    pub swp_by: Option<ItNexus>,
 }
 
 impl UnitState {
     /// The text form: the shared form of the reservations, and the resets.
     pub fn to_text(&self) -> String {
-        format!("{}resets {}\n", self.pr.to_shared_text(), self.resets)
+        let mut t = format!("{}resets {}\n", self.pr.to_shared_text(), self.resets);
+        if let Some(h) = &self.spc2 {
+            t.push_str(&format!("spc2 {} {}\n", h.rel_port, h.initiator));
+        }
+        match (&self.swp_by, self.swp) {
+            (Some(by), swp) => t.push_str(&format!(
+                "swp {} {} {}\n",
+                u8::from(swp),
+                by.rel_port,
+                by.initiator
+            )),
+            (None, true) => t.push_str("swp 1\n"),
+            (None, false) => {}
+        }
+        t
     }
 
     /// The state written as `text`; None if it is not one.
     pub fn from_text(text: &str) -> Option<Self> {
         let mut resets = 0;
+        let mut spc2 = None;
+        let (mut swp, mut swp_by) = (false, None);
         let mut pr = String::new();
         for line in text.lines() {
-            match line.strip_prefix("resets ") {
-                Some(n) => resets = n.parse().ok()?,
-                None => {
-                    pr.push_str(line);
-                    pr.push('\n');
+            if let Some(n) = line.strip_prefix("resets ") {
+                resets = n.parse().ok()?;
+            } else if let Some(h) = line.strip_prefix("spc2 ") {
+                let (port, initiator) = h.split_once(' ')?;
+                spc2 = Some(ItNexus {
+                    initiator: initiator.to_owned(),
+                    rel_port: port.parse().ok()?,
+                });
+            } else if let Some(w) = line.strip_prefix("swp ") {
+                let mut w = w.splitn(3, ' ');
+                swp = w.next()? == "1";
+                if let Some(port) = w.next() {
+                    swp_by = Some(ItNexus {
+                        rel_port: port.parse().ok()?,
+                        initiator: w.next()?.to_owned(),
+                    });
                 }
+            } else {
+                pr.push_str(line);
+                pr.push('\n');
             }
         }
         Some(UnitState {
             pr: PrState::from_text(&pr)?,
             resets,
+            spc2,
+            swp,
+            swp_by,
         })
     }
 }
@@ -147,6 +197,8 @@ impl LunShared {
     /// its resets counted as made.
     pub fn start_from(&self, state: UnitState) {
         self.cluster_resets.store(state.resets, Ordering::Release);
+        self.install_spc2(state.spc2.as_ref());
+        self.swp.store(state.swp, Ordering::Release);
         self.install_pr(state.pr);
     }
 
@@ -162,6 +214,15 @@ impl LunShared {
         {
             self.reset();
         }
+        self.install_spc2(state.spc2.as_ref());
+        let by = state.swp_by.as_ref().map_or(0, super::spc2_token);
+        self.set_software_write_protect(state.swp, by);
+    }
+
+    /// The SPC-2 reservation the cluster decided: held by `holder`.
+    fn install_spc2(&self, holder: Option<&ItNexus>) {
+        self.holder
+            .store(holder.map_or(0, super::spc2_token), Ordering::Release);
     }
 
     /// Installs the persistent reservation state the cluster decided:

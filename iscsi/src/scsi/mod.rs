@@ -62,7 +62,7 @@ pub use persist::{
     Reservation,
 };
 pub use provisioning::lba_status;
-pub use reserve::{new_nexus_id, reserve_release, ReserveOp};
+pub use reserve::{new_nexus_id, reserve_release, spc2_token, ReserveOp};
 pub use sanitize::{
     sanitize_gate, SanitizeOp, SanitizePhase, SanitizeRequest, SanitizeRun, SanitizeState,
 };
@@ -237,6 +237,10 @@ pub enum Action {
     /// SANITIZE (with its parameter list, for OVERWRITE): the session starts
     /// it on the unit's [`SanitizeState`] and runs its disk steps.
     Sanitize(SanitizeRequest),
+    /// A change of a cluster's unit (MODE SELECT of software write
+    /// protect): the session has the cluster decide it
+    /// ([`ClusterUnit::change`]) and sends its status.
+    Shared(UnitChange),
 }
 
 /// Final status of a command.

@@ -184,17 +184,23 @@ pub fn mode_select(
     dev: &LunDevice,
     lu: &LunShared,
     nexus: &mut NexusState,
-) -> Completion {
-    match parse_mode_select(&pad(cdb), data, dev, nexus.software_write_protect()) {
-        Ok(swp) => {
-            if lu.set_software_write_protect(swp, nexus.id()) {
-                // This nexus sees its own change without a unit attention.
-                nexus.observe_mode(lu);
+) -> Action {
+    Action::Complete(
+        match parse_mode_select(&pad(cdb), data, dev, nexus.software_write_protect()) {
+            Ok(swp) if lu.cluster().is_some() && swp != lu.software_write_protect() => {
+                // Every member's: the cluster decides it.
+                return Action::Shared(super::UnitChange::Mode { swp });
             }
-            Completion::good()
-        }
-        Err(s) => Completion::check(s),
-    }
+            Ok(swp) => {
+                if lu.set_software_write_protect(swp, nexus.id()) {
+                    // This nexus sees its own change without a unit attention.
+                    nexus.observe_mode(lu);
+                }
+                Completion::good()
+            }
+            Err(s) => Completion::check(s),
+        },
+    )
 }
 
 /// Checks a MODE SELECT parameter list against the current values (`swp`
@@ -410,7 +416,21 @@ mod tests {
     }
 
     fn run(c: &Cdb, data: &[u8], dev: &LunDevice) -> Completion {
-        mode_select(c, data, dev, &LunShared::new(), &mut NexusState::empty())
+        select(c, data, dev, &LunShared::new(), &mut NexusState::empty())
+    }
+
+    /// MODE SELECT on a lone gateway's unit: always a completion.
+    fn select(
+        c: &[u8],
+        data: &[u8],
+        dev: &LunDevice,
+        lu: &LunShared,
+        nexus: &mut NexusState,
+    ) -> Completion {
+        match mode_select(c, data, dev, lu, nexus) {
+            Action::Complete(c) => c,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -459,10 +479,7 @@ mod tests {
         page.extend_from_slice(&current_page(0x0A, &dev, false).unwrap());
         page[8] |= 0x08;
         let c = select6(false, page.len() as u8);
-        assert_eq!(
-            mode_select(&c, &page, &dev, &lu, &mut a),
-            Completion::good()
-        );
+        assert_eq!(select(&c, &page, &dev, &lu, &mut a), Completion::good());
         assert!(lu.software_write_protect());
         assert!(a.software_write_protect());
         assert_eq!(a.next_ua(), None, "the nexus that changed it is not told");
@@ -474,18 +491,12 @@ mod tests {
             .unwrap()
             .data;
         assert_eq!(cur[4 + SWP_AT] & SWP, SWP);
-        assert_eq!(
-            mode_select(&c, &page, &dev, &lu, &mut b),
-            Completion::good()
-        );
+        assert_eq!(select(&c, &page, &dev, &lu, &mut b), Completion::good());
         a.observe(&lu);
         assert_eq!(a.next_ua(), None, "nothing changed");
         // Clearing it again.
         page[8] &= !0x08;
-        assert_eq!(
-            mode_select(&c, &page, &dev, &lu, &mut b),
-            Completion::good()
-        );
+        assert_eq!(select(&c, &page, &dev, &lu, &mut b), Completion::good());
         assert!(!lu.software_write_protect());
         a.observe(&lu);
         assert_eq!(a.next_ua(), Some(UnitAttention::ModeParametersChanged));

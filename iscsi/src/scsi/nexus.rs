@@ -22,6 +22,12 @@ pub struct NexusState {
     alua_seen: u64,
     alua: AluaState,
     id: u64,
+    /// The id an SPC-2 reservation holder is known by: `id` on a lone
+    /// gateway; on a cluster's unit, the token of `pr_id` (the same on
+    /// every member, see [`spc2_token`](super::spc2_token)).
+    spc2_id: u64,
+    /// Attached to a unit whose state the cluster decides.
+    cluster: bool,
     holder: u64,
     pr_id: ItNexus,
     pr_seen: u64,
@@ -60,6 +66,8 @@ impl NexusState {
             alua_seen: lu.ports().own().0,
             alua: lu.ports().own().1,
             id,
+            spc2_id: id,
+            cluster: lu.cluster().is_some(),
             holder: lu.holder(),
             pr_events_seen: lu.pr_lock().last_event(),
             ..Self::new()
@@ -69,6 +77,9 @@ impl NexusState {
     /// This nexus known to persistent reservations as `who` (initiator
     /// port and relative target port).
     pub fn with_pr_identity(mut self, who: ItNexus) -> Self {
+        if self.cluster {
+            self.spc2_id = super::spc2_token(&who);
+        }
         self.pr_id = who;
         self.pr_seen = u64::MAX;
         self
@@ -119,7 +130,7 @@ impl NexusState {
         let changes = lu.mode_changes();
         if changes != self.mode_seen {
             self.mode_seen = changes;
-            if lu.mode_changer() != self.id {
+            if lu.mode_changer() != self.spc2_id {
                 self.push(UnitAttention::ModeParametersChanged);
             }
         }
@@ -143,6 +154,8 @@ impl NexusState {
             alua_seen: 0,
             alua: AluaState::ActiveOptimized,
             id: 0,
+            spc2_id: 0,
+            cluster: false,
             holder: 0,
             pr_id: ItNexus::default(),
             pr_seen: 0,
@@ -158,10 +171,15 @@ impl NexusState {
         self.id
     }
 
+    /// The id this nexus holds an SPC-2 reservation under.
+    pub fn spc2_id(&self) -> u64 {
+        self.spc2_id
+    }
+
     /// Whether another I_T nexus held the reservation of the logical unit
     /// when last observed.
     pub fn reserved_elsewhere(&self) -> bool {
-        self.holder != 0 && self.holder != self.id
+        self.holder != 0 && self.holder != self.spc2_id
     }
 
     /// Catches up with the logical unit as changed through any nexus: notes

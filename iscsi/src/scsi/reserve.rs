@@ -51,13 +51,25 @@ pub(crate) fn conflicts(handler: Handler) -> bool {
 /// Applies RESERVE or RELEASE from `nexus` to the logical unit `lu`.
 pub fn reserve_release(op: ReserveOp, lu: &LunShared, nexus: &NexusState) -> Completion {
     match op {
-        ReserveOp::Reserve if !lu.reserve(nexus.id()) => Completion::reservation_conflict(),
+        ReserveOp::Reserve if !lu.reserve(nexus.spc2_id()) => Completion::reservation_conflict(),
         ReserveOp::Reserve => Completion::good(),
         ReserveOp::Release => {
-            lu.release(nexus.id());
+            lu.release(nexus.spc2_id());
             Completion::good()
         }
     }
+}
+
+/// The id of I_T nexus `n` as the holder of an SPC-2 reservation of a
+/// cluster's unit: the same on every member (never 0).
+pub fn spc2_token(n: &super::ItNexus) -> u64 {
+    // FNV-1a over the initiator port name and the relative port.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in n.initiator.bytes().chain(n.rel_port.to_be_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1 << 63
 }
 
 /// A fresh I_T nexus id, unique in the process (never 0). Every session gets

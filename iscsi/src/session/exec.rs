@@ -175,6 +175,30 @@ impl Connection {
                 self.advance_task(id);
                 true
             }
+            (action @ (Action::Reservation(_) | Action::Shared(_)), Some(i))
+                if luns.luns[i].shared.cluster().is_some() =>
+            {
+                // RESERVE/RELEASE of a cluster's unit: decided by the
+                // cluster, the task waiting like a disk step.
+                let Some(s) = self.session() else { return true };
+                let id = s.new_task(cmd, i, &luns, Purpose::Params, 0);
+                let change = match action {
+                    Action::Reservation(scsi::ReserveOp::Reserve) => UnitChange::Reserve,
+                    Action::Reservation(scsi::ReserveOp::Release) => UnitChange::Release,
+                    Action::Shared(change) => change,
+                    _ => return true,
+                };
+                let op = SharedOp {
+                    unit: Arc::clone(&luns.luns[i].shared),
+                    nexus: s.nexus[i].pr_identity().clone(),
+                    change,
+                };
+                if let Some(t) = s.tasks.get_mut(&id) {
+                    t.stage = Stage::InFlight;
+                }
+                self.decide_in_cluster(id, luns.luns[i].slot, op);
+                true
+            }
             (Action::Reservation(op), Some(i)) => {
                 let Some(s) = self.session() else { return true };
                 let c = scsi::reserve_release(op, &luns.luns[i].shared, &s.nexus[i]);
@@ -185,6 +209,11 @@ impl Connection {
                 let Some(s) = self.session() else { return true };
                 let c = scsi::persistent_reserve(&req, &luns.luns[i].shared, &mut s.nexus[i]);
                 self.complete_now(cmd, c);
+                true
+            }
+            (Action::Shared(_), Some(_)) => {
+                // Only a cluster's unit asks for one.
+                self.complete_now(cmd, Completion::check(Sense::internal_target_failure()));
                 true
             }
             (Action::ExtendedCopy(_), Some(_)) => {
@@ -554,24 +583,24 @@ impl Connection {
             }
             Action::ExtendedCopy(list) => self.start_copy(id, list),
             Action::Sanitize(req) => self.start_sanitize(id, req),
-            Action::PersistentReserve(req @ PrRequest::Out { .. })
+            action @ (Action::PersistentReserve(PrRequest::Out { .. }) | Action::Shared(_))
                 if entry.shared.cluster().is_some() =>
             {
                 // Decided by the cluster; the task waits like a disk step.
                 t.stage = Stage::InFlight;
                 t.params = Vec::new();
+                let change = match action {
+                    Action::PersistentReserve(req) => UnitChange::Prout(req),
+                    Action::Shared(change) => change,
+                    _ => return,
+                };
                 let op = SharedOp {
                     unit: Arc::clone(&entry.shared),
                     nexus: s.nexus[t.lun_index].pr_identity().clone(),
-                    change: UnitChange::Prout(req),
+                    change,
                 };
                 let slot = t.slot;
-                self.disk.push_back(DiskRequest {
-                    task: id,
-                    slot,
-                    offset: 0,
-                    op: DiskOp::Shared(op),
-                });
+                self.decide_in_cluster(id, slot, op);
             }
             other => {
                 let c = match other {
@@ -587,6 +616,22 @@ impl Connection {
                 self.respond_completion(t.itt, t.lun, t.edtl, c, 0);
             }
         }
+    }
+
+    /// Hands `op` to the cluster for task `id` (or, for a task management
+    /// function, an id it waits on): answered by [`Connection::shared_done`].
+    pub(super) fn decide_in_cluster(
+        &mut self,
+        id: u32,
+        slot: trellis_datapath::StoreSlot,
+        op: SharedOp,
+    ) {
+        self.disk.push_back(DiskRequest {
+            task: id,
+            slot,
+            offset: 0,
+            op: DiskOp::Shared(op),
+        });
     }
 
     /// The cluster decided a [`DiskOp::Shared`] change of task `id`: answer

@@ -248,6 +248,9 @@ struct Session {
     next_ttt: u32,
     text: Option<text::Pending>,
     tmfs: Vec<tmf::PendingTmf>,
+    /// A Logout Response held back until the cluster released this
+    /// nexus' SPC-2 reservations on every member (the ids it waits on).
+    logout: Option<(pdu::LogoutResponse, Vec<u32>)>,
     holds: media::Holds,
 }
 
@@ -257,9 +260,25 @@ impl Session {
     fn release_reservations(&self) {
         if let Some(l) = &self.luns {
             for (e, n) in l.luns.iter().zip(&self.nexus) {
-                e.shared.release(n.id());
+                release_reservation(&e.shared, n);
             }
         }
+    }
+}
+
+/// Releases the SPC-2 reservation of `lu` if nexus `n` holds it (the nexus
+/// goes, or I_T NEXUS RESET). On a cluster's unit it goes here at once, and
+/// the cluster releases it on every member in the background (nobody
+/// waits for that answer; the other members refuse a moment longer).
+fn release_reservation(lu: &Arc<crate::scsi::LunShared>, n: &crate::scsi::NexusState) {
+    let held = lu.holder() == n.spc2_id();
+    lu.release(n.spc2_id());
+    if let (true, Some(cluster)) = (held, lu.cluster()) {
+        cluster.change(
+            n.pr_identity().clone(),
+            crate::scsi::UnitChange::Release,
+            Box::new(|_| {}),
+        );
     }
 }
 
@@ -680,6 +699,7 @@ impl Connection {
             next_ttt: 1,
             text: None,
             tmfs: Vec::new(),
+            logout: None,
             holds: media::Holds::default(),
         }));
     }
@@ -773,19 +793,70 @@ impl Connection {
             total_ahs_len: 0,
             data_segment_len: 0,
             itt: l.itt,
-            statsn: self.next_statsn(),
+            // Taken when it is sent.
+            statsn: 0,
             exp_cmdsn: exp,
             max_cmdsn: max,
             time2wait: 0,
             time2retain: 0,
         };
+        if response == 0 {
+            host.session_ended(tsih);
+            // A cluster's unit: the response waits until every member has
+            // released what this nexus reserved, so that the initiator's
+            // next command through any member finds it released.
+            let waiting = self.release_in_cluster();
+            if !waiting.is_empty() {
+                if let Some(s) = self.session() {
+                    s.logout = Some((resp, waiting));
+                    return;
+                }
+            }
+        }
+        self.send_logout(resp);
+    }
+
+    /// Sends Logout Response `resp` (its StatSN taken now); a session
+    /// logged out closes.
+    pub(super) fn send_logout(&mut self, mut resp: LogoutResponse) {
+        resp.statsn = self.next_statsn();
         let mut bhs = [0u8; BHS_LEN];
         resp.encode(&mut bhs);
         self.out.push(&bhs, &[]);
-        if response == 0 {
-            host.session_ended(tsih);
+        if resp.response == 0 {
             self.close(CloseReason::Logout);
         }
+    }
+
+    /// Releases, here at once and through the cluster, the SPC-2
+    /// reservations this session's nexus holds on cluster units; the ids
+    /// the cluster answers on.
+    fn release_in_cluster(&mut self) -> Vec<u32> {
+        let Some(s) = self.session() else {
+            return Vec::new();
+        };
+        let Some(l) = s.luns.clone() else {
+            return Vec::new();
+        };
+        let mut ops = Vec::new();
+        for (e, n) in l.luns.iter().zip(&s.nexus) {
+            if e.shared.cluster().is_some() && e.shared.holder() == n.spc2_id() {
+                e.shared.release(n.spc2_id());
+                let id = s.next_task;
+                s.next_task = s.next_task.wrapping_add(1).max(1);
+                let op = SharedOp {
+                    unit: Arc::clone(&e.shared),
+                    nexus: n.pr_identity().clone(),
+                    change: crate::scsi::UnitChange::Release,
+                };
+                ops.push((id, e.slot, op));
+            }
+        }
+        let ids = ops.iter().map(|(id, _, _)| *id).collect();
+        for (id, slot, op) in ops {
+            self.decide_in_cluster(id, slot, op);
+        }
+        ids
     }
 
     /// Queues a Reject carrying the offending header; past

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::{CloseReason, Connection, DiskOp, DiskRequest, SharedOp};
+use super::{CloseReason, Connection, SharedOp};
 use crate::pdu::{TaskMgmtRequest, TaskMgmtResponse, BHS_LEN};
 use crate::scsi::{self, UnitChange};
 
@@ -120,8 +120,9 @@ impl Connection {
         let lun_index = luns.as_ref().and_then(|l| l.find(req.lun));
         let mut affected: Vec<u32> = Vec::new();
         let mut close_after = false;
-        // The cluster's decision a LOGICAL UNIT RESET waits for.
-        let mut cluster_wait = None;
+        // Units (by index) the cluster resets on every member; the response
+        // waits for it.
+        let mut resets: Vec<usize> = Vec::new();
         let lun_tasks = |s: &super::Session| -> Vec<u32> {
             s.tasks
                 .values()
@@ -195,24 +196,7 @@ impl Connection {
                         // Every member's nexuses: the cluster decides it,
                         // each member (this one too) makes the reset when it
                         // installs it, and the response waits for that.
-                        let id = s.next_task;
-                        s.next_task = s.next_task.wrapping_add(1).max(1);
-                        let op = SharedOp {
-                            unit: Arc::clone(shared),
-                            nexus: s
-                                .nexus
-                                .get(i)
-                                .map(|n| n.pr_identity().clone())
-                                .unwrap_or_default(),
-                            change: UnitChange::Reset,
-                        };
-                        self.disk.push_back(DiskRequest {
-                            task: id,
-                            slot: entry.slot,
-                            offset: 0,
-                            op: DiskOp::Shared(op),
-                        });
-                        cluster_wait = Some(id);
+                        resets.push(i);
                     } else if function == LOGICAL_UNIT_RESET {
                         shared.reset();
                     } else if let Some(n) = s.nexus.get(i) {
@@ -226,8 +210,14 @@ impl Connection {
                 // A target reset is a reset of every unit of the target:
                 // SPC-2 reservations go, every nexus gets the unit attention
                 // and aborts its tasks.
-                for l in luns.iter().flat_map(|l| l.luns.iter()) {
-                    l.shared.reset();
+                // A cluster's units are reset on every member, as by LOGICAL
+                // UNIT RESET.
+                for (i, l) in luns.iter().flat_map(|l| l.luns.iter()).enumerate() {
+                    if l.shared.cluster().is_some() {
+                        resets.push(i);
+                    } else {
+                        l.shared.reset();
+                    }
                 }
                 close_after = function == TARGET_COLD_RESET;
                 COMPLETE
@@ -238,7 +228,7 @@ impl Connection {
                 affected.extend(s.tasks.keys().copied());
                 for (i, l) in luns.iter().flat_map(|l| l.luns.iter()).enumerate() {
                     if let Some(n) = s.nexus.get_mut(i) {
-                        l.shared.release(n.id());
+                        super::release_reservation(&l.shared, n);
                         n.push(scsi::UnitAttention::ItNexusLoss);
                     }
                 }
@@ -247,7 +237,26 @@ impl Connection {
             TASK_REASSIGN => REASSIGN_NOT_SUPPORTED,
             _ => NOT_SUPPORTED,
         };
-        let mut waiting: Vec<u32> = cluster_wait.into_iter().collect();
+        let mut waiting: Vec<u32> = Vec::new();
+        if let Some(l) = &luns {
+            for i in resets {
+                let Some(s) = self.session() else { return };
+                let id = s.next_task;
+                s.next_task = s.next_task.wrapping_add(1).max(1);
+                let entry = &l.luns[i];
+                let op = SharedOp {
+                    unit: Arc::clone(&entry.shared),
+                    nexus: s
+                        .nexus
+                        .get(i)
+                        .map(|n| n.pr_identity().clone())
+                        .unwrap_or_default(),
+                    change: UnitChange::Reset,
+                };
+                self.decide_in_cluster(id, entry.slot, op);
+                waiting.push(id);
+            }
+        }
         let Some(s) = self.session() else { return };
         for id in affected {
             let Some(t) = s.tasks.get_mut(&id) else {
@@ -277,6 +286,16 @@ impl Connection {
     }
 
     pub(super) fn drain_tmfs(&mut self, id: u32) {
+        let Some(s) = self.session() else { return };
+        if let Some((_, waiting)) = s.logout.as_mut() {
+            waiting.retain(|w| *w != id);
+            if waiting.is_empty() {
+                if let Some((resp, _)) = s.logout.take() {
+                    self.send_logout(resp);
+                }
+                return;
+            }
+        }
         let Some(s) = self.session() else { return };
         if s.tmfs.is_empty() {
             return;

@@ -362,6 +362,14 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
     s.resets = 3;
     let back = UnitState::from_text(&s.to_text()).unwrap();
     assert_eq!(back, s);
+    // With an SPC-2 holder and software write protect set by a nexus.
+    let mut full = s.clone();
+    full.spc2 = Some(nx(2));
+    full.swp = true;
+    full.swp_by = Some(nx(3));
+    assert_eq!(UnitState::from_text(&full.to_text()), Some(full.clone()));
+    full.swp_by = None;
+    assert_eq!(UnitState::from_text(&full.to_text()), Some(full));
     assert_eq!(UnitState::from_text("trellis-pr 2\nresets x\n"), None);
     assert_eq!(UnitState::from_text("nonsense"), None);
 
@@ -382,4 +390,47 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
     assert!(n.pending().contains(&UnitAttention::LunReset));
     assert!(n.take_abort());
     assert!(n.pr_view().registered);
+
+    // SPC-2 holder and SWP installed: the holder's own nexus is not
+    // reserved elsewhere, another is; the nexus that set SWP gets no unit
+    // attention for it, another does.
+    let cluster_lu = LunShared::new().with_cluster(std::sync::Arc::new(NoCluster));
+    let mut holder = NexusState::attached(&cluster_lu, 10).with_pr_identity(nx(2));
+    let mut other = NexusState::attached(&cluster_lu, 11).with_pr_identity(nx(3));
+    let mut st = UnitState {
+        spc2: Some(nx(2)),
+        swp: true,
+        swp_by: Some(nx(2)),
+        ..UnitState::default()
+    };
+    cluster_lu.install(st.clone());
+    holder.observe(&cluster_lu);
+    other.observe(&cluster_lu);
+    assert!(!holder.reserved_elsewhere());
+    assert!(other.reserved_elsewhere());
+    assert!(holder.software_write_protect() && other.software_write_protect());
+    assert!(!holder
+        .pending()
+        .contains(&UnitAttention::ModeParametersChanged));
+    assert!(other
+        .pending()
+        .contains(&UnitAttention::ModeParametersChanged));
+    st.spc2 = None;
+    cluster_lu.install(st);
+    other.observe(&cluster_lu);
+    assert!(!other.reserved_elsewhere());
+}
+
+/// A cluster that decides nothing (the tests install states directly).
+#[derive(Debug)]
+struct NoCluster;
+
+impl crate::scsi::ClusterUnit for NoCluster {
+    fn change(&self, _: ItNexus, _: crate::scsi::UnitChange, done: crate::scsi::Done) {
+        done(Completion::good());
+    }
+
+    fn state(&self) -> Option<crate::scsi::UnitState> {
+        None
+    }
 }
