@@ -427,3 +427,115 @@ fn software_write_protect_set_through_one_member_holds_on_every_member() {
     assert!(unit_attentions(&mut b2).contains(&(0x2A, 0x01)));
     assert_eq!(write(&mut b2, 32).status, GOOD);
 }
+
+/// COMPARE AND WRITE (16) of one 512-byte block at `lba`: compare with
+/// `old`, write `new`.
+fn caw(c: &mut Conn, lba: u64, old: &[u8], new: &[u8]) -> ScsiResult {
+    let mut cdb = [0u8; 16];
+    cdb[0] = 0x89;
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[13] = 1;
+    let mut data = old.to_vec();
+    data.extend_from_slice(new);
+    c.scsi(&cdb, &data, 0).expect("COMPARE AND WRITE")
+}
+
+/// READ (10) of one block.
+fn read_block(c: &mut Conn, lba: u32) -> Vec<u8> {
+    let l = lba.to_be_bytes();
+    let r = c
+        .scsi(&[0x28, 0, l[0], l[1], l[2], l[3], 0, 0, 1, 0], &[], 512)
+        .expect("READ");
+    assert_eq!(r.status, GOOD, "{r:?}");
+    r.data
+}
+
+/// The counter block: an increment count, then who wrote it last.
+const COUNTER_LBA: u32 = 100;
+
+/// Increments the counter through `c` with read-compare-write until `n`
+/// increments were acknowledged, as VMware's ATS heartbeat updates its
+/// block; returns the latency of every COMPARE AND WRITE and how many
+/// miscompared (another writer came first).
+fn increment(c: &mut Conn, who: u8, n: usize) -> (Vec<Duration>, usize) {
+    let (mut took, mut miscompares, mut goods) = (Vec::new(), 0, 0);
+    while goods < n {
+        let old = read_block(c, COUNTER_LBA);
+        let count = u64::from_be_bytes(old[..8].try_into().unwrap());
+        let mut new = old.clone();
+        new[..8].copy_from_slice(&(count + 1).to_be_bytes());
+        new[8] = who;
+        let started = std::time::Instant::now();
+        let r = caw(c, u64::from(COUNTER_LBA), &old, &new);
+        took.push(started.elapsed());
+        match (r.status, r.sense.get(2).map(|k| k & 0x0F)) {
+            (GOOD, _) => goods += 1,
+            (CHECK, Some(0x0E)) => miscompares += 1,
+            other => panic!("COMPARE AND WRITE by {who}: {other:?} {r:?}"),
+        }
+    }
+    (took, miscompares)
+}
+
+/// Median and 99th percentile.
+fn spread(mut d: Vec<Duration>) -> (Duration, Duration) {
+    d.sort();
+    let at = |q: f64| d[((d.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+#[test]
+fn compare_and_write_through_two_members_never_loses_an_increment() {
+    let c = exported();
+    wait_serving(&c, &[0, 1, 2]);
+    let roles = c.roles("default");
+    assert_eq!(roles["primary"], "m1", "m1 owns the device: {roles}");
+    // Each alone first: the owner's path and another member's.
+    for (i, who) in [(0, 1u8), (1, 2u8)] {
+        let mut s = session(c.members[i].portal, HOST_A);
+        let (took, miscompares) = increment(&mut s, who, 50);
+        assert_eq!(miscompares, 0, "alone");
+        let (median, p99) = spread(took);
+        println!(
+            "COMPARE AND WRITE through m{} ({}), alone: median {median:?}, p99 {p99:?}",
+            i + 1,
+            if i == 0 {
+                "the owner"
+            } else {
+                "forwarded to the owner"
+            }
+        );
+    }
+    // Then both at once, on the same block.
+    const EACH: usize = 200;
+    let writers: Vec<_> = [(0usize, 1u8, HOST_A), (1, 2, HOST_B)]
+        .into_iter()
+        .map(|(i, who, host)| {
+            let portal = c.members[i].portal;
+            std::thread::spawn(move || {
+                let mut s = session(portal, host);
+                increment(&mut s, who, EACH)
+            })
+        })
+        .collect();
+    let mut miscompares = 0;
+    for (i, w) in writers.into_iter().enumerate() {
+        let (took, m) = w.join().expect("writer");
+        miscompares += m;
+        let (median, p99) = spread(took);
+        println!(
+            "COMPARE AND WRITE through m{}, both writers on one block: median {median:?}, p99 {p99:?}, {m} miscompares",
+            i + 1
+        );
+    }
+    // Every acknowledged increment is there: 50 + 50 alone, 2 x EACH
+    // together.
+    let mut s = session(c.members[2].portal, PROBE);
+    let block = read_block(&mut s, COUNTER_LBA);
+    let count = u64::from_be_bytes(block[..8].try_into().unwrap());
+    assert_eq!(
+        count,
+        100 + 2 * EACH as u64,
+        "{miscompares} miscompares on the way"
+    );
+}

@@ -208,6 +208,7 @@ pub fn start(
             node.members_source(),
             Arc::clone(reg),
             node.announcer(),
+            me.id.clone(),
             wake.clone(),
             Arc::clone(&stop),
         )?);

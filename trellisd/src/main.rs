@@ -8,6 +8,7 @@
 //! configuration it cannot apply is logged and nothing changes.
 #![forbid(unsafe_code)]
 
+mod caw;
 mod config;
 mod control_plane;
 mod exports;

@@ -42,11 +42,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use trellis_control::config::raft::MembersSource;
-use trellis_control::config::{Command, ConfigError, ConfigService};
+use trellis_control::config::{Command, ConfigError, ConfigReader, ConfigService};
 use trellis_control::membership::MemberState;
 use trellis_control::node::Announcer;
 use trellis_control::service::{ClusterService, ServiceError};
 use trellis_control::watch::{merged, Watch};
+use trellis_control::MemberId;
 use trellis_iscsi::scsi::{
     ClusterUnit, Completion, Done, ItNexus, PrRequest, Sense, UnitChange, UnitState,
 };
@@ -56,6 +57,9 @@ use uuid::Uuid;
 /// How long a change may take, commit and every live member applying it
 /// included, before it is answered anyway (committed: GOOD; not: NOT READY).
 const DECIDE_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How long a COMPARE AND WRITE sent to its owner may take.
+const CAW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How often a waiting decision looks again.
 const POLL: Duration = Duration::from_millis(1);
@@ -76,6 +80,11 @@ struct Inner {
     service: OnceLock<Arc<ConfigService>>,
     members: OnceLock<MembersSource>,
     registry: OnceLock<Arc<Registry>>,
+    /// Runs the COMPARE AND WRITEs this member owns that others send.
+    executor: OnceLock<crate::caw::Executor>,
+    /// Per device, the node id of the member that runs its COMPARE AND
+    /// WRITEs (the Primary of its set), if it has one.
+    owners: Mutex<HashMap<Uuid, Option<u64>>>,
     /// The device-state changes this member's units hold (a `seq`).
     installed: AtomicU64,
     /// One decision at a time per device on this member.
@@ -115,6 +124,8 @@ impl SharedScsi {
                 service: OnceLock::new(),
                 members: OnceLock::new(),
                 registry: OnceLock::new(),
+                executor: OnceLock::new(),
+                owners: Mutex::new(HashMap::new()),
                 installed: AtomicU64::new(0),
                 locks: Mutex::new(HashMap::new()),
             }),
@@ -124,16 +135,32 @@ impl SharedScsi {
     /// Connects the deciders to the Raft node and the failure detector's
     /// view of the peers, and starts the thread that installs decided
     /// states into `registry`'s units and announces how far it got.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
         service: Arc<ConfigService>,
         members: MembersSource,
         registry: Arc<Registry>,
         announcer: Announcer,
+        me: MemberId,
         wake: Watch,
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>> {
         let reader = service.reader();
+        // COMPARE AND WRITEs other members send while this one owns the
+        // device (its thread ends with the service that holds its sender).
+        let (executor, _detached) = crate::caw::Executor::start(Arc::clone(&registry))?;
+        let exec = executor.clone();
+        service.set_data_path_handler(Arc::new(move |request: String| {
+            let exec = exec.clone();
+            Box::pin(async move {
+                match crate::caw::Request::decode(&request) {
+                    Some(req) => Ok(exec.run(req).await.encode()),
+                    None => Err("not a data path request this member knows".to_owned()),
+                }
+            })
+        }));
+        let _ = self.inner.executor.set(executor);
         let _ = self.inner.service.set(service);
         let _ = self.inner.members.set(members);
         let _ = self.inner.registry.set(Arc::clone(&registry));
@@ -146,6 +173,7 @@ impl SharedScsi {
                 let mut installer = Installer::default();
                 while !stop.load(Ordering::Relaxed) {
                     let seq = installer.round(&reader, &registry);
+                    inner.place_caw(&reader, &registry, &me);
                     inner.installed.store(seq, Ordering::Release);
                     announcer.set_devices(seq);
                     changes.wait(INSTALL_EVERY);
@@ -205,8 +233,79 @@ impl Inner {
         Arc::clone(locks.entry(device).or_default())
     }
 
+    /// Notes each device's COMPARE AND WRITE owner (the Primary of its
+    /// set) and tells its unit here whether it is another member.
+    fn place_caw(&self, reader: &ConfigReader, reg: &Registry, me: &MemberId) {
+        let state = reader.state();
+        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+        owners.clear();
+        for d in state.config.devices.values() {
+            let owner = state
+                .roles
+                .sets
+                .get(&d.set)
+                .and_then(|a| a.roles.primary.clone());
+            let node = owner
+                .as_ref()
+                .and_then(|m| state.config.members.get(m))
+                .map(|m| m.node_id);
+            if let Some(unit) = reg.unit(d.uuid) {
+                // No Primary (no member can serve the set): each runs its own.
+                unit.set_caw_elsewhere(owner.as_ref().is_some_and(|o| o != me));
+            }
+            owners.insert(d.uuid, node);
+        }
+    }
+
+    /// Sends COMPARE AND WRITE `change` of `device` to its owner, or runs
+    /// it here when this member became the owner meanwhile.
+    async fn compare_and_write(&self, device: Uuid, change: &UnitChange) -> Completion {
+        let UnitChange::CompareAndWrite {
+            lba,
+            blocks,
+            fua,
+            data,
+        } = change
+        else {
+            return Completion::check(Sense::internal_target_failure());
+        };
+        let req = crate::caw::Request {
+            device,
+            lba: *lba,
+            blocks: *blocks,
+            fua: *fua,
+            data: data.clone(),
+        };
+        let (Some(service), Some(executor)) = (self.service.get(), self.executor.get()) else {
+            return not_now();
+        };
+        let owner = self
+            .owners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&device)
+            .copied()
+            .flatten();
+        let answer = match owner {
+            Some(node) if node != service.node_id() => {
+                match service.call_member(node, req.encode(), CAW_TIMEOUT).await {
+                    Ok(text) => crate::caw::Answer::decode(&text),
+                    Err(e) => {
+                        tracing::warn!(%device, owner = node, error = %e, "COMPARE AND WRITE not sent to its owner; answered NOT READY (hosts retry)");
+                        crate::caw::Answer::NotReady
+                    }
+                }
+            }
+            _ => executor.run(req).await,
+        };
+        answer.completion()
+    }
+
     /// Decides `change` from `nexus` for `device`.
     async fn decide(&self, device: Uuid, nexus: &ItNexus, change: &UnitChange) -> Completion {
+        if let UnitChange::CompareAndWrite { .. } = change {
+            return self.compare_and_write(device, change).await;
+        }
         let answer = self.decide_in_cluster(device, nexus, change).await;
         if *change == UnitChange::Reset && answer.status != Completion::good().status {
             // A reset is not refused: without the cluster, it is made on
@@ -249,7 +348,7 @@ impl Inner {
                     scope_type,
                     params,
                 }) => state.pr.prout(nexus, *sa, *scope_type, params),
-                UnitChange::Prout(PrRequest::In { .. }) => {
+                UnitChange::Prout(PrRequest::In { .. }) | UnitChange::CompareAndWrite { .. } => {
                     return Completion::check(Sense::internal_target_failure())
                 }
                 UnitChange::Reset => {
@@ -371,6 +470,7 @@ fn kind(change: &UnitChange) -> &'static str {
         UnitChange::Reserve => "RESERVE",
         UnitChange::Release => "RELEASE",
         UnitChange::Mode { .. } => "MODE SELECT",
+        UnitChange::CompareAndWrite { .. } => "COMPARE AND WRITE",
     }
 }
 

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use self::execute::{execute, Forwarded, Outcome};
 use self::leases::Leases;
-pub use self::transport::TransportError;
+pub use self::transport::{DataPathHandler, TransportError};
 use super::store::{LogStore, NodeId, TypeConfig};
 use super::{Command, ConfigReader, ConfigStore, Response};
 use crate::lease::LeaseTimers;
@@ -211,6 +211,10 @@ struct Shared {
     settings: RaftSettings,
     /// The leases this node granted while leading.
     leases: Arc<Leases>,
+    /// The data path's handler of other members' requests, once set.
+    handler: transport::HandlerSlot,
+    /// Connections kept for the data path's requests to other members.
+    pool: transport::Pool,
 }
 
 /// One member's Raft node and the configuration it replicates.
@@ -320,16 +324,20 @@ impl ConfigService {
             Ok::<_, RaftError>((listeners, RaftAddress(bound), raft))
         })??;
         let leases = Arc::new(Leases::new(settings.leases, reader.clone()));
+        let handler = transport::HandlerSlot::default();
         let servers = listeners
             .into_iter()
             .map(|listener| {
                 handle.spawn(transport::serve(
                     listener,
-                    raft.clone(),
-                    Arc::clone(&leases),
-                    settings.write_timeout,
-                    key.clone(),
-                    settings.protocol,
+                    transport::Server {
+                        raft: raft.clone(),
+                        leases: Arc::clone(&leases),
+                        write_timeout: settings.write_timeout,
+                        key: key.clone(),
+                        protocol: settings.protocol,
+                        handler: Arc::clone(&handler),
+                    },
                 ))
             })
             .collect();
@@ -344,6 +352,8 @@ impl ConfigService {
                 log: log_handle,
                 settings,
                 leases,
+                handler,
+                pool: transport::Pool::default(),
             }),
             handle,
             runtime: guard.0.take(),
@@ -486,6 +496,43 @@ impl ConfigService {
     pub fn change_membership(&self, voters: BTreeSet<u64>) -> Result<(), ServiceError> {
         self.submit_blocking(Forwarded::ChangeMembership(voters))
             .map(|_| ())
+    }
+
+    /// Sets what answers other members' data-path requests
+    /// ([`ConfigService::call_member`]); once.
+    pub fn set_data_path_handler(&self, handler: transport::DataPathHandler) {
+        let _ = self.shared.handler.set(handler);
+    }
+
+    /// Sends the data path's `request` to member `node_id` over the
+    /// authenticated member-to-member transport (its Raft addresses, a kept
+    /// connection) and returns its handler's answer, within `ttl`.
+    pub async fn call_member(
+        &self,
+        node_id: NodeId,
+        request: String,
+        ttl: Duration,
+    ) -> Result<String, ServiceError> {
+        let addr = {
+            let metrics = self.shared.raft.metrics();
+            let m = metrics.borrow();
+            m.membership_config
+                .membership()
+                .get_node(&node_id)
+                .map(|n| n.addr.clone())
+        };
+        let Some(addr) = addr else {
+            return Err(ServiceError::Unavailable(format!(
+                "node {node_id} is not in the Raft membership"
+            )));
+        };
+        let s = &self.shared;
+        let answer = transport::call(&s.pool, &addr, &s.key, s.settings.protocol, request, ttl)
+            .await
+            .map_err(|e| {
+                ServiceError::Unavailable(format!("node {node_id} at {addr}: {}", chain(&e)))
+            })?;
+        answer.map_err(ServiceError::Internal)
     }
 
     /// [`ClusterService::write`] for synchronous callers.

@@ -34,6 +34,18 @@ pub enum UnitChange {
         /// SWP.
         swp: bool,
     },
+    /// COMPARE AND WRITE, sent to the member that serialises them for the
+    /// unit (the owner): atomic against every other member's.
+    CompareAndWrite {
+        /// First logical block.
+        lba: u64,
+        /// Blocks.
+        blocks: u32,
+        /// Force unit access.
+        fua: bool,
+        /// The compare blocks, then the write blocks.
+        data: Vec<u8>,
+    },
 }
 
 /// The state of a logical unit every member exporting it shares: the
@@ -151,6 +163,8 @@ pub struct LunShared {
     cluster: Option<Arc<dyn ClusterUnit>>,
     /// The cluster's LOGICAL UNIT RESET count this unit has made.
     cluster_resets: AtomicU64,
+    /// Another member runs this unit's COMPARE AND WRITEs (its owner).
+    caw_elsewhere: AtomicBool,
     locks: BlockLocks,
     ports: PortStates,
 }
@@ -186,6 +200,17 @@ impl LunShared {
         self.cluster = Some(cluster);
         self.pr_store = None;
         self
+    }
+
+    /// Whether another member runs this unit's COMPARE AND WRITEs: a
+    /// session then hands each one to the cluster ([`UnitChange::CompareAndWrite`]).
+    pub fn caw_elsewhere(&self) -> bool {
+        self.cluster.is_some() && self.caw_elsewhere.load(Ordering::Acquire)
+    }
+
+    /// Sets whether another member runs this unit's COMPARE AND WRITEs.
+    pub fn set_caw_elsewhere(&self, elsewhere: bool) {
+        self.caw_elsewhere.store(elsewhere, Ordering::Release);
     }
 
     /// Where the unit's shared state is decided, in a cluster.

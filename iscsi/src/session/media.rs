@@ -27,9 +27,9 @@ use trellis_datapath::{Buf, Extent};
 
 use super::exec::{medium_error, write_error};
 use super::task::{Purpose, Stage, Task, TaskStatus};
-use super::{Connection, DiskOp, DiskRequest};
+use super::{Connection, DiskOp, DiskRequest, SharedOp};
 use crate::scsi::blocklock::{self, Exclusive};
-use crate::scsi::{self, Completion, IoOp, IoRequest, LunShared, Sense};
+use crate::scsi::{self, Completion, IoOp, IoRequest, LunShared, Sense, UnitChange};
 
 /// Blocks one task covers, from submission to completion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +217,9 @@ pub(super) fn same_fill_len(req: &IoRequest, block_size: u32, max_buf: usize) ->
 impl Connection {
     /// All data-out is in: take the task's blocks, then start its I/O.
     pub(super) fn submit(&mut self, id: u32) {
+        if self.forward_caw(id) {
+            return;
+        }
         let Some(s) = self.session() else { return };
         let Some(t) = s.tasks.get_mut(&id) else {
             return;
@@ -231,6 +234,60 @@ impl Connection {
         }
         t.stage = Stage::InFlight;
         self.start_disk(id);
+    }
+
+    /// A COMPARE AND WRITE of a cluster's unit whose owner is another
+    /// member goes to it whole (through the cluster), with its data; true
+    /// when task `id` went.
+    fn forward_caw(&mut self, id: u32) -> bool {
+        let Some(s) = self.session() else {
+            return false;
+        };
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return false;
+        };
+        let Purpose::Io(req) = t.purpose else {
+            return false;
+        };
+        if req.op != IoOp::CompareAndWrite {
+            return false;
+        }
+        let lun_index = t.lun_index;
+        let Some(unit) = s
+            .lun_table()
+            .and_then(|l| l.luns.get(lun_index).map(|e| Arc::clone(&e.shared)))
+        else {
+            return false;
+        };
+        if !unit.caw_elsewhere() {
+            return false;
+        }
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return false;
+        };
+        let len = (u64::from(req.blocks) * u64::from(t.block_size) * 2) as usize;
+        let data = match t.buf.take() {
+            Some(mut b) => {
+                b.set_len(len.min(b.capacity()));
+                b.to_vec()
+            }
+            None => return false,
+        };
+        t.verify = None;
+        t.stage = Stage::InFlight;
+        let op = SharedOp {
+            nexus: s.nexus[t.lun_index].pr_identity().clone(),
+            unit,
+            change: UnitChange::CompareAndWrite {
+                lba: req.lba,
+                blocks: req.blocks,
+                fua: req.fua,
+                data,
+            },
+        };
+        let slot = t.slot;
+        self.decide_in_cluster(id, slot, op);
+        true
     }
 
     /// The task of held `span` takes its unit's block locks and starts, or

@@ -537,3 +537,49 @@ fn a_member_with_a_silent_network_is_reached_on_its_other_one() {
     std::net::TcpStream::connect(served[0]).expect("connect to the first address");
     drop(silent);
 }
+
+#[test]
+fn the_data_path_calls_another_member_over_the_authenticated_transport() {
+    let mut cluster = Cluster::new(&[1, 2]);
+    cluster.initialize_all();
+    cluster.leader();
+    // Node 2's data path answers; node 1 has none.
+    cluster.nodes[&2].set_data_path_handler(Arc::new(|request: String| {
+        Box::pin(async move {
+            match request.strip_prefix("echo ") {
+                Some(rest) => Ok(format!("node 2: {rest}")),
+                None => Err(format!("unknown request {request:?}")),
+            }
+        })
+    }));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let n1 = &cluster.nodes[&1];
+    let ttl = Duration::from_secs(5);
+    rt.block_on(async {
+        // Twice: the second call reuses the kept connection.
+        for i in 0..2 {
+            assert_eq!(
+                n1.call_member(2, format!("echo {i}"), ttl).await,
+                Ok(format!("node 2: {i}"))
+            );
+        }
+        assert!(matches!(
+            n1.call_member(2, "other".into(), ttl).await,
+            Err(ServiceError::Internal(e)) if e.contains("unknown request")
+        ));
+        assert!(matches!(
+            cluster.nodes[&2].call_member(1, "echo x".into(), ttl).await,
+            Err(ServiceError::Internal(e)) if e.contains("no data path")
+        ));
+        assert!(matches!(
+            n1.call_member(9, "echo x".into(), ttl).await,
+            Err(ServiceError::Unavailable(_))
+        ));
+    });
+    for id in [1, 2] {
+        cluster.stop(id);
+    }
+}

@@ -6,8 +6,10 @@
 //!  openraft replication ─> Peer (RaftNetwork) ──frame──> server task ─> Raft::append_entries
 //!                                                                   ├─> Raft::vote
 //!                                                                   ├─> Raft::install_snapshot
-//!  ConfigService::write (follower) ─> forward() ──frame──>          └─> execute (client_write,
-//!                                                                        membership changes)
+//!  ConfigService::write (follower) ─> forward() ──frame──>          ├─> execute (client_write,
+//!                                                                   │    membership changes)
+//!  ConfigService::call_member ─> call() (pooled) ──frame──>         └─> the data path's handler
+//!                                                                        (opaque request, reply)
 //! ```
 //!
 //! A frame is a big-endian `u32` length, that many bytes of JSON, and a
@@ -123,6 +125,9 @@ pub(super) enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A write (or membership change) a follower forwards to the leader.
     Forward(Forwarded),
+    /// A request of the data path for the member's data path (opaque
+    /// here; see [`DataPathHandler`]).
+    DataPath(String),
 }
 
 /// The answer to a [`Request`], of the same kind.
@@ -138,6 +143,67 @@ pub(super) enum Reply {
     ),
     /// To [`Request::Forward`].
     Forward(Outcome),
+    /// To [`Request::DataPath`]: the handler's answer, or why there is none.
+    DataPath(Result<String, String>),
+}
+
+/// Answers the data path's requests from other members (trellisd sets it;
+/// control never reads them).
+pub type DataPathHandler = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Where a member's server finds the data path's handler, once set.
+pub(super) type HandlerSlot = Arc<std::sync::OnceLock<DataPathHandler>>;
+
+/// Authenticated connections to other members kept for the data path's
+/// requests, by Raft address (one request at a time on each).
+#[derive(Debug, Default)]
+pub(super) struct Pool(std::sync::Mutex<std::collections::HashMap<String, Vec<Conn>>>);
+
+/// Sends the data path's `request` to the member at `addr` on a pooled
+/// connection (a new one if none is idle) and waits for its answer.
+pub(super) async fn call(
+    pool: &Pool,
+    addr: &str,
+    key: &ClusterKey,
+    protocol: ProtocolVersion,
+    request: String,
+    ttl: Duration,
+) -> Result<Result<String, String>, TransportError> {
+    let idle = pool
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get_mut(addr)
+        .and_then(Vec::pop);
+    let call = async {
+        let mut conn = match idle {
+            Some(c) => c,
+            None => connect(addr, key, protocol).await?,
+        };
+        let reply = round_trip(&mut conn, &Request::DataPath(request)).await?;
+        Ok::<_, TransportError>((conn, reply))
+    };
+    match tokio::time::timeout(ttl, call).await {
+        Err(_) => Err(TransportError::Timeout(ttl)),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok((conn, Reply::DataPath(answer)))) => {
+            pool.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(addr.to_owned())
+                .or_default()
+                .push(conn);
+            Ok(answer)
+        }
+        Ok(Ok(_)) => Err(TransportError::Mismatch),
+    }
 }
 
 async fn write_frame<W, T>(w: &mut W, dir: &mut Direction, value: &T) -> Result<(), TransportError>
@@ -304,16 +370,21 @@ pub(super) async fn forward(
     }
 }
 
+/// What a member's Raft server answers with.
+#[derive(Clone)]
+pub(super) struct Server {
+    pub(super) raft: Raft<TypeConfig>,
+    pub(super) leases: Arc<Leases>,
+    /// How long a forwarded write may take.
+    pub(super) write_timeout: Duration,
+    pub(super) key: ClusterKey,
+    pub(super) protocol: ProtocolVersion,
+    pub(super) handler: HandlerSlot,
+}
+
 /// Accepts connections on `listener` and serves each on a task of its own,
 /// until the task running this is aborted.
-pub(super) async fn serve(
-    listener: TcpListener,
-    raft: Raft<TypeConfig>,
-    leases: Arc<Leases>,
-    write_timeout: Duration,
-    key: ClusterKey,
-    protocol: ProtocolVersion,
-) {
+pub(super) async fn serve(listener: TcpListener, server: Server) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     loop {
         match listener.accept().await {
@@ -322,18 +393,9 @@ pub(super) async fn serve(
                     tracing::warn!(%peer, "too many Raft connections authenticating; closed");
                     continue;
                 };
-                let (raft, key, leases) = (raft.clone(), key.clone(), Arc::clone(&leases));
+                let server = server.clone();
                 tokio::spawn(async move {
-                    let served = serve_connection(
-                        stream,
-                        &raft,
-                        &leases,
-                        write_timeout,
-                        &key,
-                        protocol,
-                        permit,
-                    );
-                    match served.await {
+                    match serve_connection(stream, &server, permit).await {
                         Err(e @ (TransportError::Refused | TransportError::Handshake(_))) => {
                             tracing::warn!(%peer, error = %e, "Raft connection refused")
                         }
@@ -353,19 +415,18 @@ pub(super) async fn serve(
 
 async fn serve_connection(
     mut stream: TcpStream,
-    raft: &Raft<TypeConfig>,
-    leases: &Leases,
-    write_timeout: Duration,
-    key: &ClusterKey,
-    protocol: ProtocolVersion,
+    server: &Server,
     permit: OwnedSemaphorePermit,
 ) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
-    let mut session =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, key, protocol))
-            .await
-            .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
+    let mut session = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        auth::server(&mut stream, &server.key, server.protocol),
+    )
+    .await
+    .map_err(|_| TransportError::Timeout(HANDSHAKE_TIMEOUT))??;
     drop(permit);
+    let raft = &server.raft;
     while let Some(request) = read_frame::<_, Request>(&mut stream, &mut session.recv).await? {
         let reply = match request {
             Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
@@ -374,8 +435,12 @@ async fn serve_connection(
                 Reply::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             Request::Forward(forwarded) => {
-                Reply::Forward(execute(raft, leases, forwarded, write_timeout).await)
+                Reply::Forward(execute(raft, &server.leases, forwarded, server.write_timeout).await)
             }
+            Request::DataPath(request) => Reply::DataPath(match server.handler.get() {
+                Some(h) => h(request).await,
+                None => Err("this member serves no data path".to_owned()),
+            }),
         };
         write_frame(&mut stream, &mut session.send, &reply).await?;
     }
