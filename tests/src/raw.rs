@@ -540,11 +540,17 @@ impl Conn {
     /// LOGICAL UNIT RESET of LUN `lun` (immediate): the response code of
     /// the Task Management Function Response (0: function complete).
     pub fn lun_reset(&mut self, lun: u16) -> Result<u8> {
+        self.task_mgmt(5, lun)
+    }
+
+    /// Task management function `function` (4 CLEAR TASK SET, 5 LOGICAL
+    /// UNIT RESET...) on LUN `lun`, immediate: the response code.
+    pub fn task_mgmt(&mut self, function: u8, lun: u16) -> Result<u8> {
         let itt = self.itt();
         let mut bhs = [0u8; BHS_LEN];
         TaskMgmtRequest {
             immediate: true,
-            function: 5,
+            function,
             total_ahs_len: 0,
             data_segment_len: 0,
             lun: trellis_iscsi::scsi::lun_to_wire(lun),

@@ -283,38 +283,46 @@ fn a_reservation_taken_through_one_member_holds_on_every_member() {
     }
 }
 
-#[test]
-fn a_lun_reset_through_one_member_aborts_the_tasks_on_another() {
+/// Task management function `function` through m1 while a write waits
+/// for its data-out on m2: the write is gone (its data-out completes
+/// nothing) and m2's session gets the unit attention `(asc, ascq)`.
+fn task_management_reaches_another_member(function: u8, ua: (u8, u8)) {
     let c = exported();
     wait_serving(&c, &[0, 1]);
-    // A WRITE through m2 waits for its data-out.
     let mut on_m2 = session(c.members[1].portal, HOST_B);
     let (itt, ttt) = on_m2
         .start_write(&[0x2A, 0, 0, 0, 0, 64, 0, 0, 8, 0], 4096)
         .expect("a write waiting for data");
-    // LOGICAL UNIT RESET through m1; answered once every member made it.
+    // Answered once every member made it.
     let mut on_m1 = session(c.members[0].portal, HOST_A);
     assert_eq!(
-        on_m1.lun_reset(0).expect("LUN RESET"),
+        on_m1.task_mgmt(function, 0).expect("task management"),
         0,
         "function complete"
     );
-    // m2's session is told, and its write is gone: its data-out now
-    // completes nothing (a write still there would be answered, and the
-    // next command's status would come after that response).
     let uas = unit_attentions(&mut on_m2);
-    assert!(
-        uas.iter().any(|&(asc, _)| asc == 0x29),
-        "a reset unit attention on m2's session: {uas:?}"
-    );
+    assert!(uas.contains(&ua), "{ua:02x?} on m2's session: {uas:02x?}");
+    // A write still there would be answered now, before the next
+    // command's status.
     on_m2.data_out(itt, ttt, &[0xEE; 4096]).expect("data-out");
     let r = on_m2
         .scsi(&[0u8; 6], &[], 0)
         .expect("TEST UNIT READY after the data-out, with no response for the aborted write");
     assert_eq!(r.status, GOOD, "{r:?}");
-    // And the reset reached m1's own nexus too.
-    let uas = unit_attentions(&mut on_m1);
-    assert!(uas.iter().any(|&(asc, _)| asc == 0x29), "{uas:?}");
+    // A reset reaches m1's own nexus too; a clear does not (it lost no
+    // task, and asked for it).
+    let own = unit_attentions(&mut on_m1);
+    assert_eq!(own.contains(&(0x29, 0x03)), function == 5, "{own:02x?}");
+}
+
+#[test]
+fn a_lun_reset_through_one_member_aborts_the_tasks_on_another() {
+    task_management_reaches_another_member(5, (0x29, 0x03));
+}
+
+#[test]
+fn a_clear_task_set_through_one_member_aborts_the_tasks_on_another() {
+    task_management_reaches_another_member(4, (0x2F, 0x00));
 }
 
 #[test]

@@ -307,11 +307,15 @@ impl Inner {
             return self.compare_and_write(device, change).await;
         }
         let answer = self.decide_in_cluster(device, nexus, change).await;
-        if *change == UnitChange::Reset && answer.status != Completion::good().status {
-            // A reset is not refused: without the cluster, it is made on
-            // this member at least.
+        let local = matches!(change, UnitChange::Reset | UnitChange::ClearTaskSet);
+        if local && answer.status != Completion::good().status {
+            // Task management is not refused: without the cluster, it is
+            // made on this member at least.
             if let Some(unit) = self.registry.get().and_then(|r| r.unit(device)) {
-                unit.reset();
+                match change {
+                    UnitChange::Reset => unit.reset(),
+                    _ => unit.clear_task_set(trellis_iscsi::scsi::spc2_token(nexus)),
+                }
             }
             return Completion::good();
         }
@@ -354,6 +358,11 @@ impl Inner {
                 UnitChange::Reset => {
                     state.resets += 1;
                     state.spc2 = None;
+                    Ok(true)
+                }
+                UnitChange::ClearTaskSet => {
+                    state.clears += 1;
+                    state.clearer = Some(nexus.clone());
                     Ok(true)
                 }
                 UnitChange::Reserve => match &state.spc2 {
@@ -467,6 +476,7 @@ fn kind(change: &UnitChange) -> &'static str {
     match change {
         UnitChange::Prout(_) => "PERSISTENT RESERVE OUT",
         UnitChange::Reset => "LOGICAL UNIT RESET",
+        UnitChange::ClearTaskSet => "CLEAR TASK SET",
         UnitChange::Reserve => "RESERVE",
         UnitChange::Release => "RELEASE",
         UnitChange::Mode { .. } => "MODE SELECT",

@@ -24,6 +24,10 @@ pub enum UnitChange {
     /// LOGICAL UNIT RESET: every nexus on every member aborts its tasks for
     /// the unit and gets the unit attention; the SPC-2 reservation goes.
     Reset,
+    /// CLEAR TASK SET: every nexus on every member aborts its tasks for the
+    /// unit; those of other nexuses than the one asking get COMMANDS
+    /// CLEARED BY ANOTHER INITIATOR.
+    ClearTaskSet,
     /// RESERVE(6)/(10) (SPC-2).
     Reserve,
     /// RELEASE(6)/(10) (SPC-2), also made when the holding nexus goes.
@@ -56,6 +60,10 @@ pub struct UnitState {
     pub pr: PrState,
     /// LOGICAL UNIT RESETs made through any member.
     pub resets: u64,
+    /// CLEAR TASK SETs made through any member.
+    pub clears: u64,
+    /// The I_T nexus that made the last one.
+    pub clearer: Option<ItNexus>,
     /// The I_T nexus holding the SPC-2 reservation, if any.
     pub spc2: Option<ItNexus>,
     /// Software write protect (Control mode page SWP).
@@ -69,6 +77,14 @@ impl UnitState {
     /// The text form: the shared form of the reservations, and the resets.
     pub fn to_text(&self) -> String {
         let mut t = format!("{}resets {}\n", self.pr.to_shared_text(), self.resets);
+        match &self.clearer {
+            Some(by) => t.push_str(&format!(
+                "clears {} {} {}\n",
+                self.clears, by.rel_port, by.initiator
+            )),
+            None if self.clears > 0 => t.push_str(&format!("clears {}\n", self.clears)),
+            None => {}
+        }
         if let Some(h) = &self.spc2 {
             t.push_str(&format!("spc2 {} {}\n", h.rel_port, h.initiator));
         }
@@ -90,6 +106,7 @@ impl UnitState {
         let mut resets = 0;
         let mut spc2 = None;
         let (mut swp, mut swp_by) = (false, None);
+        let (mut clears, mut clearer) = (0, None);
         let mut pr = String::new();
         for line in text.lines() {
             if let Some(n) = line.strip_prefix("resets ") {
@@ -100,6 +117,15 @@ impl UnitState {
                     initiator: initiator.to_owned(),
                     rel_port: port.parse().ok()?,
                 });
+            } else if let Some(w) = line.strip_prefix("clears ") {
+                let mut w = w.splitn(3, ' ');
+                clears = w.next()?.parse().ok()?;
+                if let Some(port) = w.next() {
+                    clearer = Some(ItNexus {
+                        rel_port: port.parse().ok()?,
+                        initiator: w.next()?.to_owned(),
+                    });
+                }
             } else if let Some(w) = line.strip_prefix("swp ") {
                 let mut w = w.splitn(3, ' ');
                 swp = w.next()? == "1";
@@ -117,6 +143,8 @@ impl UnitState {
         Some(UnitState {
             pr: PrState::from_text(&pr)?,
             resets,
+            clears,
+            clearer,
             spc2,
             swp,
             swp_by,
@@ -163,6 +191,8 @@ pub struct LunShared {
     cluster: Option<Arc<dyn ClusterUnit>>,
     /// The cluster's LOGICAL UNIT RESET count this unit has made.
     cluster_resets: AtomicU64,
+    /// The cluster's CLEAR TASK SET count this unit has made.
+    cluster_clears: AtomicU64,
     /// Another member runs this unit's COMPARE AND WRITEs (its owner).
     caw_elsewhere: AtomicBool,
     locks: BlockLocks,
@@ -222,6 +252,7 @@ impl LunShared {
     /// its resets counted as made.
     pub fn start_from(&self, state: UnitState) {
         self.cluster_resets.store(state.resets, Ordering::Release);
+        self.cluster_clears.store(state.clears, Ordering::Release);
         self.install_spc2(state.spc2.as_ref());
         self.swp.store(state.swp, Ordering::Release);
         self.install_pr(state.pr);
@@ -238,6 +269,13 @@ impl LunShared {
             < state.resets
         {
             self.reset();
+        }
+        if self
+            .cluster_clears
+            .fetch_max(state.clears, Ordering::AcqRel)
+            < state.clears
+        {
+            self.clear_task_set(state.clearer.as_ref().map_or(0, super::spc2_token));
         }
         self.install_spc2(state.spc2.as_ref());
         let by = state.swp_by.as_ref().map_or(0, super::spc2_token);

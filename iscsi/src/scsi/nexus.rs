@@ -206,7 +206,7 @@ impl NexusState {
         if clears != self.clears_seen {
             self.clears_seen = clears;
             self.abort = true;
-            self.cleared |= lu.clearer() != self.id;
+            self.cleared |= lu.clearer() != self.spc2_id;
         }
     }
 

@@ -192,9 +192,9 @@ impl Connection {
                 if let (Some(l), Some(i)) = (luns.as_ref(), lun_index) {
                     let entry = &l.luns[i];
                     let shared = &entry.shared;
-                    if function == LOGICAL_UNIT_RESET && shared.cluster().is_some() {
+                    if shared.cluster().is_some() {
                         // Every member's nexuses: the cluster decides it,
-                        // each member (this one too) makes the reset when it
+                        // each member (this one too) makes it when it
                         // installs it, and the response waits for that.
                         resets.push(i);
                     } else if function == LOGICAL_UNIT_RESET {
@@ -251,7 +251,11 @@ impl Connection {
                         .get(i)
                         .map(|n| n.pr_identity().clone())
                         .unwrap_or_default(),
-                    change: UnitChange::Reset,
+                    change: if function == CLEAR_TASK_SET {
+                        UnitChange::ClearTaskSet
+                    } else {
+                        UnitChange::Reset
+                    },
                 };
                 self.decide_in_cluster(id, entry.slot, op);
                 waiting.push(id);

@@ -367,6 +367,10 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
     full.spc2 = Some(nx(2));
     full.swp = true;
     full.swp_by = Some(nx(3));
+    full.clears = 2;
+    full.clearer = Some(nx(4));
+    assert_eq!(UnitState::from_text(&full.to_text()), Some(full.clone()));
+    full.clearer = None;
     assert_eq!(UnitState::from_text(&full.to_text()), Some(full.clone()));
     full.swp_by = None;
     assert_eq!(UnitState::from_text(&full.to_text()), Some(full));
