@@ -7,7 +7,12 @@
 # cluster/lone per job. Both run the whole time, so each measurement has the
 # same background load; only one is driven at a time.
 #
-# Usage: benches/fio/cluster.sh [--rounds N] [--runtime S] [--jobs a,b]
+# With --shared it then times the commands whose state the members share
+# (trellis-shared-latency): PERSISTENT RESERVE OUT through m2, alone and
+# while fio writes through m1, and COMPARE AND WRITE through m1 (the
+# device's owner) and through m2 (forwarded to m1). --jobs none skips fio.
+#
+# Usage: benches/fio/cluster.sh [--rounds N] [--runtime S] [--jobs a,b] [--shared]
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,6 +26,7 @@ RAMP=2
 SIZE=1g # the device is 1 GiB; fio addresses all of it
 JOBS_CSV="randread-4k-qd1,randread-4k-qd32,randwrite-4k-qd32"
 BIN="$REPO/target/release"
+SHARED=0
 WORK="/var/tmp/trellis-bench/cluster"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -30,13 +36,17 @@ while [[ $# -gt 0 ]]; do
         --jobs) JOBS_CSV="${2:?}"; shift 2 ;;
         --bin) BIN="${2:?}"; shift 2 ;;
         --work) WORK="${2:?}"; shift 2 ;;
-        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+        --shared) SHARED=1; shift ;;
+        -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
         *) die "unknown option: $1" ;;
     esac
 done
 IFS=, read -ra JOBS <<<"$JOBS_CSV"
+[[ "$JOBS_CSV" == none ]] && JOBS=()
 need_fio
 [[ -x "$BIN/trellisd" && -x "$BIN/trellis" ]] || die "build first: cargo build --release -p trellisd -p trellis-cli"
+LATENCY="$REPO/target/release/trellis-shared-latency"
+[[ $SHARED == 0 || -x "$LATENCY" ]] || die "build first: cargo build --release -p trellis-tests --bin trellis-shared-latency"
 
 RESULTS="$WORK/results/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$WORK/shared" "$RESULTS"
@@ -44,6 +54,7 @@ BACKING="$WORK/shared/vol1.img"
 ensure_backing "$BACKING" "$SIZE"
 IQN="iqn.2026-12.io.trellis:bench"
 FIO_INITIATOR="iqn.2019-04.org.fio:fio"
+LAT_INITIATOR="iqn.2026-12.io.trellis:latency"
 TOKEN="cluster-bench-api-token"
 KEY="cluster-bench-cluster-key"
 UUID="6f1e2d3c-4b5a-4697-8877-665544332211"
@@ -118,10 +129,12 @@ cli() {
 }
 # A restarted bench finds the device there already: create only if missing.
 if ! "$BIN/trellis" --json device list 2>/dev/null | grep -q '"vol1"'; then
-    cli device create vol1 --size 1GiB --backing "$BACKING"
+    # Active-active: every member serves it (fio drives m1 only).
+    cli device create vol1 --size 1GiB --backing "$BACKING" --policy aa
     cli target create "$IQN"
     cli target map "$IQN" vol1 --lun 0
     cli acl allow "$IQN" "$FIO_INITIATOR"
+    cli acl allow "$IQN" "$LAT_INITIATOR"
 fi
 for ((i = 0; i < 100; i++)); do
     iscsi-ls -i "$FIO_INITIATOR" -s iscsi://127.0.0.1:3361 2>/dev/null | grep -q "Lun:0" && break
@@ -174,4 +187,36 @@ for job in "${JOBS[@]}"; do
     median="$(printf '%s\n' ${RATIOS[$job]} | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')"
     echo "$job: median cluster/lone $median" | tee -a "$RESULTS/results.md"
 done
+if [[ $SHARED == 1 ]]; then
+    # latency NAME PORT MODE -> one line of JSON
+    latency() {
+        "$LATENCY" --portal "127.0.0.1:$2" --target "$IQN" --initiator "$LAT_INITIATOR" \
+            --mode "$3" --count "${4:-500}" --lba 2000000 2>>"$RESULTS/latency.stderr" \
+            || die "trellis-shared-latency $3 through $1 failed (see $RESULTS/latency.stderr)"
+    }
+    {
+        echo
+        echo "| command | through | load | count | median µs | p99 µs | max µs |"
+        echo "|---|---|---|---:|---:|---:|---:|"
+    } | tee -a "$RESULTS/results.md"
+    row() {
+        python3 - "$1" "$2" "$3" "$4" <<'PY'
+import json, sys
+j = json.loads(sys.argv[4])
+print(f"| {sys.argv[1]} | {sys.argv[2]} | {sys.argv[3]} | {j['count']} | {j['median_us']} | {j['p99_us']} | {j['max_us']} |")
+PY
+    }
+    row "PERSISTENT RESERVE OUT" m2 none "$(latency m2 3362 prout)" | tee -a "$RESULTS/results.md"
+    # The same while fio writes 4k at QD32 through m1.
+    IOENGINE=libiscsi TARGET="$(iscsi_url 127.0.0.1:3361 "$IQN" 0)" RUNTIME=600 RAMP=0 SIZE="$SIZE" \
+        setsid "$FIO" --output-format=json --output="$RESULTS/background-fio.json" "$HERE/randwrite-4k-qd32.fio" \
+        2>>"$RESULTS/fio.stderr" &
+    FIO_PID=$!
+    sleep 3
+    row "PERSISTENT RESERVE OUT" m2 "fio randwrite 4k QD32 on m1" "$(latency m2 3362 prout)" | tee -a "$RESULTS/results.md"
+    stop_group "$FIO_PID"
+    FIO_PID=""
+    row "COMPARE AND WRITE" "m1 (owner)" none "$(latency m1 3361 caw)" | tee -a "$RESULTS/results.md"
+    row "COMPARE AND WRITE" "m2 (forwarded)" none "$(latency m2 3362 caw)" | tee -a "$RESULTS/results.md"
+fi
 log "results in $RESULTS"

@@ -158,6 +158,33 @@ for lun in 0 1; do
     sg_rtpg --decode "/dev/$first" >"/host/sg-rtpg-before-lun$lun.txt" 2>&1
 done
 
+# Persistent reservations of the AA device (LUN 1) through paths to two
+# members: registered and reserved (Write Exclusive) through m1's path, read
+# through m2's, where a write (another I_T nexus: another target port) is
+# refused; the holder's write goes. Cleared before fio.
+# shellcheck disable=SC2086 # one word per port
+set -- $PORTS
+path_to() { # port LUN -> the first sdX of that member's port and LUN
+    awk -v p=":$1" -v l=":$2\$" 'substr($2, length($2) - length(p) + 1) == p && $NF ~ l {print $1; exit}' \
+        /host/paths-before.txt
+}
+pr_m1="$(path_to "$1" 1)"
+pr_m2="$(path_to "$2" 1)"
+[ -n "$pr_m1" ] && [ -n "$pr_m2" ] || fail "no LUN 1 paths to m1 and m2: $(cat /host/paths-before.txt)"
+echo "$pr_m1 $pr_m2" >/host/pr-paths.txt
+sg_persist --out --register --param-sark=0x7e57 "/dev/$pr_m1" >/host/pr-out.txt 2>&1 \
+    || fail "register through m1: $(cat /host/pr-out.txt)"
+sg_persist --out --reserve --param-rk=0x7e57 --prout-type=1 "/dev/$pr_m1" >>/host/pr-out.txt 2>&1 \
+    || fail "reserve through m1: $(cat /host/pr-out.txt)"
+sg_persist --in --read-keys "/dev/$pr_m2" >/host/pr-keys-m2.txt 2>&1
+sg_persist --in --read-reservation "/dev/$pr_m2" >/host/pr-reservation-m2.txt 2>&1
+sg_raw -s 512 -i /dev/zero "/dev/$pr_m2" 2a 00 00 00 00 40 00 00 01 00 >/host/pr-write-m2.txt 2>&1
+sg_raw -s 512 -i /dev/zero "/dev/$pr_m1" 2a 00 00 00 00 40 00 00 01 00 >/host/pr-write-m1.txt 2>&1
+sg_persist --out --clear --param-rk=0x7e57 "/dev/$pr_m1" >>/host/pr-out.txt 2>&1 \
+    || fail "clear through m1: $(cat /host/pr-out.txt)"
+sg_persist --in --read-keys "/dev/$pr_m2" >/host/pr-keys-after.txt 2>&1
+say "persistent reservations through $pr_m1 (m1) and $pr_m2 (m2) checked"
+
 # The clocks that place the kernel's messages (uptime) among fio's
 # completions (Unix time).
 echo "$(date +%s.%N) $(cut -d' ' -f1 /proc/uptime)" >/host/clock.txt

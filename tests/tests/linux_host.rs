@@ -579,6 +579,45 @@ fn a_linux_host_writes_and_verifies_through_a_primary_kill() {
     );
     assert_eq!(guest_exit, "0", "the guest's script failed\n{story}");
 
+    // sg_persist through a path to m1 and one to m2 of the AA device: one
+    // reservation, and m2's path (another I_T nexus) refused a write.
+    let pr = |f: &str| read(&s.join(f));
+    eprintln!(
+        "--- sg_persist: paths {} --- out ---\n{}--- keys through m2 ---\n{}\
+         --- reservation through m2 ---\n{}--- write through m2 ---\n{}\
+         --- write through m1 ---\n{}--- keys after CLEAR ---\n{}",
+        pr("pr-paths.txt"),
+        pr("pr-out.txt"),
+        pr("pr-keys-m2.txt"),
+        pr("pr-reservation-m2.txt"),
+        pr("pr-write-m2.txt"),
+        pr("pr-write-m1.txt"),
+        pr("pr-keys-after.txt")
+    );
+    assert!(pr("pr-keys-m2.txt").contains("0x7e57"), "{story}");
+    let reservation = pr("pr-reservation-m2.txt");
+    assert!(
+        reservation.contains("Key=0x7e57") && reservation.contains("Write Exclusive"),
+        "{reservation}"
+    );
+    assert!(
+        pr("pr-write-m2.txt").contains("Reservation Conflict"),
+        "a write through m2's path: {}",
+        pr("pr-write-m2.txt")
+    );
+    assert!(
+        pr("pr-write-m1.txt").contains("SCSI Status: Good")
+            || !pr("pr-write-m1.txt").contains("Status:"),
+        "the holder's write through m1: {}",
+        pr("pr-write-m1.txt")
+    );
+    assert!(
+        pr("pr-keys-after.txt").contains("no registered reservation keys")
+            || pr("pr-keys-after.txt").contains("NO registered"),
+        "{}",
+        pr("pr-keys-after.txt")
+    );
+
     // The AP map: the ALUA handler, m1's two paths first at prio 50, the
     // Standby paths below.
     assert!(before_ll.contains("hwhandler='1 alua'"), "{before_ll}");

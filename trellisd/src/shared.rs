@@ -58,6 +58,9 @@ use uuid::Uuid;
 /// included, before it is answered anyway (committed: GOOD; not: NOT READY).
 const DECIDE_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// COMPARE AND WRITEs a member has in flight to owners at once.
+const FORWARDING: usize = 8;
+
 /// How long a COMPARE AND WRITE sent to its owner may take.
 const CAW_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -85,6 +88,9 @@ struct Inner {
     /// Per device, the node id of the member that runs its COMPARE AND
     /// WRITEs (the Primary of its set), if it has one.
     owners: Mutex<HashMap<Uuid, Option<u64>>>,
+    /// COMPARE AND WRITEs in flight to owners at once (each holds one kept
+    /// connection; more wait here rather than open connections).
+    forwarding: tokio::sync::Semaphore,
     /// The device-state changes this member's units hold (a `seq`).
     installed: AtomicU64,
     /// One decision at a time per device on this member.
@@ -126,6 +132,7 @@ impl SharedScsi {
                 registry: OnceLock::new(),
                 executor: OnceLock::new(),
                 owners: Mutex::new(HashMap::new()),
+                forwarding: tokio::sync::Semaphore::new(FORWARDING),
                 installed: AtomicU64::new(0),
                 locks: Mutex::new(HashMap::new()),
             }),
@@ -288,6 +295,9 @@ impl Inner {
             .flatten();
         let answer = match owner {
             Some(node) if node != service.node_id() => {
+                let Ok(_slot) = self.forwarding.acquire().await else {
+                    return not_now();
+                };
                 match service.call_member(node, req.encode(), CAW_TIMEOUT).await {
                     Ok(text) => crate::caw::Answer::decode(&text),
                     Err(e) => {
