@@ -547,3 +547,52 @@ fn compare_and_write_through_two_members_never_loses_an_increment() {
         "{miscompares} miscompares on the way"
     );
 }
+
+#[test]
+fn a_sanitize_through_one_member_is_in_progress_on_every_member() {
+    let c = exported();
+    wait_serving(&c, &[0, 1, 2]);
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    let mut b2 = session(c.members[1].portal, HOST_B);
+    // SANITIZE OVERWRITE, IMMED: 31 passes of a 0xA5 pattern over the
+    // 64 MiB device (seconds), answered at once and running on m1.
+    let mut params = vec![0x1F, 0, 0, 1];
+    params.push(0xA5);
+    let r = a1
+        .scsi(
+            &[0x48, 0x81, 0, 0, 0, 0, 0, 0, params.len() as u8, 0],
+            &params,
+            0,
+        )
+        .expect("SANITIZE");
+    assert_eq!(r.status, GOOD, "{r:?}");
+    // m2 reports it: NOT READY, SANITIZE IN PROGRESS (once the cluster
+    // decided it, a commit after the IMMED answer).
+    let in_progress = |c: &mut Conn| {
+        let r = c.scsi(&[0u8; 6], &[], 0).expect("TEST UNIT READY");
+        r.status == CHECK && (r.sense[2] & 0x0F, r.sense[12], r.sense[13]) == (2, 0x04, 0x1B)
+    };
+    eventually(
+        "SANITIZE IN PROGRESS through m2",
+        Duration::from_secs(10),
+        || {
+            in_progress(&mut b2)
+                .then_some(())
+                .ok_or_else(|| "not reported".to_owned())
+        },
+    );
+    // ...until it ends on m1; then m2 serves again, and reads the pattern.
+    eventually(
+        "the sanitize done, seen through m2",
+        Duration::from_secs(120),
+        || {
+            (!in_progress(&mut b2))
+                .then_some(())
+                .ok_or_else(|| "still in progress".to_owned())
+        },
+    );
+    assert!(!in_progress(&mut a1), "ended on m1 too");
+    assert_eq!(status(&mut b2, &[0u8; 6], 0), GOOD);
+    let block = read_block(&mut b2, 77);
+    assert!(block.iter().all(|&b| b == 0xA5), "{:02x?}", &block[..16]);
+}

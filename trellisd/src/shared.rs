@@ -49,7 +49,7 @@ use trellis_control::service::{ClusterService, ServiceError};
 use trellis_control::watch::{merged, Watch};
 use trellis_control::MemberId;
 use trellis_iscsi::scsi::{
-    ClusterUnit, Completion, Done, ItNexus, PrRequest, Sense, UnitChange, UnitState,
+    ClusterUnit, Completion, Done, ItNexus, PrRequest, SanitizePhase, Sense, UnitChange, UnitState,
 };
 use trellis_iscsi::target::{ClusterUnits, Registry};
 use uuid::Uuid;
@@ -154,6 +154,7 @@ impl SharedScsi {
         stop: Arc<AtomicBool>,
     ) -> Result<JoinHandle<()>> {
         let reader = service.reader();
+        let me_node = service.node_id();
         // COMPARE AND WRITEs other members send while this one owns the
         // device (its thread ends with the service that holds its sender).
         let (executor, _detached) = crate::caw::Executor::start(Arc::clone(&registry))?;
@@ -179,7 +180,7 @@ impl SharedScsi {
                 let mut changes = changes.subscribe();
                 let mut installer = Installer::default();
                 while !stop.load(Ordering::Relaxed) {
-                    let seq = installer.round(&reader, &registry);
+                    let seq = installer.round(&reader, &registry, me_node);
                     inner.place_caw(&reader, &registry, &me);
                     inner.installed.store(seq, Ordering::Release);
                     announcer.set_devices(seq);
@@ -387,6 +388,23 @@ impl Inner {
                         Ok(true)
                     }
                 },
+                UnitChange::Sanitize { phase } => {
+                    let by = match phase {
+                        SanitizePhase::Idle => 0,
+                        _ => service.node_id(),
+                    };
+                    let phase = match phase {
+                        SanitizePhase::Running { .. } => SanitizePhase::Running { progress: 0 },
+                        other => *other,
+                    };
+                    if (state.sanitize, state.sanitize_by) == (phase, by) {
+                        Ok(false)
+                    } else {
+                        state.sanitize = phase;
+                        state.sanitize_by = by;
+                        Ok(true)
+                    }
+                }
                 UnitChange::Mode { swp } if state.swp == *swp => Ok(false),
                 UnitChange::Mode { swp } => {
                     state.swp = *swp;
@@ -490,6 +508,7 @@ fn kind(change: &UnitChange) -> &'static str {
         UnitChange::Reserve => "RESERVE",
         UnitChange::Release => "RELEASE",
         UnitChange::Mode { .. } => "MODE SELECT",
+        UnitChange::Sanitize { .. } => "SANITIZE",
         UnitChange::CompareAndWrite { .. } => "COMPARE AND WRITE",
     }
 }
@@ -517,7 +536,7 @@ struct Installer {
 
 impl Installer {
     /// One pass; returns the `seq` of the states the units now hold.
-    fn round(&mut self, reader: &trellis_control::config::ConfigReader, reg: &Registry) -> u64 {
+    fn round(&mut self, reader: &ConfigReader, reg: &Registry, me: u64) -> u64 {
         let states = reader.device_states();
         for (uuid, state) in &states.devices {
             let Some(unit) = reg.unit(*uuid) else {
@@ -529,6 +548,15 @@ impl Installer {
             }
             match UnitState::from_text(&state.text) {
                 Some(decided) => {
+                    // Another member's sanitize is reported here as well.
+                    if let Some(s) = reg.sanitize_state(*uuid) {
+                        let theirs = decided.sanitize_by != me;
+                        s.set_shared(if theirs {
+                            decided.sanitize
+                        } else {
+                            SanitizePhase::Idle
+                        });
+                    }
                     unit.install(decided);
                     self.done.insert(*uuid, key);
                 }

@@ -38,6 +38,12 @@ pub enum UnitChange {
         /// SWP.
         swp: bool,
     },
+    /// A sanitize operation started or ended on the member asking (or it
+    /// left failure mode): every member reports it as its own.
+    Sanitize {
+        /// The phase on that member now.
+        phase: super::SanitizePhase,
+    },
     /// COMPARE AND WRITE, sent to the member that serialises them for the
     /// unit (the owner): atomic against every other member's.
     CompareAndWrite {
@@ -71,6 +77,11 @@ pub struct UnitState {
     /// The I_T nexus that set SWP last (it gets no MODE PARAMETERS
     /// CHANGED for its own change).
     pub swp_by: Option<ItNexus>,
+    /// A sanitize operation running (or failed) on a member, and which one
+    /// (the cluster's number for it); `Idle` when none.
+    pub sanitize: super::SanitizePhase,
+    /// The member of `sanitize`.
+    pub sanitize_by: u64,
 }
 
 impl UnitState {
@@ -87,6 +98,15 @@ impl UnitState {
         }
         if let Some(h) = &self.spc2 {
             t.push_str(&format!("spc2 {} {}\n", h.rel_port, h.initiator));
+        }
+        let code = match self.sanitize {
+            super::SanitizePhase::Idle => 0,
+            super::SanitizePhase::Running { .. } => 1,
+            super::SanitizePhase::Failed { ause: false } => 2,
+            super::SanitizePhase::Failed { ause: true } => 3,
+        };
+        if code != 0 {
+            t.push_str(&format!("sanitize {code} {}\n", self.sanitize_by));
         }
         match (&self.swp_by, self.swp) {
             (Some(by), swp) => t.push_str(&format!(
@@ -107,6 +127,7 @@ impl UnitState {
         let mut spc2 = None;
         let (mut swp, mut swp_by) = (false, None);
         let (mut clears, mut clearer) = (0, None);
+        let (mut sanitize, mut sanitize_by) = (super::SanitizePhase::Idle, 0);
         let mut pr = String::new();
         for line in text.lines() {
             if let Some(n) = line.strip_prefix("resets ") {
@@ -117,6 +138,15 @@ impl UnitState {
                     initiator: initiator.to_owned(),
                     rel_port: port.parse().ok()?,
                 });
+            } else if let Some(w) = line.strip_prefix("sanitize ") {
+                let (code, by) = w.split_once(' ')?;
+                sanitize = match code {
+                    "1" => super::SanitizePhase::Running { progress: 0 },
+                    "2" => super::SanitizePhase::Failed { ause: false },
+                    "3" => super::SanitizePhase::Failed { ause: true },
+                    _ => return None,
+                };
+                sanitize_by = by.parse().ok()?;
             } else if let Some(w) = line.strip_prefix("clears ") {
                 let mut w = w.splitn(3, ' ');
                 clears = w.next()?.parse().ok()?;
@@ -148,6 +178,8 @@ impl UnitState {
             spc2,
             swp,
             swp_by,
+            sanitize,
+            sanitize_by,
         })
     }
 }

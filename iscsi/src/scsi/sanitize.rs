@@ -169,9 +169,10 @@ const FAILED: u8 = 2;
 const FAILED_AUSE: u8 = 3;
 
 /// Where a logical unit's sanitize operation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SanitizePhase {
     /// None running; the last one (if any) succeeded.
+    #[default]
     Idle,
     /// One is running, `progress` / 65536 done.
     Running {
@@ -186,11 +187,43 @@ pub enum SanitizePhase {
 }
 
 /// The sanitize state of one logical unit, shared by every session on every
-/// core (two atomics; no lock).
-#[derive(Debug, Default)]
+/// core (two atomics; no lock). On a cluster's unit it also holds the phase
+/// of a sanitize another member runs ([`SanitizeState::set_shared`]), which
+/// this member reports as its own, and tells the cluster of its own
+/// ([`SanitizeState::set_notifier`]).
+#[derive(Default)]
 pub struct SanitizeState {
     phase: AtomicU8,
     progress: AtomicU32,
+    /// Another member's sanitize, as the cluster decided it.
+    shared: AtomicU8,
+    notify: std::sync::OnceLock<Box<dyn Fn(SanitizePhase) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for SanitizeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SanitizeState")
+            .field("phase", &self.phase())
+            .finish_non_exhaustive()
+    }
+}
+
+fn phase_of(code: u8, progress: u16) -> SanitizePhase {
+    match code {
+        RUNNING => SanitizePhase::Running { progress },
+        FAILED => SanitizePhase::Failed { ause: false },
+        FAILED_AUSE => SanitizePhase::Failed { ause: true },
+        _ => SanitizePhase::Idle,
+    }
+}
+
+fn code_of(phase: SanitizePhase) -> u8 {
+    match phase {
+        SanitizePhase::Idle => IDLE,
+        SanitizePhase::Running { .. } => RUNNING,
+        SanitizePhase::Failed { ause: false } => FAILED,
+        SanitizePhase::Failed { ause: true } => FAILED_AUSE,
+    }
 }
 
 impl SanitizeState {
@@ -199,27 +232,45 @@ impl SanitizeState {
         Self::default()
     }
 
-    /// The current phase.
+    /// The current phase: this member's operation's, else another
+    /// member's (whose progress is not known here: 0).
     pub fn phase(&self) -> SanitizePhase {
         match self.phase.load(Ordering::Acquire) {
-            RUNNING => SanitizePhase::Running {
-                progress: u16::try_from(self.progress.load(Ordering::Relaxed)).unwrap_or(0xFFFF),
-            },
-            FAILED => SanitizePhase::Failed { ause: false },
-            FAILED_AUSE => SanitizePhase::Failed { ause: true },
-            _ => SanitizePhase::Idle,
+            IDLE => phase_of(self.shared.load(Ordering::Acquire), 0),
+            own => phase_of(own, self.progress()),
+        }
+    }
+
+    /// Calls `notify` with this member's phase whenever its own operation
+    /// starts or ends, or it leaves failure mode (once).
+    pub fn set_notifier(&self, notify: Box<dyn Fn(SanitizePhase) + Send + Sync>) {
+        let _ = self.notify.set(notify);
+    }
+
+    /// The phase of a sanitize another member runs (or ran, and failed).
+    pub fn set_shared(&self, phase: SanitizePhase) {
+        self.shared.store(code_of(phase), Ordering::Release);
+    }
+
+    fn tell(&self, phase: SanitizePhase) {
+        if let Some(n) = self.notify.get() {
+            n(phase);
         }
     }
 
     /// Starts an operation unless one runs; the unit reports SANITIZE IN
     /// PROGRESS until the returned guard completes or is dropped.
     pub fn begin(self: &Arc<Self>, ause: bool) -> Option<SanitizeRun> {
+        if self.shared.load(Ordering::Acquire) == RUNNING {
+            return None;
+        }
         self.phase
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
                 (p != RUNNING).then_some(RUNNING)
             })
             .ok()?;
         self.progress.store(0, Ordering::Relaxed);
+        self.tell(SanitizePhase::Running { progress: 0 });
         Some(SanitizeRun {
             state: Arc::clone(self),
             ause,
@@ -230,11 +281,28 @@ impl SanitizeState {
     /// EXIT FAILURE MODE: ends failure mode if the failed operation allowed
     /// it (AUSE); GOOD with nothing to do outside failure mode.
     pub fn exit_failure_mode(&self) -> Result<(), Sense> {
+        if self.phase.load(Ordering::Acquire) == IDLE {
+            // Another member's failed operation: ended for the cluster.
+            return match self.shared.load(Ordering::Acquire) {
+                RUNNING => Err(Sense::sanitize_in_progress(0)),
+                FAILED => Err(Sense::invalid_field_in_cdb(1, 4)),
+                FAILED_AUSE => {
+                    self.shared.store(IDLE, Ordering::Release);
+                    self.tell(SanitizePhase::Idle);
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
         match self
             .phase
             .compare_exchange(FAILED_AUSE, IDLE, Ordering::AcqRel, Ordering::Acquire)
         {
-            Ok(_) | Err(IDLE) => Ok(()),
+            Ok(_) => {
+                self.tell(SanitizePhase::Idle);
+                Ok(())
+            }
+            Err(IDLE) => Ok(()),
             Err(RUNNING) => Err(Sense::sanitize_in_progress(self.progress())),
             Err(_) => Err(Sense::invalid_field_in_cdb(1, 4)),
         }
@@ -281,6 +349,7 @@ impl SanitizeRun {
             (false, false) => FAILED,
         };
         self.state.phase.store(phase, Ordering::Release);
+        self.state.tell(phase_of(phase, 0));
     }
 }
 
@@ -527,5 +596,34 @@ mod tests {
         assert_eq!(sense(run(&read10, &s, &n)), Some((3, 0x31, 0x03)));
         assert_eq!(run(&tur, &s, &n), None);
         assert_eq!(run(&[0x48, 0x02, 0, 0, 0, 0, 0, 0, 0, 0], &s, &n), None);
+    }
+
+    #[test]
+    fn another_members_sanitize_is_reported_and_ours_told() {
+        use std::sync::Mutex;
+        let told = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::new(SanitizeState::new());
+        let t = Arc::clone(&told);
+        s.set_notifier(Box::new(move |p| t.lock().unwrap().push(p)));
+        // Another member's, running: reported here, and no second one starts.
+        s.set_shared(SanitizePhase::Running { progress: 9 });
+        assert_eq!(s.phase(), SanitizePhase::Running { progress: 0 });
+        assert!(s.begin(false).is_none());
+        // It failed with AUSE: EXIT FAILURE MODE here ends it for everyone.
+        s.set_shared(SanitizePhase::Failed { ause: true });
+        assert_eq!(s.phase(), SanitizePhase::Failed { ause: true });
+        assert_eq!(s.exit_failure_mode(), Ok(()));
+        assert_eq!(s.phase(), SanitizePhase::Idle);
+        // Ours: told when it starts and ends.
+        let run = s.begin(true).expect("begins");
+        run.complete(true);
+        assert_eq!(
+            *told.lock().unwrap(),
+            vec![
+                SanitizePhase::Idle,
+                SanitizePhase::Running { progress: 0 },
+                SanitizePhase::Idle
+            ]
+        );
     }
 }

@@ -156,6 +156,7 @@ impl Registry {
     /// live beside the device data; a released block lock someone waits
     /// for wakes every core.
     fn entry(&self, dev: VirtualDevice) -> DeviceEntry {
+        let sanitize = Arc::new(SanitizeState::new());
         let lu = match (&self.cfg.cluster, self.pr_path(&dev.spec().name)) {
             (Some(cluster), _) => {
                 let unit = cluster.unit(dev.spec().uuid);
@@ -163,6 +164,15 @@ impl Registry {
                 if let Some(state) = unit.state() {
                     lu.start_from(state);
                 }
+                // A sanitize here is every member's to report.
+                let to = Arc::clone(&unit);
+                sanitize.set_notifier(Box::new(move |phase| {
+                    to.change(
+                        crate::scsi::ItNexus::default(),
+                        crate::scsi::UnitChange::Sanitize { phase },
+                        Box::new(|_| {}),
+                    )
+                }));
                 lu.with_cluster(unit)
             }
             (None, Some(path)) => LunShared::with_pr_store(Box::new(FilePrStore::new(path))),
@@ -179,7 +189,7 @@ impl Registry {
             lun: describe(&dev, self.max_buf()),
             dev,
             shared,
-            sanitize: Arc::new(SanitizeState::new()),
+            sanitize,
             stats: Arc::new(IoStats::new(self.wakers.len())),
         }
     }
@@ -193,6 +203,17 @@ impl Registry {
             .state_dir
             .as_ref()
             .map(|dir| dir.join(format!("{device}.pr")))
+    }
+
+    /// The sanitize state of the device with `uuid`, if it is served.
+    pub fn sanitize_state(&self, uuid: uuid::Uuid) -> Option<Arc<SanitizeState>> {
+        self.devices
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .flatten()
+            .find(|d| d.dev.spec().uuid == uuid)
+            .map(|d| Arc::clone(&d.sanitize))
     }
 
     /// The logical unit of the device with `uuid`, if it is served.

@@ -371,6 +371,8 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
     full.clearer = Some(nx(4));
     assert_eq!(UnitState::from_text(&full.to_text()), Some(full.clone()));
     full.clearer = None;
+    full.sanitize = crate::scsi::SanitizePhase::Failed { ause: true };
+    full.sanitize_by = 2;
     assert_eq!(UnitState::from_text(&full.to_text()), Some(full.clone()));
     full.swp_by = None;
     assert_eq!(UnitState::from_text(&full.to_text()), Some(full));
