@@ -532,6 +532,8 @@ async fn until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
 struct Installer {
     /// Per device: the version installed and into which unit.
     done: HashMap<Uuid, (u64, usize)>,
+    /// Per device: the sanitize phase installed last, and whose.
+    sanitize: HashMap<Uuid, (SanitizePhase, u64)>,
 }
 
 impl Installer {
@@ -556,6 +558,15 @@ impl Installer {
                         } else {
                             SanitizePhase::Idle
                         });
+                        // This member's failed one, ended through another.
+                        let was = self
+                            .sanitize
+                            .insert(*uuid, (decided.sanitize, decided.sanitize_by));
+                        if let Some((SanitizePhase::Failed { .. }, by)) = was {
+                            if by == me && decided.sanitize == SanitizePhase::Idle {
+                                s.clear_failure();
+                            }
+                        }
                     }
                     unit.install(decided);
                     self.done.insert(*uuid, key);

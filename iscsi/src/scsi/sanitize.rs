@@ -252,6 +252,16 @@ impl SanitizeState {
         self.shared.store(code_of(phase), Ordering::Release);
     }
 
+    /// Ends this member's failure mode without telling anyone: another
+    /// member ended it for the cluster (EXIT FAILURE MODE there).
+    pub fn clear_failure(&self) {
+        let _ = self
+            .phase
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
+                matches!(p, FAILED | FAILED_AUSE).then_some(IDLE)
+            });
+    }
+
     fn tell(&self, phase: SanitizePhase) {
         if let Some(n) = self.notify.get() {
             n(phase);
@@ -617,6 +627,12 @@ mod tests {
         // Ours: told when it starts and ends.
         let run = s.begin(true).expect("begins");
         run.complete(true);
+        // Our failure, ended for the cluster through another member.
+        drop(s.begin(false));
+        assert_eq!(s.phase(), SanitizePhase::Failed { ause: false });
+        s.clear_failure();
+        assert_eq!(s.phase(), SanitizePhase::Idle);
+        told.lock().unwrap().truncate(3);
         assert_eq!(
             *told.lock().unwrap(),
             vec![
