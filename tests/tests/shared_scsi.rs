@@ -596,3 +596,35 @@ fn a_sanitize_through_one_member_is_in_progress_on_every_member() {
     let block = read_block(&mut b2, 77);
     assert!(block.iter().all(|&b| b == 0xA5), "{:02x?}", &block[..16]);
 }
+
+#[test]
+fn preempt_and_abort_through_one_member_aborts_the_tasks_on_another() {
+    let c = exported();
+    wait_serving(&c, &[0, 1]);
+    // Host B, registered and holding Write Exclusive through m2, has a
+    // write waiting for its data-out.
+    let mut b2 = session(c.members[1].portal, HOST_B);
+    prout_good(&mut b2, "B registers through m2", 0, 0, 0, KEY_B);
+    prout_good(&mut b2, "B reserves through m2", 1, WE, KEY_B, 0);
+    let (itt, ttt) = b2
+        .start_write(&[0x2A, 0, 0, 0, 0, 72, 0, 0, 8, 0], 4096)
+        .expect("a write waiting for data");
+    // Host A registers and PREEMPT AND ABORTs B through m1.
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    prout_good(&mut a1, "A registers through m1", 0, 0, 0, KEY_A);
+    prout_good(&mut a1, "A preempts and aborts B", 5, WE, KEY_A, KEY_B);
+    // B's session on m2 is told, and its write is gone.
+    let uas = unit_attentions(&mut b2);
+    assert!(
+        uas.contains(&(0x2A, 0x05)),
+        "REGISTRATIONS PREEMPTED: {uas:02x?}"
+    );
+    b2.data_out(itt, ttt, &[0xEE; 4096]).expect("data-out");
+    let r = b2
+        .scsi(&[0u8; 6], &[], 0)
+        .expect("TEST UNIT READY after the data-out, with no response for the aborted write");
+    assert_eq!(r.status, GOOD, "{r:?}");
+    // And B, no longer registered, cannot write under the reservation A
+    // took over.
+    assert_eq!(write(&mut b2, 72).status, CONFLICT);
+}
