@@ -179,11 +179,9 @@ fn complete(conn: &mut Connection, req: trellis_iscsi::session::DiskRequest, poo
         | DiskOp::Unmap { .. }
         | DiskOp::WriteZeroes { .. } => conn.disk_done(req.task, 0, None, pool),
         // The fuzzed unit is a lone gateway's: nothing goes to a cluster.
-        DiskOp::Shared(_) => conn.shared_done(
-            req.task,
-            trellis_iscsi::scsi::Completion::good(),
-            pool,
-        ),
+        DiskOp::Shared(_) => {
+            conn.shared_done(req.task, trellis_iscsi::scsi::Completion::good(), pool)
+        }
     }
 }
 

@@ -628,3 +628,33 @@ fn preempt_and_abort_through_one_member_aborts_the_tasks_on_another() {
     // took over.
     assert_eq!(write(&mut b2, 72).status, CONFLICT);
 }
+
+#[test]
+fn an_spc2_reservation_goes_with_the_member_that_held_it() {
+    let mut c = exported();
+    wait_serving(&c, &[0, 1, 2]);
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    let mut a3 = session(c.members[2].portal, HOST_A);
+    assert_eq!(a3.scsi(&reserve6, &[], 0).unwrap().status, GOOD);
+    let mut b1 = session_raw(c.members[0].portal, HOST_B);
+    assert_eq!(status(&mut b1, &[0u8; 6], 0), CONFLICT);
+    // m3 dies: its I_T nexus is lost, and with it the reservation, once
+    // the others declare m3 failed.
+    c.kill(2);
+    drop(a3);
+    eventually(
+        "the reservation of the dead member's nexus gone",
+        Duration::from_secs(30),
+        || {
+            let mut b = session_raw(c.members[0].portal, HOST_B);
+            let s = status(&mut b, &[0u8; 6], 0);
+            (s == GOOD).then_some(()).ok_or(format!("status {s:#x}"))
+        },
+    );
+    let mut b2 = session_raw(c.members[1].portal, HOST_B);
+    assert_eq!(
+        status(&mut b2, &reserve6, 0),
+        GOOD,
+        "B reserves through m2 now"
+    );
+}

@@ -32,8 +32,12 @@ use trellis_iscsi::scsi::{Completion, Sense};
 use trellis_iscsi::target::Registry;
 use uuid::Uuid;
 
-/// How long a forwarded COMPARE AND WRITE may wait for the block locks.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
+/// How long after it arrived a forwarded COMPARE AND WRITE may still
+/// start (queued, then waiting for the block locks); past it, it is
+/// answered NOT READY without touching the medium. Well under the sender's
+/// wait ([`crate::shared`]'s 5 s), so "not ready" is never said of one
+/// that ran after the sender stopped waiting.
+pub const START_WITHIN: Duration = Duration::from_secs(2);
 
 /// The largest COMPARE AND WRITE carried (its two halves).
 const MAX_DATA: usize = 1 << 20;
@@ -156,7 +160,8 @@ impl Answer {
     }
 }
 
-type Job = (Request, tokio::sync::oneshot::Sender<Answer>);
+/// A request, when it arrived, and where to answer.
+type Job = (Request, Instant, tokio::sync::oneshot::Sender<Answer>);
 
 /// Runs forwarded COMPARE AND WRITEs on this member (the owner), one at a
 /// time, on a thread of its own with aligned buffers (O_DIRECT stores).
@@ -178,14 +183,20 @@ impl Executor {
                     Ok(p) => p,
                     Err(e) => {
                         tracing::error!(error = %e, "no buffers for forwarded COMPARE AND WRITE; they are answered NOT READY");
-                        for (_, reply) in rx {
+                        for (_, _, reply) in rx {
                             let _ = reply.send(Answer::NotReady);
                         }
                         return;
                     }
                 };
-                for (req, reply) in rx {
-                    let _ = reply.send(execute(&registry, &pool, &req));
+                for (req, arrived, reply) in rx {
+                    let deadline = arrived + START_WITHIN;
+                    let answer = if reply.is_closed() || Instant::now() >= deadline {
+                        Answer::NotReady
+                    } else {
+                        execute(&registry, &pool, &req, deadline)
+                    };
+                    let _ = reply.send(answer);
                 }
             })
             .context("cannot start a thread")?;
@@ -195,7 +206,7 @@ impl Executor {
     /// Runs `req` here and answers.
     pub async fn run(&self, req: Request) -> Answer {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.jobs.send((req, tx)).is_err() {
+        if self.jobs.send((req, Instant::now(), tx)).is_err() {
             return Answer::NotReady;
         }
         rx.await.unwrap_or(Answer::NotReady)
@@ -204,7 +215,7 @@ impl Executor {
 
 /// Runs one COMPARE AND WRITE against the unit's medium, under its block
 /// locks.
-fn execute(reg: &Registry, pool: &BufPool, req: &Request) -> Answer {
+fn execute(reg: &Registry, pool: &BufPool, req: &Request, deadline: Instant) -> Answer {
     let Some(unit) = reg.unit(req.device) else {
         return Answer::NotReady;
     };
@@ -220,10 +231,13 @@ fn execute(reg: &Registry, pool: &BufPool, req: &Request) -> Answer {
     };
     let bs = u64::from(dev.spec().block_size);
     let len = u64::from(req.blocks) * bs;
-    let end = req.lba.checked_add(u64::from(req.blocks));
+    let bytes_end = req
+        .lba
+        .checked_add(u64::from(req.blocks))
+        .and_then(|e| e.checked_mul(bs));
     if req.blocks == 0
         || req.data.len() as u64 != 2 * len
-        || end.is_none_or(|e| e * bs > dev.spec().size)
+        || bytes_end.is_none_or(|e| e > dev.spec().size)
     {
         return Answer::Invalid;
     }
@@ -231,7 +245,6 @@ fn execute(reg: &Registry, pool: &BufPool, req: &Request) -> Answer {
     let offset = req.lba * bs;
     let locks = unit.locks();
     let mask = blocklock::mask(req.lba, req.lba + u64::from(req.blocks));
-    let deadline = Instant::now() + LOCK_WAIT;
     while locks.try_exclusive(mask) == Exclusive::Busy {
         if Instant::now() >= deadline {
             return Answer::NotReady;

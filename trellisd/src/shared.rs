@@ -179,9 +179,10 @@ impl SharedScsi {
             .spawn(move || {
                 let mut changes = changes.subscribe();
                 let mut installer = Installer::default();
+                let mut first_seen = std::collections::HashSet::new();
                 while !stop.load(Ordering::Relaxed) {
                     let seq = installer.round(&reader, &registry, me_node);
-                    inner.place_caw(&reader, &registry, &me);
+                    inner.place_caw(&reader, &registry, &me, &mut first_seen);
                     inner.installed.store(seq, Ordering::Release);
                     announcer.set_devices(seq);
                     changes.wait(INSTALL_EVERY);
@@ -207,26 +208,48 @@ struct Unit {
     inner: Arc<Inner>,
 }
 
+/// Answers its command once: with what was decided, or NOT READY if the
+/// decision is dropped unanswered (its task panicked, the runtime stopped),
+/// so no task waits for ever.
+struct Answer(Option<Done>);
+
+impl Answer {
+    fn send(mut self, c: Completion) {
+        if let Some(done) = self.0.take() {
+            done(c);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(not_now());
+        }
+    }
+}
+
 impl ClusterUnit for Unit {
     fn change(&self, nexus: ItNexus, change: UnitChange, done: Done) {
+        let answer = Answer(Some(done));
         let Some(runtime) = &self.inner.runtime else {
-            return done(not_now());
+            return answer.send(not_now());
         };
         let (inner, device) = (Arc::clone(&self.inner), self.device);
         runtime.spawn(async move {
-            let answer = inner.decide(device, &nexus, &change).await;
-            done(answer);
+            let c = inner.decide(device, &nexus, &change).await;
+            answer.send(c);
         });
     }
 
-    fn state(&self) -> Option<UnitState> {
+    fn state(&self) -> Option<(u64, UnitState)> {
         let state = self
             .inner
             .service
             .get()?
             .reader()
             .device_state(&self.device)?;
-        UnitState::from_text(&state.text)
+        Some((state.version, UnitState::from_text(&state.text)?))
     }
 }
 
@@ -242,26 +265,145 @@ impl Inner {
     }
 
     /// Notes each device's COMPARE AND WRITE owner (the Primary of its
-    /// set) and tells its unit here whether it is another member.
-    fn place_caw(&self, reader: &ConfigReader, reg: &Registry, me: &MemberId) {
+    /// set) and tells its unit here whether it is another member. Then
+    /// cleans up after members that are gone: see [`Inner::abandoned`].
+    fn place_caw(
+        self: &Arc<Self>,
+        reader: &ConfigReader,
+        reg: &Registry,
+        me: &MemberId,
+        first_seen: &mut std::collections::HashSet<Uuid>,
+    ) {
         let state = reader.state();
-        let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
-        owners.clear();
-        for d in state.config.devices.values() {
-            let owner = state
-                .roles
-                .sets
-                .get(&d.set)
-                .and_then(|a| a.roles.primary.clone());
-            let node = owner
-                .as_ref()
-                .and_then(|m| state.config.members.get(m))
-                .map(|m| m.node_id);
-            if let Some(unit) = reg.unit(d.uuid) {
-                // No Primary (no member can serve the set): each runs its own.
-                unit.set_caw_elsewhere(owner.as_ref().is_some_and(|o| o != me));
+        {
+            let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
+            owners.clear();
+            for d in state.config.devices.values() {
+                let owner = state
+                    .roles
+                    .sets
+                    .get(&d.set)
+                    .and_then(|a| a.roles.primary.clone());
+                let node = owner
+                    .as_ref()
+                    .and_then(|m| state.config.members.get(m))
+                    .map(|m| m.node_id);
+                if let Some(unit) = reg.unit(d.uuid) {
+                    // No Primary (no member can serve the set): each runs its own.
+                    unit.set_caw_elsewhere(owner.as_ref().is_some_and(|o| o != me));
+                }
+                owners.insert(d.uuid, node);
             }
-            owners.insert(d.uuid, node);
+        }
+        let Some(service) = self.service.get() else {
+            return;
+        };
+        let me_node = service.node_id();
+        // Members the failure detector declared failed, by node id.
+        let members = self.members.get().map(|m| m()).unwrap_or_default();
+        let failed: Vec<u64> = members
+            .iter()
+            .filter(|m| m.state == MemberState::Failed)
+            .filter_map(|m| state.config.members.get(&m.member).map(|c| c.node_id))
+            .collect();
+        for (uuid, d) in &state.device_states.devices {
+            let Some(unit) = UnitState::from_text(&d.text) else {
+                continue;
+            };
+            let first = first_seen.insert(*uuid);
+            let mut gone: Vec<u64> = failed.clone();
+            // Started again: this member's sessions and sanitize of before
+            // are gone (a nexus of now holds its reservation again itself).
+            let spc2_here_gone = unit.spc2.as_ref().is_some_and(|h| {
+                u64::from(h.rel_port) == me_node && !reg.has_initiator_port(&h.initiator)
+            });
+            let sanitize_here_gone = unit.sanitize_by == me_node
+                && matches!(unit.sanitize, SanitizePhase::Running { .. })
+                && !matches!(
+                    reg.sanitize_state(*uuid).map(|s| s.own_phase()),
+                    Some(SanitizePhase::Running { .. })
+                );
+            if first && (spc2_here_gone || sanitize_here_gone) {
+                gone.push(me_node);
+            }
+            let holds = |n: u64| {
+                unit.spc2
+                    .as_ref()
+                    .is_some_and(|h| u64::from(h.rel_port) == n)
+                    || (unit.sanitize_by == n
+                        && matches!(unit.sanitize, SanitizePhase::Running { .. }))
+            };
+            for node in gone.into_iter().filter(|&n| holds(n)) {
+                let (inner, device) = (Arc::clone(self), *uuid);
+                if let Some(rt) = &self.runtime {
+                    rt.spawn(async move { inner.abandoned(device, node).await });
+                }
+            }
+        }
+    }
+
+    /// Member `node` is gone (failed, or this member restarted): the SPC-2
+    /// reservation held through it goes (its I_T nexus is lost), and a
+    /// sanitize it ran ends in failure mode (SBC: an operation that does not
+    /// complete).
+    async fn abandoned(&self, device: Uuid, node: u64) {
+        let Some(service) = self.service.get() else {
+            return;
+        };
+        let lock = self.lock(device);
+        let _one_at_a_time = lock.lock().await;
+        let reader = service.reader();
+        let Some(current) = reader.device_state(&device) else {
+            return;
+        };
+        let Some(mut state) = UnitState::from_text(&current.text) else {
+            return;
+        };
+        let mut changed = false;
+        // Through this member: only a nexus with no session here now.
+        let here = |h: &ItNexus| {
+            node == service.node_id()
+                && self
+                    .registry
+                    .get()
+                    .is_some_and(|r| r.has_initiator_port(&h.initiator))
+        };
+        if state
+            .spc2
+            .as_ref()
+            .is_some_and(|h| u64::from(h.rel_port) == node && !here(h))
+        {
+            state.spc2 = None;
+            changed = true;
+        }
+        let running_here = node == service.node_id()
+            && self
+                .registry
+                .get()
+                .and_then(|r| r.sanitize_state(device))
+                .is_some_and(|s| matches!(s.own_phase(), SanitizePhase::Running { .. }));
+        if state.sanitize_by == node
+            && matches!(state.sanitize, SanitizePhase::Running { .. })
+            && !running_here
+        {
+            state.sanitize = SanitizePhase::Failed { ause: false };
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+        let cmd = Command::SetDeviceState {
+            device,
+            expect: current.version,
+            state: Some(state.to_text()),
+        };
+        match service.write(cmd).await {
+            Ok(_) => {
+                tracing::info!(%device, member_node = node, "SPC-2 reservation or sanitize of a member that is gone ended")
+            }
+            Err(e) => {
+                tracing::debug!(%device, error = %e, "cleanup after a member that is gone not committed (tried again)")
+            }
         }
     }
 
@@ -532,8 +674,8 @@ async fn until(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
 struct Installer {
     /// Per device: the version installed and into which unit.
     done: HashMap<Uuid, (u64, usize)>,
-    /// Per device: the sanitize phase installed last, and whose.
-    sanitize: HashMap<Uuid, (SanitizePhase, u64)>,
+    /// Devices whose installed state says this member's sanitize failed.
+    own_failure: std::collections::HashSet<Uuid>,
 }
 
 impl Installer {
@@ -558,17 +700,17 @@ impl Installer {
                         } else {
                             SanitizePhase::Idle
                         });
-                        // This member's failed one, ended through another.
-                        let was = self
-                            .sanitize
-                            .insert(*uuid, (decided.sanitize, decided.sanitize_by));
-                        if let Some((SanitizePhase::Failed { .. }, by)) = was {
-                            if by == me && decided.sanitize == SanitizePhase::Idle {
-                                s.clear_failure();
-                            }
+                        // This member's failed one, ended for the cluster (EXIT
+                        // FAILURE MODE, or a sanitize, through another).
+                        let own_failure =
+                            matches!(decided.sanitize, SanitizePhase::Failed { .. }) && !theirs;
+                        if own_failure {
+                            self.own_failure.insert(*uuid);
+                        } else if self.own_failure.remove(uuid) {
+                            s.clear_failure();
                         }
                     }
-                    unit.install(decided);
+                    unit.install(state.version, decided);
                     self.done.insert(*uuid, key);
                 }
                 None => {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::alua::PortStates;
 use super::blocklock::BlockLocks;
-use super::persist::{ItNexus, PrRequest, PrState, PrStore};
+use super::persist::{unword, word, ItNexus, PrRequest, PrState, PrStore};
 use super::Completion;
 
 /// Called with a command's completion, from any thread.
@@ -91,13 +91,15 @@ impl UnitState {
         match &self.clearer {
             Some(by) => t.push_str(&format!(
                 "clears {} {} {}\n",
-                self.clears, by.rel_port, by.initiator
+                self.clears,
+                by.rel_port,
+                word(&by.initiator)
             )),
             None if self.clears > 0 => t.push_str(&format!("clears {}\n", self.clears)),
             None => {}
         }
         if let Some(h) = &self.spc2 {
-            t.push_str(&format!("spc2 {} {}\n", h.rel_port, h.initiator));
+            t.push_str(&format!("spc2 {} {}\n", h.rel_port, word(&h.initiator)));
         }
         let code = match self.sanitize {
             super::SanitizePhase::Idle => 0,
@@ -113,7 +115,7 @@ impl UnitState {
                 "swp {} {} {}\n",
                 u8::from(swp),
                 by.rel_port,
-                by.initiator
+                word(&by.initiator)
             )),
             (None, true) => t.push_str("swp 1\n"),
             (None, false) => {}
@@ -135,7 +137,7 @@ impl UnitState {
             } else if let Some(h) = line.strip_prefix("spc2 ") {
                 let (port, initiator) = h.split_once(' ')?;
                 spc2 = Some(ItNexus {
-                    initiator: initiator.to_owned(),
+                    initiator: unword(initiator)?,
                     rel_port: port.parse().ok()?,
                 });
             } else if let Some(w) = line.strip_prefix("sanitize ") {
@@ -153,7 +155,7 @@ impl UnitState {
                 if let Some(port) = w.next() {
                     clearer = Some(ItNexus {
                         rel_port: port.parse().ok()?,
-                        initiator: w.next()?.to_owned(),
+                        initiator: unword(w.next()?)?,
                     });
                 }
             } else if let Some(w) = line.strip_prefix("swp ") {
@@ -162,7 +164,7 @@ impl UnitState {
                 if let Some(port) = w.next() {
                     swp_by = Some(ItNexus {
                         rel_port: port.parse().ok()?,
-                        initiator: w.next()?.to_owned(),
+                        initiator: unword(w.next()?)?,
                     });
                 }
             } else {
@@ -194,8 +196,9 @@ pub trait ClusterUnit: Send + Sync + std::fmt::Debug {
     /// `done` with its completion.
     fn change(&self, nexus: ItNexus, change: UnitChange, done: Done);
 
-    /// The state decided so far, if any (a unit made now starts from it).
-    fn state(&self) -> Option<UnitState>;
+    /// The state decided so far and its version, if any (a unit made now
+    /// starts from it).
+    fn state(&self) -> Option<(u64, UnitState)>;
 }
 
 /// State of a logical unit shared by every I_T nexus on every core: the
@@ -223,6 +226,10 @@ pub struct LunShared {
     cluster: Option<Arc<dyn ClusterUnit>>,
     /// The cluster's LOGICAL UNIT RESET count this unit has made.
     cluster_resets: AtomicU64,
+    /// The version of the cluster's state installed last: an older one
+    /// (from an installer that read it before this unit was made) is not
+    /// installed over it. Held while installing.
+    installed: Mutex<u64>,
     /// The cluster's CLEAR TASK SET count this unit has made.
     cluster_clears: AtomicU64,
     /// Another member runs this unit's COMPARE AND WRITEs (its owner).
@@ -280,9 +287,14 @@ impl LunShared {
         self.cluster.as_ref()
     }
 
-    /// Starts from the state the cluster decided so far: its reservations,
-    /// its resets counted as made.
-    pub fn start_from(&self, state: UnitState) {
+    /// Starts from the state the cluster decided so far (at `version`):
+    /// its reservations, its resets counted as made.
+    pub fn start_from(&self, version: u64, state: UnitState) {
+        let mut installed = self
+            .installed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *installed = version;
         self.cluster_resets.store(state.resets, Ordering::Release);
         self.cluster_clears.store(state.clears, Ordering::Release);
         self.install_spc2(state.spc2.as_ref());
@@ -290,10 +302,19 @@ impl LunShared {
         self.install_pr(state.pr);
     }
 
-    /// Installs the state the cluster decided: the reservations (see
-    /// [`LunShared::install_pr`]), and a reset when the cluster made one
-    /// this unit has not.
-    pub fn install(&self, state: UnitState) {
+    /// Installs the state the cluster decided at `version`: the
+    /// reservations (see [`LunShared::install_pr`]), and a reset when the
+    /// cluster made one this unit has not. A version older than the one
+    /// installed changes nothing; false then.
+    pub fn install(&self, version: u64, state: UnitState) -> bool {
+        let mut installed = self
+            .installed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if version < *installed {
+            return false;
+        }
+        *installed = version;
         self.install_pr(state.pr);
         if self
             .cluster_resets
@@ -312,6 +333,7 @@ impl LunShared {
         self.install_spc2(state.spc2.as_ref());
         let by = state.swp_by.as_ref().map_or(0, super::spc2_token);
         self.set_software_write_protect(state.swp, by);
+        true
     }
 
     /// The SPC-2 reservation the cluster decided: held by `holder`.

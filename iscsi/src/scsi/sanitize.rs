@@ -241,6 +241,12 @@ impl SanitizeState {
         }
     }
 
+    /// The phase of this member's own operation (another member's left
+    /// out).
+    pub fn own_phase(&self) -> SanitizePhase {
+        phase_of(self.phase.load(Ordering::Acquire), self.progress())
+    }
+
     /// Calls `notify` with this member's phase whenever its own operation
     /// starts or ends, or it leaves failure mode (once).
     pub fn set_notifier(&self, notify: Box<dyn Fn(SanitizePhase) + Send + Sync>) {

@@ -161,8 +161,8 @@ impl Registry {
             (Some(cluster), _) => {
                 let unit = cluster.unit(dev.spec().uuid);
                 let lu = LunShared::new();
-                if let Some(state) = unit.state() {
-                    lu.start_from(state);
+                if let Some((version, state)) = unit.state() {
+                    lu.start_from(version, state);
                 }
                 // A sanitize here is every member's to report.
                 let to = Arc::clone(&unit);
@@ -347,6 +347,18 @@ impl Registry {
     /// Normal sessions logged in to this member now.
     pub fn session_count(&self) -> usize {
         self.sessions.lock().map_or(0, |s| s.by_key.len())
+    }
+
+    /// Whether a session of initiator port `port` (`<name>,i,0x<isid>`,
+    /// as persistent reservations name it) is logged in here.
+    pub fn has_initiator_port(&self, port: &str) -> bool {
+        self.sessions.lock().is_ok_and(|s| {
+            s.by_key.keys().any(|(name, isid, _)| {
+                crate::scsi::ItNexus::iscsi(name, *isid, 0)
+                    .initiator
+                    .eq_ignore_ascii_case(port)
+            })
+        })
     }
 
     /// Refuses writes to the device `uuid` from `until` on (None: no

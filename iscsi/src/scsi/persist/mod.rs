@@ -54,6 +54,7 @@ use super::ua::UnitAttention;
 pub use command::{persistent_reserve, PrRequest};
 pub(crate) use command::{prin_cdb, prout_cdb};
 pub(crate) use conflict::pr_conflicts;
+pub(crate) use text::{unword, word};
 
 /// Events kept for nexuses that have not yet caught up.
 const EVENT_LOG: usize = 256;

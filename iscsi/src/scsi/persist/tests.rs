@@ -382,15 +382,22 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
     // A unit that starts from the state counts its resets as made; a
     // later install with one more makes exactly one reset.
     let lu = LunShared::new();
-    lu.start_from(s.clone());
+    lu.start_from(1, s.clone());
     let mut n = NexusState::attached(&lu, 1).with_pr_identity(nx(1));
     n.observe(&lu);
     let before = lu.resets();
-    lu.install(s.clone());
+    assert!(lu.install(1, s.clone()));
     assert_eq!(lu.resets(), before, "the same state again: no reset");
     s.resets += 1;
-    lu.install(s.clone());
-    lu.install(s);
+    let stale = s.clone();
+    assert!(lu.install(3, s.clone()));
+    assert!(lu.install(3, s));
+    // An older version read before is not installed over it.
+    let mut older = stale;
+    older.resets = 0;
+    older.swp = true;
+    assert!(!lu.install(2, older));
+    assert!(!lu.software_write_protect());
     assert_eq!(lu.resets(), before + 1);
     n.observe(&lu);
     assert!(n.pending().contains(&UnitAttention::LunReset));
@@ -409,7 +416,7 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
         swp_by: Some(nx(2)),
         ..UnitState::default()
     };
-    cluster_lu.install(st.clone());
+    cluster_lu.install(1, st.clone());
     holder.observe(&cluster_lu);
     other.observe(&cluster_lu);
     assert!(!holder.reserved_elsewhere());
@@ -422,7 +429,7 @@ fn unit_state_text_round_trips_and_a_reset_installs_once() {
         .pending()
         .contains(&UnitAttention::ModeParametersChanged));
     st.spc2 = None;
-    cluster_lu.install(st);
+    cluster_lu.install(2, st);
     other.observe(&cluster_lu);
     assert!(!other.reserved_elsewhere());
 }
@@ -436,7 +443,40 @@ impl crate::scsi::ClusterUnit for NoCluster {
         done(Completion::good());
     }
 
-    fn state(&self) -> Option<crate::scsi::UnitState> {
+    fn state(&self) -> Option<(u64, crate::scsi::UnitState)> {
         None
     }
+}
+
+#[test]
+fn initiator_names_cannot_add_lines_to_the_text_forms() {
+    use crate::scsi::UnitState;
+    // A name a host could send at login, with line breaks and spaces that
+    // would read as fields of the state if written as they are.
+    let evil = ItNexus {
+        initiator: "iqn.x:y\nsanitize 1 7\nswp 1 % é,i,0x800000000001".into(),
+        rel_port: 2,
+    };
+    let mut s = UnitState::default();
+    assert_eq!(s.pr.prout(&evil, 0, 0, &params(0, 9, 1)), Ok(true));
+    assert_eq!(s.pr.prout(&evil, 1, 1, &params(9, 0, 1)), Ok(true));
+    s.spc2 = Some(evil.clone());
+    s.swp_by = Some(evil.clone());
+    let text = s.to_text();
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("sanitize")).count(),
+        0,
+        "{text}"
+    );
+    let back = UnitState::from_text(&text).unwrap();
+    assert_eq!(back, s);
+    assert!(!back.swp);
+    assert_eq!(back.sanitize, crate::scsi::SanitizePhase::Idle);
+    // The saved (APTPL) form too.
+    let saved = PrState::from_text(&s.pr.to_text()).unwrap();
+    assert_eq!(saved.registrations, s.pr.registrations);
+    // Malformed escapes are refused, not misread.
+    assert_eq!(text::unword("a%zz"), None);
+    assert_eq!(text::unword("a%4"), None);
+    assert_eq!(text::unword("a%41b").as_deref(), Some("aAb"));
 }

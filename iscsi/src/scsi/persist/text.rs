@@ -1,5 +1,7 @@
 //! The text forms of a unit's persistent reservation state: one item a
-//! line (initiator port names hold no whitespace).
+//! line, words apart. An initiator port name is one word: its bytes outside
+//! printable ASCII, spaces and `%` are written `%XX` ([`word`]), so no name
+//! a host sends (at login, or in a TransportID) can end a line or add one.
 //!
 //! - The saved form (`trellis-pr 1`, [`PrState::to_text`]) holds what APTPL
 //!   keeps: generation, registrations, reservation.
@@ -32,7 +34,12 @@ impl PrState {
                 Event::Ua(_) => continue,
                 Event::Abort => "abort",
             };
-            let _ = writeln!(t, "event {seq} {kind} {} {}", to.rel_port, to.initiator);
+            let _ = writeln!(
+                t,
+                "event {seq} {kind} {} {}",
+                to.rel_port,
+                word(&to.initiator)
+            );
         }
         t
     }
@@ -41,6 +48,40 @@ impl PrState {
     pub fn from_text(text: &str) -> Option<Self> {
         decode(text)
     }
+}
+
+/// `name` as one word of the text forms: `%`, spaces, controls and bytes
+/// past ASCII as `%XX`.
+pub(crate) fn word(name: &str) -> String {
+    let mut w = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_graphic() && b != b'%' {
+            w.push(b as char);
+        } else {
+            let _ = write!(w, "%{b:02X}");
+        }
+    }
+    w
+}
+
+/// The name written as word `w`; None if it is not one.
+pub(crate) fn unword(w: &str) -> Option<String> {
+    let b = w.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else if b[i].is_ascii_graphic() {
+            out.push(b[i]);
+            i += 1;
+        } else {
+            return None;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// The text form of `s` (one item a line; initiator port names hold no
@@ -52,7 +93,9 @@ fn encode(s: &PrState) -> String {
         let _ = writeln!(
             t,
             "reg {:016x} {} {}",
-            r.key, r.nexus.rel_port, r.nexus.initiator
+            r.key,
+            r.nexus.rel_port,
+            word(&r.nexus.initiator)
         );
     }
     if let Some(r) = &s.reservation {
@@ -61,7 +104,7 @@ fn encode(s: &PrState) -> String {
             "res {} {} {}",
             r.kind.code(),
             r.holder.rel_port,
-            r.holder.initiator
+            word(&r.holder.initiator)
         );
     }
     t
@@ -85,7 +128,7 @@ fn decode(text: &str) -> Option<PrState> {
             "reg" => {
                 let key = u64::from_str_radix(w.next()?, 16).ok()?;
                 let rel_port = w.next()?.parse().ok()?;
-                let initiator = w.next()?.to_string();
+                let initiator = unword(w.next()?)?;
                 s.registrations.push(Registration {
                     key,
                     nexus: ItNexus {
@@ -97,7 +140,7 @@ fn decode(text: &str) -> Option<PrState> {
             "res" => {
                 let kind = PrType::from_code(w.next()?.parse().ok()?)?;
                 let rel_port = w.next()?.parse().ok()?;
-                let initiator = w.next()?.to_string();
+                let initiator = unword(w.next()?)?;
                 s.reservation = Some(Reservation {
                     kind,
                     holder: ItNexus {
@@ -118,7 +161,7 @@ fn decode(text: &str) -> Option<PrState> {
                     _ => return None,
                 };
                 let rel_port = w.next()?.parse().ok()?;
-                let initiator = w.next()?.to_string();
+                let initiator = unword(w.next()?)?;
                 s.events.push_back((
                     seq,
                     ItNexus {
