@@ -658,3 +658,36 @@ fn an_spc2_reservation_goes_with_the_member_that_held_it() {
         "B reserves through m2 now"
     );
 }
+
+#[test]
+fn without_a_quorum_a_reservation_change_is_refused_and_changes_nothing() {
+    let mut c = exported();
+    wait_serving(&c, &[0, 1, 2]);
+    let mut a1 = session(c.members[0].portal, HOST_A);
+    prout_good(&mut a1, "A registers through m1", 0, 0, 0, KEY_A);
+    // m2 and m3 die: m1 is alone, with no quorum.
+    c.kill(1);
+    c.kill(2);
+    // B's registration through m1 is not answered GOOD: NOT READY,
+    // ASYMMETRIC ACCESS STATE TRANSITION, which hosts retry.
+    let mut b1 = session_raw(c.members[0].portal, HOST_B);
+    let r = prout(&mut b1, 0, 0, 0, KEY_B);
+    let r = if r.status == CHECK && r.sense[2] & 0x0F == 6 {
+        prout(&mut b1, 0, 0, 0, KEY_B)
+    } else {
+        r
+    };
+    assert_eq!(
+        (r.status, r.sense[2] & 0x0F, r.sense[12], r.sense[13]),
+        (CHECK, 2, 0x04, 0x0A),
+        "{r:?}"
+    );
+    // The others come back: B's key is nowhere, A's still there.
+    c.restart(1);
+    c.restart(2);
+    c.wait_primary("default", Duration::from_secs(90));
+    wait_serving(&c, &[0, 1, 2]);
+    for v in views(&c, &[0, 1, 2]) {
+        assert_eq!(v.0 .1, vec![KEY_A], "{v:?}");
+    }
+}

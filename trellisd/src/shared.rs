@@ -567,6 +567,15 @@ impl Inner {
                 Err(c) => (None, c),
             };
             let changed = text.is_some();
+            // A change is proposed only to a leader that leads a quorum
+            // now: one cut off would keep it uncommitted and could commit
+            // it after the host was told NOT READY.
+            if changed {
+                if let Err(e) = service.confirm_quorum().await {
+                    tracing::warn!(%device, error = %e, "shared SCSI state change not proposed: no quorum; answered NOT READY (hosts retry)");
+                    return not_now();
+                }
+            }
             let cmd = Command::SetDeviceState {
                 device,
                 expect: version,

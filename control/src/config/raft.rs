@@ -498,6 +498,20 @@ impl ConfigService {
             .map(|_| ())
     }
 
+    /// Confirms that the Raft leader (asked through this node) still leads
+    /// a quorum: it heartbeats a majority, and nothing is written. A write
+    /// proposed right after then does not sit uncommitted in a leader cut
+    /// off from the others, to be committed later if they come back (only
+    /// a quorum lost in between leaves that).
+    pub async fn confirm_quorum(&self) -> Result<(), ServiceError> {
+        let task = self
+            .handle
+            .spawn(submit(self.shared.clone(), Forwarded::Confirm));
+        task.await
+            .map_err(|e| ServiceError::Internal(format!("the Raft node dropped the check: {e}")))?
+            .map(|_| ())
+    }
+
     /// Sets what answers other members' data-path requests
     /// ([`ConfigService::call_member`]); once.
     pub fn set_data_path_handler(&self, handler: transport::DataPathHandler) {

@@ -11,7 +11,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError as OpenRaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError as OpenRaftError};
 use openraft::{BasicNode, Raft};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +38,9 @@ pub(super) enum Forwarded {
         /// The member.
         member: String,
     },
+    /// Confirm that the leader still leads a quorum (heartbeats to a
+    /// majority answered), writing nothing.
+    Confirm,
 }
 
 /// How a [`Forwarded`] write ended on the member that tried it.
@@ -79,9 +82,24 @@ pub(super) async fn execute(
             Err(_) => Outcome::TimedOut,
         };
     }
+    if let Forwarded::Confirm = &forwarded {
+        return match tokio::time::timeout(timeout, raft.get_read_log_id()).await {
+            Err(_) => Outcome::TimedOut,
+            Ok(Ok(_)) => Outcome::Applied(Response::Unchanged),
+            Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Outcome::NotLeader {
+                    leader: f.leader_id.zip(f.leader_node.map(|n| n.addr)),
+                }
+            }
+            Ok(Err(OpenRaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => {
+                Outcome::TimedOut
+            }
+            Ok(Err(OpenRaftError::Fatal(e))) => Outcome::Failed(e.to_string()),
+        };
+    }
     let call = async {
         match forwarded {
-            Forwarded::Lease { .. } => unreachable!("answered above"),
+            Forwarded::Lease { .. } | Forwarded::Confirm => unreachable!("answered above"),
             Forwarded::Write(cmd) => raft.client_write(cmd).await.map(|r| r.data),
             Forwarded::AddLearner { id, addr } => raft
                 .add_learner(id, BasicNode::new(addr), true)

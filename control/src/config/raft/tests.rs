@@ -583,3 +583,30 @@ fn the_data_path_calls_another_member_over_the_authenticated_transport() {
         cluster.stop(id);
     }
 }
+
+#[test]
+fn a_quorum_is_confirmed_only_while_a_majority_answers() {
+    let mut cluster = Cluster::new(&[1, 2, 3]);
+    cluster.initialize_all();
+    let leader = cluster.leader();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Through the leader and through a follower (forwarded).
+    assert_eq!(rt.block_on(cluster.nodes[&leader].confirm_quorum()), Ok(()));
+    assert_eq!(
+        rt.block_on(cluster.follower(leader).confirm_quorum()),
+        Ok(())
+    );
+    // The two others gone: the one left confirms nothing, and writes
+    // nothing doing so.
+    let left = leader;
+    let before = cluster.nodes[&left].raft().commit_index;
+    for id in [1, 2, 3].into_iter().filter(|&id| id != left) {
+        cluster.stop(id);
+    }
+    assert!(rt.block_on(cluster.nodes[&left].confirm_quorum()).is_err());
+    assert_eq!(cluster.nodes[&left].raft().commit_index, before);
+    cluster.stop(left);
+}
