@@ -222,11 +222,7 @@ fn execute(reg: &Registry, pool: &BufPool, req: &Request, deadline: Instant) -> 
     if unit.caw_elsewhere() {
         return Answer::NotReady;
     }
-    let Some(dev) = reg
-        .devices()
-        .into_iter()
-        .find(|d| d.spec().uuid == req.device)
-    else {
+    let Some(dev) = reg.device(req.device) else {
         return Answer::NotReady;
     };
     let bs = u64::from(dev.spec().block_size);

@@ -1,6 +1,6 @@
 //! One SCSI device across members: the persistent reservation state of
 //! each device is one state for the whole cluster, kept in the replicated
-//! log ([`DeviceStates`](trellis_control::config::DeviceStates)) and
+//! log ([`DeviceStates`]) and
 //! installed into every member's logical unit.
 //!
 //! ```text
@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use trellis_control::config::raft::MembersSource;
-use trellis_control::config::{Command, ConfigError, ConfigReader, ConfigService};
+use trellis_control::config::{Command, ConfigError, ConfigService, DeviceStates, ReplicatedState};
 use trellis_control::membership::MemberState;
 use trellis_control::node::Announcer;
 use trellis_control::service::{ClusterService, ServiceError};
@@ -181,8 +181,10 @@ impl SharedScsi {
                 let mut installer = Installer::default();
                 let mut first_seen = std::collections::HashSet::new();
                 while !stop.load(Ordering::Relaxed) {
-                    let seq = installer.round(&reader, &registry, me_node);
-                    inner.place_caw(&reader, &registry, &me, &mut first_seen);
+                    // One read of the replicated state serves both.
+                    let state = reader.state();
+                    let seq = installer.round(&state.device_states, &registry, me_node);
+                    inner.place_caw(&state, &registry, &me, &mut first_seen);
                     inner.installed.store(seq, Ordering::Release);
                     announcer.set_devices(seq);
                     changes.wait(INSTALL_EVERY);
@@ -269,12 +271,11 @@ impl Inner {
     /// cleans up after members that are gone: see [`Inner::abandoned`].
     fn place_caw(
         self: &Arc<Self>,
-        reader: &ConfigReader,
+        state: &ReplicatedState,
         reg: &Registry,
         me: &MemberId,
         first_seen: &mut std::collections::HashSet<Uuid>,
     ) {
-        let state = reader.state();
         {
             let mut owners = self.owners.lock().unwrap_or_else(PoisonError::into_inner);
             owners.clear();
@@ -307,10 +308,15 @@ impl Inner {
             .filter_map(|m| state.config.members.get(&m.member).map(|c| c.node_id))
             .collect();
         for (uuid, d) in &state.device_states.devices {
+            let first = first_seen.insert(*uuid);
+            // Nothing can be gone but failed members, or this member's own
+            // past the first sight of the device.
+            if !first && failed.is_empty() {
+                continue;
+            }
             let Some(unit) = UnitState::from_text(&d.text) else {
                 continue;
             };
-            let first = first_seen.insert(*uuid);
             let mut gone: Vec<u64> = failed.clone();
             // Started again: this member's sessions and sanitize of before
             // are gone (a nexus of now holds its reservation again itself).
@@ -689,8 +695,7 @@ struct Installer {
 
 impl Installer {
     /// One pass; returns the `seq` of the states the units now hold.
-    fn round(&mut self, reader: &ConfigReader, reg: &Registry, me: u64) -> u64 {
-        let states = reader.device_states();
+    fn round(&mut self, states: &DeviceStates, reg: &Registry, me: u64) -> u64 {
         for (uuid, state) in &states.devices {
             let Some(unit) = reg.unit(*uuid) else {
                 continue;

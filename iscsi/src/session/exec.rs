@@ -54,8 +54,7 @@ impl Session {
         purpose: Purpose,
         xfer: u32,
     ) -> u32 {
-        let id = self.next_task;
-        self.next_task = self.next_task.wrapping_add(1).max(1);
+        let id = self.next_task_id();
         let entry = &luns.luns[lun_index];
         let mut task = Task {
             itt: cmd.itt,
@@ -188,15 +187,7 @@ impl Connection {
                     Action::Shared(change) => change,
                     _ => return true,
                 };
-                let op = SharedOp {
-                    unit: Arc::clone(&luns.luns[i].shared),
-                    nexus: s.nexus[i].pr_identity().clone(),
-                    change,
-                };
-                if let Some(t) = s.tasks.get_mut(&id) {
-                    t.stage = Stage::InFlight;
-                }
-                self.decide_in_cluster(id, luns.luns[i].slot, op);
+                self.task_to_cluster(id, change);
                 true
             }
             (Action::Reservation(op), Some(i)) => {
@@ -587,20 +578,13 @@ impl Connection {
                 if entry.shared.cluster().is_some() =>
             {
                 // Decided by the cluster; the task waits like a disk step.
-                t.stage = Stage::InFlight;
                 t.params = Vec::new();
                 let change = match action {
                     Action::PersistentReserve(req) => UnitChange::Prout(req),
                     Action::Shared(change) => change,
                     _ => return,
                 };
-                let op = SharedOp {
-                    unit: Arc::clone(&entry.shared),
-                    nexus: s.nexus[t.lun_index].pr_identity().clone(),
-                    change,
-                };
-                let slot = t.slot;
-                self.decide_in_cluster(id, slot, op);
+                self.task_to_cluster(id, change);
             }
             other => {
                 let c = match other {
@@ -632,6 +616,28 @@ impl Connection {
             offset: 0,
             op: DiskOp::Shared(op),
         });
+    }
+
+    /// Task `id` waits, like a disk step, for the cluster to decide
+    /// `change` of its unit on behalf of its nexus.
+    pub(super) fn task_to_cluster(&mut self, id: u32, change: UnitChange) {
+        let Some(s) = self.session() else { return };
+        let Some(luns) = s.lun_table() else { return };
+        let Some(t) = s.tasks.get_mut(&id) else {
+            return;
+        };
+        let (Some(entry), Some(nexus)) = (luns.luns.get(t.lun_index), s.nexus.get(t.lun_index))
+        else {
+            return;
+        };
+        t.stage = Stage::InFlight;
+        let op = SharedOp {
+            unit: Arc::clone(&entry.shared),
+            nexus: nexus.pr_identity().clone(),
+            change,
+        };
+        let slot = t.slot;
+        self.decide_in_cluster(id, slot, op);
     }
 
     /// The cluster decided a [`DiskOp::Shared`] change of task `id`: answer

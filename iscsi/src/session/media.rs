@@ -27,7 +27,7 @@ use trellis_datapath::{Buf, Extent};
 
 use super::exec::{medium_error, write_error};
 use super::task::{Purpose, Stage, Task, TaskStatus};
-use super::{Connection, DiskOp, DiskRequest, SharedOp};
+use super::{Connection, DiskOp, DiskRequest};
 use crate::scsi::blocklock::{self, Exclusive};
 use crate::scsi::{self, Completion, IoOp, IoRequest, LunShared, Sense, UnitChange};
 
@@ -253,13 +253,10 @@ impl Connection {
             return false;
         }
         let lun_index = t.lun_index;
-        let Some(unit) = s
+        let elsewhere = s
             .lun_table()
-            .and_then(|l| l.luns.get(lun_index).map(|e| Arc::clone(&e.shared)))
-        else {
-            return false;
-        };
-        if !unit.caw_elsewhere() {
+            .and_then(|l| l.luns.get(lun_index).map(|e| e.shared.caw_elsewhere()));
+        if elsewhere != Some(true) {
             return false;
         }
         let Some(t) = s.tasks.get_mut(&id) else {
@@ -274,19 +271,15 @@ impl Connection {
             None => return false,
         };
         t.verify = None;
-        t.stage = Stage::InFlight;
-        let op = SharedOp {
-            nexus: s.nexus[t.lun_index].pr_identity().clone(),
-            unit,
-            change: UnitChange::CompareAndWrite {
+        self.task_to_cluster(
+            id,
+            UnitChange::CompareAndWrite {
                 lba: req.lba,
                 blocks: req.blocks,
                 fua: req.fua,
                 data,
             },
-        };
-        let slot = t.slot;
-        self.decide_in_cluster(id, slot, op);
+        );
         true
     }
 

@@ -255,6 +255,14 @@ struct Session {
 }
 
 impl Session {
+    /// A new task id (never 0): for a task, or for a cluster decision a
+    /// task management function or logout waits on.
+    fn next_task_id(&mut self) -> u32 {
+        let id = self.next_task;
+        self.next_task = self.next_task.wrapping_add(1).max(1);
+        id
+    }
+
     /// Releases the reservations this session's nexus holds (none of
     /// another nexus).
     fn release_reservations(&self) {
@@ -842,16 +850,18 @@ impl Connection {
         for (e, n) in l.luns.iter().zip(&s.nexus) {
             if e.shared.cluster().is_some() && e.shared.holder() == n.spc2_id() {
                 e.shared.release(n.spc2_id());
-                let id = s.next_task;
-                s.next_task = s.next_task.wrapping_add(1).max(1);
                 let op = SharedOp {
                     unit: Arc::clone(&e.shared),
                     nexus: n.pr_identity().clone(),
                     change: crate::scsi::UnitChange::Release,
                 };
-                ops.push((id, e.slot, op));
+                ops.push((e.slot, op));
             }
         }
+        let ops: Vec<_> = ops
+            .into_iter()
+            .map(|(slot, op)| (s.next_task_id(), slot, op))
+            .collect();
         let ids = ops.iter().map(|(id, _, _)| *id).collect();
         for (id, slot, op) in ops {
             self.decide_in_cluster(id, slot, op);

@@ -241,8 +241,7 @@ impl Connection {
         if let Some(l) = &luns {
             for i in resets {
                 let Some(s) = self.session() else { return };
-                let id = s.next_task;
-                s.next_task = s.next_task.wrapping_add(1).max(1);
+                let id = s.next_task_id();
                 let entry = &l.luns[i];
                 let op = SharedOp {
                     unit: Arc::clone(&entry.shared),

@@ -205,26 +205,28 @@ impl Registry {
             .map(|dir| dir.join(format!("{device}.pr")))
     }
 
-    /// The sanitize state of the device with `uuid`, if it is served.
-    pub fn sanitize_state(&self, uuid: uuid::Uuid) -> Option<Arc<SanitizeState>> {
-        self.devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// `f` of the entry of the device with `uuid`, if it is served.
+    fn with_device<T>(&self, uuid: uuid::Uuid, f: impl FnOnce(&DeviceEntry) -> T) -> Option<T> {
+        self.table()
             .iter()
             .flatten()
             .find(|d| d.dev.spec().uuid == uuid)
-            .map(|d| Arc::clone(&d.sanitize))
+            .map(f)
+    }
+
+    /// The device with `uuid`, if it is served.
+    pub fn device(&self, uuid: uuid::Uuid) -> Option<VirtualDevice> {
+        self.with_device(uuid, |d| d.dev.clone())
+    }
+
+    /// The sanitize state of the device with `uuid`, if it is served.
+    pub fn sanitize_state(&self, uuid: uuid::Uuid) -> Option<Arc<SanitizeState>> {
+        self.with_device(uuid, |d| Arc::clone(&d.sanitize))
     }
 
     /// The logical unit of the device with `uuid`, if it is served.
     pub fn unit(&self, uuid: uuid::Uuid) -> Option<Arc<LunShared>> {
-        self.devices
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .flatten()
-            .find(|d| d.dev.spec().uuid == uuid)
-            .map(|d| Arc::clone(&d.shared))
+        self.with_device(uuid, |d| Arc::clone(&d.shared))
     }
 
     /// The portals' connection caps and counters.
